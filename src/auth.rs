@@ -1,0 +1,317 @@
+//! Tokens: verifies the JWTs clients present and signs the keys the embedded mode prints.
+//!
+//! The socket's `apikey`, each channel's `access_token` and the REST `Authorization` header are
+//! all verified here the same way (PROTOCOL.md section 8.1). The refusal texts are the ones the
+//! Supabase clients know (sections 1.2 and 5.3). Only HS256/384/512 with the shared secret for now;
+//! a JWKS-backed verifier can slot in behind [`Verifier`].
+
+use std::collections::BTreeMap;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde::{Deserialize, Serialize};
+
+/// Why a token was refused. `Display` is the client-facing text without a code prefix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Error {
+    /// No token at all.
+    #[error("API key is missing")]
+    Missing,
+    /// Not three base64url parts with JSON header and claims.
+    #[error("The token provided is not a valid JWT")]
+    Malformed,
+    /// Signature does not verify with the secret (or an algorithm we do not accept).
+    #[error("Failed to validate JWT signature")]
+    BadSignature,
+    /// `role` or `exp` missing.
+    #[error("Fields `role` and `exp` are required in JWT")]
+    MissingClaims,
+    /// `exp` is not a positive number.
+    #[error("Token expiration time is invalid")]
+    InvalidExpiry,
+    /// `exp` is in the past by this many seconds.
+    #[error("Token has expired {0} seconds ago")]
+    Expired(u64),
+}
+
+impl Error {
+    /// The text for a refused WebSocket upgrade (PROTOCOL.md 1.2), where expiry has no age.
+    pub fn handshake_text(&self) -> String {
+        match self {
+            Error::Expired(_) => "Token has expired".to_owned(),
+            other => other.to_string(),
+        }
+    }
+
+    /// The `reason` of a refused join (PROTOCOL.md 5.3): `<Code>: <message>`.
+    pub fn join_reason(&self) -> String {
+        let code = match self {
+            Error::Malformed | Error::Missing => "MalformedJWT",
+            Error::BadSignature => "JwtSignatureError",
+            Error::MissingClaims | Error::InvalidExpiry | Error::Expired(_) => "InvalidJWTToken",
+        };
+        format!("{code}: {self}")
+    }
+}
+
+/// The verified claims of a token. `role` and `sub` are kept per channel; the full set is kept
+/// for row-level-security checks, which group subscribers by identical claims.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Claims {
+    /// Database role the client acts as (`anon`, `authenticated`, `service_role`, ...).
+    pub role: String,
+    /// Expiry, seconds since the epoch.
+    pub exp: i64,
+    /// Subject: the user id for user tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sub: Option<String>,
+    /// Every other claim, as given.
+    #[serde(flatten)]
+    pub other: BTreeMap<String, serde_json::Value>,
+}
+
+impl Claims {
+    /// The `sub` claim when it is a UUID (a Supabase user id).
+    pub fn user_id(&self) -> Option<uuid::Uuid> {
+        self.sub
+            .as_deref()
+            .and_then(|s| uuid::Uuid::parse_str(s).ok())
+    }
+
+    /// Seconds until expiry (negative when expired).
+    pub fn seconds_left(&self) -> i64 {
+        self.exp - now_secs()
+    }
+}
+
+/// Verifies tokens signed with the gateway's secret.
+#[derive(Clone)]
+pub struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier").finish_non_exhaustive()
+    }
+}
+
+impl Verifier {
+    /// A verifier for HS256/HS384/HS512 tokens signed with `secret`.
+    pub fn new(secret: &str) -> Verifier {
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.algorithms = vec![Algorithm::HS256, Algorithm::HS384, Algorithm::HS512];
+        // Expiry and required claims are checked by hand to give the clients' exact texts.
+        validation.validate_exp = false;
+        validation.validate_aud = false;
+        validation.required_spec_claims.clear();
+        Verifier {
+            key: DecodingKey::from_secret(secret.as_bytes()),
+            validation,
+        }
+    }
+
+    /// Verifies `token` (whitespace removed and percent-decoded first, as upstream does).
+    ///
+    /// # Errors
+    /// The [`Error`] whose text the client should see.
+    pub fn verify(&self, token: &str) -> Result<Claims, Error> {
+        let token = normalize(token);
+        if token.is_empty() {
+            return Err(Error::Missing);
+        }
+        let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
+            &token,
+            &self.key,
+            &self.validation,
+        )
+        .map_err(|e| match e.kind() {
+            jsonwebtoken::errors::ErrorKind::InvalidSignature
+            | jsonwebtoken::errors::ErrorKind::InvalidAlgorithm
+            | jsonwebtoken::errors::ErrorKind::InvalidAlgorithmName
+            | jsonwebtoken::errors::ErrorKind::InvalidKeyFormat => Error::BadSignature,
+            _ => Error::Malformed,
+        })?;
+        let claims = data.claims;
+        let (Some(role), Some(exp)) = (claims.get("role"), claims.get("exp")) else {
+            return Err(Error::MissingClaims);
+        };
+        let Some(role) = role.as_str() else {
+            return Err(Error::MissingClaims);
+        };
+        let exp = match exp.as_f64() {
+            Some(e) if e > 0.0 => e.floor() as i64,
+            _ => return Err(Error::InvalidExpiry),
+        };
+        if claims.get("iat").is_some_and(|iat| !iat.is_number()) {
+            return Err(Error::Malformed);
+        }
+        let now = now_secs();
+        if exp <= now {
+            return Err(Error::Expired(u64::try_from(now - exp).unwrap_or(0)));
+        }
+        let sub = claims
+            .get("sub")
+            .and_then(|s| s.as_str())
+            .map(str::to_owned);
+        let role = role.to_owned();
+        let other = claims
+            .into_iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "role" | "exp" | "sub"))
+            .collect();
+        Ok(Claims {
+            role,
+            exp,
+            sub,
+            other,
+        })
+    }
+}
+
+/// Signs an HS256 token for `role`, valid for `ttl_secs`, with optional `sub` — for the keys the
+/// embedded mode prints, and for tests and the load-test tool.
+///
+/// # Errors
+/// Only if serialization fails, which it cannot for these claims.
+pub fn sign(
+    secret: &str,
+    role: &str,
+    sub: Option<&str>,
+    ttl_secs: i64,
+) -> Result<String, jsonwebtoken::errors::Error> {
+    let now = now_secs();
+    let mut claims = serde_json::json!({
+        "iss": "realtime-gateway",
+        "role": role,
+        "iat": now,
+        "exp": now + ttl_secs,
+    });
+    if let Some(sub) = sub {
+        claims["sub"] = serde_json::Value::from(sub);
+    }
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(secret.as_bytes()),
+    )
+}
+
+fn now_secs() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// Removes whitespace and decodes `%XX` escapes.
+fn normalize(token: &str) -> String {
+    let compact: String = token.chars().filter(|c| !c.is_whitespace()).collect();
+    if !compact.contains('%') {
+        return compact;
+    }
+    let bytes = compact.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            let hex = std::str::from_utf8(&bytes[i + 1..i + 3]).ok();
+            if let Some(b) = hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8(out).unwrap_or(compact)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &str = "a-test-secret-of-decent-length";
+
+    fn token(claims: serde_json::Value, secret: &str, alg: Algorithm) -> String {
+        jsonwebtoken::encode(
+            &Header::new(alg),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn valid_token_yields_claims() {
+        let t = sign(
+            SECRET,
+            "authenticated",
+            Some("5c3a4e0e-1d8b-4b7e-9a51-2f6f1c0e9d11"),
+            60,
+        )
+        .unwrap();
+        let c = Verifier::new(SECRET).verify(&t).unwrap();
+        assert_eq!(c.role, "authenticated");
+        assert!(c.user_id().is_some());
+        assert_eq!(
+            c.other.get("iss").and_then(|v| v.as_str()),
+            Some("realtime-gateway")
+        );
+    }
+
+    #[test]
+    fn each_refusal_has_the_clients_text() {
+        let v = Verifier::new(SECRET);
+        assert_eq!(v.verify("").unwrap_err(), Error::Missing);
+        assert_eq!(v.verify("not-a-jwt").unwrap_err(), Error::Malformed);
+        let other = sign("another-secret-entirely!", "anon", None, 60).unwrap();
+        assert_eq!(v.verify(&other).unwrap_err(), Error::BadSignature);
+        let no_role = token(
+            serde_json::json!({"exp": now_secs() + 60}),
+            SECRET,
+            Algorithm::HS256,
+        );
+        assert_eq!(v.verify(&no_role).unwrap_err(), Error::MissingClaims);
+        let bad_exp = token(
+            serde_json::json!({"role":"anon","exp": 0}),
+            SECRET,
+            Algorithm::HS256,
+        );
+        assert_eq!(v.verify(&bad_exp).unwrap_err(), Error::InvalidExpiry);
+        let expired = sign(SECRET, "anon", None, -12).unwrap();
+        let err = v.verify(&expired).unwrap_err();
+        assert!(
+            matches!(err, Error::Expired(n) if (12..=14).contains(&n)),
+            "{err:?}"
+        );
+        assert_eq!(err.handshake_text(), "Token has expired");
+        assert!(err
+            .join_reason()
+            .starts_with("InvalidJWTToken: Token has expired 1"));
+        assert_eq!(
+            Error::BadSignature.join_reason(),
+            "JwtSignatureError: Failed to validate JWT signature"
+        );
+        assert_eq!(
+            Error::Malformed.join_reason(),
+            "MalformedJWT: The token provided is not a valid JWT"
+        );
+    }
+
+    #[test]
+    fn hs384_and_hs512_verify_and_whitespace_is_ignored() {
+        let v = Verifier::new(SECRET);
+        let claims = serde_json::json!({"role":"anon","exp": now_secs() + 60});
+        for alg in [Algorithm::HS384, Algorithm::HS512] {
+            let t = token(claims.clone(), SECRET, alg);
+            assert!(v.verify(&t).is_ok());
+        }
+        let t = sign(SECRET, "anon", None, 60).unwrap();
+        let spaced = format!(" {}\n{} ", &t[..10], &t[10..]);
+        assert!(v.verify(&spaced).is_ok());
+        let escaped = t.replace('.', "%2E");
+        assert!(v.verify(&escaped).is_ok());
+    }
+}

@@ -1,0 +1,281 @@
+//! Settings: command-line flags with environment-variable fallbacks, checked once at start.
+//!
+//! Every field's doc comment is its `--help` text and names its unit and default. None of these
+//! settings can be changed while the gateway runs; the checked [`Config`] is shared as
+//! `Arc<Config>`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Settings that cannot be accepted, found by [`Settings::check`].
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A relation between two settings does not hold.
+    #[error("invalid settings: {0}")]
+    Invalid(String),
+}
+
+/// The `realtime-gateway` command line.
+#[derive(Debug, Parser)]
+#[command(name = "realtime-gateway", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do; `serve` when omitted.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Settings shared by every command.
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+/// Subcommands of the binary.
+#[derive(Debug, Clone, Copy, Subcommand)]
+pub enum Command {
+    /// Serve realtime clients (the default).
+    Serve,
+    /// Apply the database migrations and exit.
+    Migrate,
+}
+
+/// Log output formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Raw settings as given on the command line or in the environment.
+#[derive(Debug, Clone, Args)]
+pub struct Settings {
+    /// PostgreSQL connection URL. When unset, the gateway starts (and on exit stops) a private
+    /// PostgreSQL cluster under --data-dir, from the server binaries installed on this machine.
+    #[arg(long, env = "DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// Address to serve HTTP and WebSocket clients on.
+    #[arg(long = "listen", env = "LISTEN_ADDR", default_value = "127.0.0.1:4000")]
+    pub listen: SocketAddr,
+
+    /// HS256 secret that client JWTs are signed with. Required with --database-url; in embedded
+    /// mode one is generated and kept under --data-dir when unset.
+    #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// Most open WebSocket connections, counted over every gateway node sharing the database.
+    #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 200)]
+    pub max_connections: u32,
+
+    /// How often the reaper runs and registry heartbeats are flushed (e.g. `30s`, `500ms`).
+    #[arg(long, env = "HEARTBEAT_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub heartbeat_interval: Duration,
+
+    /// A connection whose last client heartbeat is older than this is closed, and a node that has
+    /// not heartbeated for this long is treated as lost (e.g. `60s`). Must exceed the interval.
+    #[arg(long, env = "HEARTBEAT_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub heartbeat_timeout: Duration,
+
+    /// This node's name in the registry and audit log. Default: `<hostname>:<listen port>`, which
+    /// stays the same across restarts so rows left by a previous run are cleaned at start.
+    #[arg(long, env = "NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Folder of the embedded PostgreSQL cluster and the generated JWT secret.
+    #[arg(long, env = "DATA_DIR", default_value = ".data")]
+    pub data_dir: PathBuf,
+
+    /// Whether a missing --database-url starts the embedded cluster (`true`) or is an error
+    /// (`false`, as in the container image).
+    #[arg(long, env = "EMBEDDED_DB", default_value_t = true, action = clap::ArgAction::Set)]
+    pub embedded_db: bool,
+
+    /// Size of the gateway's PostgreSQL connection pool (the change listener uses one more).
+    #[arg(long, env = "DB_POOL_SIZE", default_value_t = 8)]
+    pub db_pool_size: u32,
+
+    /// How long shutdown waits for sessions and background tasks before giving up (e.g. `10s`).
+    #[arg(long, env = "SHUTDOWN_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub shutdown_timeout: Duration,
+
+    /// Log format; the level comes from RUST_LOG (default `info`).
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+/// Checked settings, shared read-only by every part of the gateway.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the database is; `None` means the embedded cluster.
+    pub database_url: Option<String>,
+    /// Address served.
+    pub listen: SocketAddr,
+    /// JWT secret, if given (embedded mode may generate one).
+    pub jwt_secret: Option<String>,
+    /// Connection cap across all nodes.
+    pub max_connections: u32,
+    /// Reaper and heartbeat-flush period.
+    pub heartbeat_interval: Duration,
+    /// Staleness limit for connections and nodes.
+    pub heartbeat_timeout: Duration,
+    /// This node's name.
+    pub node_id: String,
+    /// Folder of the embedded cluster and generated secret.
+    pub data_dir: PathBuf,
+    /// Pool size.
+    pub db_pool_size: u32,
+    /// Bounded wait at shutdown.
+    pub shutdown_timeout: Duration,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+impl Settings {
+    /// Checks each setting and the relations between them.
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] naming the first setting that is wrong.
+    pub fn check(self) -> Result<Config, Error> {
+        let invalid = |m: &str| Err(Error::Invalid(m.to_owned()));
+        if self.max_connections == 0 {
+            return invalid("--max-connections must be at least 1");
+        }
+        if self.heartbeat_interval.is_zero() {
+            return invalid("--heartbeat-interval must be greater than zero");
+        }
+        if self.heartbeat_timeout <= self.heartbeat_interval {
+            return invalid("--heartbeat-timeout must be longer than --heartbeat-interval");
+        }
+        if self.db_pool_size < 2 {
+            return invalid("--db-pool-size must be at least 2");
+        }
+        if matches!(&self.jwt_secret, Some(s) if s.len() < 16) {
+            return invalid("--jwt-secret must be at least 16 characters");
+        }
+        if self.database_url.is_none() && !self.embedded_db {
+            return invalid("--database-url (DATABASE_URL) is required when EMBEDDED_DB=false");
+        }
+        if self.database_url.is_some() && self.jwt_secret.is_none() {
+            return invalid("--jwt-secret (JWT_SECRET) is required when --database-url is set");
+        }
+        if let Some(url) = &self.database_url {
+            if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                return invalid("--database-url must start with postgres:// or postgresql://");
+            }
+        }
+        let node_id = match self.node_id {
+            Some(id) if id.trim().is_empty() => return invalid("--node-id must not be empty"),
+            Some(id) => id,
+            None => default_node_id(self.listen),
+        };
+        Ok(Config {
+            database_url: self.database_url,
+            listen: self.listen,
+            jwt_secret: self.jwt_secret,
+            max_connections: self.max_connections,
+            heartbeat_interval: self.heartbeat_interval,
+            heartbeat_timeout: self.heartbeat_timeout,
+            node_id,
+            data_dir: self.data_dir,
+            db_pool_size: self.db_pool_size,
+            shutdown_timeout: self.shutdown_timeout,
+            log_format: self.log_format,
+        })
+    }
+}
+
+impl Config {
+    /// Settings for tests and embedding: every default, with the given database and secret.
+    pub fn for_database(database_url: String, jwt_secret: String) -> Config {
+        let settings = Settings {
+            database_url: Some(database_url),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            jwt_secret: Some(jwt_secret),
+            max_connections: 200,
+            heartbeat_interval: Duration::from_secs(30),
+            heartbeat_timeout: Duration::from_secs(60),
+            node_id: None,
+            data_dir: PathBuf::from(".data"),
+            embedded_db: false,
+            db_pool_size: 8,
+            shutdown_timeout: Duration::from_secs(10),
+            log_format: LogFormat::Text,
+        };
+        let mut config = settings
+            .check()
+            // The defaults above satisfy every rule in `check`.
+            .expect("default settings are valid");
+        config.node_id = format!("node-{}", uuid::Uuid::new_v4().simple());
+        config
+    }
+}
+
+fn default_node_id(listen: SocketAddr) -> String {
+    let host = nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".to_owned());
+    format!("{host}:{}", listen.port())
+}
+
+/// Parses durations written like `30s`, `500ms`, `2m`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{e} (write durations like `30s` or `500ms`)"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, FromArgMatches};
+
+    fn parse(args: &[&str]) -> Result<Config, String> {
+        let mut argv = vec!["realtime-gateway"];
+        argv.extend_from_slice(args);
+        // Ignore the environment so a DATABASE_URL set for the test run does not leak in.
+        let command = Cli::command().mut_args(|a| a.env(None::<&str>));
+        let matches = command
+            .try_get_matches_from(argv)
+            .map_err(|e| e.to_string())?;
+        let cli = Cli::from_arg_matches(&matches).map_err(|e| e.to_string())?;
+        cli.settings.check().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_are_the_documented_ones() {
+        let c = parse(&[]).expect("defaults");
+        assert_eq!(c.listen.to_string(), "127.0.0.1:4000");
+        assert_eq!(c.max_connections, 200);
+        assert_eq!(c.heartbeat_interval, Duration::from_secs(30));
+        assert_eq!(c.heartbeat_timeout, Duration::from_secs(60));
+        assert!(c.database_url.is_none());
+    }
+
+    #[test]
+    fn durations_read_like_30s_and_500ms() {
+        let c = parse(&["--heartbeat-interval", "500ms", "--heartbeat-timeout", "2s"]).unwrap();
+        assert_eq!(c.heartbeat_interval, Duration::from_millis(500));
+        assert_eq!(c.heartbeat_timeout, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn bad_settings_fail_with_a_clear_message() {
+        let e = parse(&["--heartbeat-interval", "soon"]).unwrap_err();
+        assert!(e.contains("write durations like"), "{e}");
+        let e = parse(&["--heartbeat-interval", "60s", "--heartbeat-timeout", "30s"]).unwrap_err();
+        assert!(e.contains("--heartbeat-timeout must be longer"), "{e}");
+        let e = parse(&["--max-connections", "0"]).unwrap_err();
+        assert!(e.contains("--max-connections must be at least 1"), "{e}");
+        let e = parse(&["--database-url", "postgres://x@127.0.0.1/db"]).unwrap_err();
+        assert!(e.contains("JWT_SECRET"), "{e}");
+        let e = parse(&["--embedded-db", "false"]).unwrap_err();
+        assert!(
+            e.contains("DATABASE_URL) is required when EMBEDDED_DB=false"),
+            "{e}"
+        );
+        let e = parse(&["--listen", "nowhere"]).unwrap_err();
+        assert!(e.contains("--listen"), "{e}");
+    }
+}

@@ -1,0 +1,55 @@
+//! The crate error, and the one mapping from errors to HTTP statuses.
+//!
+//! Each layer has its own error type (`config::Error`, `pg::Error`, `auth::Error`, ...); this
+//! one collects them. The mapping to WebSocket close codes and join-reply reasons joins it as
+//! the session layer arrives; client-facing texts never carry internal details, which are logged.
+
+use axum::http::StatusCode;
+
+/// Any failure of the gateway.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Settings were invalid.
+    #[error(transparent)]
+    Config(#[from] crate::config::Error),
+    /// The database or the embedded cluster failed.
+    #[error(transparent)]
+    Pg(#[from] crate::pg::Error),
+    /// A token was refused.
+    #[error("token refused")]
+    Auth(#[from] crate::auth::Error),
+    /// Binding or serving the listening socket failed.
+    #[error("cannot serve on the listening socket")]
+    Serve(#[source] std::io::Error),
+    /// Local-mode setup failed (data folder, secret file).
+    #[error("local setup failed")]
+    Local(#[source] std::io::Error),
+}
+
+impl Error {
+    /// The HTTP status an HTTP handler answers with for this error.
+    pub fn status_code(&self) -> StatusCode {
+        match self {
+            Error::Auth(_) => StatusCode::UNAUTHORIZED,
+            Error::Pg(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Config(_) | Error::Serve(_) | Error::Local(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
+        }
+    }
+
+    /// The error and its causes on one line, `outer: cause: cause`.
+    pub fn one_line(&self) -> String {
+        let mut line = self.to_string();
+        let mut source = std::error::Error::source(self);
+        while let Some(cause) = source {
+            let text = cause.to_string();
+            if !line.ends_with(&text) {
+                line.push_str(": ");
+                line.push_str(&text);
+            }
+            source = cause.source();
+        }
+        line
+    }
+}

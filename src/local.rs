@@ -1,0 +1,123 @@
+//! Local mode: with no `DATABASE_URL`, a private PostgreSQL cluster under the data folder, a
+//! generated JWT secret kept beside it, and ready-to-use `anon` and `service_role` keys.
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use rand::RngCore;
+
+use crate::config::Config;
+use crate::error::Error;
+use crate::pg::embedded::{Cluster, Running, Tuning};
+
+/// Keys stay valid for ten years, like the keys of local Supabase tooling.
+const KEY_TTL_SECS: i64 = 10 * 365 * 24 * 3600;
+
+/// The embedded cluster of a local-mode gateway; stops it when stopped or dropped.
+#[derive(Debug)]
+pub struct LocalCluster {
+    running: Option<Running>,
+}
+
+impl LocalCluster {
+    /// Stops the cluster and waits for it to exit.
+    ///
+    /// # Errors
+    /// When the server does not stop in time.
+    pub fn stop(mut self) -> Result<(), Error> {
+        match self.running.take() {
+            Some(running) => running.stop().map_err(|e| Error::Pg(e.into())),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        if let Some(running) = self.running.take() {
+            if let Err(e) = running.stop() {
+                tracing::error!(error = %e, "cannot stop the embedded postgres");
+            }
+        }
+    }
+}
+
+/// What a local-mode start tells the user.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    /// Key for browsers (role `anon`).
+    pub anon: String,
+    /// Key for trusted servers (role `service_role`).
+    pub service_role: String,
+}
+
+/// Fills in what local mode provides: when `config` has no database URL, starts the embedded
+/// cluster (initialising it on first run) and points `config` at it; when it has no JWT secret,
+/// loads or generates one under the data folder. Returns the cluster guard (if one was started)
+/// and the keys signed with the secret.
+///
+/// # Errors
+/// When the cluster cannot be started or the data folder cannot be written.
+pub async fn prepare(config: &mut Config) -> Result<(Option<LocalCluster>, Keys), Error> {
+    let mut guard = None;
+    if config.database_url.is_none() {
+        let pgdata = config.data_dir.join("pg");
+        let cluster = tokio::task::spawn_blocking(move || -> Result<Running, Error> {
+            let cluster = Cluster::new(&pgdata).map_err(|e| Error::Pg(e.into()))?;
+            if !cluster.is_initialized() {
+                tracing::info!(pgdata = %cluster.pgdata().display(), "creating the embedded postgres cluster");
+            }
+            cluster.init().map_err(|e| Error::Pg(e.into()))?;
+            cluster
+                .start(&Tuning::default())
+                .map_err(|e| Error::Pg(e.into()))
+        })
+        .await
+        .map_err(|e| Error::Local(std::io::Error::other(e)))??;
+        let url = cluster.url("postgres");
+        tracing::info!(database_url = %url, pid = cluster.pid, "embedded postgres started");
+        config.database_url = Some(url);
+        guard = Some(LocalCluster {
+            running: Some(cluster),
+        });
+    }
+    if config.jwt_secret.is_none() {
+        config.jwt_secret = Some(load_or_create_secret(&config.data_dir)?);
+    }
+    let secret = config.jwt_secret.as_deref().unwrap_or_default();
+    let sign = |role: &str| {
+        crate::auth::sign(secret, role, None, KEY_TTL_SECS)
+            .map_err(|e| Error::Local(std::io::Error::other(e)))
+    };
+    let keys = Keys {
+        anon: sign("anon")?,
+        service_role: sign("service_role")?,
+    };
+    Ok((guard, keys))
+}
+
+fn load_or_create_secret(data_dir: &Path) -> Result<String, Error> {
+    let path: PathBuf = data_dir.join("jwt_secret");
+    if let Ok(text) = fs::read_to_string(&path) {
+        let secret = text.trim().to_owned();
+        if secret.len() >= 16 {
+            return Ok(secret);
+        }
+    }
+    fs::create_dir_all(data_dir).map_err(Error::Local)?;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(Error::Local)?;
+    writeln!(file, "{secret}").map_err(Error::Local)?;
+    tracing::info!(path = %path.display(), "generated a jwt secret");
+    Ok(secret)
+}

@@ -1,0 +1,122 @@
+//! The database side of the gateway: connection pool, migrations and the embedded cluster.
+//!
+//! The change listener (stage 1 of the data flow) and decoding (stage 2) live here too as they
+//! arrive; everything that talks to PostgreSQL about changes goes through this module.
+
+pub mod embedded;
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, PgConnection, PgPool};
+
+/// `application_name` of the pool's connections, as seen in `pg_stat_activity`.
+pub const APPLICATION_NAME: &str = "realtime-gateway";
+
+/// Migrations embedded in the binary; applied at start and by `realtime-gateway migrate`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// Advisory-lock key held while creating the `realtime` schema and migrating, so that several
+/// nodes starting at once do not race.
+const MIGRATION_LOCK_KEY: i64 = 0x7265_616c_7469_6d65; // "realtime"
+
+/// Database failures.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The URL could not be parsed.
+    #[error("invalid database url")]
+    Url(#[source] sqlx::Error),
+    /// Connecting or a query failed.
+    #[error("database error")]
+    Sqlx(#[from] sqlx::Error),
+    /// A migration failed.
+    #[error("migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The embedded cluster failed.
+    #[error(transparent)]
+    Embedded(#[from] embedded::Error),
+}
+
+/// Parses `url` into connect options tagged with `application_name`.
+///
+/// # Errors
+/// [`Error::Url`] when the URL is malformed.
+pub fn connect_options(url: &str, application_name: &str) -> Result<PgConnectOptions, Error> {
+    let options: PgConnectOptions = url.parse().map_err(Error::Url)?;
+    Ok(options.application_name(application_name))
+}
+
+/// Opens the gateway's pool. Connections are made lazily, so a database that is down at start
+/// shows in `/ready` rather than stopping the process.
+///
+/// # Errors
+/// [`Error::Url`] when the URL is malformed.
+pub fn pool(url: &str, size: u32) -> Result<PgPool, Error> {
+    let options = connect_options(url, APPLICATION_NAME)?;
+    Ok(PgPoolOptions::new()
+        .max_connections(size)
+        .min_connections(0)
+        .acquire_timeout(Duration::from_secs(5))
+        .idle_timeout(Duration::from_secs(300))
+        .connect_lazy_with(options))
+}
+
+/// Applies the embedded migrations to the database at `url`. The `realtime` schema is created
+/// first and holds the migration ledger (`realtime._sqlx_migrations`), so the application's own
+/// schemas stay untouched apart from the registry table. Safe to run from several nodes at once
+/// and again on a migrated database.
+///
+/// # Errors
+/// [`Error::Sqlx`] when the database cannot be reached, [`Error::Migrate`] when a migration
+/// fails.
+pub async fn migrate(url: &str) -> Result<(), Error> {
+    let options = connect_options(url, APPLICATION_NAME)?;
+    let mut conn = connect_with_retry(&options, Duration::from_secs(30)).await?;
+    sqlx::query("select pg_advisory_lock($1)")
+        .bind(MIGRATION_LOCK_KEY)
+        .execute(&mut conn)
+        .await?;
+    let result = migrate_locked(&mut conn).await;
+    // Unlock explicitly; closing the connection would release it too.
+    let _unlocked = sqlx::query("select pg_advisory_unlock($1)")
+        .bind(MIGRATION_LOCK_KEY)
+        .execute(&mut conn)
+        .await;
+    let _closed = conn.close().await;
+    result
+}
+
+async fn migrate_locked(conn: &mut PgConnection) -> Result<(), Error> {
+    sqlx::query("create schema if not exists realtime")
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("set search_path to realtime")
+        .execute(&mut *conn)
+        .await?;
+    MIGRATOR.run_direct(&mut *conn).await?;
+    sqlx::query("reset search_path").execute(&mut *conn).await?;
+    Ok(())
+}
+
+/// Connects, retrying while the server is starting up or not yet reachable, up to `patience`.
+///
+/// # Errors
+/// The last connection error once `patience` has passed.
+pub async fn connect_with_retry(
+    options: &PgConnectOptions,
+    patience: Duration,
+) -> Result<PgConnection, Error> {
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut delay = Duration::from_millis(50);
+    loop {
+        match options.connect().await {
+            Ok(conn) => return Ok(conn),
+            Err(e) if tokio::time::Instant::now() + delay < deadline => {
+                tracing::debug!(error = %e, "database not reachable yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(1));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
