@@ -92,6 +92,46 @@ pub struct Settings {
     #[arg(long, env = "EMBEDDED_DB", default_value_t = true, action = clap::ArgAction::Set)]
     pub embedded_db: bool,
 
+    /// Most channels one connection may join.
+    #[arg(long, env = "MAX_CHANNELS_PER_CONNECTION", default_value_t = 100)]
+    pub max_channels_per_connection: usize,
+
+    /// Most frames waiting in one connection's outbound queue; a client that lets it fill is
+    /// closed as a slow consumer (close code 4001).
+    #[arg(long, env = "OUTBOUND_QUEUE_FRAMES", default_value_t = 1024)]
+    pub outbound_queue_frames: usize,
+
+    /// Most bytes waiting in one connection's outbound queue (a single larger frame is still
+    /// accepted into an empty queue).
+    #[arg(long, env = "OUTBOUND_QUEUE_BYTES", default_value_t = 8 * 1024 * 1024)]
+    pub outbound_queue_bytes: usize,
+
+    /// Changes whose rows serialize to more bytes than this are delivered truncated, with
+    /// `Error 413: Payload Too Large` (values of at most 64 bytes kept).
+    #[arg(long, env = "MAX_CHANGE_BYTES", default_value_t = 1024 * 1024)]
+    pub max_change_bytes: usize,
+
+    /// Largest WebSocket message accepted from a client, in bytes.
+    #[arg(long, env = "MAX_FRAME_BYTES", default_value_t = 5_000_000)]
+    pub max_frame_bytes: usize,
+
+    /// Delay before a join error reply, to slow down client retry loops (e.g. `5s`; keep it
+    /// well below the clients' 10 s join timeout).
+    #[arg(long, env = "JOIN_ERROR_DELAY", default_value = "5s", value_parser = parse_duration)]
+    pub join_error_delay: Duration,
+
+    /// Delay before a refused WebSocket upgrade is answered (e.g. `2s`).
+    #[arg(long, env = "CONNECT_ERROR_DELAY", default_value = "2s", value_parser = parse_duration)]
+    pub connect_error_delay: Duration,
+
+    /// The change outbox is read at least this often, even without a notification (e.g. `50ms`).
+    #[arg(long, env = "CHANGE_POLL_INTERVAL", default_value = "50ms", value_parser = parse_duration)]
+    pub change_poll_interval: Duration,
+
+    /// Captured changes are kept in the outbox this long before pruning (e.g. `10m`).
+    #[arg(long, env = "CHANGE_RETENTION", default_value = "10m", value_parser = parse_duration)]
+    pub change_retention: Duration,
+
     /// Size of the gateway's PostgreSQL connection pool (the change listener uses one more).
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 8)]
     pub db_pool_size: u32,
@@ -124,6 +164,24 @@ pub struct Config {
     pub node_id: String,
     /// Folder of the embedded cluster and generated secret.
     pub data_dir: PathBuf,
+    /// Channels per connection cap.
+    pub max_channels_per_connection: usize,
+    /// Outbound queue bound, frames.
+    pub outbound_queue_frames: usize,
+    /// Outbound queue bound, bytes.
+    pub outbound_queue_bytes: usize,
+    /// Truncation limit of a change.
+    pub max_change_bytes: usize,
+    /// Largest client message.
+    pub max_frame_bytes: usize,
+    /// Delay before join errors.
+    pub join_error_delay: Duration,
+    /// Delay before refused upgrades.
+    pub connect_error_delay: Duration,
+    /// Outbox poll period.
+    pub change_poll_interval: Duration,
+    /// Outbox retention.
+    pub change_retention: Duration,
     /// Pool size.
     pub db_pool_size: u32,
     /// Bounded wait at shutdown.
@@ -150,6 +208,27 @@ impl Settings {
         }
         if self.db_pool_size < 2 {
             return invalid("--db-pool-size must be at least 2");
+        }
+        if self.max_channels_per_connection == 0 {
+            return invalid("--max-channels-per-connection must be at least 1");
+        }
+        if self.outbound_queue_frames < 16 {
+            return invalid("--outbound-queue-frames must be at least 16");
+        }
+        if self.outbound_queue_bytes < 64 * 1024 {
+            return invalid("--outbound-queue-bytes must be at least 65536");
+        }
+        if self.max_change_bytes < 1024 {
+            return invalid("--max-change-bytes must be at least 1024");
+        }
+        if self.join_error_delay >= Duration::from_secs(10) {
+            return invalid("--join-error-delay must stay below the clients' 10s join timeout");
+        }
+        if self.change_poll_interval.is_zero() {
+            return invalid("--change-poll-interval must be greater than zero");
+        }
+        if self.change_retention < Duration::from_secs(10) {
+            return invalid("--change-retention must be at least 10s");
         }
         if matches!(&self.jwt_secret, Some(s) if s.len() < 16) {
             return invalid("--jwt-secret must be at least 16 characters");
@@ -179,6 +258,15 @@ impl Settings {
             heartbeat_timeout: self.heartbeat_timeout,
             node_id,
             data_dir: self.data_dir,
+            max_channels_per_connection: self.max_channels_per_connection,
+            outbound_queue_frames: self.outbound_queue_frames,
+            outbound_queue_bytes: self.outbound_queue_bytes,
+            max_change_bytes: self.max_change_bytes,
+            max_frame_bytes: self.max_frame_bytes,
+            join_error_delay: self.join_error_delay,
+            connect_error_delay: self.connect_error_delay,
+            change_poll_interval: self.change_poll_interval,
+            change_retention: self.change_retention,
             db_pool_size: self.db_pool_size,
             shutdown_timeout: self.shutdown_timeout,
             log_format: self.log_format,
@@ -199,6 +287,15 @@ impl Config {
             node_id: None,
             data_dir: PathBuf::from(".data"),
             embedded_db: false,
+            max_channels_per_connection: 100,
+            outbound_queue_frames: 1024,
+            outbound_queue_bytes: 8 * 1024 * 1024,
+            max_change_bytes: 1024 * 1024,
+            max_frame_bytes: 5_000_000,
+            join_error_delay: Duration::from_secs(5),
+            connect_error_delay: Duration::from_secs(2),
+            change_poll_interval: Duration::from_millis(50),
+            change_retention: Duration::from_secs(600),
             db_pool_size: 8,
             shutdown_timeout: Duration::from_secs(10),
             log_format: LogFormat::Text,

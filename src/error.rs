@@ -26,6 +26,48 @@ pub enum Error {
     Local(#[source] std::io::Error),
 }
 
+/// Why a session ended; each has its close code, close reason text and registry reason.
+///
+/// Close codes: 1000 and 1001 are normal ends and 4000–4099 are ends the client should recover
+/// from by reconnecting (with back-off); the gateway sends no terminal codes today.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The client closed the socket (or it broke).
+    SocketClosed,
+    /// The gateway is shutting down.
+    Shutdown,
+    /// The outbound queue overflowed.
+    SlowConsumer,
+    /// No heartbeat within the stale timeout.
+    Reaped,
+    /// An operator closed it.
+    Kicked,
+}
+
+impl SessionEnd {
+    /// The close frame the gateway sends, if any (none when the client closed first).
+    pub fn close_frame(self) -> Option<(u16, &'static str)> {
+        match self {
+            SessionEnd::SocketClosed => None,
+            SessionEnd::Shutdown => Some((1001, "server shutting down")),
+            SessionEnd::SlowConsumer => Some((4001, "slow consumer")),
+            SessionEnd::Reaped => Some((4000, "heartbeat timeout")),
+            SessionEnd::Kicked => Some((4002, "closed by operator")),
+        }
+    }
+
+    /// The registry's `close_reason` for rows this end closes.
+    pub fn registry_reason(self) -> &'static str {
+        match self {
+            SessionEnd::SocketClosed => "socket_closed",
+            SessionEnd::Shutdown => "shutdown",
+            SessionEnd::SlowConsumer => "slow_consumer",
+            SessionEnd::Reaped => "reaped",
+            SessionEnd::Kicked => "kicked",
+        }
+    }
+}
+
 impl Error {
     /// The HTTP status an HTTP handler answers with for this error.
     pub fn status_code(&self) -> StatusCode {

@@ -19,15 +19,24 @@
 //! - [`config`]: settings, checked once. [`telemetry`]: logging. [`shutdown`]: the one signal
 //!   every task hears. [`state`]: shared handles. [`error`]: the crate error and its mappings.
 //! - [`pg`]: pool, migrations, embedded cluster. [`local`]: local mode (embedded database, keys).
-//! - [`auth`]: JWT verification. [`http`]: the router. [`admin`]: health and readiness.
+//! - [`pg::listener`] (stage 1), [`pg::decode`] (stage 2), [`pg::catalog`]: table descriptions.
+//! - [`fanout::router`] and [`fanout::filter`] (stage 3), [`fanout::subscription`]: what a join
+//!   subscribes to.
+//! - [`session`]: one task per WebSocket; [`session::protocol`] (framing),
+//!   [`session::outbound`] (stage 4), [`session::writer`] (stage 5), [`session::upgrade`].
+//! - [`limits`]: connection and channel caps. [`auth`]: JWT verification. [`http`]: the router.
+//!   [`admin`]: health and readiness.
 
 pub mod admin;
 pub mod auth;
 pub mod config;
 pub mod error;
+pub mod fanout;
 pub mod http;
+pub mod limits;
 pub mod local;
 pub mod pg;
+pub mod session;
 pub mod shutdown;
 pub mod state;
 pub mod telemetry;
@@ -42,12 +51,97 @@ pub use shutdown::Shutdown;
 use crate::auth::Verifier;
 use crate::state::AppState;
 
-/// Runs the gateway on `listener` until `shutdown` is triggered, then shuts down in order: stop
-/// accepting, close sessions, stop background tasks (bounded by the shutdown timeout), close the
-/// pool. Migrations are applied first.
-///
-/// `config` must carry a database URL and JWT secret ([`local::prepare`] fills them in local
-/// mode).
+/// A gateway whose database, state and background tasks are set up, ready to serve.
+#[derive(Debug)]
+pub struct Gateway {
+    state: AppState,
+}
+
+impl Gateway {
+    /// Applies migrations, opens the pool, and starts the change listener on `shutdown`'s
+    /// tracker. `config` must carry a database URL and JWT secret ([`local::prepare`] fills
+    /// them in local mode).
+    ///
+    /// # Errors
+    /// When settings lack the database or secret, or migrations fail.
+    pub async fn start(config: Arc<Config>, shutdown: Shutdown) -> Result<Gateway, Error> {
+        let (Some(url), Some(secret)) = (&config.database_url, &config.jwt_secret) else {
+            return Err(config::Error::Invalid(
+                "the gateway needs a database url and a jwt secret".to_owned(),
+            )
+            .into());
+        };
+        pg::migrate(url).await?;
+        let pool = pg::pool(url, config.db_pool_size)?;
+        let router = Arc::new(fanout::router::Router::new());
+        let catalog = Arc::new(pg::catalog::Catalog::new(pool.clone()));
+        let listener_status = Arc::new(pg::listener::Status::default());
+        let state = AppState {
+            config: Arc::clone(&config),
+            pool: pool.clone(),
+            verifier: Verifier::new(secret),
+            shutdown: shutdown.clone(),
+            router: Arc::clone(&router),
+            catalog: Arc::clone(&catalog),
+            limits: limits::Limits::new(config.max_connections, config.max_channels_per_connection),
+            listener: Arc::clone(&listener_status),
+            sessions: Arc::default(),
+            next_conn_id: Arc::default(),
+        };
+        pg::listener::Listener::new(
+            pg::listener::Settings {
+                database_url: url.clone(),
+                poll_interval: config.change_poll_interval,
+                max_change_bytes: config.max_change_bytes,
+                retention: config.change_retention,
+            },
+            pool,
+            catalog,
+            router,
+            listener_status,
+        )
+        .spawn(&shutdown);
+        Ok(Gateway { state })
+    }
+
+    /// The shared state (for introspection and tests).
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves on `listener` until shutdown is triggered, then shuts down in order: stop
+    /// accepting, close sessions, stop background tasks (bounded by the shutdown timeout),
+    /// close the pool.
+    ///
+    /// # Errors
+    /// When the listening socket fails.
+    pub async fn serve(self, listener: tokio::net::TcpListener) -> Result<(), Error> {
+        let state = self.state;
+        let shutdown = state.shutdown.clone();
+        let config = Arc::clone(&state.config);
+        let pool = state.pool.clone();
+        let local_addr = listener.local_addr().map_err(Error::Serve)?;
+        tracing::info!(addr = %local_addr, node_id = %config.node_id, "serving");
+        let app = http::router(state);
+        let stop_accepting = shutdown.clone();
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .with_graceful_shutdown(async move { stop_accepting.cancelled().await })
+        .await
+        .map_err(Error::Serve)?;
+        // The server only returns once shutdown was triggered; make sure every task heard it.
+        shutdown.trigger();
+        shutdown.wait(config.shutdown_timeout).await;
+        pool.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Runs the gateway on `listener` until `shutdown` is triggered ([`Gateway::start`], then
+/// [`Gateway::serve`]).
 ///
 /// # Errors
 /// When migrations fail, or the listening socket fails.
@@ -56,35 +150,8 @@ pub async fn run(
     listener: tokio::net::TcpListener,
     shutdown: Shutdown,
 ) -> Result<(), Error> {
-    let (Some(url), Some(secret)) = (&config.database_url, &config.jwt_secret) else {
-        return Err(config::Error::Invalid(
-            "the gateway needs a database url and a jwt secret".to_owned(),
-        )
-        .into());
-    };
-    pg::migrate(url).await?;
-    let pool = pg::pool(url, config.db_pool_size)?;
-    let state = AppState {
-        config: Arc::clone(&config),
-        pool: pool.clone(),
-        verifier: Verifier::new(secret),
-        shutdown: shutdown.clone(),
-    };
-    let local_addr = listener.local_addr().map_err(Error::Serve)?;
-    tracing::info!(addr = %local_addr, node_id = %config.node_id, "serving");
-    let app = http::router(state);
-    let stop_accepting = shutdown.clone();
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { stop_accepting.cancelled().await })
-    .await
-    .map_err(Error::Serve)?;
-    // The server only returns once shutdown was triggered; make sure every task heard it.
-    shutdown.trigger();
-    shutdown.wait(config.shutdown_timeout).await;
-    pool.close().await;
-    tracing::info!("stopped");
-    Ok(())
+    Gateway::start(config, shutdown)
+        .await?
+        .serve(listener)
+        .await
 }

@@ -1,11 +1,18 @@
 //! Shared handles given to every HTTP handler and session: no logic here.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
+use dashmap::DashMap;
 use sqlx::PgPool;
 
 use crate::auth::Verifier;
 use crate::config::Config;
+use crate::fanout::router::{ConnId, Router};
+use crate::limits::Limits;
+use crate::pg::catalog::Catalog;
+use crate::pg::listener;
+use crate::session::SessionHandle;
 use crate::shutdown::Shutdown;
 
 /// Cheap-to-clone handles on the gateway's shared parts.
@@ -19,4 +26,16 @@ pub struct AppState {
     pub verifier: Verifier,
     /// Shutdown signal and task tracker.
     pub shutdown: Shutdown,
+    /// The change router (stage 3).
+    pub router: Arc<Router>,
+    /// Cached table descriptions.
+    pub catalog: Arc<Catalog>,
+    /// Connection and channel caps.
+    pub limits: Limits,
+    /// The change listener's health.
+    pub listener: Arc<listener::Status>,
+    /// Live sessions of this node, by connection id.
+    pub sessions: Arc<DashMap<ConnId, Arc<SessionHandle>>>,
+    /// Next connection id of this node.
+    pub next_conn_id: Arc<AtomicU64>,
 }

@@ -15,8 +15,8 @@ pub async fn health() -> impl IntoResponse {
     Json(json!({"status": "ok"}))
 }
 
-/// `GET /ready`: 200 when the database answers (and, once it exists, the change listener is
-/// connected); 503 with the failing part otherwise, and while shutting down.
+/// `GET /ready`: 200 when the database answers and the change listener is connected; 503 with
+/// the failing part otherwise, and while shutting down.
 pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let database = tokio::time::timeout(
         Duration::from_secs(2),
@@ -24,8 +24,16 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     )
     .await;
     let database_ok = matches!(database, Ok(Ok(1)));
+    let listener_ok = state
+        .listener
+        .connected
+        .load(std::sync::atomic::Ordering::Acquire)
+        && state
+            .listener
+            .started
+            .load(std::sync::atomic::Ordering::Acquire);
     let shutting_down = state.shutdown.is_triggered();
-    let ready = database_ok && !shutting_down;
+    let ready = database_ok && listener_ok && !shutting_down;
     let status = if ready {
         StatusCode::OK
     } else {
@@ -34,6 +42,7 @@ pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let body = json!({
         "status": if ready { "ready" } else { "unavailable" },
         "database": if database_ok { "ok" } else { "unreachable" },
+        "listener": if listener_ok { "connected" } else { "disconnected" },
         "shutting_down": shutting_down,
         "node_id": state.config.node_id,
     });

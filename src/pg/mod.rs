@@ -3,7 +3,10 @@
 //! The change listener (stage 1 of the data flow) and decoding (stage 2) live here too as they
 //! arrive; everything that talks to PostgreSQL about changes goes through this module.
 
+pub mod catalog;
+pub mod decode;
 pub mod embedded;
+pub mod listener;
 
 use std::time::Duration;
 

@@ -284,6 +284,7 @@ impl Drop for TestDb {
 pub struct TestGateway {
     pub addr: SocketAddr,
     pub config: Arc<Config>,
+    pub state: realtime_gateway::state::AppState,
     pub shutdown: Shutdown,
     pub task: tokio::task::JoinHandle<Result<(), realtime_gateway::Error>>,
 }
@@ -293,19 +294,23 @@ impl TestGateway {
     pub async fn start_with(db: &TestDb, adjust: impl FnOnce(&mut Config)) -> TestGateway {
         realtime_gateway::telemetry::init(realtime_gateway::config::LogFormat::Text);
         let mut config = Config::for_database(db.url.clone(), JWT_SECRET.to_owned());
+        // Tests should not wait for the anti-retry-storm delays unless they set them.
+        config.join_error_delay = Duration::ZERO;
+        config.connect_error_delay = Duration::ZERO;
         adjust(&mut config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let config = Arc::new(config);
         let shutdown = Shutdown::new();
-        let task = tokio::spawn(realtime_gateway::run(
-            Arc::clone(&config),
-            listener,
-            shutdown.clone(),
-        ));
+        let gateway = realtime_gateway::Gateway::start(Arc::clone(&config), shutdown.clone())
+            .await
+            .expect("gateway starts");
+        let state = gateway.state().clone();
+        let task = tokio::spawn(gateway.serve(listener));
         let gw = TestGateway {
             addr,
             config,
+            state,
             shutdown,
             task,
         };
@@ -440,4 +445,347 @@ pub fn temp_dir(prefix: &str) -> PathBuf {
     fs::create_dir_all(&dir).unwrap();
     let _ = File::create(dir.join(".keep")).and_then(|mut f| f.write_all(b""));
     dir
+}
+
+/// A raw Phoenix client over tokio-tungstenite, speaking vsn 2.0.0 JSON arrays.
+pub struct WsClient {
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    next_ref: u64,
+}
+
+impl std::fmt::Debug for WsClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WsClient").finish_non_exhaustive()
+    }
+}
+
+/// A received frame: `[join_ref, ref, topic, event, payload]`.
+#[derive(Debug, Clone)]
+pub struct Msg {
+    pub join_ref: Option<String>,
+    pub msg_ref: Option<String>,
+    pub topic: String,
+    pub event: String,
+    pub payload: serde_json::Value,
+}
+
+impl WsClient {
+    /// Connects to `url` (vsn 2.0.0 expected in it).
+    pub async fn connect(url: &str) -> WsClient {
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .expect("connect");
+        WsClient { ws, next_ref: 1 }
+    }
+
+    /// Wraps a stream connected by the caller (e.g. over a tuned socket).
+    pub fn from_stream(
+        ws: tokio_tungstenite::WebSocketStream<
+            tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+        >,
+    ) -> WsClient {
+        WsClient { ws, next_ref: 1 }
+    }
+
+    /// Connects to the gateway with a fresh anon key.
+    pub async fn anon(gw: &TestGateway) -> WsClient {
+        WsClient::connect(&gw.ws_url(&token("anon", None), "2.0.0")).await
+    }
+
+    /// Sends a frame; returns the ref used.
+    pub async fn send(
+        &mut self,
+        join_ref: Option<&str>,
+        topic: &str,
+        event: &str,
+        payload: serde_json::Value,
+    ) -> String {
+        use futures_util::SinkExt;
+        let r = self.next_ref.to_string();
+        self.next_ref += 1;
+        let frame = serde_json::json!([join_ref, r, topic, event, payload]);
+        self.ws
+            .send(tokio_tungstenite::tungstenite::Message::Text(
+                frame.to_string().into(),
+            ))
+            .await
+            .expect("send");
+        r
+    }
+
+    /// Sends raw text.
+    pub async fn send_text(&mut self, text: &str) {
+        use futures_util::SinkExt;
+        self.ws
+            .send(tokio_tungstenite::tungstenite::Message::Text(
+                text.to_owned().into(),
+            ))
+            .await
+            .expect("send");
+    }
+
+    /// The next text frame, or `Err(close code)` when the socket closes; fails after 10 s.
+    pub async fn next(&mut self) -> Result<Msg, Option<u16>> {
+        self.next_within(Duration::from_secs(10)).await
+    }
+
+    /// The next text frame within `patience`.
+    pub async fn next_within(&mut self, patience: Duration) -> Result<Msg, Option<u16>> {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            let frame = tokio::time::timeout(patience, self.ws.next())
+                .await
+                .expect("a frame within the patience");
+            match frame {
+                Some(Ok(Message::Text(t))) => {
+                    let v: serde_json::Value = serde_json::from_str(t.as_str()).expect("json");
+                    let s = |i: usize| v[i].as_str().map(str::to_owned);
+                    return Ok(Msg {
+                        join_ref: s(0),
+                        msg_ref: s(1),
+                        topic: s(2).unwrap_or_default(),
+                        event: s(3).unwrap_or_default(),
+                        payload: v[4].clone(),
+                    });
+                }
+                Some(Ok(Message::Close(frame))) => return Err(frame.map(|f| f.code.into())),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return Err(None),
+            }
+        }
+    }
+
+    /// The next text frame unparsed, or `Err(close code)` when the socket closes.
+    pub async fn next_raw(&mut self, patience: Duration) -> Result<String, Option<u16>> {
+        use futures_util::StreamExt;
+        use tokio_tungstenite::tungstenite::Message;
+        loop {
+            let frame = tokio::time::timeout(patience, self.ws.next())
+                .await
+                .expect("a frame within the patience");
+            match frame {
+                Some(Ok(Message::Text(t))) => return Ok(t.as_str().to_owned()),
+                Some(Ok(Message::Close(frame))) => return Err(frame.map(|f| f.code.into())),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return Err(None),
+            }
+        }
+    }
+
+    /// Skips frames until one with `event` on `topic` arrives.
+    pub async fn expect_event(&mut self, topic: &str, event: &str) -> Msg {
+        loop {
+            let m = self.next().await.unwrap_or_else(|code| {
+                panic!("socket closed ({code:?}) while waiting for {event} on {topic}")
+            });
+            if m.topic == topic && m.event == event {
+                return m;
+            }
+        }
+    }
+
+    /// Joins `topic` with `config`; returns the reply payload.
+    pub async fn join(&mut self, topic: &str, config: serde_json::Value) -> serde_json::Value {
+        let r = self.next_ref.to_string();
+        self.send(
+            Some(&r),
+            topic,
+            "phx_join",
+            serde_json::json!({ "config": config }),
+        )
+        .await;
+        let reply = self.expect_event(topic, "phx_reply").await;
+        assert_eq!(
+            reply.msg_ref.as_deref(),
+            Some(r.as_str()),
+            "reply echoes the ref"
+        );
+        assert_eq!(
+            reply.join_ref.as_deref(),
+            Some(r.as_str()),
+            "reply echoes the join_ref"
+        );
+        reply.payload
+    }
+
+    /// Joins with Postgres Changes subscriptions and waits for "Subscribed to PostgreSQL".
+    pub async fn subscribe(&mut self, topic: &str, changes: serde_json::Value) -> Vec<u32> {
+        let reply = self
+            .join(topic, serde_json::json!({ "postgres_changes": changes }))
+            .await;
+        assert_eq!(reply["status"], "ok", "{reply}");
+        let system = self.expect_event(topic, "system").await;
+        assert_eq!(
+            system.payload["status"], "ok",
+            "subscription failed: {}",
+            system.payload
+        );
+        reply["response"]["postgres_changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| u32::try_from(e["id"].as_u64().unwrap()).unwrap())
+            .collect()
+    }
+
+    /// Reads the raw stream until the server's close frame; returns its code.
+    pub async fn closed_with(&mut self, patience: Duration) -> Option<u16> {
+        loop {
+            match self.next_within(patience).await {
+                Ok(_) => continue,
+                Err(code) => return code,
+            }
+        }
+    }
+
+    /// Stops reading: the caller keeps the socket but drains nothing.
+    pub fn into_inner(
+        self,
+    ) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>
+    {
+        self.ws
+    }
+}
+
+/// Creates `public.<table>` with `id bigint primary key` plus `columns`, and enables it for
+/// realtime the Supabase way (publication).
+pub async fn realtime_table(db: &TestDb, table: &str, columns: &str) {
+    let mut conn = db.connect().await;
+    sqlx::query(&format!(
+        "create table public.{table} (id bigint generated by default as identity primary key{}{columns})",
+        if columns.is_empty() { "" } else { ", " }
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query(&format!(
+        "alter publication supabase_realtime add table public.{table}"
+    ))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+}
+
+/// Which real client a [`Driver`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Client {
+    /// npm `@supabase/realtime-js` under Node.js.
+    Js,
+    /// PyPI `realtime` (supabase-py's client).
+    Py,
+}
+
+static CLIENTS_SETUP: OnceLock<()> = OnceLock::new();
+
+/// A real client driven over stdin/stdout JSON lines (see tests/clients/README.md).
+#[derive(Debug)]
+pub struct Driver {
+    child: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    events: tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+    /// Every event seen so far, for failure messages.
+    pub log: Vec<serde_json::Value>,
+}
+
+impl Driver {
+    /// Installs the clients (once per process) and starts `client` against `gw`.
+    pub async fn start(client: Client, gw: &TestGateway, params: serde_json::Value) -> Driver {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients");
+        CLIENTS_SETUP.get_or_init(|| {
+            let status = Command::new(root.join("setup.sh"))
+                .stdout(Stdio::null())
+                .status()
+                .expect("run tests/clients/setup.sh");
+            assert!(status.success(), "tests/clients/setup.sh failed");
+        });
+        let mut cmd = match client {
+            Client::Js => {
+                let mut c = tokio::process::Command::new("node");
+                c.arg(root.join("js/driver.mjs"));
+                c
+            }
+            Client::Py => {
+                let mut c = tokio::process::Command::new(root.join("py/.venv/bin/python"));
+                c.arg(root.join("py/driver.py"));
+                c.env("REALTIME_PY_MAX_RETRIES", "2")
+                    .env("REALTIME_PY_INITIAL_BACKOFF", "0.2");
+                c
+            }
+        };
+        let mut child = cmd
+            .env("REALTIME_URL", format!("ws://{}/realtime/v1", gw.addr))
+            .env("REALTIME_APIKEY", token("anon", None))
+            .env("REALTIME_PARAMS", params.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start the client driver");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, events) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt;
+            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                match serde_json::from_str(&line) {
+                    Ok(v) => {
+                        if tx.send(v).is_err() {
+                            break;
+                        }
+                    }
+                    Err(_) => eprintln!("driver printed a non-JSON line: {line}"),
+                }
+            }
+        });
+        let mut driver = Driver {
+            child,
+            stdin,
+            events,
+            log: Vec::new(),
+        };
+        driver.expect(|e| e["ev"] == "ready").await;
+        driver
+    }
+
+    /// Sends one command.
+    pub async fn send(&mut self, command: serde_json::Value) {
+        use tokio::io::AsyncWriteExt;
+        let mut line = command.to_string();
+        line.push('\n');
+        self.stdin
+            .write_all(line.as_bytes())
+            .await
+            .expect("driver stdin");
+        self.stdin.flush().await.expect("driver stdin");
+    }
+
+    /// The next event matching `pred` (others are kept in `log`); fails after 20 s.
+    pub async fn expect(&mut self, pred: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let next = tokio::time::timeout_at(deadline, self.events.recv()).await;
+            match next {
+                Ok(Some(event)) => {
+                    self.log.push(event.clone());
+                    assert_ne!(event["ev"], "fatal", "driver failed: {event}");
+                    if pred(&event) {
+                        return event;
+                    }
+                }
+                Ok(None) => panic!("driver exited; events: {:#?}", self.log),
+                Err(_) => panic!("timed out; events so far: {:#?}", self.log),
+            }
+        }
+    }
+
+    /// Asks the driver to exit and waits for it.
+    pub async fn exit(mut self) {
+        self.send(serde_json::json!({"cmd": "exit"})).await;
+        let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+    }
 }

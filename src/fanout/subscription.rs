@@ -1,0 +1,313 @@
+//! Postgres Changes subscriptions: what a join asks for (`config.postgres_changes`), its stable
+//! id, and its validation against the published tables (PROTOCOL.md sections 5.2, 6.1, 6.5).
+
+use serde_json::{Map, Value};
+
+use super::filter::{BoundFilter, Column, Filter};
+use crate::pg::catalog::Catalog;
+use crate::pg::decode::{ChangeEvent, Op};
+
+/// Which operations a subscription wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Events(u8);
+
+impl Events {
+    /// Every operation (`*`, and anything unrecognised).
+    pub const ALL: Events = Events(0b111);
+
+    /// Parses `event` case-insensitively; anything but INSERT/UPDATE/DELETE means all.
+    pub fn parse(event: Option<&str>) -> Events {
+        match event.map(str::to_ascii_uppercase).as_deref() {
+            Some("INSERT") => Events(0b001),
+            Some("UPDATE") => Events(0b010),
+            Some("DELETE") => Events(0b100),
+            _ => Events::ALL,
+        }
+    }
+
+    /// Whether `op` is wanted.
+    pub fn contains(self, op: Op) -> bool {
+        let bit = match op {
+            Op::Insert => 0b001,
+            Op::Update => 0b010,
+            Op::Delete => 0b100,
+        };
+        self.0 & bit != 0
+    }
+}
+
+/// One entry of `config.postgres_changes` as the client sent it.
+#[derive(Debug, Clone)]
+pub struct Requested {
+    /// The object as sent; echoed back with `id` in the join reply.
+    pub raw: Map<String, Value>,
+    /// Stable id of this object.
+    pub id: u32,
+}
+
+impl Requested {
+    /// Reads the entries of a join's `postgres_changes` list (null entries are dropped; entries
+    /// that are not objects are kept as empty objects, which fail validation).
+    pub fn from_config(list: Option<&Value>) -> Vec<Requested> {
+        let Some(Value::Array(items)) = list else {
+            return Vec::new();
+        };
+        items
+            .iter()
+            .filter(|v| !v.is_null())
+            .map(|v| {
+                let raw = v.as_object().cloned().unwrap_or_default();
+                let id = stable_id(&raw);
+                Requested { raw, id }
+            })
+            .collect()
+    }
+
+    fn text(&self, key: &str) -> Option<&str> {
+        self.raw.get(key).and_then(Value::as_str).map(str::trim)
+    }
+
+    /// The reply entry: the object as sent plus `id`.
+    pub fn echo(&self) -> Value {
+        let mut obj = self.raw.clone();
+        obj.insert("id".into(), Value::from(self.id));
+        Value::Object(obj)
+    }
+
+    fn describe(&self) -> String {
+        let select = match self.raw.get("select") {
+            Some(Value::Array(cols)) => cols
+                .iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(","),
+            Some(Value::String(s)) => s.clone(),
+            _ => String::new(),
+        };
+        format!(
+            "[event: {}, schema: {}, table: {}, filters: {}, select: [{}]]",
+            self.text("event").unwrap_or("*"),
+            self.text("schema").unwrap_or(""),
+            self.text("table").unwrap_or(""),
+            self.text("filter").unwrap_or(""),
+            select
+        )
+    }
+}
+
+/// A stable, non-zero id below 2^31 for a subscription object: identical objects get identical
+/// ids (FNV-1a over the object's canonical JSON, whose keys are sorted).
+pub fn stable_id(raw: &Map<String, Value>) -> u32 {
+    let canonical = Value::Object(raw.clone()).to_string();
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in canonical.bytes() {
+        hash ^= u32::from(byte);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash % 0x7fff_fffe + 1
+}
+
+/// A validated subscription, as the router evaluates it.
+#[derive(Debug, Clone)]
+pub struct PgSub {
+    /// Id echoed in the join reply and listed in `ids`.
+    pub id: u32,
+    /// Wanted operations.
+    pub events: Events,
+    /// Schema, or `*`.
+    pub schema: String,
+    /// Table, or `*`.
+    pub table: String,
+    /// Filter bound to the table's column types.
+    pub filter: Option<BoundFilter>,
+    /// Selected columns (primary key always added on delivery).
+    pub select: Option<Vec<String>>,
+}
+
+impl PgSub {
+    /// The index key this subscription is found under.
+    pub fn table_key(&self) -> (String, String) {
+        (self.schema.clone(), self.table.clone())
+    }
+
+    /// Whether `change` is delivered to this subscription.
+    pub fn matches(&self, change: &ChangeEvent) -> bool {
+        if !self.events.contains(change.op) {
+            return false;
+        }
+        if self.schema != "*" && self.schema != change.table.schema {
+            return false;
+        }
+        if self.table != "*" && self.table != change.table.name {
+            return false;
+        }
+        match (&self.filter, change.filter_row()) {
+            (None, _) => true,
+            (Some(f), Some(row)) => f.matches(row),
+            (Some(_), None) => true,
+        }
+    }
+}
+
+/// Validates requested subscriptions against the catalog. All or nothing: the first invalid
+/// entry yields the `system` error message PROTOCOL.md 6.5 gives for it.
+///
+/// # Errors
+/// The message to push; [`Resolve::Database`] when the catalog cannot be read.
+pub async fn resolve(requested: &[Requested], catalog: &Catalog) -> Result<Vec<PgSub>, Resolve> {
+    let mut subs = Vec::with_capacity(requested.len());
+    for req in requested {
+        subs.push(resolve_one(req, catalog).await?);
+    }
+    Ok(subs)
+}
+
+/// Why subscriptions could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum Resolve {
+    /// The request is invalid; the text is the client-facing message.
+    #[error("{0}")]
+    Invalid(String),
+    /// The database could not be asked.
+    #[error("catalog unavailable")]
+    Database(#[from] crate::pg::Error),
+}
+
+async fn resolve_one(req: &Requested, catalog: &Catalog) -> Result<PgSub, Resolve> {
+    let events = Events::parse(req.text("event"));
+    let schema = req.text("schema").filter(|s| !s.is_empty());
+    let table = req.text("table").filter(|s| !s.is_empty());
+    let (schema, table) = match (schema, table) {
+        (None, None) => {
+            return Err(Resolve::Invalid(format!(
+                "No subscription params provided. Please provide at least a `schema` or `table` \
+                 to subscribe to: {}",
+                Value::Object(req.raw.clone())
+            )))
+        }
+        (None, Some(t)) => ("public".to_owned(), t.to_owned()),
+        (Some(s), None) => (s.to_owned(), "*".to_owned()),
+        (Some(s), Some(t)) => (s.to_owned(), t.to_owned()),
+    };
+    let select: Option<Vec<String>> = match req.raw.get("select") {
+        Some(Value::Array(cols)) => Some(
+            cols.iter()
+                .filter_map(Value::as_str)
+                .map(|c| c.trim().to_owned())
+                .collect(),
+        ),
+        Some(Value::String(s)) if !s.trim().is_empty() => {
+            Some(s.split(',').map(|c| c.trim().to_owned()).collect())
+        }
+        _ => None,
+    };
+    let wildcard = schema == "*" || table == "*";
+    if wildcard && select.is_some() {
+        return Err(Resolve::Invalid(
+            "Column selection is not supported for wildcard subscriptions. Provide an explicit \
+             schema and table name."
+                .to_owned(),
+        ));
+    }
+    let filter_text = req.text("filter").unwrap_or("");
+    let filter = Filter::parse(filter_text).map_err(|e| Resolve::Invalid(e.to_string()))?;
+    let unable = || {
+        Resolve::Invalid(format!(
+            "Unable to subscribe to changes with given parameters. Please check Realtime is \
+             enabled for the given connect parameters: {}",
+            req.describe()
+        ))
+    };
+    let is_published = |set: &std::collections::HashSet<(String, String)>| {
+        set.iter()
+            .any(|(s, t)| (schema == "*" || *s == schema) && (table == "*" || *t == table))
+    };
+    let published = catalog.published(false).await?;
+    if !is_published(&published) && !is_published(&*catalog.published(true).await?) {
+        return Err(unable());
+    }
+    if wildcard {
+        if !filter.is_empty() {
+            return Err(unable());
+        }
+        return Ok(PgSub {
+            id: req.id,
+            events,
+            schema,
+            table,
+            filter: None,
+            select: None,
+        });
+    }
+    let info = catalog
+        .table_by_name(&schema, &table)
+        .await?
+        .ok_or_else(unable)?;
+    let columns: Vec<Column> = info
+        .columns
+        .iter()
+        .map(|c| Column::new(c.name.clone(), c.type_name.clone()))
+        .collect();
+    if let Some(cols) = &select {
+        if let Some(missing) = cols.iter().find(|c| info.column(c).is_none()) {
+            return Err(Resolve::Invalid(format!(
+                "Unable to subscribe to changes with given parameters. An exception happened so \
+                 please check your connect parameters: {}. Exception: invalid column for select \
+                 {missing}",
+                req.describe()
+            )));
+        }
+    }
+    let bound = if filter.is_empty() {
+        None
+    } else {
+        Some(filter.bind(&columns).map_err(|e| {
+            Resolve::Invalid(format!(
+                "Unable to subscribe to changes with given parameters. An exception happened so \
+                 please check your connect parameters: {}. Exception: {e}",
+                req.describe()
+            ))
+        })?)
+    };
+    Ok(PgSub {
+        id: req.id,
+        events,
+        schema,
+        table,
+        filter: bound,
+        select,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn ids_are_stable_non_zero_and_below_2_31() {
+        let a = json!({"event":"INSERT","schema":"public","table":"todos"});
+        let b = json!({"table":"todos","schema":"public","event":"INSERT"});
+        let ra =
+            Requested::from_config(Some(&json!([a, null, b, {"event":"*","schema":"public"}])));
+        assert_eq!(ra.len(), 3);
+        assert_eq!(ra[0].id, ra[1].id, "key order does not change the id");
+        assert_ne!(ra[0].id, ra[2].id);
+        for r in &ra {
+            assert!(r.id > 0 && r.id < (1 << 31));
+        }
+        assert_eq!(ra[0].echo()["id"], json!(ra[0].id));
+        assert!(
+            ra[0].echo().get("filter").is_none(),
+            "omitted keys stay omitted"
+        );
+    }
+
+    #[test]
+    fn events_parse_case_insensitively_and_default_to_all() {
+        assert!(Events::parse(Some("insert")).contains(Op::Insert));
+        assert!(!Events::parse(Some("insert")).contains(Op::Delete));
+        assert_eq!(Events::parse(Some("weird")), Events::ALL);
+        assert_eq!(Events::parse(None), Events::ALL);
+    }
+}

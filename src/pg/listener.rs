@@ -1,0 +1,499 @@
+//! Stage 1: the change listener — one LISTEN connection per node, however many clients.
+//!
+//! Writers' triggers put every change of a published table into the outbox `realtime.changes`
+//! inside their own transaction, and ring a bell (`NOTIFY realtime_gateway`) at most once per
+//! millisecond slot. The bell only says "look": this task reads the outbox through the pool,
+//! so nothing depends on a notification arriving. Lost bells (listener reconnecting, writers
+//! that skipped the bell) are covered by follow-up and poll reads, and a dropped listener
+//! connection loses nothing because the outbox is durable.
+//!
+//! Reading in commit order: each read runs in a repeatable-read transaction whose snapshot `S`
+//! is compared with the previous read's snapshot `P`. The rows to deliver are exactly those of
+//! transactions visible in `S` but not in `P`. With `M` the highest id visible in `P`, they are:
+//! rows with ids up to `M` of transactions `P` did not see (`xid = any(P.xip)` or
+//! `xid >= P.xmax` — a transaction may hold an xid at or above `P.xmax`, and have written rows,
+//! before `P` was taken, since `xmax` is one past the latest *completed* xid), and every row above
+//! `M` that `S` sees (ids above `M` were all allocated after `P`, by transactions `P` did not see).
+//! Everything a batch delivers committed after everything earlier batches delivered; within a
+//! batch rows go in id (capture) order, which keeps every row's changes in the order they were
+//! made, since conflicting writes are serialized by row locks. Each row is decoded (stage 2) and
+//! routed (stage 3) as its page arrives, so a bulk write of any size streams with bounded memory.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sqlx::postgres::{PgListener, PgPoolOptions};
+use sqlx::{PgPool, Row};
+
+use super::catalog::Catalog;
+use super::decode::{self, ChangeRow};
+use super::Error;
+use crate::fanout::router::Router;
+use crate::shutdown::Shutdown;
+
+/// Channel the capture bell notifies.
+pub const BELL_CHANNEL: &str = "realtime_gateway";
+/// `application_name` of the listener connection, as seen in `pg_stat_activity`.
+pub const APPLICATION_NAME: &str = "realtime-gateway listener";
+/// Rows read per page.
+const PAGE_ROWS: i64 = 1000;
+/// After a read that found rows, read again this soon: writers that skipped the bell (another
+/// transaction held the millisecond slot) are picked up quickly.
+const FOLLOW_UP: Duration = Duration::from_millis(2);
+/// The listener connection is checked with a query this often, so a silently dead connection
+/// is noticed within seconds, not at the next TCP timeout.
+const HEALTH_CHECK_EVERY: Duration = Duration::from_secs(5);
+
+/// Settings of the listener.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Database URL (the listener opens its own connection).
+    pub database_url: String,
+    /// Read the outbox at least this often even without a bell.
+    pub poll_interval: Duration,
+    /// Changes over this many bytes are truncated with `Error 413`.
+    pub max_change_bytes: usize,
+    /// `realtime.changes` rows older than this are pruned.
+    pub retention: Duration,
+}
+
+/// What the listener reports to readiness and metrics.
+#[derive(Debug, Default)]
+pub struct Status {
+    /// The LISTEN connection is up.
+    pub connected: AtomicBool,
+    /// The outbox cursor is established (changes committed from now on will be delivered).
+    pub started: AtomicBool,
+    /// Times the LISTEN connection was lost.
+    pub reconnects: AtomicU64,
+    /// Outbox rows read.
+    pub rows: AtomicU64,
+    /// Outbox reads made.
+    pub reads: AtomicU64,
+    /// Highest outbox id read.
+    pub last_id: AtomicU64,
+}
+
+/// Position in the outbox: the previous read's snapshot (`xmax` and in-progress transactions)
+/// and highest visible id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Cursor {
+    xmax: String,
+    xip: Vec<String>,
+    max_id: i64,
+}
+
+/// The listener task.
+#[derive(Debug)]
+pub struct Listener {
+    settings: Settings,
+    pool: PgPool,
+    catalog: Arc<Catalog>,
+    router: Arc<Router>,
+    status: Arc<Status>,
+}
+
+impl Listener {
+    /// A listener reading through `pool` and routing into `router`.
+    pub fn new(
+        settings: Settings,
+        pool: PgPool,
+        catalog: Arc<Catalog>,
+        router: Arc<Router>,
+        status: Arc<Status>,
+    ) -> Listener {
+        Listener {
+            settings,
+            pool,
+            catalog,
+            router,
+            status,
+        }
+    }
+
+    /// Starts the task on the shutdown tracker.
+    pub fn spawn(self, shutdown: &Shutdown) -> tokio::task::JoinHandle<()> {
+        let s = shutdown.clone();
+        shutdown.spawn("pg_listener", async move { self.run(s).await })
+    }
+
+    /// Runs until shutdown.
+    #[tracing::instrument(name = "pg_listener", skip_all)]
+    pub async fn run(self, shutdown: Shutdown) {
+        let mut backoff = Backoff::new();
+        let mut cursor = loop {
+            match start_cursor(&self.pool).await {
+                Ok(c) => break c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read the outbox position; retrying");
+                    if backoff.wait(&shutdown).await {
+                        return;
+                    }
+                }
+            }
+        };
+        self.status.started.store(true, Ordering::Release);
+        tracing::info!(max_id = cursor.max_id, "change listener started");
+        let listen_pool = match listen_pool(&self.settings.database_url) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "invalid database url for the listener");
+                return;
+            }
+        };
+        let mut listener: Option<PgListener> = None;
+        let mut poll = tokio::time::interval(self.settings.poll_interval);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut health = tokio::time::interval(HEALTH_CHECK_EVERY);
+        health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut prune = tokio::time::interval(Duration::from_secs(30));
+        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut read_backoff = Backoff::new();
+        let mut routed = std::collections::HashSet::new();
+        let mut listen_backoff = Backoff::new();
+        let mut listen_retry_at = tokio::time::Instant::now();
+        let mut need_read = true;
+        let mut follow_up = false;
+        loop {
+            if listener.is_none() && tokio::time::Instant::now() >= listen_retry_at {
+                match connect_listener(&listen_pool).await {
+                    Ok(l) => {
+                        tracing::info!("listener connected");
+                        self.status.connected.store(true, Ordering::Release);
+                        listener = Some(l);
+                        listen_backoff = Backoff::new();
+                        need_read = true; // whatever was rung while we were away
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "listener cannot connect; retrying");
+                        listen_retry_at = tokio::time::Instant::now() + listen_backoff.next();
+                    }
+                }
+            }
+            if need_read {
+                need_read = false;
+                match self.read(&mut cursor, &mut routed).await {
+                    Ok(n) => {
+                        follow_up = n > 0;
+                        read_backoff = Backoff::new();
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the outbox; retrying");
+                        if read_backoff.wait(&shutdown).await {
+                            return;
+                        }
+                        need_read = true;
+                        continue;
+                    }
+                }
+            }
+            let retry_listen = listener.is_none();
+            tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                bell = recv(&mut listener) => match bell {
+                    Ok(true) => {
+                        if let Some(l) = listener.as_mut() {
+                            while l.next_buffered().is_some() {}
+                        }
+                        need_read = true;
+                    }
+                    Ok(false) | Err(_) => {
+                        if let Err(e) = &bell {
+                            tracing::warn!(error = %e, "listener connection lost");
+                        } else {
+                            tracing::warn!("listener connection lost; reconnected");
+                        }
+                        self.status.reconnects.fetch_add(1, Ordering::Relaxed);
+                        metrics::counter!("gateway_listener_reconnects_total").increment(1);
+                        if bell.is_err() {
+                            listener = None;
+                            self.status.connected.store(false, Ordering::Release);
+                        }
+                        need_read = true; // catch up on the gap
+                    }
+                },
+                () = tokio::time::sleep(FOLLOW_UP), if follow_up => need_read = true,
+                _ = poll.tick() => need_read = true,
+                () = tokio::time::sleep_until(listen_retry_at), if retry_listen => {},
+                _ = health.tick() => {
+                    if let Some(l) = listener.as_mut() {
+                        let ok = tokio::time::timeout(
+                            Duration::from_secs(2),
+                            sqlx::query("select 1").execute(&mut *l),
+                        ).await;
+                        if !matches!(ok, Ok(Ok(_))) {
+                            tracing::warn!("listener connection failed its health check");
+                            listener = None;
+                            self.status.connected.store(false, Ordering::Release);
+                            self.status.reconnects.fetch_add(1, Ordering::Relaxed);
+                            need_read = true;
+                        }
+                    }
+                }
+                _ = prune.tick() => self.prune().await,
+            }
+        }
+        self.status.connected.store(false, Ordering::Release);
+        // The listener holds the pool's only connection: return it before closing the pool.
+        drop(listener);
+        listen_pool.close().await;
+        tracing::info!("change listener stopped");
+    }
+
+    /// Reads and routes every change committed since the cursor; returns how many. `routed`
+    /// holds the ids an earlier, failed attempt already routed since the cursor last moved: they
+    /// are not routed again.
+    async fn read(
+        &self,
+        cursor: &mut Cursor,
+        routed: &mut std::collections::HashSet<i64>,
+    ) -> Result<usize, Error> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("set transaction isolation level repeatable read, read only")
+            .execute(&mut *tx)
+            .await?;
+        let snapshot: String = sqlx::query_scalar("select pg_current_snapshot()::text")
+            .fetch_one(&mut *tx)
+            .await?;
+        let (xmax_now, xip_now) = parse_snapshot(&snapshot);
+        let mut total = 0usize;
+        let mut max_id = cursor.max_id;
+        // Rows up to the previous highest id of transactions the previous read did not see.
+        let mut after = 0i64;
+        loop {
+            let rows = sqlx::query(
+                "select id, captured_at, relid::int8 as relid, op, record, old_record \
+                 from realtime.changes \
+                 where (xid >= $1::text::xid8 or xid = any($2::text[]::xid8[])) \
+                   and id > $3 and id <= $4 \
+                 order by id limit $5",
+            )
+            .bind(&cursor.xmax)
+            .bind(&cursor.xip)
+            .bind(after)
+            .bind(cursor.max_id)
+            .bind(PAGE_ROWS)
+            .fetch_all(&mut *tx)
+            .await?;
+            let n = rows.len();
+            after = self
+                .deliver(rows, &mut max_id, routed)
+                .await?
+                .unwrap_or(after);
+            total += n;
+            if n < PAGE_ROWS as usize {
+                break;
+            }
+        }
+        // Every row above the previous highest visible id that this snapshot sees.
+        let mut after = cursor.max_id;
+        loop {
+            let rows = sqlx::query(
+                "select id, captured_at, relid::int8 as relid, op, record, old_record \
+                 from realtime.changes where id > $1 order by id limit $2",
+            )
+            .bind(after)
+            .bind(PAGE_ROWS)
+            .fetch_all(&mut *tx)
+            .await?;
+            let n = rows.len();
+            after = self
+                .deliver(rows, &mut max_id, routed)
+                .await?
+                .unwrap_or(after);
+            total += n;
+            if n < PAGE_ROWS as usize {
+                break;
+            }
+        }
+        tx.commit().await?;
+        *cursor = Cursor {
+            xmax: xmax_now,
+            xip: xip_now,
+            max_id,
+        };
+        routed.clear();
+        self.status.reads.fetch_add(1, Ordering::Relaxed);
+        self.status.rows.fetch_add(total as u64, Ordering::Relaxed);
+        self.status
+            .last_id
+            .store(u64::try_from(max_id).unwrap_or(0), Ordering::Relaxed);
+        if total > 0 {
+            metrics::counter!("gateway_listener_changes_total").increment(total as u64);
+        }
+        Ok(total)
+    }
+
+    /// Decodes and routes one page (skipping ids in `routed`, adding the ones it routes);
+    /// returns its last id.
+    async fn deliver(
+        &self,
+        rows: Vec<sqlx::postgres::PgRow>,
+        max_id: &mut i64,
+        routed: &mut std::collections::HashSet<i64>,
+    ) -> Result<Option<i64>, Error> {
+        let mut last = None;
+        for row in rows {
+            let change = ChangeRow {
+                id: row.try_get("id")?,
+                captured_at: row.try_get("captured_at")?,
+                relid: u32::try_from(row.try_get::<i64, _>("relid")?).unwrap_or(0),
+                op: row.try_get("op")?,
+                record: row.try_get("record")?,
+                old_record: row.try_get("old_record")?,
+            };
+            last = Some(change.id);
+            *max_id = (*max_id).max(change.id);
+            if !routed.insert(change.id) {
+                continue; // routed by an attempt that failed later
+            }
+            let Some(mut table) = self.catalog.table(change.relid).await? else {
+                tracing::debug!(relid = change.relid, "change of a dropped table skipped");
+                continue;
+            };
+            if !fits(
+                &table,
+                change.record.as_ref().or(change.old_record.as_ref()),
+            ) {
+                // A column was added or dropped since the table was cached.
+                if let Some(fresh) = self.catalog.refresh(change.relid).await? {
+                    table = fresh;
+                }
+            }
+            match decode::decode(change, table, self.settings.max_change_bytes) {
+                Ok(event) => {
+                    self.router.route(&event, self.settings.max_change_bytes);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "undecodable outbox row skipped");
+                    metrics::counter!("gateway_decode_errors_total").increment(1);
+                }
+            }
+        }
+        Ok(last)
+    }
+
+    async fn prune(&self) {
+        let secs = self.settings.retention.as_secs_f64();
+        let result: Result<i64, sqlx::Error> =
+            sqlx::query_scalar("select realtime.prune_changes(make_interval(secs => $1))")
+                .bind(secs)
+                .fetch_one(&self.pool)
+                .await;
+        match result {
+            Ok(n) if n > 0 => tracing::debug!(rows = n, "outbox pruned"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot prune the outbox"),
+        }
+    }
+}
+
+/// Whether `row`'s keys are exactly the cached table's columns.
+fn fits(table: &super::catalog::TableInfo, row: Option<&serde_json::Value>) -> bool {
+    match row.and_then(serde_json::Value::as_object) {
+        Some(obj) => {
+            obj.len() == table.columns.len()
+                && table.columns.iter().all(|c| obj.contains_key(&c.name))
+        }
+        None => true,
+    }
+}
+
+/// The position to start from: everything committed before now counts as delivered.
+async fn start_cursor(pool: &PgPool) -> Result<Cursor, Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("set transaction isolation level repeatable read, read only")
+        .execute(&mut *tx)
+        .await?;
+    let snapshot: String = sqlx::query_scalar("select pg_current_snapshot()::text")
+        .fetch_one(&mut *tx)
+        .await?;
+    let max_id: i64 = sqlx::query_scalar("select coalesce(max(id), 0) from realtime.changes")
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    let (xmax, xip) = parse_snapshot(&snapshot);
+    Ok(Cursor { xmax, xip, max_id })
+}
+
+/// `xmax` and the in-progress transaction ids of a `pg_snapshot` text (`xmin:xmax:xip,xip`).
+fn parse_snapshot(snapshot: &str) -> (String, Vec<String>) {
+    let mut parts = snapshot.splitn(3, ':');
+    let _xmin = parts.next();
+    let xmax = parts.next().unwrap_or("0").to_owned();
+    let xip = parts
+        .next()
+        .map(|xip| {
+            xip.split(',')
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    (xmax, xip)
+}
+
+fn listen_pool(url: &str) -> Result<PgPool, Error> {
+    let options = super::connect_options(url, APPLICATION_NAME)?;
+    Ok(PgPoolOptions::new()
+        .max_connections(1)
+        .min_connections(0)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_lazy_with(options))
+}
+
+async fn connect_listener(pool: &PgPool) -> Result<PgListener, Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(BELL_CHANNEL).await?;
+    Ok(listener)
+}
+
+/// Waits for the next bell: `Ok(true)` a notification, `Ok(false)` the connection was lost
+/// and re-established (a gap), `Err` the connection is gone. Pends forever without a listener.
+async fn recv(listener: &mut Option<PgListener>) -> Result<bool, sqlx::Error> {
+    match listener.as_mut() {
+        Some(l) => l.try_recv().await.map(|n| n.is_some()),
+        None => std::future::pending().await,
+    }
+}
+
+/// Exponential back-off from 100 ms to 5 s.
+#[derive(Debug)]
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff(Duration::from_millis(100))
+    }
+
+    fn next(&mut self) -> Duration {
+        let d = self.0;
+        self.0 = (self.0 * 2).min(Duration::from_secs(5));
+        d
+    }
+
+    /// Sleeps the next delay; returns true when shutdown came first.
+    async fn wait(&mut self, shutdown: &Shutdown) -> bool {
+        let d = self.next();
+        tokio::select! {
+            () = shutdown.cancelled() => true,
+            () = tokio::time::sleep(d) => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn snapshots_are_parsed() {
+        assert_eq!(
+            parse_snapshot("10:20:12,15"),
+            ("20".to_owned(), vec!["12".to_owned(), "15".to_owned()])
+        );
+        assert_eq!(parse_snapshot("10:10:"), ("10".to_owned(), vec![]));
+    }
+}

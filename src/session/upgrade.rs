@@ -1,0 +1,100 @@
+//! The WebSocket upgrade: authenticate the `apikey`, pick the serializer, take a connection
+//! slot, and start the session on the shutdown tracker.
+//!
+//! Refusals are HTTP errors with the JSON bodies PROTOCOL.md section 1.2 gives, answered after
+//! the connect-error delay (so reconnect loops slow down) without holding any slot.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{ConnectInfo, Query, State, WebSocketUpgrade};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use super::protocol::Vsn;
+use super::{Session, SessionParams};
+use crate::state::AppState;
+
+/// `GET /realtime/v1/websocket` and `GET /socket/websocket`.
+pub async fn handler(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    if state.shutdown.is_triggered() {
+        return refuse(
+            &state,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Realtime is restarting, please standby",
+        )
+        .await;
+    }
+    let apikey = headers
+        .get("x-api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| query.get("apikey").cloned())
+        .unwrap_or_default();
+    let claims = match state.verifier.verify(&apikey) {
+        Ok(claims) => claims,
+        Err(e) => {
+            metrics::counter!("gateway_session_auth_failures_total").increment(1);
+            tracing::debug!(peer = %peer, error = %e, "upgrade refused: bad apikey");
+            return refuse(&state, StatusCode::UNAUTHORIZED, &e.handshake_text()).await;
+        }
+    };
+    let vsn = match Vsn::from_query(query.get("vsn").map(String::as_str)) {
+        Ok(vsn) => vsn,
+        Err(_) => return StatusCode::FORBIDDEN.into_response(),
+    };
+    let Some(permit) = state.limits.acquire_connection().await else {
+        metrics::counter!("gateway_limits_refused_total").increment(1);
+        tracing::warn!(peer = %peer, "upgrade refused: connection cap reached");
+        return refuse(
+            &state,
+            StatusCode::TOO_MANY_REQUESTS,
+            "Too many connected users",
+        )
+        .await;
+    };
+    let params = SessionParams {
+        vsn,
+        apikey,
+        claims: Arc::new(claims),
+        peer,
+        component: query.get("component").cloned(),
+    };
+    let config = &state.config;
+    let tracker = state.shutdown.clone();
+    ws.max_message_size(config.max_frame_bytes)
+        .max_frame_size(config.max_frame_bytes)
+        .read_buffer_size(4096)
+        .write_buffer_size(4096)
+        .max_write_buffer_size(config.max_frame_bytes.saturating_mul(2))
+        .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
+        .on_upgrade(move |socket| async move {
+            let session = Session::new(state, params, permit);
+            // Track the session so shutdown waits for its close frame.
+            let handle = tracker.spawn("session", session.run(socket));
+            if let Err(e) = handle.await {
+                tracing::error!(error = %e, "session task failed");
+            }
+        })
+}
+
+/// Answers a refused upgrade after the connect-error delay.
+async fn refuse(state: &AppState, status: StatusCode, text: &str) -> Response {
+    let delay = state.config.connect_error_delay;
+    if !delay.is_zero() {
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = state.shutdown.cancelled() => {}
+        }
+    }
+    (status, Json(json!({ "error": text }))).into_response()
+}
