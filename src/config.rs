@@ -132,6 +132,10 @@ pub struct Settings {
     #[arg(long, env = "CHANGE_RETENTION", default_value = "10m", value_parser = parse_duration)]
     pub change_retention: Duration,
 
+    /// Audit-log rows are kept this long (e.g. `30days`).
+    #[arg(long, env = "AUDIT_RETENTION", default_value = "30days", value_parser = parse_duration)]
+    pub audit_retention: Duration,
+
     /// Size of the gateway's PostgreSQL connection pool (the change listener uses one more).
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 8)]
     pub db_pool_size: u32,
@@ -182,6 +186,8 @@ pub struct Config {
     pub change_poll_interval: Duration,
     /// Outbox retention.
     pub change_retention: Duration,
+    /// Audit-log retention.
+    pub audit_retention: Duration,
     /// Pool size.
     pub db_pool_size: u32,
     /// Bounded wait at shutdown.
@@ -267,6 +273,7 @@ impl Settings {
             connect_error_delay: self.connect_error_delay,
             change_poll_interval: self.change_poll_interval,
             change_retention: self.change_retention,
+            audit_retention: self.audit_retention,
             db_pool_size: self.db_pool_size,
             shutdown_timeout: self.shutdown_timeout,
             log_format: self.log_format,
@@ -296,6 +303,7 @@ impl Config {
             connect_error_delay: Duration::from_secs(2),
             change_poll_interval: Duration::from_millis(50),
             change_retention: Duration::from_secs(600),
+            audit_retention: Duration::from_secs(30 * 24 * 3600),
             db_pool_size: 8,
             shutdown_timeout: Duration::from_secs(10),
             log_format: LogFormat::Text,

@@ -24,6 +24,8 @@
 //!   subscribes to.
 //! - [`session`]: one task per WebSocket; [`session::protocol`] (framing),
 //!   [`session::outbound`] (stage 4), [`session::writer`] (stage 5), [`session::upgrade`].
+//! - [`registry`]: the subscription registry and audit log, written off the message path.
+//!   [`reaper`]: closes silent sessions and heartbeats the registry.
 //! - [`limits`]: connection and channel caps. [`auth`]: JWT verification. [`http`]: the router.
 //!   [`admin`]: health and readiness.
 
@@ -36,6 +38,8 @@ pub mod http;
 pub mod limits;
 pub mod local;
 pub mod pg;
+pub mod reaper;
+pub mod registry;
 pub mod session;
 pub mod shutdown;
 pub mod state;
@@ -55,6 +59,7 @@ use crate::state::AppState;
 #[derive(Debug)]
 pub struct Gateway {
     state: AppState,
+    registry_writer: tokio::task::JoinHandle<()>,
 }
 
 impl Gateway {
@@ -76,6 +81,17 @@ impl Gateway {
         let router = Arc::new(fanout::router::Router::new());
         let catalog = Arc::new(pg::catalog::Catalog::new(pool.clone()));
         let listener_status = Arc::new(pg::listener::Status::default());
+        let (registry, registry_writer) = registry::Registry::start(
+            pool.clone(),
+            registry::Settings {
+                node_id: config.node_id.clone(),
+                listen_addr: config.listen.to_string(),
+                max_connections: config.max_connections,
+                stale_timeout: config.heartbeat_timeout,
+                audit_retention: config.audit_retention,
+            },
+        )
+        .await?;
         let state = AppState {
             config: Arc::clone(&config),
             pool: pool.clone(),
@@ -83,7 +99,13 @@ impl Gateway {
             shutdown: shutdown.clone(),
             router: Arc::clone(&router),
             catalog: Arc::clone(&catalog),
-            limits: limits::Limits::new(config.max_connections, config.max_channels_per_connection),
+            limits: limits::Limits::new(
+                pool.clone(),
+                registry.clone(),
+                config.max_connections,
+                config.max_channels_per_connection,
+            ),
+            registry,
             listener: Arc::clone(&listener_status),
             sessions: Arc::default(),
             next_conn_id: Arc::default(),
@@ -94,6 +116,7 @@ impl Gateway {
                 poll_interval: config.change_poll_interval,
                 max_change_bytes: config.max_change_bytes,
                 retention: config.change_retention,
+                bus_channels: Vec::new(),
             },
             pool,
             catalog,
@@ -101,7 +124,11 @@ impl Gateway {
             listener_status,
         )
         .spawn(&shutdown);
-        Ok(Gateway { state })
+        reaper::spawn(state.clone());
+        Ok(Gateway {
+            state,
+            registry_writer,
+        })
     }
 
     /// The shared state (for introspection and tests).
@@ -116,7 +143,11 @@ impl Gateway {
     /// # Errors
     /// When the listening socket fails.
     pub async fn serve(self, listener: tokio::net::TcpListener) -> Result<(), Error> {
-        let state = self.state;
+        let Gateway {
+            state,
+            registry_writer,
+        } = self;
+        let registry = state.registry.clone();
         let shutdown = state.shutdown.clone();
         let config = Arc::clone(&state.config);
         let pool = state.pool.clone();
@@ -134,6 +165,9 @@ impl Gateway {
         // The server only returns once shutdown was triggered; make sure every task heard it.
         shutdown.trigger();
         shutdown.wait(config.shutdown_timeout).await;
+        // Sessions have reported their ends: write them and retire this node.
+        registry.shutdown(config.shutdown_timeout).await;
+        registry_writer.abort();
         pool.close().await;
         tracing::info!("stopped");
         Ok(())

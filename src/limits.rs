@@ -1,18 +1,31 @@
-//! Limits: the connection cap and per-connection caps.
+//! Limits: the connection cap, shared exactly by every node on one database, and the
+//! per-connection channel cap.
 //!
-//! A connection's slot is an owned permit held by its session task, so it is released however
-//! the session ends. The cap counts this node's open WebSockets; counting across every node
-//! sharing the database arrives with the registry.
+//! A connection's slot is a row of `realtime.connection_slots` taken at upgrade and held by an
+//! owned permit in the session task, so it is released however the session ends (the release is
+//! written by the registry writer, off the message path). A node that dies has its slots freed by
+//! the other nodes once it is stale.
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::registry::{store, Registry};
+
+/// Share of the cap past which a `cap_warning` is audited (at most once a minute per node).
+const WARNING_SHARE: f64 = 0.9;
 
 /// The caps of one node.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    connections: Arc<Semaphore>,
-    max_connections: usize,
+    pool: PgPool,
+    registry: Registry,
+    max_connections: u32,
+    in_use: Arc<AtomicUsize>,
+    last_warning: Arc<Mutex<Option<Instant>>>,
     /// Most channels one connection may join.
     pub max_channels_per_connection: usize,
 }
@@ -20,30 +33,93 @@ pub struct Limits {
 /// A held connection slot; dropping it frees the slot.
 #[derive(Debug)]
 pub struct ConnectionPermit {
-    _permit: OwnedSemaphorePermit,
+    slot: i32,
+    connection: Uuid,
+    registry: Registry,
+    in_use: Arc<AtomicUsize>,
+}
+
+impl Drop for ConnectionPermit {
+    fn drop(&mut self) {
+        self.in_use.fetch_sub(1, Ordering::AcqRel);
+        self.registry.release_slot(self.slot, self.connection);
+    }
 }
 
 impl Limits {
-    /// Caps of `max_connections` open connections and `max_channels` channels per connection.
-    pub fn new(max_connections: u32, max_channels: usize) -> Limits {
-        let max_connections = usize::try_from(max_connections).unwrap_or(usize::MAX);
+    /// Caps of `max_connections` open connections across the cluster and `max_channels`
+    /// channels per connection.
+    pub fn new(
+        pool: PgPool,
+        registry: Registry,
+        max_connections: u32,
+        max_channels: usize,
+    ) -> Limits {
         Limits {
-            connections: Arc::new(Semaphore::new(max_connections)),
+            pool,
+            registry,
             max_connections,
+            in_use: Arc::default(),
+            last_warning: Arc::default(),
             max_channels_per_connection: max_channels,
         }
     }
 
-    /// Takes a connection slot, or `None` when the cap is reached.
-    pub async fn acquire_connection(&self) -> Option<ConnectionPermit> {
-        Arc::clone(&self.connections)
-            .try_acquire_owned()
-            .ok()
-            .map(|p| ConnectionPermit { _permit: p })
+    /// Takes a connection slot for `connection`: `Ok(None)` when the cluster is at its cap.
+    ///
+    /// # Errors
+    /// When the database cannot be asked (the connection is then refused too: the cap cannot
+    /// be checked).
+    pub async fn acquire_connection(
+        &self,
+        connection: Uuid,
+    ) -> Result<Option<ConnectionPermit>, crate::pg::Error> {
+        let slot = store::acquire_slot(
+            &self.pool,
+            self.registry.node_id(),
+            connection,
+            self.max_connections,
+        )
+        .await?;
+        let Some(slot) = slot else {
+            return Ok(None);
+        };
+        self.in_use.fetch_add(1, Ordering::AcqRel);
+        if f64::from(slot) >= WARNING_SHARE * f64::from(self.max_connections) {
+            self.warn_near_cap(slot);
+        }
+        Ok(Some(ConnectionPermit {
+            slot,
+            connection,
+            registry: self.registry.clone(),
+            in_use: Arc::clone(&self.in_use),
+        }))
     }
 
-    /// Connections open now.
+    fn warn_near_cap(&self, slot: i32) {
+        let Ok(mut last) = self.last_warning.lock() else {
+            return;
+        };
+        if last.is_some_and(|at| at.elapsed() < Duration::from_secs(60)) {
+            return;
+        }
+        *last = Some(Instant::now());
+        tracing::warn!(slot, cap = self.max_connections, "connections near the cap");
+        self.registry.audit(
+            "cap_warning",
+            None,
+            None,
+            serde_json::json!({"slot": slot, "cap": self.max_connections}),
+        );
+    }
+
+    /// This node's open connections.
     pub fn connections_in_use(&self) -> usize {
-        self.max_connections - self.connections.available_permits()
+        self.in_use.load(Ordering::Acquire)
+    }
+
+    /// The cluster-wide cap.
+    pub fn max_connections(&self) -> u32 {
+        self.max_connections
     }
 }

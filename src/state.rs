@@ -12,6 +12,7 @@ use crate::fanout::router::{ConnId, Router};
 use crate::limits::Limits;
 use crate::pg::catalog::Catalog;
 use crate::pg::listener;
+use crate::registry::Registry;
 use crate::session::SessionHandle;
 use crate::shutdown::Shutdown;
 
@@ -32,6 +33,8 @@ pub struct AppState {
     pub catalog: Arc<Catalog>,
     /// Connection and channel caps.
     pub limits: Limits,
+    /// The subscription registry and audit log.
+    pub registry: Registry,
     /// The change listener's health.
     pub listener: Arc<listener::Status>,
     /// Live sessions of this node, by connection id.

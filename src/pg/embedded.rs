@@ -265,13 +265,25 @@ impl Cluster {
     /// [`Error::Program`] when `postgres` exits, [`Error::StartTimeout`] when it is not ready in
     /// time.
     pub fn start(&self, tuning: &Tuning) -> Result<Running, Error> {
+        self.start_on(None, tuning)
+    }
+
+    /// Like [`start`](Self::start), on `port` when given (to come back where clients expect it
+    /// after a stop), else on a free port.
+    ///
+    /// # Errors
+    /// As [`start`](Self::start).
+    pub fn start_on(&self, port: Option<u16>, tuning: &Tuning) -> Result<Running, Error> {
         self.stop_leftover()?;
         let log_path = self.pgdata.join("server.log");
         let mut last_log = String::new();
         // A free port can be taken by someone else between our probe and the server's bind:
         // try a few ports.
         for _attempt in 0..5 {
-            let port = free_port().map_err(io(&self.pgdata))?;
+            let port = match port {
+                Some(p) => p,
+                None => free_port().map_err(io(&self.pgdata))?,
+            };
             let log = fs::OpenOptions::new()
                 .create(true)
                 .append(true)

@@ -45,6 +45,22 @@ const FOLLOW_UP: Duration = Duration::from_millis(2);
 /// is noticed within seconds, not at the next TCP timeout.
 const HEALTH_CHECK_EVERY: Duration = Duration::from_secs(5);
 
+/// What the listener forwards from LISTEN channels other than the bell (the cluster bus of
+/// broadcast and presence shares the node's one listener connection).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BusMessage {
+    /// A notification on one of the bus channels.
+    Notification {
+        /// The channel.
+        channel: String,
+        /// Its payload.
+        payload: String,
+    },
+    /// The listener connection was lost: notifications may have been missed since the last
+    /// message; subscribers resynchronize from durable state.
+    Gap,
+}
+
 /// Settings of the listener.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -56,6 +72,8 @@ pub struct Settings {
     pub max_change_bytes: usize,
     /// `realtime.changes` rows older than this are pruned.
     pub retention: Duration,
+    /// Further channels to LISTEN on; their notifications go to the bus sender.
+    pub bus_channels: Vec<String>,
 }
 
 /// What the listener reports to readiness and metrics.
@@ -88,6 +106,7 @@ struct Cursor {
 #[derive(Debug)]
 pub struct Listener {
     settings: Settings,
+    bus: Option<tokio::sync::mpsc::UnboundedSender<BusMessage>>,
     pool: PgPool,
     catalog: Arc<Catalog>,
     router: Arc<Router>,
@@ -105,11 +124,37 @@ impl Listener {
     ) -> Listener {
         Listener {
             settings,
+            bus: None,
             pool,
             catalog,
             router,
             status,
         }
+    }
+
+    /// Forwards notifications of the bus channels (and gaps) to `bus`.
+    pub fn with_bus(mut self, bus: tokio::sync::mpsc::UnboundedSender<BusMessage>) -> Listener {
+        self.bus = Some(bus);
+        self
+    }
+
+    fn forward(&self, message: BusMessage) {
+        if let Some(bus) = &self.bus {
+            // The bus consumer lives as long as the gateway.
+            let _sent = bus.send(message);
+        }
+    }
+
+    /// Handles one notification: the bell asks for a read; others go to the bus.
+    fn on_notification(&self, n: &sqlx::postgres::PgNotification) -> bool {
+        if n.channel() == BELL_CHANNEL {
+            return true;
+        }
+        self.forward(BusMessage::Notification {
+            channel: n.channel().to_owned(),
+            payload: n.payload().to_owned(),
+        });
+        false
     }
 
     /// Starts the task on the shutdown tracker.
@@ -157,13 +202,14 @@ impl Listener {
         let mut follow_up = false;
         loop {
             if listener.is_none() && tokio::time::Instant::now() >= listen_retry_at {
-                match connect_listener(&listen_pool).await {
+                match connect_listener(&listen_pool, &self.settings.bus_channels).await {
                     Ok(l) => {
                         tracing::info!("listener connected");
                         self.status.connected.store(true, Ordering::Release);
                         listener = Some(l);
                         listen_backoff = Backoff::new();
                         need_read = true; // whatever was rung while we were away
+                        self.forward(BusMessage::Gap);
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "listener cannot connect; retrying");
@@ -193,13 +239,16 @@ impl Listener {
                 biased;
                 () = shutdown.cancelled() => break,
                 bell = recv(&mut listener) => match bell {
-                    Ok(true) => {
+                    Ok(Some(n)) => {
+                        need_read |= self.on_notification(&n);
                         if let Some(l) = listener.as_mut() {
-                            while l.next_buffered().is_some() {}
+                            while let Some(n) = l.next_buffered() {
+                                need_read |= self.on_notification(&n);
+                            }
                         }
-                        need_read = true;
                     }
-                    Ok(false) | Err(_) => {
+                    Ok(None) | Err(_) => {
+                        self.forward(BusMessage::Gap);
                         if let Err(e) = &bell {
                             tracing::warn!(error = %e, "listener connection lost");
                         } else {
@@ -444,17 +493,22 @@ fn listen_pool(url: &str) -> Result<PgPool, Error> {
         .connect_lazy_with(options))
 }
 
-async fn connect_listener(pool: &PgPool) -> Result<PgListener, Error> {
+async fn connect_listener(pool: &PgPool, bus_channels: &[String]) -> Result<PgListener, Error> {
     let mut listener = PgListener::connect_with(pool).await?;
     listener.listen(BELL_CHANNEL).await?;
+    for channel in bus_channels {
+        listener.listen(channel).await?;
+    }
     Ok(listener)
 }
 
-/// Waits for the next bell: `Ok(true)` a notification, `Ok(false)` the connection was lost
+/// Waits for the next notification: `Ok(Some)` one arrived, `Ok(None)` the connection was lost
 /// and re-established (a gap), `Err` the connection is gone. Pends forever without a listener.
-async fn recv(listener: &mut Option<PgListener>) -> Result<bool, sqlx::Error> {
+async fn recv(
+    listener: &mut Option<PgListener>,
+) -> Result<Option<sqlx::postgres::PgNotification>, sqlx::Error> {
     match listener.as_mut() {
-        Some(l) => l.try_recv().await.map(|n| n.is_some()),
+        Some(l) => l.try_recv().await,
         None => std::future::pending().await,
     }
 }

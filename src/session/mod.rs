@@ -48,6 +48,8 @@ pub struct SessionParams {
     pub peer: SocketAddr,
     /// `component` socket parameter, if given.
     pub component: Option<String>,
+    /// The connection's id (registry `connection_id`, slot holder).
+    pub connection_id: uuid::Uuid,
 }
 
 /// What other parts of the gateway (reaper, admin, tests) may see and do to a live session.
@@ -55,6 +57,10 @@ pub struct SessionParams {
 pub struct SessionHandle {
     /// Remote address.
     pub peer: SocketAddr,
+    /// The connection's id.
+    pub connection_id: uuid::Uuid,
+    /// The socket token's user, if any.
+    pub user_id: Option<uuid::Uuid>,
     /// Cancel to end the session.
     pub token: CancellationToken,
     /// The session's queue (its depth is observable).
@@ -95,6 +101,8 @@ struct Joined {
     has_changes: bool,
     /// The validated subscriptions (kept to re-register on a new token).
     subs: Vec<subscription::PgSub>,
+    /// Its registry row.
+    registry_id: uuid::Uuid,
 }
 
 /// One connection's session task.
@@ -122,6 +130,8 @@ impl Session {
         let (outbound, queue) = outbound::channel(limits, token.clone());
         let handle = Arc::new(SessionHandle {
             peer: params.peer,
+            connection_id: params.connection_id,
+            user_id: params.claims.user_id(),
             token,
             outbound: outbound.clone(),
             last_heartbeat_ms: AtomicU64::new(now_ms()),
@@ -187,7 +197,17 @@ impl Session {
                         .await;
             }
         }
-        self.cleanup();
+        if end == SessionEnd::SlowConsumer {
+            self.state.registry.audit(
+                "slow_consumer",
+                self.handle.user_id,
+                Some(self.params.peer),
+                json!({"connection_id": self.params.connection_id,
+                       "queued_frames": self.outbound.queued_frames(),
+                       "queued_bytes": self.outbound.queued_bytes()}),
+            );
+        }
+        self.cleanup(end);
         metrics::gauge!("gateway_session_connected").decrement(1.0);
         tracing::debug!(reason = end.registry_reason(), "session ended");
     }
@@ -208,12 +228,10 @@ impl Session {
         }
     }
 
-    fn cleanup(&mut self) {
-        for (topic, _joined) in self.channels.drain() {
-            self.state.router.unsubscribe(&ChannelKey {
-                conn: self.id,
-                topic: Arc::from(topic.as_str()),
-            });
+    fn cleanup(&mut self, end: SessionEnd) {
+        let topics: Vec<String> = self.channels.keys().cloned().collect();
+        for topic in topics {
+            self.leave(&topic, end.registry_reason());
         }
         self.state.sessions.remove(&self.id);
     }
@@ -275,7 +293,7 @@ impl Session {
             (topic, "phx_leave") => {
                 let topic = topic.to_owned();
                 self.reply(jr, r, &topic, "ok", json!({}));
-                if let Some(joined) = self.leave(&topic) {
+                if let Some(joined) = self.leave(&topic, "leave") {
                     let jr = joined.join_ref.as_deref();
                     self.push_json(jr, jr, &topic, "phx_close", &json!({}));
                 }
@@ -339,7 +357,7 @@ impl Session {
             return;
         }
         // A re-join closes the old membership first (PROTOCOL.md 3).
-        if let Some(old) = self.leave(&topic) {
+        if let Some(old) = self.leave(&topic, "leave") {
             let ojr = old.join_ref.as_deref();
             self.push_json(ojr, ojr, &topic, "phx_close", &json!({}));
         }
@@ -358,6 +376,12 @@ impl Session {
                 Ok(c) => (Arc::new(c), Some(t.to_owned())),
                 Err(e) => {
                     metrics::counter!("gateway_session_auth_failures_total").increment(1);
+                    self.state.registry.audit(
+                        "auth_failed",
+                        None,
+                        Some(self.params.peer),
+                        json!({"stage": "join", "channel": name, "reason": e.to_string()}),
+                    );
                     self.join_error(jr, r, &topic, &e.join_reason());
                     return;
                 }
@@ -403,6 +427,35 @@ impl Session {
                 return;
             }
         }
+        let registry_id = uuid::Uuid::new_v4();
+        let component = config
+            .and_then(|c| c.get("component"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
+            .or_else(|| self.params.component.clone());
+        let table_filters: Vec<Value> = requested
+            .iter()
+            .map(|req| {
+                let pick = |k: &str| req.raw.get(k).cloned().unwrap_or(Value::Null);
+                json!({"event": pick("event"), "schema": pick("schema"),
+                       "table": pick("table"), "filter": pick("filter")})
+            })
+            .collect();
+        self.state.registry.joined(crate::registry::JoinRow {
+            id: registry_id,
+            subscription_id: format!(
+                "{}:{}",
+                self.params.connection_id,
+                jr.as_deref().unwrap_or("")
+            ),
+            channel_name: name.clone(),
+            user_id: claims.user_id(),
+            component_name: component,
+            table_filters: Value::Array(table_filters),
+            connection_id: self.params.connection_id,
+            remote_addr: self.params.peer.to_string(),
+            created_at: chrono::Utc::now(),
+        });
         self.channels.insert(
             topic.clone(),
             Joined {
@@ -412,6 +465,7 @@ impl Session {
                 token,
                 has_changes: false,
                 subs: Vec::new(),
+                registry_id,
             },
         );
         self.handle
@@ -476,9 +530,11 @@ impl Session {
         }
     }
 
-    /// Removes a membership (router entries included); returns it if it existed.
-    fn leave(&mut self, topic: &str) -> Option<Joined> {
+    /// Removes a membership (router entries included) and ends its registry row with
+    /// `reason`; returns it if it existed.
+    fn leave(&mut self, topic: &str, reason: crate::registry::CloseReason) -> Option<Joined> {
         let joined = self.channels.remove(topic)?;
+        self.state.registry.left(joined.registry_id, reason);
         if joined.has_changes {
             self.state.router.unsubscribe(&ChannelKey {
                 conn: self.id,
@@ -530,7 +586,7 @@ impl Session {
                 }
             }
             Err(e) => {
-                if let Some(joined) = self.leave(&topic) {
+                if let Some(joined) = self.leave(&topic, "token_expired") {
                     let jr = joined.join_ref.as_deref();
                     let system = json!({"extension": "system", "status": "error",
                                         "message": e.to_string(), "channel": joined.name});

@@ -45,6 +45,12 @@ pub async fn handler(
         Err(e) => {
             metrics::counter!("gateway_session_auth_failures_total").increment(1);
             tracing::debug!(peer = %peer, error = %e, "upgrade refused: bad apikey");
+            state.registry.audit(
+                "auth_failed",
+                None,
+                Some(peer),
+                json!({"stage": "connect", "reason": e.to_string()}),
+            );
             return refuse(&state, StatusCode::UNAUTHORIZED, &e.handshake_text()).await;
         }
     };
@@ -52,17 +58,37 @@ pub async fn handler(
         Ok(vsn) => vsn,
         Err(_) => return StatusCode::FORBIDDEN.into_response(),
     };
-    let Some(permit) = state.limits.acquire_connection().await else {
-        metrics::counter!("gateway_limits_refused_total").increment(1);
-        tracing::warn!(peer = %peer, "upgrade refused: connection cap reached");
-        return refuse(
-            &state,
-            StatusCode::TOO_MANY_REQUESTS,
-            "Too many connected users",
-        )
-        .await;
+    let connection_id = uuid::Uuid::new_v4();
+    let permit = match state.limits.acquire_connection(connection_id).await {
+        Ok(Some(permit)) => permit,
+        Ok(None) => {
+            metrics::counter!("gateway_limits_refused_total").increment(1);
+            tracing::warn!(peer = %peer, "upgrade refused: connection cap reached");
+            state.registry.audit(
+                "cap_refused",
+                claims.user_id(),
+                Some(peer),
+                json!({"cap": state.limits.max_connections()}),
+            );
+            return refuse(
+                &state,
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many connected users",
+            )
+            .await;
+        }
+        Err(e) => {
+            tracing::warn!(peer = %peer, error = %e, "upgrade refused: cannot check the connection cap");
+            return refuse(
+                &state,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Error connecting to Realtime",
+            )
+            .await;
+        }
     };
     let params = SessionParams {
+        connection_id,
         vsn,
         apikey,
         claims: Arc::new(claims),

@@ -292,8 +292,13 @@ pub struct TestGateway {
 impl TestGateway {
     /// Starts a gateway on `db` with default settings changed by `adjust`.
     pub async fn start_with(db: &TestDb, adjust: impl FnOnce(&mut Config)) -> TestGateway {
+        Self::start_url(&db.url, adjust).await
+    }
+
+    /// Starts a gateway on the database at `url` with default settings changed by `adjust`.
+    pub async fn start_url(url: &str, adjust: impl FnOnce(&mut Config)) -> TestGateway {
         realtime_gateway::telemetry::init(realtime_gateway::config::LogFormat::Text);
-        let mut config = Config::for_database(db.url.clone(), JWT_SECRET.to_owned());
+        let mut config = Config::for_database(url.to_owned(), JWT_SECRET.to_owned());
         // Tests should not wait for the anti-retry-storm delays unless they set them.
         config.join_error_delay = Duration::ZERO;
         config.connect_error_delay = Duration::ZERO;
@@ -787,5 +792,92 @@ impl Driver {
     pub async fn exit(mut self) {
         self.send(serde_json::json!({"cmd": "exit"})).await;
         let _ = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
+    }
+}
+
+/// A gateway running as a separate process of the binary (to be killed, or to form a cluster).
+#[derive(Debug)]
+pub struct GatewayProcess {
+    pub child: std::process::Child,
+    pub addr: SocketAddr,
+    pub node_id: String,
+}
+
+impl GatewayProcess {
+    /// Starts the binary on `db` as node `node_id` with extra environment `env`, on a free
+    /// loopback port, and waits for `/ready`.
+    pub async fn spawn(db: &TestDb, node_id: &str, env: &[(&str, &str)]) -> GatewayProcess {
+        for _attempt in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_realtime-gateway"));
+            cmd.env("DATABASE_URL", &db.url)
+                .env("JWT_SECRET", JWT_SECRET)
+                .env("NODE_ID", node_id)
+                .env("LISTEN_ADDR", addr.to_string())
+                .env("JOIN_ERROR_DELAY", "0s")
+                .env("CONNECT_ERROR_DELAY", "0s")
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit());
+            for (k, v) in env {
+                cmd.env(k, v);
+            }
+            let mut child = cmd.spawn().expect("spawn gateway process");
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // port taken, or failed: try again
+                }
+                if matches!(http_get(addr, "/ready").await, Ok((200, _))) {
+                    return GatewayProcess {
+                        child,
+                        addr,
+                        node_id: node_id.to_owned(),
+                    };
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "gateway {node_id} not ready"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+        panic!("gateway process {node_id} would not start");
+    }
+
+    /// `ws://addr/realtime/v1/websocket?apikey=..&vsn=2.0.0`.
+    pub fn ws_url(&self, apikey: &str) -> String {
+        format!(
+            "ws://{}/realtime/v1/websocket?apikey={apikey}&vsn=2.0.0",
+            self.addr
+        )
+    }
+
+    /// SIGKILL: no cleanup at all.
+    pub fn kill9(&mut self) {
+        self.child.kill().expect("kill");
+        self.child.wait().expect("reap");
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("sigterm");
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
     }
 }

@@ -1,0 +1,62 @@
+//! The heartbeat reaper: every heartbeat interval it closes sessions whose last client heartbeat
+//! is older than the stale timeout (close code 4000, registry rows `reaped`), and hands the
+//! registry the interval's heartbeats together with this node's own heartbeat and the cleanup of
+//! rows left by lost nodes.
+
+use std::sync::atomic::Ordering;
+
+use crate::error::SessionEnd;
+use crate::session::now_ms;
+use crate::state::AppState;
+
+/// Starts the reaper on the shutdown tracker.
+pub fn spawn(state: AppState) -> tokio::task::JoinHandle<()> {
+    let shutdown = state.shutdown.clone();
+    shutdown.spawn("reaper", run(state))
+}
+
+/// Runs until shutdown.
+#[tracing::instrument(name = "reaper", skip_all)]
+pub async fn run(state: AppState) {
+    let interval = state.config.heartbeat_interval;
+    let timeout_ms = u64::try_from(state.config.heartbeat_timeout.as_millis()).unwrap_or(u64::MAX);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_tick_ms = now_ms();
+    loop {
+        tokio::select! {
+            () = state.shutdown.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        let now = now_ms();
+        let mut heartbeats = Vec::new();
+        let mut reaped = 0u64;
+        for entry in state.sessions.iter() {
+            let session = entry.value();
+            let last = session.last_heartbeat_ms.load(Ordering::Acquire);
+            if now.saturating_sub(last) > timeout_ms {
+                if !session.closing.load(Ordering::Acquire) {
+                    reaped += 1;
+                    session.close(SessionEnd::Reaped);
+                    state.registry.audit(
+                        "reaped",
+                        session.user_id,
+                        Some(session.peer),
+                        serde_json::json!({
+                            "connection_id": session.connection_id,
+                            "silent_ms": now.saturating_sub(last),
+                        }),
+                    );
+                }
+            } else if last >= last_tick_ms {
+                heartbeats.push(session.connection_id);
+            }
+        }
+        if reaped > 0 {
+            tracing::info!(reaped, "reaped silent sessions");
+            metrics::counter!("gateway_reaper_reaped_total").increment(reaped);
+        }
+        last_tick_ms = now;
+        state.registry.tick(heartbeats).await;
+    }
+}

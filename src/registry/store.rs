@@ -1,0 +1,317 @@
+//! The registry's SQL: batched inserts and updates of registry rows, slot releases, audit
+//! records, heartbeats, node-loss cleanup, and the cluster-wide connection slots.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{Pending, Settings};
+use crate::pg::Error;
+
+/// Registers this node: its row, the slots table sized to the cap, and the end of whatever a
+/// previous run of the same node left active (closed as `node_lost`, slots freed).
+///
+/// # Errors
+/// When the database cannot be reached.
+pub async fn prepare_node(pool: &PgPool, settings: &Settings) -> Result<(), Error> {
+    let mut tx = pool.begin().await?;
+    let cap = i32::try_from(settings.max_connections).unwrap_or(i32::MAX);
+    sqlx::query(
+        "insert into realtime.nodes (node_id, listen_addr, max_connections) values ($1, $2, $3) \
+         on conflict (node_id) do update set started_at = now(), heartbeat_at = now(), \
+         listen_addr = excluded.listen_addr, max_connections = excluded.max_connections",
+    )
+    .bind(&settings.node_id)
+    .bind(&settings.listen_addr)
+    .bind(cap)
+    .execute(&mut *tx)
+    .await?;
+    let stale = sqlx::query(
+        "update public.realtime_subscription_registry \
+         set is_active = false, closed_at = now(), close_reason = 'node_lost' \
+         where node_id = $1 and is_active",
+    )
+    .bind(&settings.node_id)
+    .execute(&mut *tx)
+    .await?
+    .rows_affected();
+    if stale > 0 {
+        tracing::info!(rows = stale, "closed registry rows left by a previous run");
+    }
+    sqlx::query(
+        "update realtime.connection_slots set node_id = null, connection_id = null, \
+         taken_at = null where node_id = $1",
+    )
+    .bind(&settings.node_id)
+    .execute(&mut *tx)
+    .await?;
+    // Serialized with other nodes resizing at the same moment.
+    sqlx::query("select pg_advisory_xact_lock(1381254999, -3)")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("select realtime.ensure_connection_slots($1)")
+        .bind(cap)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Takes the lowest free connection slot for `connection`, or `None` when all `cap` are taken.
+///
+/// # Errors
+/// When the database cannot be reached.
+pub async fn acquire_slot(
+    pool: &PgPool,
+    node_id: &str,
+    connection: Uuid,
+    cap: u32,
+) -> Result<Option<i32>, Error> {
+    let slot = sqlx::query_scalar(
+        "update realtime.connection_slots s \
+         set node_id = $1, connection_id = $2, taken_at = now() \
+         where s.slot = (select slot from realtime.connection_slots \
+                         where node_id is null and slot <= $3 \
+                         order by slot limit 1 for update skip locked) \
+         returning s.slot",
+    )
+    .bind(node_id)
+    .bind(connection)
+    .bind(i32::try_from(cap).unwrap_or(i32::MAX))
+    .fetch_optional(pool)
+    .await?;
+    Ok(slot)
+}
+
+/// Applies pending writes in one transaction.
+///
+/// # Errors
+/// When the database cannot be reached; nothing is applied then.
+pub(super) async fn apply(pool: &PgPool, node_id: &str, pending: &Pending) -> Result<(), Error> {
+    let mut tx = pool.begin().await?;
+    if !pending.inserts.is_empty() {
+        let rows: Vec<_> = pending.inserts.values().collect();
+        let ids: Vec<Uuid> = rows.iter().map(|(r, _)| r.id).collect();
+        let subs: Vec<&str> = rows
+            .iter()
+            .map(|(r, _)| r.subscription_id.as_str())
+            .collect();
+        let channels: Vec<&str> = rows.iter().map(|(r, _)| r.channel_name.as_str()).collect();
+        let users: Vec<Option<Uuid>> = rows.iter().map(|(r, _)| r.user_id).collect();
+        let components: Vec<Option<&str>> = rows
+            .iter()
+            .map(|(r, _)| r.component_name.as_deref())
+            .collect();
+        let filters: Vec<Value> = rows.iter().map(|(r, _)| r.table_filters.clone()).collect();
+        let conns: Vec<Uuid> = rows.iter().map(|(r, _)| r.connection_id).collect();
+        let addrs: Vec<&str> = rows.iter().map(|(r, _)| r.remote_addr.as_str()).collect();
+        let created: Vec<DateTime<Utc>> = rows.iter().map(|(r, _)| r.created_at).collect();
+        let closed_at: Vec<Option<DateTime<Utc>>> =
+            rows.iter().map(|(_, c)| c.map(|(_, at)| at)).collect();
+        let reasons: Vec<Option<&str>> = rows.iter().map(|(_, c)| c.map(|(r, _)| r)).collect();
+        sqlx::query(
+            "insert into public.realtime_subscription_registry \
+               (id, subscription_id, channel_name, user_id, component_name, table_filters, \
+                last_heartbeat_at, is_active, created_at, node_id, connection_id, remote_addr, \
+                closed_at, close_reason) \
+             select u.id, u.sub, u.channel, u.user_id, u.component, u.filters, u.created, \
+                    u.closed_at is null, u.created, $10, u.conn, u.addr, u.closed_at, u.reason \
+             from unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::text[], \
+                         $6::jsonb[], $7::uuid[], $8::text[], $9::timestamptz[], \
+                         $11::timestamptz[], $12::text[]) \
+                  as u(id, sub, channel, user_id, component, filters, conn, addr, created, \
+                       closed_at, reason) \
+             on conflict (id) do nothing",
+        )
+        .bind(&ids)
+        .bind(&subs)
+        .bind(&channels)
+        .bind(&users)
+        .bind(&components)
+        .bind(&filters)
+        .bind(&conns)
+        .bind(&addrs)
+        .bind(&created)
+        .bind(node_id)
+        .bind(&closed_at)
+        .bind(&reasons)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !pending.closes.is_empty() {
+        let ids: Vec<Uuid> = pending.closes.keys().copied().collect();
+        let reasons: Vec<&str> = pending.closes.values().map(|(r, _)| *r).collect();
+        let ats: Vec<DateTime<Utc>> = pending.closes.values().map(|(_, at)| *at).collect();
+        sqlx::query(
+            "update public.realtime_subscription_registry r \
+             set is_active = false, closed_at = u.at, close_reason = u.reason \
+             from unnest($1::uuid[], $2::text[], $3::timestamptz[]) as u(id, reason, at) \
+             where r.id = u.id and r.is_active",
+        )
+        .bind(&ids)
+        .bind(&reasons)
+        .bind(&ats)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !pending.releases.is_empty() {
+        let slots: Vec<i32> = pending.releases.iter().map(|(s, _)| *s).collect();
+        let conns: Vec<Uuid> = pending.releases.iter().map(|(_, c)| *c).collect();
+        sqlx::query(
+            "update realtime.connection_slots s \
+             set node_id = null, connection_id = null, taken_at = null \
+             from unnest($1::int[], $2::uuid[]) as u(slot, conn) \
+             where s.slot = u.slot and s.connection_id = u.conn",
+        )
+        .bind(&slots)
+        .bind(&conns)
+        .execute(&mut *tx)
+        .await?;
+    }
+    if !pending.audit.is_empty() {
+        let kinds: Vec<&str> = pending.audit.iter().map(|a| a.kind).collect();
+        let ats: Vec<DateTime<Utc>> = pending.audit.iter().map(|a| a.at).collect();
+        let users: Vec<Option<Uuid>> = pending.audit.iter().map(|a| a.user_id).collect();
+        let addrs: Vec<Option<&str>> = pending
+            .audit
+            .iter()
+            .map(|a| a.remote_addr.as_deref())
+            .collect();
+        let details: Vec<Value> = pending.audit.iter().map(|a| a.detail.clone()).collect();
+        sqlx::query(
+            "insert into realtime.audit_log (kind, at, node_id, user_id, remote_addr, detail) \
+             select u.kind, u.at, $6, u.user_id, u.addr, u.detail \
+             from unnest($1::text[], $2::timestamptz[], $3::uuid[], $4::text[], $5::jsonb[]) \
+                  as u(kind, at, user_id, addr, detail)",
+        )
+        .bind(&kinds)
+        .bind(&ats)
+        .bind(&users)
+        .bind(&addrs)
+        .bind(&details)
+        .bind(node_id)
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// One reaper tick: heartbeats of `connections` (one statement), this node's heartbeat, the
+/// cleanup of nodes silent past the stale timeout, and audit retention.
+///
+/// # Errors
+/// When the database cannot be reached.
+pub(super) async fn tick(
+    pool: &PgPool,
+    settings: &Settings,
+    connections: &[Uuid],
+) -> Result<(), Error> {
+    let mut tx = pool.begin().await?;
+    if !connections.is_empty() {
+        sqlx::query(
+            "update public.realtime_subscription_registry set last_heartbeat_at = now() \
+             where node_id = $1 and is_active and connection_id = any($2)",
+        )
+        .bind(&settings.node_id)
+        .bind(connections)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let cap = i32::try_from(settings.max_connections).unwrap_or(i32::MAX);
+    sqlx::query(
+        "insert into realtime.nodes (node_id, listen_addr, max_connections) values ($1, $2, $3) \
+         on conflict (node_id) do update set heartbeat_at = now()",
+    )
+    .bind(&settings.node_id)
+    .bind(&settings.listen_addr)
+    .bind(cap)
+    .execute(&mut *tx)
+    .await?;
+    let stale_secs = settings.stale_timeout.as_secs_f64();
+    let lost: Vec<(String, i64)> = sqlx::query_as(
+        "with lost as ( \
+             delete from realtime.nodes \
+             where heartbeat_at < now() - make_interval(secs => $1) and node_id <> $2 \
+             returning node_id), \
+         orphans as ( \
+             select distinct r.node_id from public.realtime_subscription_registry r \
+             where r.is_active and r.node_id is not null \
+               and not exists (select from realtime.nodes n where n.node_id = r.node_id) \
+               and r.node_id <> $2 \
+             union select node_id from lost), \
+         closed as ( \
+             update public.realtime_subscription_registry \
+             set is_active = false, closed_at = now(), close_reason = 'node_lost' \
+             where is_active and node_id in (select node_id from orphans) \
+             returning node_id), \
+         freed as ( \
+             update realtime.connection_slots set node_id = null, connection_id = null, \
+                    taken_at = null \
+             where node_id in (select node_id from orphans) \
+                or (node_id is not null \
+                    and not exists (select from realtime.nodes n \
+                                    where n.node_id = connection_slots.node_id) \
+                    and node_id <> $2) \
+             returning slot) \
+         select o.node_id, (select count(*) from closed c where c.node_id = o.node_id) \
+         from orphans o",
+    )
+    .bind(stale_secs)
+    .bind(&settings.node_id)
+    .fetch_all(&mut *tx)
+    .await?;
+    for (node, rows) in &lost {
+        tracing::warn!(lost_node = %node, rows, "node lost: its registry rows closed, slots freed");
+        sqlx::query(
+            "insert into realtime.audit_log (kind, node_id, detail) \
+             values ('node_lost', $1, jsonb_build_object('lost_node', $2::text, 'rows', $3::int8))",
+        )
+        .bind(&settings.node_id)
+        .bind(node)
+        .bind(*rows)
+        .execute(&mut *tx)
+        .await?;
+    }
+    sqlx::query(
+        "delete from realtime.audit_log \
+         where id in (select id from realtime.audit_log \
+                      where at < now() - make_interval(secs => $1) limit 10000)",
+    )
+    .bind(settings.audit_retention.as_secs_f64())
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// At clean shutdown: this node's remaining active rows end as `shutdown`, its slots are freed
+/// and its node row removed.
+///
+/// # Errors
+/// When the database cannot be reached.
+pub(super) async fn retire_node(pool: &PgPool, node_id: &str) -> Result<(), Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query(
+        "update public.realtime_subscription_registry \
+         set is_active = false, closed_at = now(), close_reason = 'shutdown' \
+         where node_id = $1 and is_active",
+    )
+    .bind(node_id)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "update realtime.connection_slots set node_id = null, connection_id = null, \
+         taken_at = null where node_id = $1",
+    )
+    .bind(node_id)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query("delete from realtime.nodes where node_id = $1")
+        .bind(node_id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(())
+}

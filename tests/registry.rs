@@ -1,0 +1,407 @@
+//! The subscription registry, the heartbeat reaper, the cluster-wide connection cap and the
+//! audit log, against a real PostgreSQL and real WebSocket clients.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, token, GatewayProcess, TestDb, TestGateway, WsClient};
+use serde_json::json;
+use sqlx::Row;
+
+async fn count(db: &TestDb, sql: &str) -> i64 {
+    let mut conn = db.connect().await;
+    sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap()
+}
+
+async fn wait_count(db: &TestDb, sql: &str, expected: i64) {
+    eventually(Duration::from_secs(20), sql, || async {
+        count(db, sql).await == expected
+    })
+    .await;
+}
+
+/// 50 clients join 3 channels each: 150 active rows with the right fields; a leave flips exactly
+/// its row, a closed socket flips the rest, and a clean shutdown leaves nothing active.
+#[tokio::test]
+async fn every_join_is_a_row_and_every_end_closes_it() {
+    let db = TestDb::new().await;
+    let gw = TestGateway::start(&db).await;
+    let mut conn = db.connect().await;
+    sqlx::query("create table public.todos (id bigint primary key, owner uuid)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("alter publication supabase_realtime add table public.todos")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let user = "6f1b7a52-5a1e-4d6a-9d1a-0c4f4c7e2b11";
+    let key = token("authenticated", Some(user));
+    let mut clients = Vec::new();
+    for i in 0..50 {
+        let url = format!(
+            "ws://{}/realtime/v1/websocket?apikey={key}&component=Dash{}&vsn=2.0.0",
+            gw.addr,
+            i % 5
+        );
+        let mut c = WsClient::connect(&url).await;
+        c.subscribe(
+            &format!("realtime:changes-{i}"),
+            json!([{"event": "INSERT", "schema": "public", "table": "todos", "filter": "id=eq.1"}]),
+        )
+        .await;
+        c.join(&format!("realtime:room-{i}"), json!({"component": "Chat"}))
+            .await;
+        c.join(&format!("realtime:other-{i}"), json!({})).await;
+        clients.push(c);
+    }
+    let active = "select count(*) from public.realtime_subscription_registry where is_active";
+    wait_count(&db, active, 150).await;
+    let row = sqlx::query(
+        "select subscription_id, user_id::text as user_id, component_name, table_filters, \
+                node_id, connection_id, remote_addr, last_heartbeat_at is not null as hb \
+         from public.realtime_subscription_registry where channel_name = 'changes-7'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(row.get::<String, _>("user_id"), user);
+    assert_eq!(row.get::<String, _>("component_name"), "Dash2");
+    assert_eq!(
+        row.get::<serde_json::Value, _>("table_filters"),
+        json!([{"event": "INSERT", "schema": "public", "table": "todos", "filter": "id=eq.1"}])
+    );
+    assert_eq!(row.get::<String, _>("node_id"), gw.config.node_id);
+    assert!(row
+        .get::<String, _>("remote_addr")
+        .starts_with("127.0.0.1:"));
+    assert!(row.get::<bool, _>("hb"));
+    let sub: String = row.get("subscription_id");
+    let conn_id: uuid::Uuid = row.get("connection_id");
+    assert_eq!(sub.split(':').next().unwrap(), conn_id.to_string());
+    let component: String = sqlx::query_scalar(
+        "select component_name from public.realtime_subscription_registry \
+         where channel_name = 'room-7'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(
+        component, "Chat",
+        "join config component wins over the socket param"
+    );
+    assert_eq!(
+        count(&db, "select count(*) from realtime.active_subscriptions").await,
+        150
+    );
+
+    // Leaving one channel flips exactly that row.
+    clients[3]
+        .send(Some("99"), "realtime:room-3", "phx_leave", json!({}))
+        .await;
+    let left = "select count(*) from public.realtime_subscription_registry \
+                where not is_active and close_reason = 'leave' and channel_name = 'room-3' \
+                and closed_at is not null";
+    wait_count(&db, left, 1).await;
+    assert_eq!(count(&db, active).await, 149);
+
+    // Closing the socket flips the rest of that connection.
+    drop(clients.remove(3));
+    let closed = "select count(*) from public.realtime_subscription_registry \
+                  where close_reason = 'socket_closed' and channel_name in ('changes-3', 'other-3')";
+    wait_count(&db, closed, 2).await;
+    assert_eq!(count(&db, active).await, 147);
+
+    // A clean shutdown ends every row with a reason.
+    gw.stop().await.unwrap();
+    assert_eq!(count(&db, active).await, 0);
+    assert_eq!(
+        count(
+            &db,
+            "select count(*) from public.realtime_subscription_registry \
+             where close_reason is null or closed_at is null"
+        )
+        .await,
+        0
+    );
+    assert_eq!(
+        count(
+            &db,
+            "select count(*) from public.realtime_subscription_registry where close_reason = 'shutdown'"
+        )
+        .await,
+        147
+    );
+    assert_eq!(count(&db, "select count(*) from realtime.nodes").await, 0);
+}
+
+/// A client that stops heartbeating is closed (4000) and its rows reaped within interval +
+/// timeout; a client that keeps heartbeating is never reaped.
+#[tokio::test]
+async fn silent_clients_are_reaped_and_live_ones_never() {
+    let db = TestDb::new().await;
+    let gw = TestGateway::start_with(&db, |c| {
+        c.heartbeat_interval = Duration::from_millis(200);
+        c.heartbeat_timeout = Duration::from_millis(800);
+    })
+    .await;
+    let mut silent = WsClient::anon(&gw).await;
+    silent.join("realtime:quiet", json!({})).await;
+    let mut live = WsClient::anon(&gw).await;
+    live.join("realtime:chatty", json!({})).await;
+    let started = std::time::Instant::now();
+    // The live client heartbeats like realtime-js, at a quarter of the timeout, for 3 s.
+    let beating = tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_millis(200));
+        let until = tokio::time::Instant::now() + Duration::from_secs(3);
+        while tokio::time::Instant::now() < until {
+            ticker.tick().await;
+            live.send(None, "phoenix", "heartbeat", json!({})).await;
+            let reply = live.expect_event("phoenix", "phx_reply").await;
+            assert_eq!(reply.payload["status"], "ok");
+        }
+        live
+    });
+    assert_eq!(silent.closed_with(Duration::from_secs(5)).await, Some(4000));
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_millis(200 + 800 + 600),
+        "reaped after {elapsed:?}"
+    );
+    wait_count(
+        &db,
+        "select count(*) from public.realtime_subscription_registry \
+         where channel_name = 'quiet' and not is_active and close_reason = 'reaped'",
+        1,
+    )
+    .await;
+    wait_count(
+        &db,
+        "select count(*) from realtime.audit_log where kind = 'reaped'",
+        1,
+    )
+    .await;
+    let mut live = beating.await.unwrap();
+    // Still open and still answered after 3 s of heartbeats: never reaped.
+    live.send(None, "phoenix", "heartbeat", json!({})).await;
+    assert_eq!(
+        live.expect_event("phoenix", "phx_reply").await.payload["status"],
+        "ok"
+    );
+    assert_eq!(
+        count(
+            &db,
+            "select count(*) from public.realtime_subscription_registry \
+             where channel_name = 'chatty' and is_active"
+        )
+        .await,
+        1
+    );
+    gw.stop().await.unwrap();
+}
+
+/// A node killed with SIGKILL: its rows end as `node_lost` and its cap slots are free again
+/// within the stale timeout, done by the surviving node.
+#[tokio::test]
+async fn killed_node_rows_and_slots_are_released() {
+    let db = TestDb::new().await;
+    let env = [
+        ("HEARTBEAT_INTERVAL", "200ms"),
+        ("HEARTBEAT_TIMEOUT", "1s"),
+        ("MAX_CONNECTIONS", "10"),
+    ];
+    let mut doomed = GatewayProcess::spawn(&db, "doomed", &env).await;
+    let survivor = TestGateway::start_with(&db, |c| {
+        c.heartbeat_interval = Duration::from_millis(200);
+        c.heartbeat_timeout = Duration::from_secs(1);
+        c.max_connections = 10;
+        c.node_id = "survivor".into();
+    })
+    .await;
+    let mut on_doomed = Vec::new();
+    for i in 0..4 {
+        let mut c = WsClient::connect(&doomed.ws_url(&token("anon", None))).await;
+        c.join(&format!("realtime:d{i}"), json!({})).await;
+        on_doomed.push(c);
+    }
+    let held = "select count(*) from realtime.connection_slots where node_id = 'doomed'";
+    wait_count(&db, held, 4).await;
+    wait_count(
+        &db,
+        "select count(*) from public.realtime_subscription_registry where node_id = 'doomed' and is_active",
+        4,
+    )
+    .await;
+    doomed.kill9();
+    let killed_at = std::time::Instant::now();
+    wait_count(&db, held, 0).await;
+    wait_count(
+        &db,
+        "select count(*) from public.realtime_subscription_registry \
+         where node_id = 'doomed' and not is_active and close_reason = 'node_lost'",
+        4,
+    )
+    .await;
+    assert!(
+        killed_at.elapsed()
+            < Duration::from_secs(1) + Duration::from_millis(200) + Duration::from_secs(2),
+        "released after {:?}",
+        killed_at.elapsed()
+    );
+    assert_eq!(
+        count(
+            &db,
+            "select count(*) from realtime.audit_log where kind = 'node_lost'"
+        )
+        .await,
+        1
+    );
+    // All ten slots are usable again.
+    let mut clients = Vec::new();
+    for _ in 0..10 {
+        clients.push(WsClient::anon(&survivor).await);
+    }
+    wait_count(
+        &db,
+        "select count(*) from realtime.connection_slots where node_id is not null",
+        10,
+    )
+    .await;
+    survivor.stop().await.unwrap();
+}
+
+/// 300 clients connect at once across 3 gateway processes with cap 200: exactly 200 are
+/// admitted, 100 are refused with 429 and the clients' text, and the audit log has 100
+/// refusals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cap_is_exact_across_nodes() {
+    let db = TestDb::new().await;
+    let env = [("MAX_CONNECTIONS", "200")];
+    let nodes = [
+        GatewayProcess::spawn(&db, "n1", &env).await,
+        GatewayProcess::spawn(&db, "n2", &env).await,
+        GatewayProcess::spawn(&db, "n3", &env).await,
+    ];
+    let key = token("anon", None);
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(300));
+    let mut attempts = Vec::new();
+    for i in 0..300 {
+        let url = nodes[i % 3].ws_url(&key);
+        let barrier = std::sync::Arc::clone(&barrier);
+        attempts.push(tokio::spawn(async move {
+            barrier.wait().await;
+            match tokio_tungstenite::connect_async(&url).await {
+                Ok((ws, _)) => Ok(ws),
+                Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                    let body = response.body().clone().unwrap_or_default();
+                    Err((
+                        response.status().as_u16(),
+                        String::from_utf8_lossy(&body).into_owned(),
+                    ))
+                }
+                Err(e) => panic!("unexpected connect error: {e}"),
+            }
+        }));
+    }
+    let mut admitted = Vec::new();
+    let mut refused = 0;
+    for a in attempts {
+        match a.await.unwrap() {
+            Ok(ws) => admitted.push(ws),
+            Err((status, body)) => {
+                assert_eq!(status, 429);
+                assert_eq!(
+                    serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+                    json!({"error": "Too many connected users"})
+                );
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((admitted.len(), refused), (200, 100));
+    wait_count(
+        &db,
+        "select count(*) from realtime.audit_log where kind = 'cap_refused'",
+        100,
+    )
+    .await;
+    assert_eq!(
+        count(
+            &db,
+            "select count(*) from realtime.connection_slots where node_id is not null"
+        )
+        .await,
+        200
+    );
+    drop(admitted);
+    wait_count(
+        &db,
+        "select count(*) from realtime.connection_slots where node_id is not null",
+        0,
+    )
+    .await;
+    drop(nodes);
+}
+
+/// With the database stopped for 10 s, connected clients keep being served (heartbeats answered,
+/// channels joined and left), and the registry is correct once it is back.
+#[tokio::test]
+async fn database_outage_loses_no_registry_update() {
+    use realtime_gateway::pg::embedded::{Cluster, Tuning};
+    // A cluster of this test's own: stopping the shared one would hurt the other tests.
+    let dir = common::temp_dir("rg-outage");
+    let cluster = Cluster::new(&dir.join("pg")).unwrap();
+    cluster.init().unwrap();
+    let running = cluster.start(&Tuning::for_tests()).unwrap();
+    let port = running.port;
+    let url = running.url("postgres");
+    let gw = TestGateway::start_url(&url, |c| {
+        c.heartbeat_interval = Duration::from_millis(500);
+        c.heartbeat_timeout = Duration::from_secs(30);
+    })
+    .await;
+    let mut a = WsClient::anon(&gw).await;
+    a.join("realtime:before", json!({})).await;
+    let registry = |sql: &'static str| {
+        let url = url.clone();
+        async move {
+            let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+                .await
+                .unwrap();
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap()
+        }
+    };
+    eventually(Duration::from_secs(10), "first row", || async {
+        registry("select count(*) from public.realtime_subscription_registry where is_active").await
+            == 1
+    })
+    .await;
+    running.stop().unwrap();
+    // The database is down: the session keeps working.
+    let outage = std::time::Instant::now();
+    a.join("realtime:during", json!({})).await;
+    a.send(Some("50"), "realtime:before", "phx_leave", json!({}))
+        .await;
+    a.expect_event("realtime:before", "phx_close").await;
+    while outage.elapsed() < Duration::from_secs(10) {
+        a.send(None, "phoenix", "heartbeat", json!({})).await;
+        let reply = a.expect_event("phoenix", "phx_reply").await;
+        assert_eq!(reply.payload["status"], "ok");
+        tokio::time::sleep(Duration::from_millis(500)).await; // heartbeat pacing
+    }
+    let running = cluster.start_on(Some(port), &Tuning::for_tests()).unwrap();
+    let check = "select count(*) from public.realtime_subscription_registry \
+                 where (channel_name = 'before' and not is_active and close_reason = 'leave') \
+                    or (channel_name = 'during' and is_active)";
+    eventually(Duration::from_secs(30), "registry caught up", || async {
+        registry(check).await == 2
+    })
+    .await;
+    gw.stop().await.unwrap();
+    running.stop().unwrap();
+    std::fs::remove_dir_all(&dir).ok();
+}
