@@ -114,9 +114,10 @@ begin
 end
 $$;
 
--- only sync_capture (as owner) attaches it: to_jsonb calls a user-defined cast
--- to json of a user-defined type, and that cast would run as this function's
--- owner. see the owner hand-off below.
+-- only the reconcile (running as owner) attaches it: to_jsonb calls a
+-- user-defined cast to json of a user-defined type, and that cast runs as this
+-- function's owner. see the owner hand-off below. execute is checked when a
+-- trigger is created, not when it fires, so writers are unaffected.
 revoke all on function realtime.capture_change() from public;
 
 -- the bell ------------------------------------------------------------------------
@@ -126,9 +127,14 @@ revoke all on function realtime.capture_change() from public;
 -- a time. the bell therefore rings at commit, from a deferred trigger queued
 -- once per transaction, and only if no other transaction is committing a bell
 -- at that moment: the advisory lock is taken at commit and released with the
--- notify lock, so at most one writer ever waits for it, whatever the commit
--- latency. a writer that skips commits while that bell is in flight; the
--- gateway's follow-up read finds it. the payload is always empty.
+-- notify lock, so none of our writers ever queues for the notify lock, whatever
+-- the commit latency. a writer that skips commits while that bell is in
+-- flight; the gateway's follow-up read finds it. the payload is always empty.
+--
+-- (the first design rang from a statement trigger, one notifier per
+-- millisecond slot, holding the slot from the statement to commit. once a
+-- commit took over a millisecond, winners queued on the notify lock faster
+-- than it drained and throughput collapsed; see docs/capture.md.)
 --
 -- a session may set realtime.bell = off to never ring: prepare transaction
 -- refuses a transaction that notified.
@@ -255,14 +261,13 @@ $$;
 --   later is captured from its first row rather than from the next reconcile,
 --   and changes carry the partition's name, as logical replication does.
 -- our triggers on tables no longer published are dropped. a trigger a user
--- disabled stays disabled. the realtime schema is never captured: a for all
--- tables publication would otherwise make the outbox capture itself.
+-- disabled stays disabled. the gateway's own tables are never captured: a for
+-- all tables publication would otherwise make the outbox capture itself, and
+-- stream the subscription registry (it sits in public) with its heartbeats.
 --
--- security definer so the event trigger and enable_table can run it for any
--- role; it only does what the publication says, and only the publication owner
--- can change that. wait = false returns at once when another reconcile holds
--- the lock (meant for the gateway's periodic call).
-create or replace function realtime.sync_capture(wait boolean default true)
+-- the work, without the lock sync_capture takes (the event trigger calls it
+-- directly, see there). only this file's definer functions call it.
+create or replace function realtime.reconcile_capture()
 returns jsonb
 language plpgsql
 security definer
@@ -276,14 +281,6 @@ declare
     dropped text[] := '{}';
     failed text[] := '{}';
 begin
-    -- two reconcilers at once would create the same trigger and one would
-    -- fail. taken before reading the catalogs, so a waiter sees what the
-    -- other one committed.
-    if wait then
-        perform pg_advisory_xact_lock(1381254999, -1);
-    elsif not pg_try_advisory_xact_lock(1381254999, -1) then
-        return jsonb_build_object('skipped', true);
-    end if;
     -- our create/drop trigger commands are not in the event trigger's tag list;
     -- this flag keeps a future tag list from making it recurse.
     perform set_config('realtime.syncing', 'on', true);
@@ -306,6 +303,7 @@ begin
             join pg_namespace n on n.nspname = pt.schemaname
             join pg_class c on c.relnamespace = n.oid and c.relname = pt.tablename
             where pt.pubname = 'supabase_realtime' and pt.schemaname <> 'realtime'
+              and c.oid is distinct from to_regclass('public.realtime_subscription_registry')
         ),
         -- (published partition, partitioned ancestor, distance up)
         ancestor as (
@@ -359,19 +357,16 @@ begin
             from pg_trigger t
             where t.tgparentid = 0 and t.tgfoid = capture_fn and t.tgname = 'realtime_capture'
         )
-        select false as is_create, p.relid, p.tgtype, ''::text as args
-        from present p
-        where not exists (
-            select from desired d
-            where d.relid = p.relid and d.tgtype = p.tgtype and d.tgargs = p.tgargs
-        )
-        union all
-        select true, d.relid, d.tgtype, d.args
+        -- a full join on hashable keys: anti-joins here were planned as nested
+        -- loops, quadratic in the number of published tables.
+        select p.relid is null as is_create,
+               coalesce(d.relid, p.relid) as relid,
+               coalesce(d.tgtype, p.tgtype) as tgtype,
+               coalesce(d.args, '') as args
         from desired d
-        where not exists (
-            select from present p
-            where p.relid = d.relid and p.tgtype = d.tgtype and p.tgargs = d.tgargs
-        )
+        full join present p
+            on p.relid = d.relid and p.tgtype = d.tgtype and p.tgargs = d.tgargs
+        where d.relid is null or p.relid is null
         order by 1, 2
     loop
         begin
@@ -402,6 +397,31 @@ begin
 
     perform set_config('realtime.syncing', '', true);
     return jsonb_build_object('created', created, 'dropped', dropped, 'failed', failed);
+end
+$$;
+
+revoke all on function realtime.reconcile_capture() from public;
+
+-- security definer so enable_table and the gateway can run it for any role; it
+-- only does what the publication says, and only the publication owner can
+-- change that. two reconcilers at once would create the same trigger and one
+-- would fail, so they take turns; the lock is taken before the catalogs are
+-- read, so a waiter sees what the other committed. wait = false returns
+-- {"skipped": true} at once instead (the gateway's periodic call: the other
+-- reconciler is doing the job).
+create or replace function realtime.sync_capture(wait boolean default true)
+returns jsonb
+language plpgsql
+security definer
+set search_path = pg_catalog, pg_temp
+as $$
+begin
+    if wait then
+        perform pg_advisory_xact_lock(1381254999, -1);
+    elsif not pg_try_advisory_xact_lock(1381254999, -1) then
+        return jsonb_build_object('skipped', true);
+    end if;
+    return realtime.reconcile_capture();
 end
 $$;
 
@@ -472,6 +492,10 @@ $$;
 -- published is captured from its first committed row. it must never fail the
 -- user's ddl: errors become warnings and the gateway's periodic reconcile
 -- repairs the state (ddl is rare, so the subtransaction is cheap here).
+-- it takes no reconcile lock: held to the end of the ddl's transaction, that
+-- lock would make every other session's create/alter table wait for this whole
+-- transaction (a long migration would stall them all). a rare collision with a
+-- concurrent reconcile costs one warning, and the next reconcile settles it.
 create or replace function realtime.sync_capture_on_ddl()
 returns event_trigger
 language plpgsql
@@ -483,7 +507,7 @@ begin
         return;
     end if;
     begin
-        perform realtime.sync_capture();
+        perform realtime.reconcile_capture();
     exception when others then
         raise warning 'realtime: change capture not reconciled after %: %', tg_tag, sqlerrm
             using hint = 'the gateway reconciles again within seconds';

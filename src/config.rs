@@ -115,6 +115,12 @@ pub struct Settings {
     #[arg(long, env = "MAX_FRAME_BYTES", default_value_t = 5_000_000)]
     pub max_frame_bytes: usize,
 
+    /// Largest broadcast payload (socket, REST) and tracked presence payload, in bytes (default
+    /// 3000 KB, as upstream). Larger ones are not relayed; with `broadcast.ack` the sender gets an
+    /// error reply, over REST a 413.
+    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 3_000_000)]
+    pub max_message_bytes: usize,
+
     /// Delay before a join error reply, to slow down client retry loops (e.g. `5s`; keep it
     /// well below the clients' 10 s join timeout).
     #[arg(long, env = "JOIN_ERROR_DELAY", default_value = "5s", value_parser = parse_duration)]
@@ -178,6 +184,8 @@ pub struct Config {
     pub max_change_bytes: usize,
     /// Largest client message.
     pub max_frame_bytes: usize,
+    /// Largest broadcast or presence payload.
+    pub max_message_bytes: usize,
     /// Delay before join errors.
     pub join_error_delay: Duration,
     /// Delay before refused upgrades.
@@ -227,6 +235,9 @@ impl Settings {
         if self.max_change_bytes < 1024 {
             return invalid("--max-change-bytes must be at least 1024");
         }
+        if self.max_message_bytes < 1024 {
+            return invalid("--max-message-bytes must be at least 1024");
+        }
         if self.join_error_delay >= Duration::from_secs(10) {
             return invalid("--join-error-delay must stay below the clients' 10s join timeout");
         }
@@ -269,6 +280,7 @@ impl Settings {
             outbound_queue_bytes: self.outbound_queue_bytes,
             max_change_bytes: self.max_change_bytes,
             max_frame_bytes: self.max_frame_bytes,
+            max_message_bytes: self.max_message_bytes,
             join_error_delay: self.join_error_delay,
             connect_error_delay: self.connect_error_delay,
             change_poll_interval: self.change_poll_interval,
@@ -299,6 +311,7 @@ impl Config {
             outbound_queue_bytes: 8 * 1024 * 1024,
             max_change_bytes: 1024 * 1024,
             max_frame_bytes: 5_000_000,
+            max_message_bytes: 3_000_000,
             join_error_delay: Duration::from_secs(5),
             connect_error_delay: Duration::from_secs(2),
             change_poll_interval: Duration::from_millis(50),

@@ -24,6 +24,9 @@ pub enum Error {
     /// Local-mode setup failed (data folder, secret file).
     #[error("local setup failed")]
     Local(#[source] std::io::Error),
+    /// A broadcast or presence request was refused.
+    #[error(transparent)]
+    Broadcast(#[from] crate::broadcast::Error),
 }
 
 /// Why a session ended; each has its close code, close reason text and registry reason.
@@ -77,6 +80,11 @@ impl Error {
             Error::Config(_) | Error::Serve(_) | Error::Local(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
+            Error::Broadcast(e) => match e {
+                crate::broadcast::Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+                crate::broadcast::Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+                crate::broadcast::Error::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            },
         }
     }
 

@@ -6,16 +6,24 @@ use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::Level;
 
 use crate::admin;
+use crate::broadcast::rest;
 use crate::session::upgrade;
 use crate::state::AppState;
 
 /// Builds the router over `state`.
 pub fn router(state: AppState) -> Router {
+    // A REST body holds at most one frame's worth, or one message of the largest size.
+    let max_body = state
+        .config
+        .max_frame_bytes
+        .max(state.config.max_message_bytes);
     Router::new()
         .route("/health", get(admin::health))
         .route("/ready", get(admin::ready))
+        .route("/metrics", get(admin::metrics::metrics))
         .route("/realtime/v1/websocket", get(upgrade::handler))
         .route("/socket/websocket", get(upgrade::handler))
+        .merge(rest::routes(max_body))
         // Handlers log their own failures; a 503 from /ready is an answer, not an error.
         .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(Level::DEBUG)))
         .with_state(state)

@@ -14,6 +14,15 @@
 //!     session::writer: drains the queue to the socket                                (stage 5)
 //! ```
 //!
+//! Broadcast and presence take a shorter path to the same queues (stage 4):
+//!
+//! ```text
+//! client push / REST ──> broadcast::Hub ──> local members' queues, one encoded frame shared
+//!                                      └──> bus publisher ──NOTIFY realtime_bus──┐
+//! realtime.send() in a writer txn ──NOTIFY at commit─────────────────────────────┤
+//!                        other nodes' pg::listener ──> broadcast::bus ──> their Hub
+//! ```
+//!
 //! # Module map
 //!
 //! - [`config`]: settings, checked once. [`telemetry`]: logging. [`shutdown`]: the one signal
@@ -26,11 +35,15 @@
 //!   [`session::outbound`] (stage 4), [`session::writer`] (stage 5), [`session::upgrade`].
 //! - [`registry`]: the subscription registry and audit log, written off the message path.
 //!   [`reaper`]: closes silent sessions and heartbeats the registry.
+//! - [`broadcast`]: the hub relaying broadcasts and presence between channel members, on this
+//!   node and over the cluster bus (`NOTIFY realtime_bus`, received through the one listener
+//!   connection); [`broadcast::rest`]: `POST /api/broadcast`. [`presence`]: per-topic presence.
 //! - [`limits`]: connection and channel caps. [`auth`]: JWT verification. [`http`]: the router.
 //!   [`admin`]: health and readiness.
 
 pub mod admin;
 pub mod auth;
+pub mod broadcast;
 pub mod config;
 pub mod error;
 pub mod fanout;
@@ -38,6 +51,7 @@ pub mod http;
 pub mod limits;
 pub mod local;
 pub mod pg;
+pub mod presence;
 pub mod reaper;
 pub mod registry;
 pub mod session;
@@ -77,6 +91,8 @@ impl Gateway {
             .into());
         };
         pg::migrate(url).await?;
+        // Counters recorded from here on are exported at /metrics.
+        admin::metrics::handle();
         let pool = pg::pool(url, config.db_pool_size)?;
         let router = Arc::new(fanout::router::Router::new());
         let catalog = Arc::new(pg::catalog::Catalog::new(pool.clone()));
@@ -92,6 +108,16 @@ impl Gateway {
             },
         )
         .await?;
+        let (hub, bus) = broadcast::Hub::start(
+            pool.clone(),
+            broadcast::Settings {
+                node_id: config.node_id.clone(),
+                max_message_bytes: config.max_message_bytes,
+                stale_timeout: config.heartbeat_timeout,
+                maintenance_interval: config.heartbeat_interval,
+            },
+            &shutdown,
+        );
         let state = AppState {
             config: Arc::clone(&config),
             pool: pool.clone(),
@@ -106,6 +132,7 @@ impl Gateway {
                 config.max_channels_per_connection,
             ),
             registry,
+            hub,
             listener: Arc::clone(&listener_status),
             sessions: Arc::default(),
             next_conn_id: Arc::default(),
@@ -116,13 +143,14 @@ impl Gateway {
                 poll_interval: config.change_poll_interval,
                 max_change_bytes: config.max_change_bytes,
                 retention: config.change_retention,
-                bus_channels: Vec::new(),
+                bus_channels: vec![broadcast::bus::CHANNEL.to_owned()],
             },
             pool,
             catalog,
             router,
             listener_status,
         )
+        .with_bus(bus)
         .spawn(&shutdown);
         reaper::spawn(state.clone());
         Ok(Gateway {

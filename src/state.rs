@@ -7,6 +7,7 @@ use dashmap::DashMap;
 use sqlx::PgPool;
 
 use crate::auth::Verifier;
+use crate::broadcast::Hub;
 use crate::config::Config;
 use crate::fanout::router::{ConnId, Router};
 use crate::limits::Limits;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub limits: Limits,
     /// The subscription registry and audit log.
     pub registry: Registry,
+    /// Broadcast and presence: channel members of this node and the cluster bus.
+    pub hub: Hub,
     /// The change listener's health.
     pub listener: Arc<listener::Status>,
     /// Live sessions of this node, by connection id.

@@ -424,3 +424,82 @@ async fn bad_apikey_is_refused_at_upgrade() {
     }
     gw.stop().await.unwrap();
 }
+
+/// The capture triggers follow the `supabase_realtime` publication, and `realtime.enable_table`
+/// / `realtime.disable_table` do the same in one call.
+#[tokio::test]
+async fn tables_are_enabled_by_the_publication() {
+    let db = TestDb::new().await;
+    let mut conn = db.connect().await;
+    sqlx::query("create table public.pub_t (id int primary key, v text)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let triggers = "select count(*) from pg_trigger \
+                    where tgrelid = 'public.pub_t'::regclass and not tgisinternal \
+                    and tgname = 'realtime_capture'";
+    let captured = "select count(*) from realtime.changes where table_name = 'pub_t'";
+    let n = |sql: &'static str| {
+        let url = db.url.clone();
+        async move {
+            let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+                .await
+                .unwrap();
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(&mut c)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(n(triggers).await, 0);
+    sqlx::query("alter publication supabase_realtime add table public.pub_t")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(n(triggers).await, 1, "added with the publication");
+    sqlx::query("insert into pub_t values (1, 'a')")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(n(captured).await, 1);
+    sqlx::query("alter publication supabase_realtime drop table public.pub_t")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(n(triggers).await, 0, "removed with the publication");
+    sqlx::query("insert into pub_t values (2, 'b')")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(n(captured).await, 1, "not captured once disabled");
+    sqlx::query("select realtime.enable_table('public.pub_t')")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(n(triggers).await, 1);
+    let published: bool = sqlx::query_scalar(
+        "select exists (select from pg_publication_tables \
+         where pubname = 'supabase_realtime' and tablename = 'pub_t')",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert!(published);
+    sqlx::query("select realtime.disable_table('public.pub_t')")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(n(triggers).await, 0);
+    // A rolled-back write leaves nothing; a committed one inside a savepoint is captured once.
+    sqlx::query("select realtime.enable_table('public.pub_t')")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let mut tx = sqlx::Connection::begin(&mut conn).await.unwrap();
+    sqlx::query("insert into pub_t values (3, 'c')")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(n(captured).await, 1);
+}

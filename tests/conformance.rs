@@ -48,6 +48,28 @@ async fn write_changes(db: &TestDb) -> Vec<Vec<(&'static str, Value, Value)>> {
     ]
 }
 
+/// Collects the `change` events the driver reports, per binding, once `expected` are in.
+async fn changes_per_binding(
+    d: &mut Driver,
+    expected: &[Vec<(&'static str, Value, Value)>],
+) -> Vec<Vec<Value>> {
+    let total: usize = expected.iter().map(Vec::len).sum();
+    let mut got: Vec<Vec<Value>> = vec![Vec::new(); BINDINGS];
+    for _ in 0..total {
+        let e = d.expect(|e| e["ev"] == "change").await;
+        got[e["binding"].as_u64().unwrap() as usize].push(e["payload"].clone());
+    }
+    for (binding, want) in expected.iter().enumerate() {
+        assert_eq!(
+            got[binding].len(),
+            want.len(),
+            "binding {binding}: {:#?}",
+            got[binding]
+        );
+    }
+    got
+}
+
 async fn table(db: &TestDb) {
     realtime_table(
         db,
@@ -70,19 +92,8 @@ async fn realtime_js_receives_every_change_field_by_field() {
     let status = d.expect(|e| e["ev"] == "status").await;
     assert_eq!(status["status"], "SUBSCRIBED", "{status}");
     let expected = write_changes(&db).await;
-    let total: usize = expected.iter().map(Vec::len).sum();
-    let mut got: Vec<Vec<Value>> = vec![Vec::new(); BINDINGS];
-    for _ in 0..total {
-        let e = d.expect(|e| e["ev"] == "change").await;
-        got[e["binding"].as_u64().unwrap() as usize].push(e["payload"].clone());
-    }
+    let got = changes_per_binding(&mut d, &expected).await;
     for (binding, want) in expected.iter().enumerate() {
-        assert_eq!(
-            got[binding].len(),
-            want.len(),
-            "binding {binding}: {:#?}",
-            got[binding]
-        );
         for (payload, (event_type, new, old)) in got[binding].iter().zip(want) {
             assert_eq!(payload["eventType"], *event_type, "binding {binding}");
             assert_eq!(payload["schema"], "public");
@@ -113,19 +124,8 @@ async fn realtime_py_receives_every_change_field_by_field() {
     let status = d.expect(|e| e["ev"] == "status").await;
     assert_eq!(status["status"], "SUBSCRIBED", "{status}");
     let expected = write_changes(&db).await;
-    let total: usize = expected.iter().map(Vec::len).sum();
-    let mut got: Vec<Vec<Value>> = vec![Vec::new(); BINDINGS];
-    for _ in 0..total {
-        let e = d.expect(|e| e["ev"] == "change").await;
-        got[e["binding"].as_u64().unwrap() as usize].push(e["payload"].clone());
-    }
+    let got = changes_per_binding(&mut d, &expected).await;
     for (binding, want) in expected.iter().enumerate() {
-        assert_eq!(
-            got[binding].len(),
-            want.len(),
-            "binding {binding}: {:#?}",
-            got[binding]
-        );
         for (payload, (event_type, new, old)) in got[binding].iter().zip(want) {
             let data = &payload["data"];
             assert_eq!(data["type"], *event_type, "binding {binding}");

@@ -345,7 +345,7 @@ async fn cap_is_exact_across_nodes() {
 }
 
 /// With the database stopped for 10 s, connected clients keep being served (heartbeats answered,
-/// channels joined and left), and the registry is correct once it is back.
+/// broadcasts delivered, channels joined and left), and the registry is correct once it is back.
 #[tokio::test]
 async fn database_outage_loses_no_registry_update() {
     use realtime_gateway::pg::embedded::{Cluster, Tuning};
@@ -363,6 +363,9 @@ async fn database_outage_loses_no_registry_update() {
     .await;
     let mut a = WsClient::anon(&gw).await;
     a.join("realtime:before", json!({})).await;
+    a.join("realtime:room", json!({})).await;
+    let mut b = WsClient::anon(&gw).await;
+    b.join("realtime:room", json!({})).await;
     let registry = |sql: &'static str| {
         let url = url.clone();
         async move {
@@ -377,7 +380,7 @@ async fn database_outage_loses_no_registry_update() {
     };
     eventually(Duration::from_secs(10), "first row", || async {
         registry("select count(*) from public.realtime_subscription_registry where is_active").await
-            == 1
+            == 3
     })
     .await;
     running.stop().unwrap();
@@ -387,10 +390,17 @@ async fn database_outage_loses_no_registry_update() {
     a.send(Some("50"), "realtime:before", "phx_leave", json!({}))
         .await;
     a.expect_event("realtime:before", "phx_close").await;
+    let mut n = 0;
     while outage.elapsed() < Duration::from_secs(10) {
         a.send(None, "phoenix", "heartbeat", json!({})).await;
         let reply = a.expect_event("phoenix", "phx_reply").await;
         assert_eq!(reply.payload["status"], "ok");
+        // Delivery between the node's clients goes on.
+        n += 1;
+        let message = json!({"type": "broadcast", "event": "tick", "payload": {"n": n}});
+        a.send(None, "realtime:room", "broadcast", message).await;
+        let got = b.expect_event("realtime:room", "broadcast").await;
+        assert_eq!(got.payload["payload"]["n"], n);
         tokio::time::sleep(Duration::from_millis(500)).await; // heartbeat pacing
     }
     let running = cluster.start_on(Some(port), &Tuning::for_tests()).unwrap();

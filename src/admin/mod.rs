@@ -1,4 +1,6 @@
-//! Operator endpoints: liveness and readiness (metrics and introspection join here).
+//! Operator endpoints: liveness, readiness and metrics.
+
+pub mod metrics;
 
 use std::time::Duration;
 

@@ -1,11 +1,12 @@
 //! Stage 1: the change listener — one LISTEN connection per node, however many clients.
 //!
 //! Writers' triggers put every change of a published table into the outbox `realtime.changes`
-//! inside their own transaction, and ring a bell (`NOTIFY realtime_gateway`) at most once per
-//! millisecond slot. The bell only says "look": this task reads the outbox through the pool,
-//! so nothing depends on a notification arriving. Lost bells (listener reconnecting, writers
-//! that skipped the bell) are covered by follow-up and poll reads, and a dropped listener
-//! connection loses nothing because the outbox is durable.
+//! inside their own transaction; at commit, a transaction rings a bell (`NOTIFY
+//! realtime_gateway`) unless another one is ringing at that moment (so writers never queue on
+//! NOTIFY's cluster-wide lock; see docs/capture.md). The bell only says "look": this task reads
+//! the outbox through the pool, so nothing depends on a notification arriving. Missed bells
+//! (listener reconnecting, writers that skipped the bell) are covered by follow-up and poll
+//! reads, and a dropped listener connection loses nothing because the outbox is durable.
 //!
 //! Reading in commit order: each read runs in a repeatable-read transaction whose snapshot `S`
 //! is compared with the previous read's snapshot `P`. The rows to deliver are exactly those of
@@ -38,9 +39,12 @@ pub const BELL_CHANNEL: &str = "realtime_gateway";
 pub const APPLICATION_NAME: &str = "realtime-gateway listener";
 /// Rows read per page.
 const PAGE_ROWS: i64 = 1000;
-/// After a read that found rows, read again this soon: writers that skipped the bell (another
-/// transaction held the millisecond slot) are picked up quickly.
+/// After a bell, or a read that found rows, read again this soon: writers that committed while
+/// another transaction's bell was ringing (and so skipped theirs) are picked up quickly.
 const FOLLOW_UP: Duration = Duration::from_millis(2);
+/// Capture triggers are reconciled with the publication this often (where the event trigger
+/// that does it at once could not be created, for want of superuser rights).
+const RECONCILE_EVERY: Duration = Duration::from_secs(5);
 /// The listener connection is checked with a query this often, so a silently dead connection
 /// is noticed within seconds, not at the next TCP timeout.
 const HEALTH_CHECK_EVERY: Duration = Duration::from_secs(5);
@@ -194,12 +198,15 @@ impl Listener {
         health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut prune = tokio::time::interval(Duration::from_secs(30));
         prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
+        reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut read_backoff = Backoff::new();
         let mut routed = std::collections::HashSet::new();
         let mut listen_backoff = Backoff::new();
         let mut listen_retry_at = tokio::time::Instant::now();
         let mut need_read = true;
         let mut follow_up = false;
+        let mut bell_rang = false;
         loop {
             if listener.is_none() && tokio::time::Instant::now() >= listen_retry_at {
                 match connect_listener(&listen_pool, &self.settings.bus_channels).await {
@@ -219,9 +226,10 @@ impl Listener {
             }
             if need_read {
                 need_read = false;
+                let rang = std::mem::take(&mut bell_rang);
                 match self.read(&mut cursor, &mut routed).await {
                     Ok(n) => {
-                        follow_up = n > 0;
+                        follow_up = n > 0 || rang;
                         read_backoff = Backoff::new();
                     }
                     Err(e) => {
@@ -240,26 +248,25 @@ impl Listener {
                 () = shutdown.cancelled() => break,
                 bell = recv(&mut listener) => match bell {
                     Ok(Some(n)) => {
-                        need_read |= self.on_notification(&n);
+                        bell_rang |= self.on_notification(&n);
                         if let Some(l) = listener.as_mut() {
                             while let Some(n) = l.next_buffered() {
-                                need_read |= self.on_notification(&n);
+                                bell_rang |= self.on_notification(&n);
                             }
                         }
+                        need_read |= bell_rang;
                     }
                     Ok(None) | Err(_) => {
-                        self.forward(BusMessage::Gap);
-                        if let Err(e) = &bell {
-                            tracing::warn!(error = %e, "listener connection lost");
-                        } else {
-                            tracing::warn!("listener connection lost; reconnected");
+                        // Lost: reconnect, LISTEN again and report the gap (on connect) on our
+                        // own path, never inside sqlx's recv, which other arms may cancel.
+                        match &bell {
+                            Err(e) => tracing::warn!(error = %e, "listener connection lost"),
+                            Ok(_) => tracing::warn!("listener connection lost"),
                         }
                         self.status.reconnects.fetch_add(1, Ordering::Relaxed);
                         metrics::counter!("gateway_listener_reconnects_total").increment(1);
-                        if bell.is_err() {
-                            listener = None;
-                            self.status.connected.store(false, Ordering::Release);
-                        }
+                        listener = None;
+                        self.status.connected.store(false, Ordering::Release);
                         need_read = true; // catch up on the gap
                     }
                 },
@@ -282,6 +289,7 @@ impl Listener {
                     }
                 }
                 _ = prune.tick() => self.prune().await,
+                _ = reconcile.tick() => self.reconcile().await,
             }
         }
         self.status.connected.store(false, Ordering::Release);
@@ -309,52 +317,21 @@ impl Listener {
         let (xmax_now, xip_now) = parse_snapshot(&snapshot);
         let mut total = 0usize;
         let mut max_id = cursor.max_id;
-        // Rows up to the previous highest id of transactions the previous read did not see.
-        let mut after = 0i64;
-        loop {
-            let rows = sqlx::query(
-                "select id, captured_at, relid::int8 as relid, op, record, old_record \
-                 from realtime.changes \
-                 where (xid >= $1::text::xid8 or xid = any($2::text[]::xid8[])) \
-                   and id > $3 and id <= $4 \
-                 order by id limit $5",
-            )
-            .bind(&cursor.xmax)
-            .bind(&cursor.xip)
-            .bind(after)
-            .bind(cursor.max_id)
-            .bind(PAGE_ROWS)
-            .fetch_all(&mut *tx)
-            .await?;
-            let n = rows.len();
-            after = self
-                .deliver(rows, &mut max_id, routed)
-                .await?
-                .unwrap_or(after);
-            total += n;
-            if n < PAGE_ROWS as usize {
-                break;
-            }
-        }
-        // Every row above the previous highest visible id that this snapshot sees.
-        let mut after = cursor.max_id;
-        loop {
-            let rows = sqlx::query(
-                "select id, captured_at, relid::int8 as relid, op, record, old_record \
-                 from realtime.changes where id > $1 order by id limit $2",
-            )
-            .bind(after)
-            .bind(PAGE_ROWS)
-            .fetch_all(&mut *tx)
-            .await?;
-            let n = rows.len();
-            after = self
-                .deliver(rows, &mut max_id, routed)
-                .await?
-                .unwrap_or(after);
-            total += n;
-            if n < PAGE_ROWS as usize {
-                break;
+        // First the rows up to the previous highest id of transactions the previous read did
+        // not see, then every row above that id this snapshot sees; each in id order, by page.
+        for (part, start) in [(Part::InFlight, 0), (Part::Above, cursor.max_id)] {
+            let mut after = start;
+            loop {
+                let rows = fetch_page(&mut tx, part, cursor, after).await?;
+                let n = rows.len();
+                after = self
+                    .deliver(rows, &mut max_id, routed)
+                    .await?
+                    .unwrap_or(after);
+                total += n;
+                if n < PAGE_ROWS as usize {
+                    break;
+                }
             }
         }
         tx.commit().await?;
@@ -424,6 +401,38 @@ impl Listener {
         Ok(last)
     }
 
+    /// Makes the capture triggers match the `supabase_realtime` publication. Bounded by a lock
+    /// timeout: a table busy with long transactions is retried on a later tick rather than
+    /// making its writers queue behind our `CREATE TRIGGER`.
+    async fn reconcile(&self) {
+        let result: Result<serde_json::Value, sqlx::Error> = async {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("set local lock_timeout = '2s'")
+                .execute(&mut *tx)
+                .await?;
+            let summary = sqlx::query_scalar("select realtime.sync_capture(false)")
+                .fetch_one(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            Ok(summary)
+        }
+        .await;
+        match result {
+            Ok(summary) => {
+                let changed = ["created", "dropped", "failed"].iter().any(|k| {
+                    summary
+                        .get(k)
+                        .and_then(serde_json::Value::as_array)
+                        .is_some_and(|a| !a.is_empty())
+                });
+                if changed {
+                    tracing::info!(%summary, "capture triggers reconciled with the publication");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot reconcile capture triggers"),
+        }
+    }
+
     async fn prune(&self) {
         let secs = self.settings.retention.as_secs_f64();
         let result: Result<i64, sqlx::Error> =
@@ -437,6 +446,45 @@ impl Listener {
             Err(e) => tracing::warn!(error = %e, "cannot prune the outbox"),
         }
     }
+}
+
+/// The two parts of a read (see the module header).
+#[derive(Debug, Clone, Copy)]
+enum Part {
+    /// Rows with ids up to the previous maximum, of transactions the previous read did not see.
+    InFlight,
+    /// Rows with ids above the previous maximum.
+    Above,
+}
+
+/// One page of `part`, rows with ids above `after`.
+async fn fetch_page(
+    tx: &mut sqlx::PgConnection,
+    part: Part,
+    cursor: &Cursor,
+    after: i64,
+) -> Result<Vec<sqlx::postgres::PgRow>, Error> {
+    let query = match part {
+        Part::InFlight => sqlx::query(
+            "select id, captured_at, relid::int8 as relid, op, record, old_record \
+             from realtime.changes \
+             where (xid >= $1::text::xid8 or xid = any($2::text[]::xid8[])) \
+               and id > $3 and id <= $4 \
+             order by id limit $5",
+        )
+        .bind(&cursor.xmax)
+        .bind(&cursor.xip)
+        .bind(after)
+        .bind(cursor.max_id)
+        .bind(PAGE_ROWS),
+        Part::Above => sqlx::query(
+            "select id, captured_at, relid::int8 as relid, op, record, old_record \
+             from realtime.changes where id > $1 order by id limit $2",
+        )
+        .bind(after)
+        .bind(PAGE_ROWS),
+    };
+    Ok(query.fetch_all(tx).await?)
 }
 
 /// Whether `row`'s keys are exactly the cached table's columns.
@@ -495,6 +543,9 @@ fn listen_pool(url: &str) -> Result<PgPool, Error> {
 
 async fn connect_listener(pool: &PgPool, bus_channels: &[String]) -> Result<PgListener, Error> {
     let mut listener = PgListener::connect_with(pool).await?;
+    // A lost connection is reported (`Ok(None)`) rather than re-established inside `try_recv`:
+    // the caller's other select arms may cancel that future mid-reconnect and lose the gap.
+    listener.eager_reconnect(false);
     listener.listen(BELL_CHANNEL).await?;
     for channel in bus_channels {
         listener.listen(channel).await?;
@@ -502,8 +553,8 @@ async fn connect_listener(pool: &PgPool, bus_channels: &[String]) -> Result<PgLi
     Ok(listener)
 }
 
-/// Waits for the next notification: `Ok(Some)` one arrived, `Ok(None)` the connection was lost
-/// and re-established (a gap), `Err` the connection is gone. Pends forever without a listener.
+/// Waits for the next notification: `Ok(Some)` one arrived; `Ok(None)` or `Err` the connection
+/// is gone. Pends forever without a listener.
 async fn recv(
     listener: &mut Option<PgListener>,
 ) -> Result<Option<sqlx::postgres::PgNotification>, sqlx::Error> {

@@ -12,6 +12,8 @@ pub mod protocol;
 pub mod upgrade;
 pub mod writer;
 
+mod relay;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -103,6 +105,8 @@ struct Joined {
     subs: Vec<subscription::PgSub>,
     /// Its registry row.
     registry_id: uuid::Uuid,
+    /// Broadcast and presence settings of the join config ([`relay`]).
+    hub: crate::broadcast::Membership,
 }
 
 /// One connection's session task.
@@ -303,16 +307,8 @@ impl Session {
                 self.reply(jr, r, &topic, "error", json!({"reason": "unmatched topic"}));
             }
             (_, "access_token") => self.access_token(msg).await,
-            (topic, event @ ("broadcast" | "presence")) => {
-                let (topic, event) = (topic.to_owned(), event.to_owned());
-                self.reply(
-                    jr,
-                    r,
-                    &topic,
-                    "error",
-                    json!({"reason": format!("{event} is not available on this gateway yet")}),
-                );
-            }
+            (_, "broadcast") => self.broadcast(msg),
+            (_, "presence") => self.presence(msg),
             (topic, event) => {
                 if r.is_some() {
                     let (topic, event) = (topic.to_owned(), event.to_owned());
@@ -466,11 +462,13 @@ impl Session {
                 has_changes: false,
                 subs: Vec::new(),
                 registry_id,
+                hub: crate::broadcast::Membership::from_config(config),
             },
         );
         self.handle
             .channels
             .store(self.channels.len() as u64, Ordering::Relaxed);
+        self.join_hub(&topic);
         // Subscriptions go live before the reply, so that every change committed after the
         // client hears of them is delivered.
         let system = resolved.map(|resolved| self.activate(&topic, &name, claims, resolved));
@@ -481,6 +479,7 @@ impl Session {
             "ok",
             json!({"postgres_changes": echo}),
         );
+        self.presence_state_after_join(&topic);
         if let Some(system) = system {
             self.push_json(jr.as_deref(), None, &topic, "system", &system);
         }
@@ -535,6 +534,7 @@ impl Session {
     fn leave(&mut self, topic: &str, reason: crate::registry::CloseReason) -> Option<Joined> {
         let joined = self.channels.remove(topic)?;
         self.state.registry.left(joined.registry_id, reason);
+        self.state.hub.leave(&joined.name, self.id);
         if joined.has_changes {
             self.state.router.unsubscribe(&ChannelKey {
                 conn: self.id,

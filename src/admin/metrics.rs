@@ -1,0 +1,72 @@
+//! `GET /metrics`: Prometheus text exposition of the gateway's counters and gauges.
+//!
+//! Counters are recorded where things happen (`gateway_<stage>_<thing>_total`); gauges that are
+//! cheaper to read than to maintain (connections, channels, memory) are sampled at scrape time.
+//! The `metrics` facade has one recorder per process; it is installed on first use and shared by
+//! every gateway in the process (tests run several).
+
+use std::sync::atomic::Ordering;
+use std::sync::OnceLock;
+
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::state::AppState;
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The process's Prometheus recorder, installed on first call.
+pub fn handle() -> &'static PrometheusHandle {
+    HANDLE.get_or_init(|| {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        if metrics::set_global_recorder(recorder).is_err() {
+            tracing::warn!("a metrics recorder was already installed; /metrics shows gauges only");
+        }
+        handle
+    })
+}
+
+/// Resident set size of this process in bytes, from `/proc/self/statm`.
+pub fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    let page_size = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .and_then(|p| u64::try_from(p).ok())
+        .unwrap_or(4096);
+    Some(pages * page_size)
+}
+
+/// `GET /metrics`.
+pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let handle = handle();
+    let sessions = state.sessions.len();
+    metrics::gauge!("gateway_sessions").set(sessions as f64);
+    metrics::gauge!("gateway_limits_connections_in_use")
+        .set(state.limits.connections_in_use() as f64);
+    metrics::gauge!("gateway_limits_max_connections")
+        .set(f64::from(state.limits.max_connections()));
+    metrics::gauge!("gateway_router_channels").set(state.router.channel_count() as f64);
+    let listener_up = state.listener.connected.load(Ordering::Acquire);
+    metrics::gauge!("gateway_listener_connected").set(if listener_up { 1.0 } else { 0.0 });
+    metrics::gauge!("gateway_listener_last_change_id")
+        .set(state.listener.last_id.load(Ordering::Relaxed) as f64);
+    let queued: usize = state
+        .sessions
+        .iter()
+        .map(|s| s.value().outbound.queued_frames())
+        .sum();
+    metrics::gauge!("gateway_outbound_queued_frames").set(queued as f64);
+    if let Some(rss) = resident_bytes() {
+        metrics::gauge!("gateway_process_resident_memory_bytes").set(rss as f64);
+    }
+    handle.run_upkeep();
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
+    )
+}

@@ -1,0 +1,667 @@
+//! The cluster bus: how gateway nodes sharing one database hear each other's broadcasts and
+//! presence changes, and the database's own broadcasts (`realtime.send`).
+//!
+//! The bus is PostgreSQL `NOTIFY` on one channel, [`CHANNEL`]. Nodes publish through their
+//! [`super::publisher`]; every node receives through its one change-listener connection
+//! ([`crate::pg::listener`] forwards the channel's notifications and reports a `Gap` whenever
+//! that connection was (re)established), and [`run`] hands each message to the [`Hub`].
+//! Nothing here is a protocol of our own beyond the JSON of each notification:
+//!
+//! | `k` | fields | meaning |
+//! |---|---|---|
+//! | `b` | `n` node, `s` seq, `t` channel, `x` private, `m` message | a JSON broadcast; `m` is the payload clients receive |
+//! | `bin` | `n`, `s`, `t`, `x`, `e` event, `meta`, `h` hex payload | a raw-binary broadcast |
+//! | `p` | `n`, `s`, `t`, `j` `[{r, k, m}]` joins, `l` `[ref]` leaves | a presence diff of node `n` |
+//! | `sync` | `node` (and `n` when a node sent it) | reload `node`'s presence from `realtime.presences` |
+//! | `spill` | `n`, `id` | a message over the inline limit, in `realtime.bus_spill` row `id` |
+//! | `db` | `id`, and `t`, `x`, `e`, `d` when small enough | a `realtime.send` row of `realtime.messages` |
+//!
+//! `s` makes every notification of a node distinct (PostgreSQL folds identical payloads sent in
+//! one transaction). A node ignores what it published itself (`n` is its id): it delivered
+//! locally already. Messages that do not parse are counted and skipped.
+//!
+//! After a gap, this node reloads the presence of every other node from `realtime.presences`
+//! (diffing against what it held, so members see only what changed) and delivers the
+//! `realtime.send` messages it missed: rows inserted since shortly before the gap that it has
+//! not delivered yet (it remembers delivered ids for [`SEEN_FOR`]). The same audit also runs
+//! every maintenance interval, so presence converges and database broadcasts arrive even when
+//! a lost notification went unnoticed (a listener that reconnected without reporting the gap).
+//! Client broadcasts relayed between nodes during a gap are lost, as they are upstream: they
+//! are never stored.
+//! A `sync` naming this node that another node sent (or the prune function) means its rows
+//! were removed as if it were lost: it writes them again and tells the others ([`Hub`]'s
+//! publisher `reassert`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+
+use super::{store, Hub, Message, Settings};
+use crate::pg::listener::BusMessage;
+use crate::presence;
+use crate::shutdown::Shutdown;
+
+/// The `NOTIFY` channel of the bus.
+pub const CHANNEL: &str = "realtime_bus";
+/// Largest notification sent inline; PostgreSQL refuses payloads of 8000 bytes or more.
+pub const MAX_INLINE_BYTES: usize = 7900;
+/// How long delivered `realtime.send` ids are remembered (so catch-up after a gap never
+/// delivers one twice).
+pub const SEEN_FOR: Duration = Duration::from_secs(600);
+/// Catch-up after a gap looks this much further back than the last message heard, for
+/// transactions that committed late.
+const CATCH_UP_SLACK: Duration = Duration::from_secs(30);
+/// A failed reload after a gap is retried this often.
+const RETRY_EVERY: Duration = Duration::from_secs(1);
+
+/// One notification of the bus, as received.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(tag = "k")]
+pub enum Envelope {
+    /// A JSON broadcast.
+    #[serde(rename = "b")]
+    Broadcast {
+        /// Publishing node.
+        n: String,
+        /// Channel name.
+        t: String,
+        /// Private channel.
+        #[serde(default)]
+        x: bool,
+        /// The payload clients receive.
+        m: Value,
+    },
+    /// A raw-binary broadcast.
+    #[serde(rename = "bin")]
+    Binary {
+        /// Publishing node.
+        n: String,
+        /// Channel name.
+        t: String,
+        /// Private channel.
+        #[serde(default)]
+        x: bool,
+        /// User event.
+        e: String,
+        /// Metadata object.
+        #[serde(default)]
+        meta: Option<Value>,
+        /// Payload, hex.
+        h: String,
+    },
+    /// A presence diff.
+    #[serde(rename = "p")]
+    Presence {
+        /// Publishing node (the node holding these entries).
+        n: String,
+        /// Channel name.
+        t: String,
+        /// Entries joined or replaced.
+        #[serde(default)]
+        j: Vec<PresenceJoin>,
+        /// `phx_ref`s of entries that left.
+        #[serde(default)]
+        l: Vec<String>,
+    },
+    /// Reload a node's presence from its rows.
+    #[serde(rename = "sync")]
+    Sync {
+        /// The sender, when a node sent it (absent from the prune function).
+        #[serde(default)]
+        n: Option<String>,
+        /// The node whose rows changed.
+        node: String,
+    },
+    /// A message stored in `realtime.bus_spill`.
+    #[serde(rename = "spill")]
+    Spill {
+        /// Publishing node.
+        n: String,
+        /// Row id.
+        id: i64,
+    },
+    /// A `realtime.send` message.
+    #[serde(rename = "db")]
+    Db {
+        /// `realtime.messages` id.
+        id: uuid::Uuid,
+        /// Channel name (absent when the message was too large to inline).
+        #[serde(default)]
+        t: Option<String>,
+        /// Private channel.
+        #[serde(default)]
+        x: Option<bool>,
+        /// Event.
+        #[serde(default)]
+        e: Option<String>,
+        /// User payload.
+        #[serde(default)]
+        d: Option<Value>,
+    },
+}
+
+/// One joined presence entry in a `p` message.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct PresenceJoin {
+    /// `phx_ref`.
+    pub r: String,
+    /// Presence key.
+    pub k: String,
+    /// Meta.
+    pub m: Map<String, Value>,
+}
+
+/// The `b` notification for a JSON broadcast; `message` is copied verbatim.
+pub fn broadcast_envelope(node: &str, seq: u64, name: &str, message: &str) -> String {
+    let mut out = String::with_capacity(message.len() + node.len() + name.len() + 48);
+    out.push_str("{\"k\":\"b\",\"n\":");
+    out.push_str(&json_str(node));
+    out.push_str(",\"s\":");
+    out.push_str(&seq.to_string());
+    out.push_str(",\"t\":");
+    out.push_str(&json_str(name));
+    out.push_str(",\"m\":");
+    out.push_str(message);
+    out.push('}');
+    out
+}
+
+/// The `bin` notification for a raw-binary broadcast.
+pub fn binary_envelope(
+    node: &str,
+    seq: u64,
+    name: &str,
+    event: &str,
+    meta: Option<&str>,
+    payload: &[u8],
+) -> String {
+    let meta = meta
+        .and_then(|m| serde_json::from_str::<Value>(m).ok())
+        .unwrap_or(Value::Null);
+    serde_json::json!({"k": "bin", "n": node, "s": seq, "t": name, "e": event,
+                       "meta": meta, "h": hex(payload)})
+    .to_string()
+}
+
+/// The `p` notification for a presence diff of this node.
+pub fn presence_envelope(node: &str, seq: u64, name: &str, diff: &presence::Diff) -> String {
+    let joins: Vec<Value> = diff
+        .joins
+        .iter()
+        .map(|e| serde_json::json!({"r": e.phx_ref, "k": e.key, "m": e.meta}))
+        .collect();
+    let leaves: Vec<&str> = diff.leaves.iter().map(|e| e.phx_ref.as_str()).collect();
+    serde_json::json!({"k": "p", "n": node, "s": seq, "t": name, "j": joins, "l": leaves})
+        .to_string()
+}
+
+/// The `sync` notification a node sends about itself.
+pub fn sync_envelope(node: &str, seq: u64) -> String {
+    serde_json::json!({"k": "sync", "n": node, "s": seq, "node": node}).to_string()
+}
+
+/// The `spill` notification pointing at `realtime.bus_spill` row `id`.
+pub fn spill_envelope(node: &str, id: i64) -> String {
+    serde_json::json!({"k": "spill", "n": node, "id": id}).to_string()
+}
+
+/// A `realtime.send` message as clients receive it: `meta.id` is the row id (PROTOCOL.md 7.2).
+pub fn db_message(id: uuid::Uuid, event: &str, payload: &Value) -> String {
+    serde_json::json!({"type": "broadcast", "event": event, "payload": payload,
+                       "meta": {"id": id}})
+    .to_string()
+}
+
+fn json_str(s: &str) -> String {
+    Value::from(s).to_string()
+}
+
+/// Lower-case hex of `bytes`.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    out
+}
+
+/// Decodes [`hex`]; `None` when `text` is not hex.
+pub fn unhex(text: &str) -> Option<Vec<u8>> {
+    let digit = |c: u8| {
+        char::from(c)
+            .to_digit(16)
+            .and_then(|d| u8::try_from(d).ok())
+    };
+    let bytes = text.as_bytes();
+    if bytes.len() % 2 != 0 {
+        return None;
+    }
+    bytes
+        .chunks(2)
+        .map(|pair| Some(digit(pair[0])? << 4 | digit(pair[1])?))
+        .collect()
+}
+
+/// The receiving side: handles bus notifications and gaps until shutdown.
+#[tracing::instrument(name = "bus_receiver", skip_all)]
+pub async fn run(
+    hub: Hub,
+    pool: PgPool,
+    mut bus: mpsc::UnboundedReceiver<BusMessage>,
+    audit_every: Duration,
+    shutdown: Shutdown,
+) {
+    let mut receiver = Receiver {
+        node: Arc::clone(&hub.shared.node),
+        hub,
+        pool,
+        seen: HashMap::new(),
+        seen_cap: 4096,
+        last_heard: None,
+        listening_since: None,
+        pending: None,
+    };
+    let mut retry = tokio::time::interval(RETRY_EVERY);
+    retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut audit =
+        tokio::time::interval_at(tokio::time::Instant::now() + audit_every, audit_every);
+    audit.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let retrying = receiver.pending.is_some();
+        tokio::select! {
+            biased;
+            () = shutdown.cancelled() => return,
+            message = bus.recv() => match message {
+                None => return,
+                Some(BusMessage::Gap) => receiver.gap().await,
+                Some(BusMessage::Notification { channel, payload }) => {
+                    if channel == CHANNEL {
+                        receiver.last_heard = Some(Instant::now());
+                        receiver.notification(&payload).await;
+                    }
+                }
+            },
+            _ = retry.tick(), if retrying => receiver.resync().await,
+            _ = audit.tick() => receiver.audit(audit_every).await,
+        }
+    }
+}
+
+/// What a reload after a gap still has to do.
+#[derive(Debug, Clone, Copy)]
+struct Pending {
+    /// Catch up on `realtime.send` messages of this long ago (none after the first connect).
+    catch_up: Option<Duration>,
+}
+
+#[derive(Debug)]
+struct Receiver {
+    hub: Hub,
+    node: Arc<str>,
+    pool: PgPool,
+    /// `realtime.send` ids delivered, and when.
+    seen: HashMap<uuid::Uuid, Instant>,
+    seen_cap: usize,
+    /// When the last notification arrived (`None` before the first connect).
+    last_heard: Option<Instant>,
+    /// When the listener first connected: catch-up never reaches further back, since messages
+    /// sent before were never this node's to deliver.
+    listening_since: Option<Instant>,
+    /// A reload after a gap that has not succeeded yet.
+    pending: Option<Pending>,
+}
+
+impl Receiver {
+    async fn gap(&mut self) {
+        metrics::counter!("gateway_bus_gaps_total").increment(1);
+        let catch_up = self.last_heard.map(|t| t.elapsed() + CATCH_UP_SLACK);
+        let catch_up = match (self.pending.and_then(|p| p.catch_up), catch_up) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        self.pending = Some(Pending { catch_up });
+        self.last_heard = Some(Instant::now());
+        self.listening_since.get_or_insert_with(Instant::now);
+        self.resync().await;
+    }
+
+    /// The periodic audit: a resync covering the last period, whether or not a gap was seen.
+    async fn audit(&mut self, period: Duration) {
+        let window = (period + CATCH_UP_SLACK).min(SEEN_FOR);
+        let catch_up = match self.pending.and_then(|p| p.catch_up) {
+            Some(w) => w.max(window),
+            None => window,
+        };
+        self.pending = Some(Pending {
+            catch_up: Some(catch_up),
+        });
+        self.resync().await;
+    }
+
+    /// Reloads every other node's presence and catches up on database messages.
+    async fn resync(&mut self) {
+        let Some(pending) = self.pending else {
+            return;
+        };
+        let me = Arc::clone(&self.node);
+        match store::presence_rows(&self.pool, &me, None).await {
+            Ok(rows) => self.hub.reconcile(|n| n != &*me, rows),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot reload presence after a bus gap; retrying");
+                return;
+            }
+        }
+        let listening_for = self.listening_since.map_or(Duration::ZERO, |t| t.elapsed());
+        let window = pending.catch_up.map(|w| w.min(listening_for));
+        if let Some(window) = window.filter(|w| !w.is_zero()) {
+            match store::missed_messages(&self.pool, window).await {
+                Ok(messages) => {
+                    let mut caught_up = 0u64;
+                    for m in messages {
+                        if self.deliver_db(m.id, &m.topic, m.private, &m.event, &m.payload) {
+                            caught_up += 1;
+                        }
+                    }
+                    if caught_up > 0 {
+                        tracing::info!(
+                            messages = caught_up,
+                            "delivered database broadcasts the bus had missed"
+                        );
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot catch up on database broadcasts; retrying");
+                    self.pending = Some(Pending {
+                        catch_up: pending.catch_up,
+                    });
+                    return;
+                }
+            }
+        }
+        self.pending = None;
+    }
+
+    async fn notification(&mut self, text: &str) {
+        let envelope = match serde_json::from_str::<Envelope>(text) {
+            Ok(e) => e,
+            Err(e) => {
+                metrics::counter!("gateway_bus_malformed_total").increment(1);
+                tracing::warn!(error = %e, "malformed bus message skipped");
+                return;
+            }
+        };
+        let envelope = match envelope {
+            Envelope::Spill { n, id } => {
+                if *n == *self.node {
+                    return;
+                }
+                match store::spilled(&self.pool, id).await {
+                    Ok(Some(text)) => match serde_json::from_str::<Envelope>(&text) {
+                        Ok(Envelope::Spill { .. }) | Err(_) => {
+                            metrics::counter!("gateway_bus_malformed_total").increment(1);
+                            return;
+                        }
+                        Ok(e) => e,
+                    },
+                    Ok(None) => {
+                        metrics::counter!("gateway_bus_dropped_total").increment(1);
+                        tracing::warn!(id, "spilled bus message gone before it was read");
+                        return;
+                    }
+                    Err(e) => {
+                        metrics::counter!("gateway_bus_dropped_total").increment(1);
+                        tracing::warn!(error = %e, id, "cannot read a spilled bus message");
+                        return;
+                    }
+                }
+            }
+            other => other,
+        };
+        self.handle(envelope).await;
+    }
+
+    async fn handle(&mut self, envelope: Envelope) {
+        metrics::counter!("gateway_bus_received_total").increment(1);
+        match envelope {
+            Envelope::Broadcast { n, t, x, m } => {
+                if *n != *self.node {
+                    let message = Message::Json(Arc::from(m.to_string()));
+                    self.hub.deliver_remote(&t, x, &message);
+                }
+            }
+            Envelope::Binary {
+                n,
+                t,
+                x,
+                e,
+                meta,
+                h,
+            } => {
+                if *n == *self.node {
+                    return;
+                }
+                let Some(payload) = unhex(&h) else {
+                    metrics::counter!("gateway_bus_malformed_total").increment(1);
+                    return;
+                };
+                let message = Message::Binary {
+                    event: Arc::from(e),
+                    meta: meta.map(|m| Arc::from(m.to_string())),
+                    payload: payload.into(),
+                };
+                self.hub.deliver_remote(&t, x, &message);
+            }
+            Envelope::Presence { n, t, j, l } => {
+                if *n != *self.node {
+                    let joins = j.into_iter().map(|e| (e.r, e.k, e.m)).collect();
+                    self.hub.apply_presence(&t, &Arc::from(n), joins, &l);
+                }
+            }
+            Envelope::Sync { n, node } => {
+                if *node == *self.node {
+                    if n.as_deref() != Some(&*self.node) {
+                        tracing::warn!(
+                            "this node's presence was removed as lost; writing it again"
+                        );
+                        self.hub.publisher().reassert();
+                    }
+                    return;
+                }
+                match store::presence_rows(&self.pool, &self.node, Some(&node)).await {
+                    Ok(rows) => self.hub.reconcile(|n| n == node, rows),
+                    Err(e) => {
+                        tracing::warn!(error = %e, node = %node, "cannot reload a node's presence; retrying");
+                        self.pending.get_or_insert(Pending { catch_up: None });
+                    }
+                }
+            }
+            Envelope::Db { id, t, x, e, d } => {
+                if self.seen.contains_key(&id) {
+                    return;
+                }
+                if let (Some(t), Some(e), Some(d)) = (&t, &e, &d) {
+                    self.deliver_db(id, t, x.unwrap_or(true), e, d);
+                    return;
+                }
+                match store::message(&self.pool, id).await {
+                    Ok(Some(m)) => {
+                        self.deliver_db(m.id, &m.topic, m.private, &m.event, &m.payload);
+                    }
+                    Ok(None) => tracing::debug!(%id, "database broadcast gone before it was read"),
+                    Err(e) => {
+                        metrics::counter!("gateway_bus_dropped_total").increment(1);
+                        tracing::warn!(error = %e, %id, "cannot read a database broadcast");
+                    }
+                }
+            }
+            Envelope::Spill { .. } => {}
+        }
+    }
+
+    /// Delivers a `realtime.send` message unless it was delivered before; returns whether it
+    /// was new.
+    fn deliver_db(
+        &mut self,
+        id: uuid::Uuid,
+        name: &str,
+        private: bool,
+        event: &str,
+        payload: &Value,
+    ) -> bool {
+        let now = Instant::now();
+        if self.seen.insert(id, now).is_some() {
+            return false;
+        }
+        if self.seen.len() > self.seen_cap {
+            self.seen.retain(|_, at| now.duration_since(*at) < SEEN_FOR);
+            self.seen_cap = (self.seen.len() * 2).max(4096);
+        }
+        let message = Message::Json(Arc::from(db_message(id, event, payload)));
+        self.hub.deliver_remote(name, private, &message);
+        true
+    }
+}
+
+/// Periodically removes the presence rows of lost nodes (`realtime.presence_prune`, which tells
+/// every node to drop them) and old bus rows. Every node runs it; the first to see a node lost
+/// removes its rows, the others find nothing.
+#[tracing::instrument(name = "bus_maintenance", skip_all)]
+pub async fn run_maintenance(pool: PgPool, node: Arc<str>, settings: Settings, shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(settings.maintenance_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        match store::prune(&pool, &node, settings.stale_timeout).await {
+            Ok(0) => {}
+            Ok(rows) => tracing::info!(rows, "removed the presence of lost nodes"),
+            Err(e) => tracing::warn!(error = %e, "cannot prune presence and bus rows"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn hex_round_trips() {
+        let bytes = [0u8, 1, 0x7f, 0x80, 0xff];
+        assert_eq!(hex(&bytes), "00017f80ff");
+        assert_eq!(unhex(&hex(&bytes)).unwrap(), bytes);
+        assert!(unhex("abc").is_none());
+        assert!(unhex("zz").is_none());
+    }
+
+    /// Guards the broadcast envelope: the message is embedded verbatim and parses back.
+    #[test]
+    fn broadcast_envelopes_round_trip() {
+        let message = r#"{"type":"broadcast","event":"ev","payload":{"a":"é"}}"#;
+        let text = broadcast_envelope("node-a", 7, "room:1", message);
+        let Envelope::Broadcast { n, t, x, m } = serde_json::from_str(&text).unwrap() else {
+            panic!("{text}");
+        };
+        assert_eq!((n.as_str(), t.as_str(), x), ("node-a", "room:1", false));
+        assert_eq!(m, serde_json::from_str::<Value>(message).unwrap());
+    }
+
+    #[test]
+    fn binary_envelopes_round_trip() {
+        let text = binary_envelope("a", 1, "room", "ev", Some(r#"{"k":1}"#), &[1, 2, 255]);
+        let Envelope::Binary { e, meta, h, .. } = serde_json::from_str(&text).unwrap() else {
+            panic!("{text}");
+        };
+        assert_eq!(e, "ev");
+        assert_eq!(meta, Some(json!({"k": 1})));
+        assert_eq!(unhex(&h).unwrap(), vec![1, 2, 255]);
+    }
+
+    #[test]
+    fn presence_envelopes_carry_joins_and_leaves() {
+        let mut state = presence::State::default();
+        let me: Arc<str> = Arc::from("a");
+        let first = state
+            .track(
+                1,
+                &me,
+                "alice",
+                json!({"x": 1}).as_object().unwrap().clone(),
+            )
+            .unwrap();
+        let update = state
+            .track(
+                1,
+                &me,
+                "alice",
+                json!({"x": 2}).as_object().unwrap().clone(),
+            )
+            .unwrap();
+        let text = presence_envelope("a", 2, "room", &update);
+        let Envelope::Presence { n, t, j, l } = serde_json::from_str(&text).unwrap() else {
+            panic!("{text}");
+        };
+        assert_eq!((n.as_str(), t.as_str()), ("a", "room"));
+        assert_eq!(l, vec![first.joins[0].phx_ref.clone()]);
+        assert_eq!(j[0].k, "alice");
+        assert_eq!(j[0].m["x"], 2);
+    }
+
+    /// Guards the shape `realtime.presence_prune` and `realtime.send` produce in SQL.
+    #[test]
+    fn database_notifications_parse() {
+        let sync: Envelope = serde_json::from_str(r#"{"k":"sync","node":"b"}"#).unwrap();
+        assert_eq!(
+            sync,
+            Envelope::Sync {
+                n: None,
+                node: "b".to_owned()
+            }
+        );
+        let id = uuid::Uuid::new_v4();
+        let small: Envelope = serde_json::from_str(
+            &json!({"k": "db", "id": id, "t": "room", "x": false, "e": "ev", "d": {"a": 1}})
+                .to_string(),
+        )
+        .unwrap();
+        assert!(matches!(
+            small,
+            Envelope::Db {
+                t: Some(_),
+                d: Some(_),
+                ..
+            }
+        ));
+        let large: Envelope =
+            serde_json::from_str(&json!({"k": "db", "id": id}).to_string()).unwrap();
+        assert!(matches!(
+            large,
+            Envelope::Db {
+                t: None,
+                d: None,
+                ..
+            }
+        ));
+        let delivered: Value =
+            serde_json::from_str(&db_message(id, "ev", &json!({"a": 1}))).unwrap();
+        assert_eq!(
+            delivered,
+            json!({"type": "broadcast", "event": "ev", "payload": {"a": 1}, "meta": {"id": id}})
+        );
+    }
+
+    #[test]
+    fn unknown_kinds_do_not_parse() {
+        assert!(serde_json::from_str::<Envelope>(r#"{"k":"zz"}"#).is_err());
+        assert!(serde_json::from_str::<Envelope>("not json").is_err());
+    }
+}

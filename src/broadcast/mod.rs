@@ -1,0 +1,660 @@
+//! Broadcast and presence: the hub that relays user messages and presence between the members
+//! of a channel, on this node and, over the cluster bus, on every node sharing the database.
+//!
+//! # Data flow
+//!
+//! ```text
+//! session (broadcast push, kind 3)  ─┐
+//! REST  POST /api/broadcast          ├─> Hub::send ──> local fan-out (members' Outbound, stage 4)
+//!                                    │            └──> publisher ──NOTIFY realtime_bus──┐
+//! session (track / untrack / leave) ─┴─> Hub::track ─> presence::State ─> presence_diff │
+//!                                                  └──> publisher (rows + NOTIFY) ──────┤
+//! SQL realtime.send(...) ──insert realtime.messages + NOTIFY at commit──────────────────┤
+//!                                                                                       v
+//!   pg::listener (the node's one LISTEN connection) ─BusMessage─> bus::run ─> Hub (remote
+//!   deliveries, presence diffs, reconciliation from realtime.presences after a gap)
+//! ```
+//!
+//! Members are indexed by channel name in a [`DashMap`] (sharded, like the change router). Each
+//! message is serialized once and each distinct frame is encoded at most once per fan-out —
+//! one text frame per serializer version (`presence_diff`, JSON broadcasts) and one kind-4 binary
+//! frame for raw-binary payloads, which vsn 1 sockets never get (PROTOCOL.md 2.3) — and every
+//! recipient's queue gets a clone of the same bytes. A push never waits: a full queue closes
+//! that client as a slow consumer, and fan-out goes on.
+//!
+//! A client's broadcast is delivered to the local members at once (the sender only when it
+//! joined with `broadcast.self`) and handed to the [`publisher`], which sends it to the other
+//! nodes; each node ignores what it published itself. Presence works the same way, and every
+//! presence change is also written to `realtime.presences` in the transaction that notifies it,
+//! so a node that missed notifications (listener reconnect) rebuilds the other nodes' presence
+//! from those rows, and a lost node's presence is removed by whichever node runs
+//! `realtime.presence_prune` first ([`bus::run_maintenance`]). See [`bus`] for the message
+//! formats and [`store`] for the SQL.
+//!
+//! Private channels are refused at join (PROTOCOL.md 7.5), so messages addressed to private
+//! channels (`private: true` over REST, `realtime.send`'s default) reach no one and are counted
+//! in `gateway_broadcast_private_dropped_total`.
+//!
+//! Lock order, never reversed: a `topics` shard, then a topic's `presence`, then its `members`.
+//! No lock is held across an `.await`.
+
+pub mod bus;
+pub mod publisher;
+pub mod rest;
+pub mod store;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use serde_json::{Map, Value};
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+
+use crate::fanout::router::ConnId;
+use crate::pg::listener::BusMessage;
+use crate::presence;
+use crate::session::outbound::{Frame, Outbound};
+use crate::session::protocol::{self, Vsn};
+use crate::shutdown::Shutdown;
+
+/// The event of user broadcasts.
+const BROADCAST_EVENT: &str = "broadcast";
+/// The event of presence diffs.
+const PRESENCE_DIFF_EVENT: &str = "presence_diff";
+
+/// Why a broadcast or a presence change was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The message is larger than `--max-message-bytes`.
+    #[error("message of {size} bytes is over the {limit}-byte limit")]
+    TooLarge {
+        /// Its size.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A REST request that does not have the documented shape.
+    #[error("invalid broadcast request: {0}")]
+    Invalid(String),
+    /// A REST request without a valid token.
+    #[error("broadcast request not authorized")]
+    Unauthorized(#[source] crate::auth::Error),
+}
+
+/// What the hub needs to know.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// This node (messages it published come back over the bus and are ignored).
+    pub node_id: String,
+    /// Largest broadcast or tracked presence payload, in bytes.
+    pub max_message_bytes: usize,
+    /// A node silent this long is lost: its presence is removed.
+    pub stale_timeout: Duration,
+    /// How often lost nodes' presence and old bus rows are pruned, and each node audits its
+    /// view of the bus (presence reloaded, missed database broadcasts delivered).
+    pub maintenance_interval: Duration,
+}
+
+/// A user message to relay.
+#[derive(Debug, Clone)]
+pub enum Message {
+    /// A JSON broadcast: the serialized payload object clients receive,
+    /// `{"type":"broadcast","event":E,"payload":P}` plus `"meta"` when there is some.
+    Json(Arc<str>),
+    /// A raw-binary broadcast (binary push encoding 0): delivered as kind 4 to vsn 2 sockets.
+    Binary {
+        /// The user event.
+        event: Arc<str>,
+        /// Metadata object, serialized, if any.
+        meta: Option<Arc<str>>,
+        /// The user payload.
+        payload: Bytes,
+    },
+}
+
+impl Message {
+    /// Bytes counted against `--max-message-bytes`.
+    pub fn size(&self) -> usize {
+        match self {
+            Message::Json(json) => json.len(),
+            Message::Binary { payload, .. } => payload.len(),
+        }
+    }
+}
+
+/// One channel membership of a local connection.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// The connection.
+    pub conn: ConnId,
+    /// Its queue.
+    pub outbound: Outbound,
+    /// Its serializer.
+    pub vsn: Vsn,
+    /// `broadcast.self`: whether it receives its own broadcasts.
+    pub self_broadcast: bool,
+}
+
+/// Counters of what the hub did.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Messages sent by local clients, REST or this node's bus input.
+    pub messages: AtomicU64,
+    /// Frames queued to members.
+    pub delivered: AtomicU64,
+    /// Frames refused by full or closed queues.
+    pub dropped: AtomicU64,
+}
+
+/// The hub of one node; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Hub {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    node: Arc<str>,
+    /// Channel name -> its members and presence. A topic stays while it has members or
+    /// presence entries; entries are added only under the shard's entry guard, so a topic
+    /// being removed as idle never loses an addition.
+    topics: DashMap<Arc<str>, Arc<Topic>>,
+    publisher: publisher::Publisher,
+    max_message_bytes: usize,
+    stats: Stats,
+}
+
+/// One channel on this node.
+#[derive(Debug)]
+struct Topic {
+    /// `realtime:<name>`, as frames carry it.
+    topic: Arc<str>,
+    /// Local members, by connection (a connection joins a topic at most once).
+    members: RwLock<HashMap<ConnId, Member>>,
+    /// The topic's presence, cluster-wide. Held while its diff is fanned out and queued for
+    /// the bus, so every member and every node sees one topic's diffs in one order.
+    presence: Mutex<presence::State>,
+}
+
+impl Topic {
+    fn new(name: &str) -> Topic {
+        Topic {
+            topic: Arc::from(format!("realtime:{name}")),
+            members: RwLock::default(),
+            presence: Mutex::default(),
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        lock(&self.presence).is_empty() && read(&self.members).is_empty()
+    }
+}
+
+impl Hub {
+    /// Starts the hub and its background tasks (bus publisher, bus receiver, maintenance) on
+    /// `shutdown`'s tracker. Returns the sender the change listener forwards bus notifications
+    /// to ([`crate::pg::listener::Listener::with_bus`], channel [`bus::CHANNEL`]).
+    ///
+    /// The first thing the publisher does is remove whatever presence rows a previous run of
+    /// this node left, telling the other nodes to drop them.
+    pub fn start(
+        pool: PgPool,
+        settings: Settings,
+        shutdown: &Shutdown,
+    ) -> (Hub, mpsc::UnboundedSender<BusMessage>) {
+        let node: Arc<str> = Arc::from(settings.node_id.as_str());
+        let (publisher, items) = publisher::Publisher::channel(Arc::clone(&node));
+        publisher.reassert();
+        let hub = Hub {
+            shared: Arc::new(Shared {
+                node: Arc::clone(&node),
+                topics: DashMap::new(),
+                publisher,
+                max_message_bytes: settings.max_message_bytes,
+                stats: Stats::default(),
+            }),
+        };
+        let (bus_tx, bus_rx) = mpsc::unbounded_channel();
+        {
+            let (hub, pool, s) = (hub.clone(), pool.clone(), shutdown.clone());
+            shutdown.spawn("bus_publisher", publisher::run(hub, pool, items, s));
+        }
+        {
+            let (hub, pool, s) = (hub.clone(), pool.clone(), shutdown.clone());
+            let audit_every = settings.maintenance_interval;
+            shutdown.spawn("bus_receiver", bus::run(hub, pool, bus_rx, audit_every, s));
+        }
+        shutdown.spawn(
+            "bus_maintenance",
+            bus::run_maintenance(pool, node, settings, shutdown.clone()),
+        );
+        (hub, bus_tx)
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.shared.node
+    }
+
+    /// The message size limit, in bytes.
+    pub fn max_message_bytes(&self) -> usize {
+        self.shared.max_message_bytes
+    }
+
+    /// What the hub did so far.
+    pub fn stats(&self) -> &Stats {
+        &self.shared.stats
+    }
+
+    /// Channels with local members or presence.
+    pub fn topic_count(&self) -> usize {
+        self.shared.topics.len()
+    }
+
+    /// Local members of channel `name`.
+    pub fn member_count(&self, name: &str) -> usize {
+        self.topic(name).map_or(0, |t| read(&t.members).len())
+    }
+
+    /// Adds a membership of channel `name` (a re-join of the same connection replaces it).
+    pub fn join(&self, name: &str, member: Member) {
+        let topic = self
+            .shared
+            .topics
+            .entry(Arc::from(name))
+            .or_insert_with(|| Arc::new(Topic::new(name)));
+        write(&topic.members).insert(member.conn, member);
+    }
+
+    /// Ends a membership: it leaves the channel, and its presence, if any, leaves with a diff
+    /// to the remaining members and the other nodes.
+    pub fn leave(&self, name: &str, conn: ConnId) {
+        let Some(topic) = self.topic(name) else {
+            return;
+        };
+        write(&topic.members).remove(&conn);
+        self.untrack_in(name, &topic, conn);
+        self.shared.topics.remove_if(name, |_, t| t.is_idle());
+    }
+
+    /// The `presence_state` payload of channel `name`.
+    pub fn presence_state(&self, name: &str) -> String {
+        self.topic(name)
+            .map_or_else(|| "{}".to_owned(), |t| lock(&t.presence).to_json())
+    }
+
+    /// Relays `message` to every member of channel `name` on every node: `from` (a local
+    /// member) receives it only if it joined with `broadcast.self`. Returns how many local
+    /// members got it.
+    ///
+    /// # Errors
+    /// [`Error::TooLarge`] when the message is over `--max-message-bytes` (nothing is sent).
+    pub fn send(
+        &self,
+        name: &str,
+        private: bool,
+        from: Option<ConnId>,
+        message: &Message,
+    ) -> Result<usize, Error> {
+        let size = message.size();
+        if size > self.shared.max_message_bytes {
+            metrics::counter!("gateway_broadcast_too_large_total").increment(1);
+            return Err(Error::TooLarge {
+                size,
+                limit: self.shared.max_message_bytes,
+            });
+        }
+        if private {
+            metrics::counter!("gateway_broadcast_private_dropped_total").increment(1);
+            tracing::debug!(channel = %name, "broadcast to a private channel dropped");
+            return Ok(0);
+        }
+        let delivered = self.deliver(name, from, message);
+        self.shared.publisher.broadcast(name, message);
+        Ok(delivered)
+    }
+
+    /// Tracks `payload` as the presence of `conn`'s membership of channel `name` under `key`.
+    ///
+    /// # Errors
+    /// [`Error::TooLarge`] when the payload serializes to more than `--max-message-bytes`.
+    pub fn track(
+        &self,
+        name: &str,
+        conn: ConnId,
+        key: &str,
+        payload: Map<String, Value>,
+    ) -> Result<(), Error> {
+        let size = serde_json::to_string(&payload).map_or(0, |s| s.len());
+        if size > self.shared.max_message_bytes {
+            return Err(Error::TooLarge {
+                size,
+                limit: self.shared.max_message_bytes,
+            });
+        }
+        let topic = self
+            .shared
+            .topics
+            .entry(Arc::from(name))
+            .or_insert_with(|| Arc::new(Topic::new(name)))
+            .clone();
+        let mut state = lock(&topic.presence);
+        if let Some(diff) = state.track(conn, &self.shared.node, key, payload) {
+            self.presence_diff(&topic, &diff);
+            self.shared.publisher.presence(name, &diff);
+        }
+        Ok(())
+    }
+
+    /// Removes the presence of `conn`'s membership of channel `name`, if any.
+    pub fn untrack(&self, name: &str, conn: ConnId) {
+        if let Some(topic) = self.topic(name) {
+            self.untrack_in(name, &topic, conn);
+        }
+    }
+
+    fn untrack_in(&self, name: &str, topic: &Topic, conn: ConnId) {
+        let mut state = lock(&topic.presence);
+        if let Some(diff) = state.untrack(conn) {
+            self.presence_diff(topic, &diff);
+            self.shared.publisher.presence(name, &diff);
+        }
+    }
+
+    fn topic(&self, name: &str) -> Option<Arc<Topic>> {
+        self.shared.topics.get(name).map(|t| Arc::clone(t.value()))
+    }
+
+    /// Local fan-out of a broadcast; returns how many members got it.
+    fn deliver(&self, name: &str, from: Option<ConnId>, message: &Message) -> usize {
+        self.shared.stats.messages.fetch_add(1, Ordering::Relaxed);
+        let Some(topic) = self.topic(name) else {
+            return 0;
+        };
+        self.fan_out(&topic, BROADCAST_EVENT, message, from)
+    }
+
+    fn presence_diff(&self, topic: &Topic, diff: &presence::Diff) {
+        if diff.is_empty() {
+            return;
+        }
+        let message = Message::Json(Arc::from(diff.to_json()));
+        self.fan_out(topic, PRESENCE_DIFF_EVENT, &message, None);
+    }
+
+    /// Queues `message` as `event` to every member of `topic` but `from` (unless it asked for
+    /// its own broadcasts). Each distinct frame is encoded once.
+    fn fan_out(
+        &self,
+        topic: &Topic,
+        event: &str,
+        message: &Message,
+        from: Option<ConnId>,
+    ) -> usize {
+        let members = read(&topic.members);
+        // Per serializer version: not encoded yet / encoded (None: not deliverable to it).
+        let mut frames: [Option<Option<Frame>>; 2] = [None, None];
+        let (mut delivered, mut dropped) = (0u64, 0u64);
+        for member in members.values() {
+            if from == Some(member.conn) && !member.self_broadcast {
+                continue;
+            }
+            let slot = match member.vsn {
+                Vsn::V1 => 0,
+                Vsn::V2 => 1,
+            };
+            let frame = frames[slot]
+                .get_or_insert_with(|| encode(member.vsn, &topic.topic, event, message));
+            let Some(frame) = frame else {
+                continue;
+            };
+            match member.outbound.push(frame.clone()) {
+                Ok(()) => delivered += 1,
+                Err(_) => dropped += 1,
+            }
+        }
+        let stats = &self.shared.stats;
+        stats.delivered.fetch_add(delivered, Ordering::Relaxed);
+        metrics::counter!("gateway_broadcast_deliveries_total").increment(delivered);
+        if dropped > 0 {
+            stats.dropped.fetch_add(dropped, Ordering::Relaxed);
+            metrics::counter!("gateway_broadcast_dropped_total").increment(dropped);
+        }
+        usize::try_from(delivered).unwrap_or(usize::MAX)
+    }
+
+    // ---- the bus side -----------------------------------------------------------------------
+
+    /// A broadcast from another node (or the database): every local member gets it.
+    fn deliver_remote(&self, name: &str, private: bool, message: &Message) {
+        if private {
+            metrics::counter!("gateway_broadcast_private_dropped_total").increment(1);
+            return;
+        }
+        self.deliver(name, None, message);
+    }
+
+    /// A presence diff another node published.
+    fn apply_presence(
+        &self,
+        name: &str,
+        node: &Arc<str>,
+        joins: Vec<presence::Remote>,
+        leaves: &[String],
+    ) {
+        if joins.is_empty() && self.topic(name).is_none() {
+            return;
+        }
+        {
+            // The entry guard keeps the topic from being removed as idle before the joins land.
+            let topic = self
+                .shared
+                .topics
+                .entry(Arc::from(name))
+                .or_insert_with(|| Arc::new(Topic::new(name)));
+            let mut state = lock(&topic.presence);
+            let diff = state.apply(node, joins, leaves);
+            self.presence_diff(&topic, &diff);
+        }
+        self.shared.topics.remove_if(name, |_, t| t.is_idle());
+    }
+
+    /// Makes the presence of the nodes that `covers` accepts match `rows` (by channel name).
+    fn reconcile(
+        &self,
+        covers: impl Fn(&str) -> bool,
+        mut rows: HashMap<String, Vec<(Arc<str>, presence::Remote)>>,
+    ) {
+        let mut names: Vec<String> = self
+            .shared
+            .topics
+            .iter()
+            .map(|t| t.key().to_string())
+            .collect();
+        names.extend(
+            rows.keys()
+                .filter(|n| !self.shared.topics.contains_key(n.as_str()))
+                .cloned(),
+        );
+        for name in names {
+            let topic_rows = rows.remove(&name).unwrap_or_default();
+            if topic_rows.is_empty() && self.topic(&name).is_none() {
+                continue;
+            }
+            {
+                let topic = self
+                    .shared
+                    .topics
+                    .entry(Arc::from(name.as_str()))
+                    .or_insert_with(|| Arc::new(Topic::new(&name)));
+                let mut state = lock(&topic.presence);
+                let diff = state.reconcile(&covers, topic_rows);
+                self.presence_diff(&topic, &diff);
+            }
+            self.shared
+                .topics
+                .remove_if(name.as_str(), |_, t| t.is_idle());
+        }
+    }
+
+    /// This node's presence entries, as durable rows.
+    fn local_rows(&self) -> Vec<store::PresenceRow> {
+        let topics: Vec<(Arc<str>, Arc<Topic>)> = self
+            .shared
+            .topics
+            .iter()
+            .map(|t| (Arc::clone(t.key()), Arc::clone(t.value())))
+            .collect();
+        let mut rows = Vec::new();
+        for (name, topic) in topics {
+            let state = lock(&topic.presence);
+            rows.extend(
+                state
+                    .local_entries()
+                    .map(|e| store::PresenceRow::of(&name, e)),
+            );
+        }
+        rows
+    }
+
+    fn publisher(&self) -> &publisher::Publisher {
+        &self.shared.publisher
+    }
+}
+
+/// Encodes one member's frame; `None` when the message cannot go to this serializer (raw
+/// binary to vsn 1, or a kind-4 field over 255 bytes).
+fn encode(vsn: Vsn, topic: &str, event: &str, message: &Message) -> Option<Frame> {
+    match message {
+        Message::Json(json) => Some(Frame::from(protocol::encode_text(
+            vsn, None, None, topic, event, json,
+        ))),
+        Message::Binary {
+            event: user_event,
+            meta,
+            payload,
+        } => match vsn {
+            Vsn::V1 => None,
+            Vsn::V2 => {
+                match protocol::encode_binary_broadcast(
+                    topic,
+                    user_event,
+                    meta.as_deref(),
+                    payload,
+                    false,
+                ) {
+                    Ok(bytes) => Some(Frame::Binary(bytes)),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "binary broadcast not encodable");
+                        None
+                    }
+                }
+            }
+        },
+    }
+}
+
+// Poisoning only means another thread panicked mid-update; the maps stay usable.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A channel membership's broadcast and presence settings, from its join config
+/// (PROTOCOL.md 5.1): `broadcast.self`, `broadcast.ack`, `presence.key`, `presence.enabled`.
+/// Missing or `null` objects mean the defaults; booleans may be strings, any case.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    /// The sender receives its own broadcasts.
+    pub self_broadcast: bool,
+    /// Each broadcast push is answered.
+    pub ack: bool,
+    /// The presence key: `presence.key`, else a random UUID for this join.
+    pub presence_key: String,
+    /// `presence_state` is pushed after the join (or, failing that, after the first track).
+    pub presence_enabled: bool,
+}
+
+impl Membership {
+    /// Reads the join's `config` object.
+    pub fn from_config(config: Option<&Map<String, Value>>) -> Membership {
+        let section = |name: &str| config.and_then(|c| c.get(name)).and_then(Value::as_object);
+        let flag = |section: Option<&Map<String, Value>>, name: &str| {
+            section.and_then(|s| s.get(name)).is_some_and(|v| match v {
+                Value::Bool(b) => *b,
+                Value::String(s) => s.eq_ignore_ascii_case("true"),
+                _ => false,
+            })
+        };
+        let broadcast = section("broadcast");
+        let presence = section("presence");
+        let presence_key = match presence.and_then(|p| p.get("key")) {
+            Some(Value::String(k)) if !k.is_empty() => k.clone(),
+            Some(Value::Number(n)) => n.to_string(),
+            _ => uuid::Uuid::new_v4().to_string(),
+        };
+        Membership {
+            self_broadcast: flag(broadcast, "self"),
+            ack: flag(broadcast, "ack"),
+            presence_key,
+            presence_enabled: flag(presence, "enabled"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn membership(config: Value) -> Membership {
+        Membership::from_config(config.as_object())
+    }
+
+    #[test]
+    fn join_config_flags_accept_booleans_and_strings() {
+        let m = membership(json!({"broadcast": {"self": true, "ack": "TRUE"},
+                                  "presence": {"key": "u1", "enabled": "true"}}));
+        assert!(m.self_broadcast && m.ack && m.presence_enabled);
+        assert_eq!(m.presence_key, "u1");
+        let m = membership(json!({"broadcast": {"self": "false", "ack": 1}}));
+        assert!(!m.self_broadcast && !m.ack && !m.presence_enabled);
+    }
+
+    /// realtime-py sends `"broadcast": null`; a missing or empty key gets a random one per join.
+    #[test]
+    fn missing_or_null_sections_mean_defaults() {
+        for config in [
+            json!({}),
+            json!({"broadcast": null, "presence": null}),
+            json!(null),
+        ] {
+            let a = membership(config.clone());
+            let b = membership(config);
+            assert!(!a.self_broadcast && !a.ack && !a.presence_enabled);
+            assert_eq!(a.presence_key.len(), 36);
+            assert_ne!(a.presence_key, b.presence_key);
+        }
+        assert_eq!(
+            membership(json!({"presence": {"key": ""}}))
+                .presence_key
+                .len(),
+            36
+        );
+        assert_eq!(
+            membership(json!({"presence": {"key": 7}})).presence_key,
+            "7"
+        );
+    }
+}

@@ -1,0 +1,263 @@
+//! The REST broadcast endpoints (PROTOCOL.md 7.3), served at the root and under `/realtime/v1`:
+//!
+//! - `POST /api/broadcast` with `{"messages": [{"topic", "event", "payload", "private"?, "id"?}]}`
+//!   (topics without `realtime:`): what realtime-js `send()` falls back to on a channel that is
+//!   not joined;
+//! - `POST /api/broadcast/<topic>/events/<event>[?private=true]` with the payload as the body
+//!   (`application/json`, or `application/octet-stream` for raw bytes): realtime-js `httpSend()`,
+//!   realtime-py `http_send()`.
+//!
+//! Authenticated like a channel token: `Authorization: Bearer <jwt>`, else an `apikey: <jwt>`
+//! header. Each message goes to the [`Hub`](super::Hub) like a client broadcast without a
+//! sender (every member gets it, on every node). Answers: 202 with an empty body once the
+//! messages are handed to the hub; 401 `{"message":"Unauthorized"}`; 413 when a payload is over
+//! `--max-message-bytes`; 422 when the body does not have the documented shape. The status of
+//! each refusal comes from [`crate::Error::status_code`]. The socket's query string (`apikey`,
+//! `vsn`) that clients leave on the URL is ignored.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use serde_json::{json, Map, Value};
+
+use super::{Error, Message};
+use crate::state::AppState;
+
+/// The broadcast routes; request bodies are limited to `max_body_bytes`.
+pub fn routes(max_body_bytes: usize) -> Router<AppState> {
+    Router::new()
+        .route("/api/broadcast", post(batch))
+        .route("/realtime/v1/api/broadcast", post(batch))
+        .route("/api/broadcast/{topic}/events/{event}", post(single))
+        .route(
+            "/realtime/v1/api/broadcast/{topic}/events/{event}",
+            post(single),
+        )
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+}
+
+/// `POST /api/broadcast`.
+async fn batch(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+    let result = authorize(&state, &headers)
+        .and_then(|()| batch_messages(&body))
+        .and_then(|messages| {
+            for (_, _, message) in &messages {
+                check_size(&state, message)?;
+            }
+            for (topic, private, message) in &messages {
+                state.hub.send(topic, *private, None, message)?;
+            }
+            Ok(messages.len())
+        });
+    respond(result)
+}
+
+/// `POST /api/broadcast/<topic>/events/<event>`.
+async fn single(
+    State(state): State<AppState>,
+    Path((topic, event)): Path<(String, String)>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let private = query
+        .get("private")
+        .is_some_and(|p| p.eq_ignore_ascii_case("true"));
+    let binary = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/octet-stream"));
+    let result = authorize(&state, &headers).and_then(|()| {
+        if topic.is_empty() || event.is_empty() {
+            return Err(Error::Invalid("topic and event are required".to_owned()));
+        }
+        let message = if binary {
+            Message::Binary {
+                event: Arc::from(event.as_str()),
+                meta: None,
+                payload: body,
+            }
+        } else {
+            let payload: Value = serde_json::from_slice(&body)
+                .map_err(|_| Error::Invalid("the body is not valid json".to_owned()))?;
+            json_message(&event, payload, None)
+        };
+        let topic = topic.strip_prefix("realtime:").unwrap_or(&topic);
+        state.hub.send(topic, private, None, &message)?;
+        Ok(1)
+    });
+    respond(result)
+}
+
+/// Checks the token of a REST request (PROTOCOL.md 7.3).
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Error> {
+    let header = |name: header::HeaderName| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+    };
+    let bearer = header(header::AUTHORIZATION).and_then(|v| {
+        let (scheme, token) = v.split_once(' ')?;
+        scheme
+            .eq_ignore_ascii_case("bearer")
+            .then_some(token.trim())
+    });
+    let token = bearer
+        .or_else(|| header(header::HeaderName::from_static("apikey")))
+        .unwrap_or_default();
+    state
+        .verifier
+        .verify(token)
+        .map(|_claims| ())
+        .map_err(Error::Unauthorized)
+}
+
+/// Validates a batch body: each message becomes `(topic, private, message)`.
+fn batch_messages(body: &[u8]) -> Result<Vec<(String, bool, Message)>, Error> {
+    let invalid = |m: &str| Error::Invalid(m.to_owned());
+    let body: Value =
+        serde_json::from_slice(body).map_err(|_| invalid("the body is not valid json"))?;
+    let Some(Value::Array(messages)) = body.get("messages") else {
+        return Err(invalid("messages must be a list"));
+    };
+    let mut out = Vec::with_capacity(messages.len());
+    for (i, m) in messages.iter().enumerate() {
+        let Some(m) = m.as_object() else {
+            return Err(Error::Invalid(format!("messages[{i}] must be an object")));
+        };
+        let field = |k: &str| m.get(k).filter(|v| !v.is_null());
+        let Some(topic) = field("topic")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+        else {
+            return Err(Error::Invalid(format!("messages[{i}].topic is required")));
+        };
+        let Some(event) = field("event").and_then(Value::as_str) else {
+            return Err(Error::Invalid(format!("messages[{i}].event is required")));
+        };
+        let Some(payload) = field("payload") else {
+            return Err(Error::Invalid(format!("messages[{i}].payload is required")));
+        };
+        let private = match field("private") {
+            None => false,
+            Some(Value::Bool(b)) => *b,
+            Some(Value::String(s)) => s.eq_ignore_ascii_case("true"),
+            Some(_) => {
+                return Err(Error::Invalid(format!(
+                    "messages[{i}].private must be a boolean"
+                )))
+            }
+        };
+        let id = match field("id") {
+            None => None,
+            Some(Value::String(id)) => Some(id.clone()),
+            Some(_) => return Err(Error::Invalid(format!("messages[{i}].id must be a string"))),
+        };
+        let topic = topic.strip_prefix("realtime:").unwrap_or(topic);
+        out.push((
+            topic.to_owned(),
+            private,
+            json_message(event, payload.clone(), id),
+        ));
+    }
+    Ok(out)
+}
+
+/// `{"type":"broadcast","event":E,"payload":P}`, plus `"meta":{"id":…}` when given.
+fn json_message(event: &str, payload: Value, id: Option<String>) -> Message {
+    let mut message = Map::new();
+    message.insert("type".to_owned(), Value::from("broadcast"));
+    message.insert("event".to_owned(), Value::from(event));
+    message.insert("payload".to_owned(), payload);
+    if let Some(id) = id {
+        message.insert("meta".to_owned(), json!({ "id": id }));
+    }
+    Message::Json(Arc::from(Value::Object(message).to_string()))
+}
+
+fn check_size(state: &AppState, message: &Message) -> Result<(), Error> {
+    let (size, limit) = (message.size(), state.hub.max_message_bytes());
+    if size > limit {
+        return Err(Error::TooLarge { size, limit });
+    }
+    Ok(())
+}
+
+fn respond(result: Result<usize, Error>) -> Response {
+    match result {
+        Ok(n) => {
+            metrics::counter!("gateway_broadcast_rest_messages_total").increment(n as u64);
+            StatusCode::ACCEPTED.into_response()
+        }
+        Err(e) => {
+            let message = match &e {
+                Error::Unauthorized(_) => "Unauthorized".to_owned(),
+                other => other.to_string(),
+            };
+            tracing::debug!(error = %e, "broadcast request refused");
+            let status = crate::Error::from(e).status_code();
+            (status, Json(json!({ "message": message }))).into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_keep_order_and_strip_the_realtime_prefix() {
+        let body = json!({"messages": [
+            {"topic": "realtime:a", "event": "e1", "payload": {"n": 1}, "id": "x"},
+            {"topic": "b", "event": "e2", "payload": [1], "private": true},
+        ]});
+        let got = batch_messages(body.to_string().as_bytes()).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!((got[0].0.as_str(), got[0].1), ("a", false));
+        assert_eq!((got[1].0.as_str(), got[1].1), ("b", true));
+        let Message::Json(first) = &got[0].2 else {
+            panic!("json expected")
+        };
+        let first: Value = serde_json::from_str(first).unwrap();
+        assert_eq!(
+            first,
+            json!({"type": "broadcast", "event": "e1", "payload": {"n": 1}, "meta": {"id": "x"}})
+        );
+    }
+
+    #[test]
+    fn malformed_batches_are_refused_with_the_reason() {
+        for (body, reason) in [
+            ("{", "not valid json"),
+            ("{}", "messages must be a list"),
+            (r#"{"messages":[1]}"#, "messages[0] must be an object"),
+            (
+                r#"{"messages":[{"event":"e","payload":{}}]}"#,
+                "topic is required",
+            ),
+            (
+                r#"{"messages":[{"topic":"t","payload":{}}]}"#,
+                "event is required",
+            ),
+            (
+                r#"{"messages":[{"topic":"t","event":"e"}]}"#,
+                "payload is required",
+            ),
+        ] {
+            let e = batch_messages(body.as_bytes()).unwrap_err();
+            assert!(e.to_string().contains(reason), "{body}: {e}");
+            assert_eq!(
+                crate::Error::from(e).status_code(),
+                StatusCode::UNPROCESSABLE_ENTITY
+            );
+        }
+    }
+}

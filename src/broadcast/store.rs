@@ -1,0 +1,309 @@
+//! The SQL of broadcast and presence: publishing a batch to the bus (presence rows, spill rows,
+//! notifications) in one transaction, reading spilled messages and `realtime.send` rows, loading
+//! other nodes' presence, and the periodic pruning. Tables and functions are those of
+//! `migrations/0004_broadcast.sql`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+use sqlx::{PgPool, Postgres, Transaction};
+
+use super::bus;
+use super::publisher::{Item, Publisher};
+use crate::presence;
+
+/// `realtime.messages` rows (from `realtime.send`) are kept this long: long enough for a node
+/// to catch up after a listener gap.
+pub const MESSAGE_RETENTION: Duration = Duration::from_secs(600);
+/// `realtime.bus_spill` rows are kept this long; every node reads one within moments.
+pub const SPILL_RETENTION: Duration = Duration::from_secs(300);
+/// Most missed database broadcasts delivered after one gap.
+const MAX_CATCH_UP: i64 = 10_000;
+
+/// A presence entry of this node as stored in `realtime.presences`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PresenceRow {
+    /// Channel name.
+    pub topic: String,
+    /// `phx_ref`.
+    pub phx_ref: String,
+    /// Presence key.
+    pub key: String,
+    /// Meta.
+    pub meta: Value,
+}
+
+impl PresenceRow {
+    /// The row of `entry` of channel `name`.
+    pub fn of(name: &str, entry: &presence::Entry) -> PresenceRow {
+        PresenceRow {
+            topic: name.to_owned(),
+            phx_ref: entry.phx_ref.clone(),
+            key: entry.key.clone(),
+            meta: Value::Object(entry.meta.clone()),
+        }
+    }
+}
+
+/// A `realtime.send` message.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct DbMessage {
+    /// Row id (`meta.id` for clients).
+    pub id: uuid::Uuid,
+    /// Channel name.
+    pub topic: String,
+    /// Event.
+    pub event: String,
+    /// User payload.
+    pub payload: Value,
+    /// Addressed to private channels.
+    pub private: bool,
+}
+
+/// Publishes `batch` in one transaction. `local_rows` gives this node's presence rows for a
+/// `reassert`.
+///
+/// # Errors
+/// When the database fails; nothing of the batch is published then.
+pub async fn publish(
+    pool: &PgPool,
+    publisher: &Publisher,
+    batch: &[Item],
+    mut local_rows: impl FnMut() -> Vec<PresenceRow>,
+) -> Result<(), sqlx::Error> {
+    let node = publisher.node();
+    let mut tx = pool.begin().await?;
+    let mut notes: Vec<String> = Vec::with_capacity(batch.len());
+    let mut upserts: Vec<&PresenceRow> = Vec::new();
+    let mut deletes: Vec<&str> = Vec::new();
+    for item in batch {
+        match item {
+            Item::Notify(envelope) => note(&mut tx, node, envelope, &mut notes).await?,
+            Item::Presence {
+                envelope,
+                upserts: rows,
+                deletes: refs,
+            } => {
+                // A ref is new at its upsert and never written again after its delete, so
+                // the rows of consecutive diffs can be written together, upserts first.
+                upserts.extend(rows);
+                deletes.extend(refs.iter().map(String::as_str));
+                note(&mut tx, node, envelope, &mut notes).await?;
+            }
+            Item::Reassert => {
+                write_rows(&mut tx, node, &upserts, &deletes).await?;
+                upserts.clear();
+                deletes.clear();
+                sqlx::query("delete from realtime.presences where node_id = $1")
+                    .bind(node)
+                    .execute(&mut *tx)
+                    .await?;
+                let reasserted = local_rows();
+                let rows: Vec<&PresenceRow> = reasserted.iter().collect();
+                write_rows(&mut tx, node, &rows, &[]).await?;
+                notes.push(publisher.sync_envelope());
+            }
+        }
+    }
+    write_rows(&mut tx, node, &upserts, &deletes).await?;
+    if !notes.is_empty() {
+        // Notifications are queued in array order and delivered in that order at commit.
+        sqlx::query("select pg_notify($1, n) from unnest($2::text[]) as n")
+            .bind(bus::CHANNEL)
+            .bind(&notes)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await
+}
+
+/// Queues `envelope` inline, or spills it and queues a pointer.
+async fn note(
+    tx: &mut Transaction<'_, Postgres>,
+    node: &str,
+    envelope: &str,
+    notes: &mut Vec<String>,
+) -> Result<(), sqlx::Error> {
+    if envelope.len() <= bus::MAX_INLINE_BYTES {
+        notes.push(envelope.to_owned());
+        return Ok(());
+    }
+    let id: i64 = sqlx::query_scalar(
+        "insert into realtime.bus_spill (node_id, envelope) values ($1, $2) returning id",
+    )
+    .bind(node)
+    .bind(envelope)
+    .fetch_one(&mut **tx)
+    .await?;
+    metrics::counter!("gateway_bus_spilled_total").increment(1);
+    notes.push(bus::spill_envelope(node, id));
+    Ok(())
+}
+
+async fn write_rows(
+    tx: &mut Transaction<'_, Postgres>,
+    node: &str,
+    upserts: &[&PresenceRow],
+    deletes: &[&str],
+) -> Result<(), sqlx::Error> {
+    if !upserts.is_empty() {
+        let refs: Vec<&str> = upserts.iter().map(|r| r.phx_ref.as_str()).collect();
+        let topics: Vec<&str> = upserts.iter().map(|r| r.topic.as_str()).collect();
+        let keys: Vec<&str> = upserts.iter().map(|r| r.key.as_str()).collect();
+        let metas: Vec<Value> = upserts.iter().map(|r| r.meta.clone()).collect();
+        sqlx::query(
+            "insert into realtime.presences (phx_ref, topic, key, meta, node_id) \
+             select u.r, u.t, u.k, u.m, $5 \
+             from unnest($1::text[], $2::text[], $3::text[], $4::jsonb[]) as u(r, t, k, m) \
+             on conflict (phx_ref) do update set topic = excluded.topic, key = excluded.key, \
+                 meta = excluded.meta, node_id = excluded.node_id, updated_at = now()",
+        )
+        .bind(&refs)
+        .bind(&topics)
+        .bind(&keys)
+        .bind(&metas)
+        .bind(node)
+        .execute(&mut **tx)
+        .await?;
+    }
+    if !deletes.is_empty() {
+        sqlx::query("delete from realtime.presences where phx_ref = any($1) and node_id = $2")
+            .bind(deletes)
+            .bind(node)
+            .execute(&mut **tx)
+            .await?;
+    }
+    Ok(())
+}
+
+/// At shutdown: removes this node's presence rows and tells the other nodes.
+///
+/// # Errors
+/// When the database fails.
+pub async fn retire(pool: &PgPool, publisher: &Publisher) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("delete from realtime.presences where node_id = $1")
+        .bind(publisher.node())
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("select pg_notify($1, $2)")
+        .bind(bus::CHANNEL)
+        .bind(publisher.sync_envelope())
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
+/// The presence rows of nodes other than `me` (only of `only`, when given), by channel name.
+///
+/// # Errors
+/// When the database fails.
+pub async fn presence_rows(
+    pool: &PgPool,
+    me: &str,
+    only: Option<&str>,
+) -> Result<HashMap<String, Vec<(Arc<str>, presence::Remote)>>, sqlx::Error> {
+    let rows: Vec<(String, String, String, Value, String)> = sqlx::query_as(
+        "select topic, phx_ref, key, meta, node_id from realtime.presences \
+         where node_id <> $1 and ($2::text is null or node_id = $2)",
+    )
+    .bind(me)
+    .bind(only)
+    .fetch_all(pool)
+    .await?;
+    let mut nodes: HashMap<String, Arc<str>> = HashMap::new();
+    let mut by_topic: HashMap<String, Vec<(Arc<str>, presence::Remote)>> = HashMap::new();
+    for (topic, phx_ref, key, meta, node) in rows {
+        let Value::Object(meta) = meta else {
+            continue;
+        };
+        let meta: Map<String, Value> = meta;
+        let node = Arc::clone(
+            nodes
+                .entry(node)
+                .or_insert_with_key(|n| Arc::from(n.as_str())),
+        );
+        by_topic
+            .entry(topic)
+            .or_default()
+            .push((node, (phx_ref, key, meta)));
+    }
+    Ok(by_topic)
+}
+
+/// The envelope of `realtime.bus_spill` row `id`, if it is still there.
+///
+/// # Errors
+/// When the database fails.
+pub async fn spilled(pool: &PgPool, id: i64) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("select envelope from realtime.bus_spill where id = $1")
+        .bind(id)
+        .fetch_optional(pool)
+        .await
+}
+
+const MESSAGE_COLUMNS: &str = "select id, topic, coalesce(event, '') as event, \
+     coalesce(payload, 'null'::jsonb) as payload, coalesce(private, true) as private \
+     from realtime.messages";
+
+/// The `realtime.send` message `id`, if it is still there.
+///
+/// # Errors
+/// When the database fails.
+pub async fn message(pool: &PgPool, id: uuid::Uuid) -> Result<Option<DbMessage>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "{MESSAGE_COLUMNS} where id = $1 and extension = 'broadcast'"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await
+}
+
+/// `realtime.send` messages inserted within the last `window`, oldest first.
+///
+/// # Errors
+/// When the database fails.
+pub async fn missed_messages(
+    pool: &PgPool,
+    window: Duration,
+) -> Result<Vec<DbMessage>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "{MESSAGE_COLUMNS} where extension = 'broadcast' \
+           and inserted_at > now() - make_interval(secs => $1) \
+         order by inserted_at limit $2"
+    ))
+    .bind(window.as_secs_f64())
+    .bind(MAX_CATCH_UP)
+    .fetch_all(pool)
+    .await
+}
+
+/// Removes the presence of nodes not heartbeating within `stale` (`realtime.presence_prune`,
+/// which notifies the other nodes) and old message and spill rows. Returns the presence rows
+/// removed.
+///
+/// # Errors
+/// When the database fails.
+pub async fn prune(pool: &PgPool, me: &str, stale: Duration) -> Result<i64, sqlx::Error> {
+    let removed: i64 = sqlx::query_scalar("select realtime.presence_prune($1, $2)")
+        .bind(me)
+        .bind(stale.as_secs_f64())
+        .fetch_one(pool)
+        .await?;
+    sqlx::query(
+        "delete from realtime.bus_spill where created_at < now() - make_interval(secs => $1)",
+    )
+    .bind(SPILL_RETENTION.as_secs_f64())
+    .execute(pool)
+    .await?;
+    sqlx::query(
+        "delete from realtime.messages where id in (select id from realtime.messages \
+         where inserted_at < now() - make_interval(secs => $1) limit 10000)",
+    )
+    .bind(MESSAGE_RETENTION.as_secs_f64())
+    .execute(pool)
+    .await?;
+    Ok(removed)
+}
