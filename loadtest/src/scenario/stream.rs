@@ -1,0 +1,283 @@
+//! `seed`, `fanout` and `soak`: subscribers of the events table and a paced writer.
+//!
+//! Every client joins and is confirmed subscribed before the first row is written, so each of
+//! them must receive every row: expected = rows written × subscribed clients. `soak` also
+//! terminates the gateway's listener connection every `--kill-listener-every`; nothing may be
+//! lost across those gaps.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use super::{delivery_failures, wait_until, Behaviour, Population, Report, Run};
+use crate::bell;
+use crate::cli::Scenario;
+use crate::record::CommitLog;
+use crate::writer;
+
+/// Setup patience: a fixed part plus a part per client.
+pub(super) fn setup_patience(clients: usize) -> Duration {
+    Duration::from_secs(30) + Duration::from_millis(clients as u64 * 5)
+}
+
+/// Runs a streaming scenario.
+pub(super) async fn run(run: &Run) -> anyhow::Result<Report> {
+    let plan = &run.plan;
+    let db_url = plan
+        .database_url
+        .as_deref()
+        .ok_or_else(|| anyhow::anyhow!("--database-url is required"))?;
+    super::prepare_events_table(run).await?;
+    let rows = u64::from(plan.rate) * plan.duration.as_secs_f64().ceil() as u64;
+    let commits = Arc::new(CommitLog::new(rows));
+    let rss_baseline = run.probe.rss_kib().await;
+
+    run.say(&format!(
+        "connecting {} clients over {} channel(s){}",
+        plan.clients,
+        plan.channels,
+        if plan.presence { " with presence" } else { "" }
+    ));
+    let started = run.rec.clock.elapsed();
+    let population = Population::spawn(
+        run,
+        plan.clients,
+        Behaviour {
+            changes: true,
+            presence: plan.presence,
+            commits: Some(Arc::clone(&commits)),
+        },
+    );
+    population.settle(run, setup_patience(plan.clients)).await;
+    let setup_s = (run.rec.clock.elapsed() - started).as_secs_f64();
+    let c = &run.rec.counters;
+    let subscribed = c.subscribed.load(Ordering::Relaxed);
+    run.say(&format!(
+        "{subscribed}/{} subscribed in {setup_s:.2}s; writing {rows} rows at {}/s",
+        plan.clients, plan.rate
+    ));
+    // Memory with every client connected, before deliveries add their transient buffers.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_loaded = run.probe.rss_kib().await;
+
+    let stop_probe = CancellationToken::new();
+    let (probe_ready, probe_done) =
+        bell::spawn_thread(db_url.to_owned(), Arc::clone(&run.rec), stop_probe.clone());
+    if !matches!(
+        tokio::time::timeout(Duration::from_secs(5), probe_ready).await,
+        Ok(Ok(()))
+    ) {
+        run.say("the bell probe is not listening; its figures will be missing");
+    }
+    let stop_writer = CancellationToken::new();
+    let killer = (plan.scenario == Scenario::Soak).then(|| spawn_killer(run, stop_writer.clone()));
+    let write_start = run.rec.clock.elapsed();
+    let report = writer::spawn_thread(
+        writer::Params {
+            url: db_url.to_owned(),
+            synchronous_commit: plan.synchronous_commit.clone(),
+            run_id: run.run_id,
+            rate: plan.rate,
+            payload_bytes: plan.payload_bytes,
+            duration: plan.duration,
+        },
+        Arc::clone(&commits),
+        Arc::clone(&run.rec),
+        stop_writer.clone(),
+    )
+    .await
+    .map_err(|_| anyhow::anyhow!("the writer thread ended without a report"))?;
+    let report = match report {
+        Ok(report) => report,
+        Err(e) => {
+            stop_writer.cancel();
+            stop_probe.cancel();
+            population.stop(Duration::from_secs(30)).await;
+            return Err(e.context("writer"));
+        }
+    };
+    stop_writer.cancel();
+    let kills = match killer {
+        Some(task) => task.await.unwrap_or_default(),
+        None => KillReport::default(),
+    };
+    let expected = report.written * subscribed;
+    run.say(&format!(
+        "wrote {} rows in {:.1}s; waiting up to {:?} for {} deliveries",
+        report.written, report.elapsed_s, plan.drain, expected
+    ));
+    let drained = wait_until(plan.drain, || c.unique.load(Ordering::Relaxed) >= expected).await;
+    let window_s = (run.rec.clock.elapsed() - write_start).as_secs_f64();
+    stop_probe.cancel();
+    let bell_latency = match probe_done.await {
+        Ok(Ok(bells)) => {
+            let (h, early) = bell::latencies(&bells, &commits);
+            if h.is_empty() {
+                json!(null)
+            } else {
+                json!({
+                    "bells": bells.len(),
+                    "matched": h.len(),
+                    "early": early,
+                    "p50": super::ms(h.value_at_quantile(0.5)),
+                    "p95": super::ms(h.value_at_quantile(0.95)),
+                    "p99": super::ms(h.value_at_quantile(0.99)),
+                    "max": super::ms(h.max()),
+                })
+            }
+        }
+        Ok(Err(e)) => json!(format!("{e:#}")),
+        Err(_) => json!(null),
+    };
+    let rss_end = run.probe.rss_kib().await;
+    population.stop(Duration::from_secs(30)).await;
+
+    let mut out = Report {
+        written: report.written,
+        expected,
+        delivery_window_s: window_s,
+        rss_baseline_kib: rss_baseline,
+        rss_loaded_kib: rss_loaded,
+        connections_for_memory: c.connected.load(Ordering::Relaxed),
+        ..Report::default()
+    };
+    out.detail = json!({
+        "setup_s": (setup_s * 1000.0).round() / 1000.0,
+        "connect_join_per_s": (subscribed as f64 / setup_s.max(1e-3)).round(),
+        "drained": drained,
+        "rss_end_kib": rss_end,
+        "writer": {
+            "written": report.written,
+            "failed": report.failed,
+            "elapsed_s": (report.elapsed_s * 1000.0).round() / 1000.0,
+            "achieved_rate": (report.written as f64 / report.elapsed_s.max(1e-3)).round(),
+            "max_behind_ms": (report.max_behind_ms * 10.0).round() / 10.0,
+            "insert_p50_ms": report.insert_p50_ms,
+            "insert_p99_ms": report.insert_p99_ms,
+            "insert_max_ms": report.insert_max_ms,
+            "synchronous_commit": plan.synchronous_commit,
+        },
+        "bell_latency_ms": bell_latency,
+        "listener_kills": kills.kills,
+        "listener_kill_errors": kills.errors,
+    });
+    out.failures = delivery_failures(run, &out, false);
+    if subscribed < plan.clients as u64 {
+        out.failures.push(format!(
+            "{} of {} clients subscribed",
+            subscribed, plan.clients
+        ));
+    }
+    if report.failed > 0 {
+        out.failures
+            .push(format!("{} inserts failed", report.failed));
+    }
+    if c.presence_refused.load(Ordering::Relaxed) > 0 {
+        out.gateway_missing
+            .push("presence (track refused; see errors_by_kind)".to_owned());
+    }
+    if plan.scenario == Scenario::Soak && kills.kills == 0 {
+        out.failures.push(
+            "the listener connection was never killed (is it named 'realtime-gateway listener'?)"
+                .to_owned(),
+        );
+    }
+    out.targets = targets(run, &out);
+    Ok(out)
+}
+
+/// Listener kills of a soak run.
+#[derive(Debug, Default, Clone, Copy)]
+struct KillReport {
+    kills: u64,
+    errors: u64,
+}
+
+/// Terminates the gateway's listener connection every `--kill-listener-every` until `stop`.
+fn spawn_killer(run: &Run, stop: CancellationToken) -> tokio::task::JoinHandle<KillReport> {
+    let probe = run.probe.clone();
+    let every = run.plan.kill_listener_every;
+    let rec = Arc::clone(&run.rec);
+    let quiet = run.plan.quiet;
+    tokio::spawn(async move {
+        let mut report = KillReport::default();
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            match probe.kill_listener().await {
+                Ok(n) if n > 0 => report.kills += 1,
+                Ok(_) => {
+                    report.errors += 1;
+                    rec.note("soak: no listener connection to kill");
+                }
+                Err(e) => {
+                    report.errors += 1;
+                    rec.note(&format!("soak: kill failed: {e}"));
+                }
+            }
+            if !quiet {
+                use std::io::Write;
+                let mut err = std::io::stderr().lock();
+                let _written = writeln!(
+                    err,
+                    "[{:>6.1}s] killed the gateway's listener connection ({} so far)",
+                    rec.clock.elapsed().as_secs_f64(),
+                    report.kills
+                );
+            }
+        }
+        report
+    })
+}
+
+/// The targets for these scenarios, evaluated on this run.
+fn targets(run: &Run, out: &Report) -> Vec<(String, serde_json::Value, bool)> {
+    let h = run.rec.latency();
+    let q = |x: f64| (!h.is_empty()).then(|| super::ms(h.value_at_quantile(x)));
+    let c = &run.rec.counters;
+    let lost = out
+        .expected
+        .saturating_sub(c.unique.load(Ordering::Relaxed));
+    let mut t = vec![(
+        "0 lost".to_owned(),
+        json!(lost),
+        lost == 0 && out.expected > 0,
+    )];
+    let le = |v: Option<f64>, limit: f64| v.is_some_and(|v| v <= limit);
+    match run.plan.scenario {
+        Scenario::Seed => {
+            let joined = c.subscribed.load(Ordering::Relaxed);
+            t.push((
+                "100% joined".to_owned(),
+                json!(format!("{joined}/{}", run.plan.clients)),
+                joined == run.plan.clients as u64,
+            ));
+            let errors = c.errors.load(Ordering::Relaxed);
+            t.push(("0 errors".to_owned(), json!(errors), errors == 0));
+            t.push(("p95 <= 5 ms".to_owned(), json!(q(0.95)), le(q(0.95), 5.0)));
+            t.push(("p99 <= 15 ms".to_owned(), json!(q(0.99)), le(q(0.99), 15.0)));
+        }
+        Scenario::Fanout if run.plan.clients >= 10_000 => {
+            t.push((
+                "p99 <= 120 ms".to_owned(),
+                json!(q(0.99)),
+                le(q(0.99), 120.0),
+            ));
+        }
+        Scenario::Fanout => {
+            t.push((
+                "p99 <= 100 ms".to_owned(),
+                json!(q(0.99)),
+                le(q(0.99), 100.0),
+            ));
+        }
+        _ => {}
+    }
+    t
+}
