@@ -4,19 +4,16 @@
 //! A connection's slot is a row of `realtime.connection_slots` taken at upgrade and held by an
 //! owned permit in the session task, so it is released however the session ends (the release is
 //! written by the registry writer, off the message path). A node that dies has its slots freed by
-//! the other nodes once it is stale.
+//! the other nodes once it is stale. Each reaper tick audits a `cap_warning` while 90 % or more
+//! of the slots are taken.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use sqlx::PgPool;
 use uuid::Uuid;
 
 use crate::registry::{store, Registry};
-
-/// Share of the cap past which a `cap_warning` is audited (at most once a minute per node).
-const WARNING_SHARE: f64 = 0.9;
 
 /// The caps of one node.
 #[derive(Debug, Clone)]
@@ -25,7 +22,6 @@ pub struct Limits {
     registry: Registry,
     max_connections: u32,
     in_use: Arc<AtomicUsize>,
-    last_warning: Arc<Mutex<Option<Instant>>>,
     /// Most channels one connection may join.
     pub max_channels_per_connection: usize,
 }
@@ -60,7 +56,6 @@ impl Limits {
             registry,
             max_connections,
             in_use: Arc::default(),
-            last_warning: Arc::default(),
             max_channels_per_connection: max_channels,
         }
     }
@@ -85,32 +80,12 @@ impl Limits {
             return Ok(None);
         };
         self.in_use.fetch_add(1, Ordering::AcqRel);
-        if f64::from(slot) >= WARNING_SHARE * f64::from(self.max_connections) {
-            self.warn_near_cap(slot);
-        }
         Ok(Some(ConnectionPermit {
             slot,
             connection,
             registry: self.registry.clone(),
             in_use: Arc::clone(&self.in_use),
         }))
-    }
-
-    fn warn_near_cap(&self, slot: i32) {
-        let Ok(mut last) = self.last_warning.lock() else {
-            return;
-        };
-        if last.is_some_and(|at| at.elapsed() < Duration::from_secs(60)) {
-            return;
-        }
-        *last = Some(Instant::now());
-        tracing::warn!(slot, cap = self.max_connections, "connections near the cap");
-        self.registry.audit(
-            "cap_warning",
-            None,
-            None,
-            serde_json::json!({"slot": slot, "cap": self.max_connections}),
-        );
     }
 
     /// This node's open connections.

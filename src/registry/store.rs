@@ -58,7 +58,9 @@ pub async fn prepare_node(pool: &PgPool, settings: &Settings) -> Result<(), Erro
     Ok(())
 }
 
-/// Takes the lowest free connection slot for `connection`, or `None` when all `cap` are taken.
+/// Takes a free connection slot for `connection`, or `None` when all `cap` are taken. The search
+/// starts at a random slot (wrapping round to the first), so concurrent connects spread over the
+/// table instead of all contending for, and skipping past, the lowest free slots.
 ///
 /// # Errors
 /// When the database cannot be reached.
@@ -68,17 +70,24 @@ pub async fn acquire_slot(
     connection: Uuid,
     cap: u32,
 ) -> Result<Option<i32>, Error> {
+    let cap = i32::try_from(cap).unwrap_or(i32::MAX);
+    let start = rand::random_range(1..=cap.max(1));
     let slot = sqlx::query_scalar(
         "update realtime.connection_slots s \
          set node_id = $1, connection_id = $2, taken_at = now() \
-         where s.slot = (select slot from realtime.connection_slots \
-                         where node_id is null and slot <= $3 \
-                         order by slot limit 1 for update skip locked) \
+         where s.slot = coalesce( \
+             (select slot from realtime.connection_slots \
+              where node_id is null and slot >= $4 and slot <= $3 \
+              order by slot limit 1 for update skip locked), \
+             (select slot from realtime.connection_slots \
+              where node_id is null and slot < $4 \
+              order by slot limit 1 for update skip locked)) \
          returning s.slot",
     )
     .bind(node_id)
     .bind(connection)
-    .bind(i32::try_from(cap).unwrap_or(i32::MAX))
+    .bind(cap)
+    .bind(start)
     .fetch_optional(pool)
     .await?;
     Ok(slot)
@@ -199,7 +208,8 @@ pub(super) async fn apply(pool: &PgPool, node_id: &str, pending: &Pending) -> Re
 }
 
 /// One reaper tick: heartbeats of `connections` (one statement), this node's heartbeat, the
-/// cleanup of nodes silent past the stale timeout, and audit retention.
+/// cleanup of nodes silent past the stale timeout, a `cap_warning` when 90 % of the slots are
+/// taken, and audit retention.
 ///
 /// # Errors
 /// When the database cannot be reached.
@@ -274,6 +284,17 @@ pub(super) async fn tick(
         .execute(&mut *tx)
         .await?;
     }
+    // The cluster is near its cap: say so once per tick.
+    sqlx::query(
+        "insert into realtime.audit_log (kind, node_id, detail) \
+         select 'cap_warning', $1, jsonb_build_object('in_use', c.n, 'cap', $2::int) \
+         from (select count(*) as n from realtime.connection_slots where node_id is not null) c \
+         where c.n * 10 >= $2::int8 * 9",
+    )
+    .bind(&settings.node_id)
+    .bind(cap)
+    .execute(&mut *tx)
+    .await?;
     sqlx::query(
         "delete from realtime.audit_log \
          where id in (select id from realtime.audit_log \
