@@ -503,3 +503,62 @@ async fn tables_are_enabled_by_the_publication() {
     tx.rollback().await.unwrap();
     assert_eq!(n(captured).await, 1);
 }
+
+/// Where the event trigger could not be created (migrations run without superuser rights), the
+/// gateway's periodic reconcile gives a newly published table its capture trigger.
+#[tokio::test]
+async fn gateway_reconciles_capture_without_the_event_trigger() {
+    let db = TestDb::new().await;
+    let mut conn = db.connect().await;
+    sqlx::query("alter event trigger realtime_sync_capture disable")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("create table public.late (id int primary key, v text)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("alter publication supabase_realtime add table public.late")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let triggers = "select count(*) from pg_trigger \
+                    where tgrelid = 'public.late'::regclass and tgname = 'realtime_capture'";
+    let n: i64 = sqlx::query_scalar(triggers)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(n, 0, "no event trigger: nothing attached yet");
+    let gw = TestGateway::start(&db).await;
+    common::eventually(
+        Duration::from_secs(15),
+        "capture trigger reconciled",
+        || {
+            let url = db.url.clone();
+            async move {
+                let mut c = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+                    .await
+                    .unwrap();
+                sqlx::query_scalar::<_, i64>(triggers)
+                    .fetch_one(&mut c)
+                    .await
+                    .unwrap()
+                    == 1
+            }
+        },
+    )
+    .await;
+    let mut c = WsClient::anon(&gw).await;
+    c.subscribe(
+        "realtime:late",
+        json!([{"event":"INSERT","schema":"public","table":"late"}]),
+    )
+    .await;
+    sqlx::query("insert into late values (1, 'x')")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let m = c.expect_event("realtime:late", "postgres_changes").await;
+    assert_eq!(m.payload["data"]["record"], json!({"id": 1, "v": "x"}));
+    gw.stop().await.unwrap();
+}

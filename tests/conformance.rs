@@ -48,6 +48,19 @@ async fn write_changes(db: &TestDb) -> Vec<Vec<(&'static str, Value, Value)>> {
     ]
 }
 
+/// A gateway on a fresh database with `todos`, and `client` subscribed to it with [`bindings`].
+async fn subscribed(client: Client) -> (TestDb, TestGateway, Driver) {
+    let db = TestDb::new().await;
+    table(&db).await;
+    let gw = TestGateway::start(&db).await;
+    let mut d = Driver::start(client, &gw, json!({})).await;
+    d.send(json!({"cmd": "subscribe", "id": "s", "channel": "todos", "changes": bindings()}))
+        .await;
+    let status = d.expect(|e| e["ev"] == "status").await;
+    assert_eq!(status["status"], "SUBSCRIBED", "{status}");
+    (db, gw, d)
+}
+
 /// Collects the `change` events the driver reports, per binding, once `expected` are in.
 async fn changes_per_binding(
     d: &mut Driver,
@@ -83,14 +96,7 @@ async fn table(db: &TestDb) {
 /// `commit_timestamp`, `new` and `old`, for INSERT, UPDATE, DELETE, `*` and an `eq` filter.
 #[tokio::test]
 async fn realtime_js_receives_every_change_field_by_field() {
-    let db = TestDb::new().await;
-    table(&db).await;
-    let gw = TestGateway::start(&db).await;
-    let mut d = Driver::start(Client::Js, &gw, json!({})).await;
-    d.send(json!({"cmd": "subscribe", "id": "s", "channel": "todos", "changes": bindings()}))
-        .await;
-    let status = d.expect(|e| e["ev"] == "status").await;
-    assert_eq!(status["status"], "SUBSCRIBED", "{status}");
+    let (db, gw, mut d) = subscribed(Client::Js).await;
     let expected = write_changes(&db).await;
     let got = changes_per_binding(&mut d, &expected).await;
     for (binding, want) in expected.iter().enumerate() {
@@ -115,14 +121,7 @@ async fn realtime_js_receives_every_change_field_by_field() {
 /// supabase-py's client (vsn 1.0.0) gets the same changes in its raw `{ids, data}` shape.
 #[tokio::test]
 async fn realtime_py_receives_every_change_field_by_field() {
-    let db = TestDb::new().await;
-    table(&db).await;
-    let gw = TestGateway::start(&db).await;
-    let mut d = Driver::start(Client::Py, &gw, json!({})).await;
-    d.send(json!({"cmd": "subscribe", "id": "s", "channel": "todos", "changes": bindings()}))
-        .await;
-    let status = d.expect(|e| e["ev"] == "status").await;
-    assert_eq!(status["status"], "SUBSCRIBED", "{status}");
+    let (db, gw, mut d) = subscribed(Client::Py).await;
     let expected = write_changes(&db).await;
     let got = changes_per_binding(&mut d, &expected).await;
     for (binding, want) in expected.iter().enumerate() {

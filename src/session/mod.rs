@@ -71,8 +71,6 @@ pub struct SessionHandle {
     pub last_heartbeat_ms: AtomicU64,
     /// Set (with `end_reason`) before cancelling for a reason other than shutdown.
     pub end: std::sync::Mutex<Option<SessionEnd>>,
-    /// Channels joined now.
-    pub channels: AtomicU64,
     /// Whether the session was told to stop.
     pub closing: AtomicBool,
 }
@@ -140,7 +138,6 @@ impl Session {
             outbound: outbound.clone(),
             last_heartbeat_ms: AtomicU64::new(now_ms()),
             end: std::sync::Mutex::new(None),
-            channels: AtomicU64::new(0),
             closing: AtomicBool::new(false),
         });
         state.sessions.insert(id, Arc::clone(&handle));
@@ -465,9 +462,6 @@ impl Session {
                 hub: crate::broadcast::Membership::from_config(config),
             },
         );
-        self.handle
-            .channels
-            .store(self.channels.len() as u64, Ordering::Relaxed);
         self.join_hub(&topic);
         // Subscriptions go live before the reply, so that every change committed after the
         // client hears of them is delivered.
@@ -541,9 +535,6 @@ impl Session {
                 topic: Arc::from(topic),
             });
         }
-        self.handle
-            .channels
-            .store(self.channels.len() as u64, Ordering::Relaxed);
         Some(joined)
     }
 
