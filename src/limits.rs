@@ -3,7 +3,10 @@
 //!
 //! A connection's slot is a row of `realtime.connection_slots` taken at upgrade and held by an
 //! owned permit in the session task, so it is released however the session ends (the release is
-//! written by the registry writer, off the message path). A node that dies has its slots freed by
+//! written by the registry writer, off the message path). Slots are taken only for connections
+//! that asked, so the cap stays exact across nodes; concurrent upgrades are batched: one task
+//! takes the slots of every upgrade waiting at that moment in one statement, so a connect storm
+//! costs the database one round trip per batch rather than one per connection. A node that dies has its slots freed by
 //! the other nodes once it is stale. Each reaper tick audits a `cap_warning` while 90 % or more
 //! of the slots are taken.
 
@@ -11,19 +14,41 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::registry::{store, Registry};
 
+/// Most upgrades whose slots are taken in one statement.
+const MAX_BATCH: usize = 512;
+
+/// Why a slot could not be asked for.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// The database could not be asked (shared by every upgrade of the failed batch).
+    #[error("cannot check the connection cap")]
+    Database(#[source] Arc<crate::pg::Error>),
+    /// The node is shutting down.
+    #[error("the connection cap is not being served")]
+    Stopped,
+}
+
 /// The caps of one node.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    pool: PgPool,
-    registry: Registry,
+    requests: mpsc::UnboundedSender<Request>,
     max_connections: u32,
     in_use: Arc<AtomicUsize>,
+    registry: Registry,
     /// Most channels one connection may join.
     pub max_channels_per_connection: usize,
+}
+
+/// An upgrade waiting for a slot.
+#[derive(Debug)]
+struct Request {
+    connection: Uuid,
+    reply: oneshot::Sender<Result<Option<i32>, Error>>,
 }
 
 /// A held connection slot; dropping it frees the slot.
@@ -44,18 +69,21 @@ impl Drop for ConnectionPermit {
 
 impl Limits {
     /// Caps of `max_connections` open connections across the cluster and `max_channels`
-    /// channels per connection.
+    /// channels per connection. Starts the task that takes slots; it ends when the last
+    /// handle is dropped.
     pub fn new(
         pool: PgPool,
         registry: Registry,
         max_connections: u32,
         max_channels: usize,
     ) -> Limits {
+        let (requests, queue) = mpsc::unbounded_channel();
+        tokio::spawn(take_slots(pool, registry.clone(), max_connections, queue));
         Limits {
-            pool,
-            registry,
+            requests,
             max_connections,
             in_use: Arc::default(),
+            registry,
             max_channels_per_connection: max_channels,
         }
     }
@@ -64,19 +92,16 @@ impl Limits {
     ///
     /// # Errors
     /// When the database cannot be asked (the connection is then refused too: the cap cannot
-    /// be checked).
+    /// be checked), or the node is stopping.
     pub async fn acquire_connection(
         &self,
         connection: Uuid,
-    ) -> Result<Option<ConnectionPermit>, crate::pg::Error> {
-        let slot = store::acquire_slot(
-            &self.pool,
-            self.registry.node_id(),
-            connection,
-            self.max_connections,
-        )
-        .await?;
-        let Some(slot) = slot else {
+    ) -> Result<Option<ConnectionPermit>, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request { connection, reply })
+            .map_err(|_| Error::Stopped)?;
+        let Some(slot) = answer.await.map_err(|_| Error::Stopped)?? else {
             return Ok(None);
         };
         self.in_use.fetch_add(1, Ordering::AcqRel);
@@ -96,5 +121,41 @@ impl Limits {
     /// The cluster-wide cap.
     pub fn max_connections(&self) -> u32 {
         self.max_connections
+    }
+}
+
+/// Serves slot requests: every request waiting when a batch starts goes into it (up to
+/// [`MAX_BATCH`]); requests arriving meanwhile wait for the next one.
+async fn take_slots(
+    pool: PgPool,
+    registry: Registry,
+    cap: u32,
+    mut queue: mpsc::UnboundedReceiver<Request>,
+) {
+    let mut batch: Vec<Request> = Vec::new();
+    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let connections: Vec<Uuid> = batch.iter().map(|r| r.connection).collect();
+        metrics::histogram!("gateway_limits_slot_batch_size").record(connections.len() as f64);
+        match store::acquire_slots(&pool, registry.node_id(), &connections, cap).await {
+            Ok(taken) => {
+                let slots: std::collections::HashMap<Uuid, i32> =
+                    taken.into_iter().map(|(slot, c)| (c, slot)).collect();
+                for request in batch.drain(..) {
+                    let slot = slots.get(&request.connection).copied();
+                    if request.reply.send(Ok(slot)).is_err() {
+                        // The upgrade is gone (its client left while waiting): free its slot.
+                        if let Some(slot) = slot {
+                            registry.release_slot(slot, request.connection);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                let error = Error::Database(Arc::new(e));
+                for request in batch.drain(..) {
+                    let _gone = request.reply.send(Err(error.clone()));
+                }
+            }
+        }
     }
 }

@@ -137,6 +137,63 @@ async fn events_and_filters_select_subscriptions() {
     gw.stop().await.unwrap();
 }
 
+/// Joins validate against a cached table description, but a column added since is found at
+/// once: a description a subscription does not validate against is read again (and the one read
+/// then no longer has the column dropped meanwhile).
+#[tokio::test]
+async fn joins_see_columns_added_or_dropped_a_moment_ago() {
+    let db = TestDb::new().await;
+    realtime_table(&db, "tasks", "owner int4, gone text").await;
+    let gw = TestGateway::start(&db).await;
+    let mut c = WsClient::anon(&gw).await;
+    // Caches the description of `tasks`.
+    c.subscribe(
+        "realtime:first",
+        json!([{"event": "*", "schema": "public", "table": "tasks", "filter": "owner=eq.1"}]),
+    )
+    .await;
+    let mut conn = db.connect().await;
+    sqlx::query("alter table tasks add column priority int4, drop column gone")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let ids = c
+        .subscribe(
+            "realtime:second",
+            json!([{"event": "INSERT", "schema": "public", "table": "tasks",
+                    "filter": "priority=gte.5", "select": ["priority"]}]),
+        )
+        .await;
+    sqlx::query("insert into tasks (owner, priority) values (2, 3), (2, 9)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let m = c.expect_event("realtime:second", "postgres_changes").await;
+    assert_eq!(m.payload["ids"], json!(ids), "{}", m.payload);
+    assert_eq!(m.payload["data"]["record"]["priority"], 9, "{}", m.payload);
+    assert!(
+        m.payload["data"]["record"].get("owner").is_none(),
+        "{}",
+        m.payload
+    );
+    let reply = c
+        .join(
+            "realtime:third",
+            json!({"postgres_changes": [{"event": "*", "schema": "public", "table": "tasks",
+                                         "filter": "gone=eq.x"}]}),
+        )
+        .await;
+    assert_eq!(reply["status"], "ok");
+    let system = c.expect_event("realtime:third", "system").await;
+    assert_eq!(system.payload["status"], "error", "{}", system.payload);
+    let message = system.payload["message"].as_str().unwrap();
+    assert!(
+        message.contains("invalid column for filter gone"),
+        "{message}"
+    );
+    gw.stop().await.unwrap();
+}
+
 /// Invalid subscriptions are reported as PROTOCOL.md 6.5 says; the channel stays joined.
 #[tokio::test]
 async fn invalid_subscriptions_are_reported_on_the_channel() {

@@ -239,16 +239,42 @@ async fn resolve_one(req: &Requested, catalog: &Catalog) -> Result<PgSub, Resolv
             select: None,
         });
     }
-    let info = catalog
-        .table_by_name(&schema, &table)
-        .await?
-        .ok_or_else(unable)?;
+    // The cached description first (a join storm must not cost catalog queries per join);
+    // if it does not validate, a fresh one decides, so a column added a moment ago is found.
+    let mut bound = Err(unable());
+    for fresh in [false, true] {
+        bound = match catalog.table_by_name(&schema, &table, fresh).await? {
+            Some(info) => bind_to_table(req, &info, select.as_deref(), &filter),
+            None => Err(unable()),
+        };
+        if bound.is_ok() {
+            break;
+        }
+    }
+    let bound = bound?;
+    Ok(PgSub {
+        id: req.id,
+        events,
+        schema,
+        table,
+        filter: bound,
+        select,
+    })
+}
+
+/// Checks a subscription's column selection and binds its filter to `info`'s columns.
+fn bind_to_table(
+    req: &Requested,
+    info: &crate::pg::catalog::TableInfo,
+    select: Option<&[String]>,
+    filter: &Filter,
+) -> Result<Option<BoundFilter>, Resolve> {
     let columns: Vec<Column> = info
         .columns
         .iter()
         .map(|c| Column::new(c.name.clone(), c.type_name.clone()))
         .collect();
-    if let Some(cols) = &select {
+    if let Some(cols) = select {
         if let Some(missing) = cols.iter().find(|c| info.column(c).is_none()) {
             return Err(Resolve::Invalid(format!(
                 "Unable to subscribe to changes with given parameters. An exception happened so \
@@ -258,24 +284,15 @@ async fn resolve_one(req: &Requested, catalog: &Catalog) -> Result<PgSub, Resolv
             )));
         }
     }
-    let bound = if filter.is_empty() {
-        None
-    } else {
-        Some(filter.bind(&columns).map_err(|e| {
-            Resolve::Invalid(format!(
-                "Unable to subscribe to changes with given parameters. An exception happened so \
-                 please check your connect parameters: {}. Exception: {e}",
-                req.describe()
-            ))
-        })?)
-    };
-    Ok(PgSub {
-        id: req.id,
-        events,
-        schema,
-        table,
-        filter: bound,
-        select,
+    if filter.is_empty() {
+        return Ok(None);
+    }
+    filter.bind(&columns).map(Some).map_err(|e| {
+        Resolve::Invalid(format!(
+            "Unable to subscribe to changes with given parameters. An exception happened so \
+             please check your connect parameters: {}. Exception: {e}",
+            req.describe()
+        ))
     })
 }
 

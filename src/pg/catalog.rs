@@ -3,8 +3,8 @@
 //!
 //! Read from the system catalogs through the pool and cached: by relation id for decoding
 //! (stage 2), by name for validating subscriptions at join. An entry is refreshed when a change
-//! does not fit it (a column was added or dropped) and after a short time to live, so `ALTER
-//! TABLE` is picked up without a restart.
+//! does not fit it (a column was added or dropped), when a subscription does not validate
+//! against it, and after a short time to live, so `ALTER TABLE` is picked up without a restart.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -18,6 +18,8 @@ use super::Error;
 
 /// How long a cached table description is trusted.
 const TABLE_TTL: Duration = Duration::from_secs(10);
+/// How long a table description found by name serves joins before it is read again.
+const BY_NAME_TTL: Duration = Duration::from_secs(2);
 /// How long the published-table list is trusted before a miss forces a re-read.
 const PUBLISHED_TTL: Duration = Duration::from_secs(2);
 /// The publication whose tables are enabled for realtime.
@@ -66,7 +68,11 @@ pub type TableName = (String, String);
 pub struct Catalog {
     pool: PgPool,
     by_relid: DashMap<u32, (Arc<TableInfo>, Instant)>,
+    by_name: DashMap<TableName, (Arc<TableInfo>, Instant)>,
     published: RwLock<(Arc<HashSet<TableName>>, Option<Instant>)>,
+    /// Held while an expired cache entry is read again, so a join storm that finds it expired
+    /// costs one catalog read, not one per join.
+    refreshing: tokio::sync::Mutex<()>,
 }
 
 impl Catalog {
@@ -75,7 +81,9 @@ impl Catalog {
         Catalog {
             pool,
             by_relid: DashMap::new(),
+            by_name: DashMap::new(),
             published: RwLock::new((Arc::new(HashSet::new()), None)),
+            refreshing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -109,11 +117,50 @@ impl Catalog {
         Ok(table)
     }
 
-    /// The table `schema.name`, if it exists.
+    /// The table `schema.name`, if it exists: from the cache unless `fresh` (a description
+    /// younger than a couple of seconds; a table not found is never cached).
     ///
     /// # Errors
     /// [`Error::Sqlx`] when the catalog cannot be read.
     pub async fn table_by_name(
+        &self,
+        schema: &str,
+        name: &str,
+        fresh: bool,
+    ) -> Result<Option<Arc<TableInfo>>, Error> {
+        let key = (schema.to_owned(), name.to_owned());
+        let cached = |key: &TableName| {
+            self.by_name
+                .get(key)
+                .filter(|entry| entry.1.elapsed() < BY_NAME_TTL)
+                .map(|entry| Arc::clone(&entry.0))
+        };
+        let _refreshing = if fresh {
+            None
+        } else {
+            if let Some(table) = cached(&key) {
+                return Ok(Some(table));
+            }
+            let guard = self.refreshing.lock().await;
+            // Another join may have read it while this one waited.
+            if let Some(table) = cached(&key) {
+                return Ok(Some(table));
+            }
+            Some(guard)
+        };
+        let table = self.read_by_name(schema, name).await?;
+        match &table {
+            Some(t) => {
+                self.by_name.insert(key, (Arc::clone(t), Instant::now()));
+            }
+            None => {
+                self.by_name.remove(&key);
+            }
+        }
+        Ok(table)
+    }
+
+    async fn read_by_name(
         &self,
         schema: &str,
         name: &str,
@@ -139,12 +186,25 @@ impl Catalog {
     /// # Errors
     /// [`Error::Sqlx`] when the catalog cannot be read.
     pub async fn published(&self, fresh: bool) -> Result<Arc<HashSet<TableName>>, Error> {
-        {
+        let cached = || async {
             let cached = self.published.read().await;
-            if !fresh && cached.1.is_some_and(|at| at.elapsed() < PUBLISHED_TTL) {
-                return Ok(Arc::clone(&cached.0));
+            cached
+                .1
+                .is_some_and(|at| at.elapsed() < PUBLISHED_TTL)
+                .then(|| Arc::clone(&cached.0))
+        };
+        let _refreshing = if fresh {
+            None
+        } else {
+            if let Some(set) = cached().await {
+                return Ok(set);
             }
-        }
+            let guard = self.refreshing.lock().await;
+            if let Some(set) = cached().await {
+                return Ok(set);
+            }
+            Some(guard)
+        };
         let rows = sqlx::query(
             "select schemaname::text as s, tablename::text as t \
              from pg_catalog.pg_publication_tables where pubname = $1",

@@ -58,39 +58,59 @@ pub async fn prepare_node(pool: &PgPool, settings: &Settings) -> Result<(), Erro
     Ok(())
 }
 
-/// Takes a free connection slot for `connection`, or `None` when all `cap` are taken. The search
-/// starts at a random slot (wrapping round to the first), so concurrent connects spread over the
-/// table instead of all contending for, and skipping past, the lowest free slots.
+/// Takes free connection slots for as many of `connections` as there are free slots, in one
+/// statement per pass; returns `(slot, connection)` for each one that got a slot (the others are
+/// over the cap). The search starts at a random slot and wraps round to the first, so concurrent
+/// batches (of this node or others) spread over the table instead of all contending for, and
+/// skipping past, the lowest free slots. Rows are locked with `skip locked`: slots another
+/// transaction is taking are passed over, never waited for.
 ///
 /// # Errors
 /// When the database cannot be reached.
-pub async fn acquire_slot(
+pub async fn acquire_slots(
     pool: &PgPool,
     node_id: &str,
-    connection: Uuid,
+    connections: &[Uuid],
     cap: u32,
-) -> Result<Option<i32>, Error> {
+) -> Result<Vec<(i32, Uuid)>, Error> {
     let cap = i32::try_from(cap).unwrap_or(i32::MAX);
     let start = rand::random_range(1..=cap.max(1));
-    let slot = sqlx::query_scalar(
-        "update realtime.connection_slots s \
-         set node_id = $1, connection_id = $2, taken_at = now() \
-         where s.slot = coalesce( \
-             (select slot from realtime.connection_slots \
-              where node_id is null and slot >= $4 and slot <= $3 \
-              order by slot limit 1 for update skip locked), \
-             (select slot from realtime.connection_slots \
-              where node_id is null and slot < $4 \
-              order by slot limit 1 for update skip locked)) \
-         returning s.slot",
-    )
-    .bind(node_id)
-    .bind(connection)
-    .bind(cap)
-    .bind(start)
-    .fetch_optional(pool)
-    .await?;
-    Ok(slot)
+    let mut taken: Vec<(i32, Uuid)> = Vec::with_capacity(connections.len());
+    // First pass: slots from `start` to the cap; second: from the first slot below `start`.
+    for (low, high) in [(start, cap), (1, start - 1)] {
+        let got: std::collections::HashSet<Uuid> = taken.iter().map(|(_, c)| *c).collect();
+        let waiting: Vec<Uuid> = connections
+            .iter()
+            .filter(|c| !got.contains(c))
+            .copied()
+            .collect();
+        if waiting.is_empty() || low > high {
+            continue;
+        }
+        let rows: Vec<(i32, Uuid)> = sqlx::query_as(
+            "with free as ( \
+                 select slot, row_number() over (order by slot) as n from ( \
+                     select slot from realtime.connection_slots \
+                     where node_id is null and slot >= $3 and slot <= $4 \
+                     order by slot limit $5 for update skip locked) f), \
+             wanted as ( \
+                 select connection_id, n from unnest($2::uuid[]) with ordinality as w(connection_id, n)) \
+             update realtime.connection_slots s \
+             set node_id = $1, connection_id = wanted.connection_id, taken_at = now() \
+             from free join wanted using (n) \
+             where s.slot = free.slot \
+             returning s.slot, s.connection_id",
+        )
+        .bind(node_id)
+        .bind(&waiting)
+        .bind(low)
+        .bind(high)
+        .bind(i64::try_from(waiting.len()).unwrap_or(i64::MAX))
+        .fetch_all(pool)
+        .await?;
+        taken.extend(rows);
+    }
+    Ok(taken)
 }
 
 /// Applies pending writes in one transaction.
