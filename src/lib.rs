@@ -118,7 +118,7 @@ impl Gateway {
             },
             &shutdown,
         );
-        let state = AppState {
+        let state = AppState::new(state::Handles {
             config: Arc::clone(&config),
             pool: pool.clone(),
             verifier: Verifier::new(secret),
@@ -136,7 +136,7 @@ impl Gateway {
             listener: Arc::clone(&listener_status),
             sessions: Arc::default(),
             next_conn_id: Arc::default(),
-        };
+        });
         pg::listener::Listener::new(
             pg::listener::Settings {
                 database_url: url.clone(),
@@ -183,6 +183,12 @@ impl Gateway {
         tracing::info!(addr = %local_addr, node_id = %config.node_id, "serving");
         let app = http::router(state);
         let stop_accepting = shutdown.clone();
+        // Frames are small and batched by the writer: Nagle's algorithm would only hold them.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+            }
+        });
         axum::serve(
             listener,
             app.into_make_service_with_connect_info::<SocketAddr>(),

@@ -53,15 +53,26 @@ impl Shutdown {
         F: Future + Send + 'static,
         F::Output: Send + 'static,
     {
+        tokio::spawn(self.track(name, task))
+    }
+
+    /// Tracks `task` under `name` without spawning it: shutdown waits for it like a spawned
+    /// task (a session runs in the task its connection already has).
+    pub fn track<F>(&self, name: &'static str, task: F) -> impl Future<Output = F::Output>
+    where
+        F: Future,
+    {
         let id = self
             .next_id
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.running.insert(id, name);
-        let running = Arc::clone(&self.running);
-        self.tracker.spawn(async move {
-            let out = task.await;
-            running.remove(&id);
-            out
+        let running = Running {
+            names: Arc::clone(&self.running),
+            id,
+        };
+        self.tracker.track_future(async move {
+            let _running = running;
+            task.await
         })
     }
 
@@ -104,5 +115,17 @@ pub async fn signal() {
     tokio::select! {
         () = ctrl_c => tracing::info!("received sigint, shutting down"),
         () = terminate => tracing::info!("received sigterm, shutting down"),
+    }
+}
+
+/// Removes a tracked task's name when it ends, panics included.
+struct Running {
+    names: Arc<DashMap<u64, &'static str>>,
+    id: u64,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.names.remove(&self.id);
     }
 }

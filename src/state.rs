@@ -17,9 +17,28 @@ use crate::registry::Registry;
 use crate::session::SessionHandle;
 use crate::shutdown::Shutdown;
 
-/// Cheap-to-clone handles on the gateway's shared parts.
+/// The gateway's shared parts, one pointer wide: every session and connection holds a clone.
 #[derive(Debug, Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Handles>);
+
+impl AppState {
+    /// Shares `handles`.
+    pub fn new(handles: Handles) -> AppState {
+        AppState(Arc::new(handles))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Handles;
+
+    fn deref(&self) -> &Handles {
+        &self.0
+    }
+}
+
+/// Handles on the gateway's shared parts.
+#[derive(Debug)]
+pub struct Handles {
     /// Checked settings.
     pub config: Arc<Config>,
     /// The gateway's database pool.

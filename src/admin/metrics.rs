@@ -55,6 +55,8 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     metrics::gauge!("gateway_listener_connected").set(if listener_up { 1.0 } else { 0.0 });
     metrics::gauge!("gateway_listener_last_change_id")
         .set(state.listener.last_id.load(Ordering::Relaxed) as f64);
+    metrics::counter!("gateway_listener_reads_total")
+        .absolute(state.listener.reads.load(Ordering::Relaxed));
     let queued: usize = state
         .sessions
         .iter()

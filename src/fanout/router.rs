@@ -3,10 +3,11 @@
 //! Fed by the listener with [`ChangeEvent`]s in commit order; feeds each connection's outbound
 //! queue (stage 4). Channels are indexed by the `(schema, table)` they subscribe to (`*` for
 //! wildcards), so a change visits only the channels of its table, never every subscription.
-//! Each change's `data` body was serialized once by the decoder; per channel only the frame
-//! around it (topic, `ids`) is written. Delivery runs in three steps — collect matching
-//! channels, authorize them grouped by their claims, push — so row-level security can check one
-//! change once per distinct claim set rather than once per subscriber.
+//! Each change's `data` body was serialized once by the decoder; the frame around it (topic,
+//! `ids`) is written once per distinct topic, serializer and `ids` list, and its bytes are
+//! shared by every channel that gets the same frame. Delivery runs in three steps — collect
+//! matching channels, authorize them grouped by their claims, push — so row-level security can
+//! check one change once per distinct claim set rather than once per subscriber.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt::Write as _;
@@ -88,6 +89,26 @@ impl PgChannel {
         }
     }
 
+    /// The channel's `postgres_changes` frame for `ids` and a serialized `data` body.
+    fn frame(&self, ids: &[u32], body: &str) -> String {
+        let mut text =
+            String::with_capacity(self.prefix.len() + body.len() + self.suffix.len() + 32);
+        text.push_str(&self.prefix);
+        text.push_str("{\"ids\":[");
+        for (i, id) in ids.iter().enumerate() {
+            if i > 0 {
+                text.push(',');
+            }
+            // Writing into a String cannot fail.
+            let _ = write!(text, "{id}");
+        }
+        text.push_str("],\"data\":");
+        text.push_str(body);
+        text.push('}');
+        text.push_str(&self.suffix);
+        text
+    }
+
     fn table_keys(&self) -> HashSet<TableKey> {
         self.subs.iter().map(PgSub::table_key).collect()
     }
@@ -112,6 +133,40 @@ pub struct Router {
     registered: DashMap<ChannelKey, HashSet<TableKey>>,
     /// What the router did so far.
     pub stats: Stats,
+}
+
+/// Channels given frames whose writers still have to be woken: routing a batch of changes and
+/// then waking each writer once lets a writer write the whole batch in one flush, instead of
+/// one socket write per change.
+#[derive(Debug, Default)]
+pub struct Wakes {
+    channels: Vec<Arc<PgChannel>>,
+}
+
+impl Wakes {
+    /// Channels waiting to be woken.
+    pub fn len(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// Whether none is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.channels.is_empty()
+    }
+
+    /// Wakes every waiting channel's writer.
+    pub fn wake_all(&mut self) {
+        for channel in self.channels.drain(..) {
+            channel.outbound.wake();
+        }
+    }
+}
+
+impl Drop for Wakes {
+    fn drop(&mut self) {
+        // Never leave a frame queued without its writer knowing (an error path included).
+        self.wake_all();
+    }
 }
 
 /// What routing one change produced.
@@ -174,39 +229,42 @@ impl Router {
     }
 
     /// Routes `change` to every matching channel: one frame per channel, listing the ids of all
-    /// its matching subscriptions.
-    pub fn route(&self, change: &ChangeEvent, max_change_bytes: usize) -> Routed {
+    /// its matching subscriptions. The writers are not woken yet: the channels that got frames
+    /// are added to `wakes`, and [`Wakes::wake_all`] wakes them once for everything routed.
+    pub fn route(
+        &self,
+        change: &ChangeEvent,
+        max_change_bytes: usize,
+        wakes: &mut Wakes,
+    ) -> Routed {
         let deliveries = self.collect(change);
         let mut routed = Routed::default();
-        let mut bodies: HashMap<Option<Vec<String>>, Arc<str>> = HashMap::new();
-        for group in authorize(deliveries) {
+        let mut bodies: HashMap<&[String], Arc<str>> = HashMap::new();
+        for group in authorize(&deliveries) {
+            // Channels of one topic and serializer whose matching subscriptions are the same
+            // get the same bytes: the frame is written once and shared (a reference count per
+            // recipient, no copy).
+            let mut frames: HashMap<FrameKey<'_>, Frame> = HashMap::new();
             for (channel, ids, select) in group {
-                let body = match select {
-                    None => Arc::clone(&change.data),
-                    Some(cols) => {
-                        Arc::clone(bodies.entry(Some(cols.clone())).or_insert_with(|| {
-                            Arc::from(change.data_json(Some(&cols), max_change_bytes))
-                        }))
+                let select = select.as_deref();
+                let frame = frames
+                    .entry((channel.prefix.as_str(), ids.as_slice(), select))
+                    .or_insert_with(|| {
+                        let body = match select {
+                            None => Arc::clone(&change.data),
+                            Some(cols) => Arc::clone(bodies.entry(cols).or_insert_with(|| {
+                                Arc::from(change.data_json(Some(cols), max_change_bytes))
+                            })),
+                        };
+                        Frame::from(channel.frame(ids, &body))
+                    });
+                match channel.outbound.push_deferred(frame.clone()) {
+                    Ok(first) => {
+                        routed.delivered += 1;
+                        if first {
+                            wakes.channels.push(Arc::clone(channel));
+                        }
                     }
-                };
-                let mut text = String::with_capacity(
-                    channel.prefix.len() + body.len() + channel.suffix.len() + 32,
-                );
-                text.push_str(&channel.prefix);
-                text.push_str("{\"ids\":[");
-                for (i, id) in ids.iter().enumerate() {
-                    if i > 0 {
-                        text.push(',');
-                    }
-                    // Writing into a String cannot fail.
-                    let _ = write!(text, "{id}");
-                }
-                text.push_str("],\"data\":");
-                text.push_str(&body);
-                text.push('}');
-                text.push_str(&channel.suffix);
-                match channel.outbound.push(Frame::from(text)) {
-                    Ok(()) => routed.delivered += 1,
                     Err(PushError::Full | PushError::Closed) => routed.dropped += 1,
                 }
             }
@@ -275,19 +333,23 @@ impl Router {
     }
 }
 
+/// What makes two channels' frames for one change identical: the frame prefix (topic and
+/// serializer), the ids listed, and the column selection.
+type FrameKey<'a> = (&'a str, &'a [u32], Option<&'a [String]>);
+
 /// A channel, the ids of its matching subscriptions, and their column selection.
 type Delivery = (Arc<PgChannel>, Vec<u32>, Option<Vec<String>>);
 
 /// Step 2: groups deliveries by identical claims. Every group is delivered today; row-level
 /// security will check each group's change once with that group's claims and drop the group
 /// (or trim its columns) when the role may not see the row.
-fn authorize(deliveries: Vec<Delivery>) -> Vec<Vec<Delivery>> {
+fn authorize(deliveries: &[Delivery]) -> Vec<Vec<&Delivery>> {
     // The common case, one claim set for every recipient, costs no grouping.
     let first = deliveries.first().map(|d| d.0.claims_key);
     if deliveries.iter().all(|d| Some(d.0.claims_key) == first) {
-        return vec![deliveries];
+        return vec![deliveries.iter().collect()];
     }
-    let mut groups: HashMap<u64, Vec<Delivery>> = HashMap::new();
+    let mut groups: HashMap<u64, Vec<&Delivery>> = HashMap::new();
     for delivery in deliveries {
         groups
             .entry(delivery.0.claims_key)
@@ -295,4 +357,121 @@ fn authorize(deliveries: Vec<Delivery>) -> Vec<Vec<Delivery>> {
             .push(delivery);
     }
     groups.into_values().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fanout::subscription::Events;
+    use crate::pg::catalog::{ColumnInfo, TableInfo};
+    use crate::pg::decode::Op;
+    use crate::session::outbound::{self, Limits, Receiver};
+    use tokio_util::sync::CancellationToken;
+
+    fn table() -> Arc<TableInfo> {
+        Arc::new(TableInfo {
+            relid: 1,
+            schema: "public".into(),
+            name: "items".into(),
+            columns: vec![ColumnInfo {
+                name: "id".into(),
+                type_name: "int4".into(),
+            }],
+            primary_key: vec!["id".into()],
+            replica_identity_full: false,
+            rls_enabled: false,
+        })
+    }
+
+    fn change() -> ChangeEvent {
+        let record = serde_json::json!({"id": 1});
+        ChangeEvent {
+            id: 1,
+            table: table(),
+            op: Op::Insert,
+            record: record.as_object().cloned(),
+            old_full: None,
+            commit_timestamp: "2026-01-01T00:00:00.000Z".into(),
+            data: Arc::from(r#"{"type":"INSERT","record":{"id":1}}"#),
+        }
+    }
+
+    fn sub(id: u32) -> PgSub {
+        PgSub {
+            id,
+            events: Events::ALL,
+            schema: "public".into(),
+            table: "items".into(),
+            filter: None,
+            select: None,
+        }
+    }
+
+    /// Subscribes connection `conn` on `topic` and returns its queue.
+    fn join(router: &Router, conn: ConnId, topic: &str, subs: Vec<PgSub>) -> Receiver {
+        let limits = Limits {
+            max_frames: 8,
+            max_bytes: 1 << 16,
+        };
+        let (tx, rx) = outbound::channel(limits, CancellationToken::new());
+        let key = ChannelKey {
+            conn,
+            topic: Arc::from(topic),
+        };
+        let claims = Arc::new(Claims {
+            role: "anon".into(),
+            exp: 0,
+            sub: None,
+            other: Default::default(),
+        });
+        router.subscribe(Arc::new(PgChannel::new(key, tx, Vsn::V2, subs, claims)));
+        rx
+    }
+
+    fn text(frame: Frame) -> axum::extract::ws::Utf8Bytes {
+        match frame {
+            Frame::Text(t) => t,
+            Frame::Binary(_) => panic!("binary frame"),
+        }
+    }
+
+    #[test]
+    fn identical_frames_are_written_once_and_shared() {
+        let router = Router::new();
+        let mut a = join(&router, 1, "realtime:room", vec![sub(7)]);
+        let mut b = join(&router, 2, "realtime:room", vec![sub(7)]);
+        let mut other_topic = join(&router, 3, "realtime:hall", vec![sub(7)]);
+        let mut other_ids = join(&router, 4, "realtime:room", vec![sub(7), sub(9)]);
+        let mut wakes = Wakes::default();
+        let routed = router.route(&change(), 1 << 20, &mut wakes);
+        assert_eq!(routed.delivered, 4);
+        assert_eq!(wakes.len(), 4, "each queue once");
+        router.route(&change(), 1 << 20, &mut wakes);
+        assert_eq!(wakes.len(), 4, "still each queue once");
+        wakes.wake_all();
+        assert!(wakes.is_empty());
+        let a = text(a.try_recv().unwrap());
+        let b = text(b.try_recv().unwrap());
+        assert_eq!(
+            a.as_str().as_ptr(),
+            b.as_str().as_ptr(),
+            "one copy for both"
+        );
+        assert!(a
+            .as_str()
+            .starts_with(r#"[null,null,"realtime:room","postgres_changes",{"ids":[7],"data":"#));
+        let hall = text(other_topic.try_recv().unwrap());
+        assert!(
+            hall.as_str().contains(r#""realtime:hall""#),
+            "{}",
+            hall.as_str()
+        );
+        let both = text(other_ids.try_recv().unwrap());
+        assert!(
+            both.as_str().contains(r#""ids":[7,9]"#),
+            "{}",
+            both.as_str()
+        );
+        assert_ne!(both.as_str().as_ptr(), a.as_str().as_ptr());
+    }
 }

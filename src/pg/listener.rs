@@ -30,7 +30,7 @@ use sqlx::{PgPool, Row};
 use super::catalog::Catalog;
 use super::decode::{self, ChangeRow};
 use super::Error;
-use crate::fanout::router::Router;
+use crate::fanout::router::{Router, Wakes};
 use crate::shutdown::Shutdown;
 
 /// Channel the capture bell notifies.
@@ -39,6 +39,9 @@ pub const BELL_CHANNEL: &str = "realtime_gateway";
 pub const APPLICATION_NAME: &str = "realtime-gateway listener";
 /// Rows read per page.
 const PAGE_ROWS: i64 = 1000;
+/// Within a page, writers are woken at least every this many deliveries, which bounds how
+/// long a routed frame waits for its writer.
+const WAKE_EVERY_DELIVERIES: usize = 50_000;
 /// After a bell, or a read that found rows, read again this soon: writers that committed while
 /// another transaction's bell was ringing (and so skipped theirs) are picked up quickly.
 const FOLLOW_UP: Duration = Duration::from_millis(2);
@@ -307,6 +310,9 @@ impl Listener {
         cursor: &mut Cursor,
         routed: &mut std::collections::HashSet<i64>,
     ) -> Result<usize, Error> {
+        if let Some(total) = self.read_at_once(cursor, routed).await? {
+            return Ok(total);
+        }
         let mut tx = self.pool.begin().await?;
         sqlx::query("set transaction isolation level repeatable read, read only")
             .execute(&mut *tx)
@@ -335,11 +341,75 @@ impl Listener {
             }
         }
         tx.commit().await?;
-        *cursor = Cursor {
-            xmax: xmax_now,
-            xip: xip_now,
-            max_id,
+        self.advance(cursor, xmax_now, xip_now, max_id, total, routed);
+        Ok(total)
+    }
+
+    /// The usual read, in one statement (one snapshot, one round trip): the snapshot and both
+    /// parts, each up to a page. `None` when a part fills its page: nothing was routed, and the
+    /// paged read in a repeatable-read transaction takes over.
+    async fn read_at_once(
+        &self,
+        cursor: &mut Cursor,
+        routed: &mut std::collections::HashSet<i64>,
+    ) -> Result<Option<usize>, Error> {
+        let rows = sqlx::query(
+            "select 0 as part, null::int8 as id, null::timestamptz as captured_at, \
+                    null::int8 as relid, null::text as op, null::jsonb as record, \
+                    null::jsonb as old_record, pg_current_snapshot()::text as snapshot \
+             union all \
+             (select 1, id, captured_at, relid::int8, op, record, old_record, null \
+              from realtime.changes \
+              where (xid >= $1::text::xid8 or xid = any($2::text[]::xid8[])) and id <= $3 \
+              order by id limit $4) \
+             union all \
+             (select 2, id, captured_at, relid::int8, op, record, old_record, null \
+              from realtime.changes where id > $3 order by id limit $4) \
+             order by part, id",
+        )
+        .bind(&cursor.xmax)
+        .bind(&cursor.xip)
+        .bind(cursor.max_id)
+        .bind(PAGE_ROWS)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut parts = [0usize; 3];
+        let mut snapshot = None;
+        for row in &rows {
+            let part: i32 = row.try_get("part")?;
+            parts[usize::try_from(part).unwrap_or(0).min(2)] += 1;
+            if part == 0 {
+                snapshot = row.try_get::<Option<String>, _>("snapshot")?;
+            }
+        }
+        let Some(snapshot) = snapshot else {
+            return Err(Error::Sqlx(sqlx::Error::Protocol(
+                "outbox read returned no snapshot".into(),
+            )));
         };
+        if parts[1] >= PAGE_ROWS as usize || parts[2] >= PAGE_ROWS as usize {
+            return Ok(None);
+        }
+        let (xmax_now, xip_now) = parse_snapshot(&snapshot);
+        let mut max_id = cursor.max_id;
+        let changes: Vec<_> = rows.into_iter().skip(1).collect();
+        let total = changes.len();
+        self.deliver(changes, &mut max_id, routed).await?;
+        self.advance(cursor, xmax_now, xip_now, max_id, total, routed);
+        Ok(Some(total))
+    }
+
+    /// Moves the cursor past a completed read and counts it.
+    fn advance(
+        &self,
+        cursor: &mut Cursor,
+        xmax: String,
+        xip: Vec<String>,
+        max_id: i64,
+        total: usize,
+        routed: &mut std::collections::HashSet<i64>,
+    ) {
+        *cursor = Cursor { xmax, xip, max_id };
         routed.clear();
         self.status.reads.fetch_add(1, Ordering::Relaxed);
         self.status.rows.fetch_add(total as u64, Ordering::Relaxed);
@@ -349,7 +419,6 @@ impl Listener {
         if total > 0 {
             metrics::counter!("gateway_listener_changes_total").increment(total as u64);
         }
-        Ok(total)
     }
 
     /// Decodes and routes one page (skipping ids in `routed`, adding the ones it routes);
@@ -361,6 +430,10 @@ impl Listener {
         routed: &mut std::collections::HashSet<i64>,
     ) -> Result<Option<i64>, Error> {
         let mut last = None;
+        // Writers are woken once per page (and every so many deliveries within a big one), so
+        // a writer that keeps up writes all of a page's frames for its socket in one flush.
+        let mut wakes = Wakes::default();
+        let mut since_wake = 0usize;
         for row in rows {
             let change = ChangeRow {
                 id: row.try_get("id")?,
@@ -390,7 +463,14 @@ impl Listener {
             }
             match decode::decode(change, table, self.settings.max_change_bytes) {
                 Ok(event) => {
-                    self.router.route(&event, self.settings.max_change_bytes);
+                    let routed =
+                        self.router
+                            .route(&event, self.settings.max_change_bytes, &mut wakes);
+                    since_wake += routed.delivered;
+                    if since_wake >= WAKE_EVERY_DELIVERIES {
+                        wakes.wake_all();
+                        since_wake = 0;
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "undecodable outbox row skipped");
@@ -398,6 +478,7 @@ impl Listener {
                 }
             }
         }
+        wakes.wake_all();
         Ok(last)
     }
 

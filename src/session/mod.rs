@@ -15,7 +15,9 @@ pub mod writer;
 mod relay;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +26,7 @@ use axum::extract::ws::{Message, WebSocket};
 use futures_util::{Stream, StreamExt};
 use serde_json::{json, Map, Value};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::auth::Claims;
 use crate::error::SessionEnd;
@@ -116,7 +119,8 @@ pub struct Session {
     handle: Arc<SessionHandle>,
     outbound: Outbound,
     queue: Option<outbound::Receiver>,
-    channels: HashMap<String, Joined>,
+    /// Joined channels; boxed, so the map's empty buckets stay small.
+    channels: HashMap<String, Box<Joined>>,
     _permit: ConnectionPermit,
 }
 
@@ -153,9 +157,15 @@ impl Session {
         }
     }
 
-    /// Runs the session until the socket closes or the session is cancelled.
-    #[tracing::instrument(name = "session", skip_all, fields(conn = self.id, peer = %self.params.peer))]
-    pub async fn run(mut self, socket: WebSocket) {
+    /// Runs the session until the socket closes or the session is cancelled. The future is
+    /// boxed: it lives as long as the connection, and one allocation of its exact size is
+    /// the smallest way to hold it.
+    pub fn run(self, socket: WebSocket) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+        let span = tracing::info_span!("session", conn = self.id, peer = %self.params.peer);
+        Box::pin(self.serve(socket).instrument(span))
+    }
+
+    async fn serve(mut self, socket: WebSocket) {
         metrics::gauge!("gateway_session_connected").increment(1.0);
         tracing::debug!("session started");
         let (mut sink, mut stream) = socket.split();
@@ -290,7 +300,9 @@ impl Session {
                     .store(now_ms(), Ordering::Release);
                 self.reply(jr, r, "phoenix", "ok", json!({}));
             }
-            (_, "phx_join") => self.join(msg).await,
+            // Boxed: a join's state (database and catalog calls) lives only while it runs,
+            // not in every idle session's future.
+            (_, "phx_join") => Box::pin(self.join(msg)).await,
             (topic, "phx_leave") => {
                 let topic = topic.to_owned();
                 self.reply(jr, r, &topic, "ok", json!({}));
@@ -303,7 +315,7 @@ impl Session {
                 let topic = topic.to_owned();
                 self.reply(jr, r, &topic, "error", json!({"reason": "unmatched topic"}));
             }
-            (_, "access_token") => self.access_token(msg).await,
+            (_, "access_token") => Box::pin(self.access_token(msg)).await,
             (_, "broadcast") => self.broadcast(msg),
             (_, "presence") => self.presence(msg),
             (topic, event) => {
@@ -451,7 +463,7 @@ impl Session {
         });
         self.channels.insert(
             topic.clone(),
-            Joined {
+            Box::new(Joined {
                 join_ref: jr.clone(),
                 name: name.clone(),
                 claims: Arc::clone(&claims),
@@ -460,7 +472,7 @@ impl Session {
                 subs: Vec::new(),
                 registry_id,
                 hub: crate::broadcast::Membership::from_config(config),
-            },
+            }),
         );
         self.join_hub(&topic);
         // Subscriptions go live before the reply, so that every change committed after the
@@ -525,7 +537,7 @@ impl Session {
 
     /// Removes a membership (router entries included) and ends its registry row with
     /// `reason`; returns it if it existed.
-    fn leave(&mut self, topic: &str, reason: crate::registry::CloseReason) -> Option<Joined> {
+    fn leave(&mut self, topic: &str, reason: crate::registry::CloseReason) -> Option<Box<Joined>> {
         let joined = self.channels.remove(topic)?;
         self.state.registry.left(joined.registry_id, reason);
         self.state.hub.leave(&joined.name, self.id);

@@ -6,12 +6,15 @@
 //! cancelled and then closed with the slow-consumer close code — so one client that does not read
 //! never holds up fan-out to the others, and its memory stays bounded.
 
+use std::collections::VecDeque;
+use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Poll;
 
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
-use tokio::sync::mpsc;
+use futures_util::task::AtomicWaker;
 use tokio_util::sync::CancellationToken;
 
 /// A frame waiting to be written to the socket.
@@ -64,47 +67,90 @@ pub struct Limits {
     pub max_bytes: usize,
 }
 
+/// A queue holding no more than this many frames' room while idle gives the rest back.
+const IDLE_CAPACITY: usize = 16;
+
 /// The sending side of a connection's queue; cheap to clone, shared with the router.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Outbound {
     shared: Arc<Shared>,
-    tx: mpsc::Sender<Frame>,
 }
 
 #[derive(Debug)]
 struct Shared {
+    /// The frames. A plain deque, empty (no allocation) while the connection is idle, so an
+    /// idle connection costs nothing here; the writer takes a whole batch under one lock.
+    frames: Mutex<VecDeque<Frame>>,
+    /// Wakes the writer.
+    waker: AtomicWaker,
+    max_frames: usize,
     /// Bytes currently queued (added on push, removed by the writer once written).
     queued_bytes: AtomicUsize,
     max_bytes: usize,
+    /// Live [`Outbound`] handles; the queue ends for the writer when none is left.
+    senders: AtomicUsize,
+    /// The [`Receiver`] is gone: pushes are refused.
+    receiver_gone: AtomicBool,
+    /// Frames were queued by [`Outbound::push_deferred`] and the writer not yet woken.
+    wake_pending: AtomicBool,
     /// Set once the queue overflowed; the session closes with the slow-consumer code.
     slow: AtomicBool,
     /// Cancels the connection's session (slow consumer, kick, shutdown).
     token: CancellationToken,
 }
 
+impl Shared {
+    fn frames(&self) -> MutexGuard<'_, VecDeque<Frame>> {
+        // A panic while holding the lock leaves a valid deque: keep using it.
+        self.frames
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
 /// The receiving side, owned by the writer.
 #[derive(Debug)]
 pub struct Receiver {
     shared: Arc<Shared>,
-    rx: mpsc::Receiver<Frame>,
 }
 
 /// Creates a queue whose overflow cancels `token`.
 pub fn channel(limits: Limits, token: CancellationToken) -> (Outbound, Receiver) {
-    let (tx, rx) = mpsc::channel(limits.max_frames.max(1));
     let shared = Arc::new(Shared {
+        frames: Mutex::new(VecDeque::new()),
+        waker: AtomicWaker::new(),
+        max_frames: limits.max_frames.max(1),
         queued_bytes: AtomicUsize::new(0),
         max_bytes: limits.max_bytes,
+        senders: AtomicUsize::new(1),
+        receiver_gone: AtomicBool::new(false),
+        wake_pending: AtomicBool::new(false),
         slow: AtomicBool::new(false),
         token,
     });
     (
         Outbound {
             shared: Arc::clone(&shared),
-            tx,
         },
-        Receiver { shared, rx },
+        Receiver { shared },
     )
+}
+
+impl Clone for Outbound {
+    fn clone(&self) -> Outbound {
+        self.shared.senders.fetch_add(1, Ordering::Relaxed);
+        Outbound {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl Drop for Outbound {
+    fn drop(&mut self) {
+        if self.shared.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.shared.waker.wake();
+        }
+    }
 }
 
 impl Outbound {
@@ -112,32 +158,59 @@ impl Outbound {
     ///
     /// # Errors
     /// [`PushError::Full`] when the queue is over its frame or byte bound (the connection is
-    /// then marked slow and its session cancelled); [`PushError::Closed`] after close.
+    /// then marked slow and its session cancelled); [`PushError::Closed`] once the queue
+    /// overflowed or its writer is gone.
     pub fn push(&self, frame: Frame) -> Result<(), PushError> {
-        if self.shared.token.is_cancelled() {
+        self.enqueue(frame)?;
+        self.shared.waker.wake();
+        Ok(())
+    }
+
+    /// Queues `frame` like [`Outbound::push`] but leaves the writer asleep until
+    /// [`Outbound::wake`]: the router queues a whole read of changes first, so a writer that
+    /// keeps up still writes them in one flush. `Ok(true)` when this is the first deferred
+    /// frame since the last wake (the caller must then wake this queue later).
+    ///
+    /// # Errors
+    /// As [`Outbound::push`].
+    pub fn push_deferred(&self, frame: Frame) -> Result<bool, PushError> {
+        self.enqueue(frame)?;
+        Ok(!self.shared.wake_pending.swap(true, Ordering::AcqRel))
+    }
+
+    /// Wakes the writer for frames queued by [`Outbound::push_deferred`].
+    pub fn wake(&self) {
+        if self.shared.wake_pending.swap(false, Ordering::AcqRel) {
+            self.shared.waker.wake();
+        }
+    }
+
+    fn enqueue(&self, frame: Frame) -> Result<(), PushError> {
+        let shared = &*self.shared;
+        // Atomic loads only: this runs once per recipient of every change.
+        if shared.slow.load(Ordering::Acquire) || shared.receiver_gone.load(Ordering::Acquire) {
             return Err(PushError::Closed);
         }
         let len = frame.len();
-        let before = self.shared.queued_bytes.fetch_add(len, Ordering::AcqRel);
+        let before = shared.queued_bytes.fetch_add(len, Ordering::AcqRel);
         // A single frame larger than the byte bound is still accepted into an empty queue, so
         // that a large row reaches a client that keeps up.
-        if before > 0 && before + len > self.shared.max_bytes {
-            self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+        if before > 0 && before + len > shared.max_bytes {
+            shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
             self.overflow();
             return Err(PushError::Full);
         }
-        match self.tx.try_send(frame) {
-            Ok(()) => Ok(()),
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+        {
+            let mut frames = shared.frames();
+            if frames.len() >= shared.max_frames {
+                drop(frames);
+                shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
                 self.overflow();
-                Err(PushError::Full)
+                return Err(PushError::Full);
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                self.shared.queued_bytes.fetch_sub(len, Ordering::AcqRel);
-                Err(PushError::Closed)
-            }
+            frames.push_back(frame);
         }
+        Ok(())
     }
 
     fn overflow(&self) {
@@ -159,7 +232,7 @@ impl Outbound {
 
     /// Frames waiting.
     pub fn queued_frames(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
+        self.shared.frames().len()
     }
 
     /// Bytes waiting.
@@ -169,7 +242,7 @@ impl Outbound {
 
     /// Most frames the queue holds.
     pub fn max_frames(&self) -> usize {
-        self.tx.max_capacity()
+        self.shared.max_frames
     }
 
     /// Whether this and `other` are the same connection's queue.
@@ -179,14 +252,42 @@ impl Outbound {
 }
 
 impl Receiver {
-    /// The next frame, or `None` once every sender is gone.
+    /// The next frame, or `None` once the queue is empty and every sender is gone.
     pub async fn recv(&mut self) -> Option<Frame> {
-        self.rx.recv().await
+        poll_fn(|cx| {
+            if let Some(frame) = self.try_recv() {
+                return Poll::Ready(Some(frame));
+            }
+            self.shared.waker.register(cx.waker());
+            // A push between the first look and the registration woke nobody: look again.
+            match self.try_recv() {
+                Some(frame) => Poll::Ready(Some(frame)),
+                None if self.shared.senders.load(Ordering::Acquire) == 0 => Poll::Ready(None),
+                None => Poll::Pending,
+            }
+        })
+        .await
     }
 
     /// A frame already queued, without waiting.
     pub fn try_recv(&mut self) -> Option<Frame> {
-        self.rx.try_recv().ok()
+        let mut frames = self.shared.frames();
+        let frame = frames.pop_front();
+        if frames.is_empty() && frames.capacity() > IDLE_CAPACITY {
+            // A burst is over: give its room back rather than keep it for an idle connection.
+            frames.shrink_to(IDLE_CAPACITY);
+        }
+        frame
+    }
+
+    /// Moves up to `max` queued frames into `batch` (under one lock), without waiting.
+    pub fn take_batch(&mut self, batch: &mut Vec<Frame>, max: usize) {
+        let mut frames = self.shared.frames();
+        let n = frames.len().min(max);
+        batch.extend(frames.drain(..n));
+        if frames.is_empty() && frames.capacity() > IDLE_CAPACITY {
+            frames.shrink_to(IDLE_CAPACITY);
+        }
     }
 
     /// Records that `bytes` of dequeued frames were written.
@@ -197,6 +298,15 @@ impl Receiver {
     /// Whether the queue overflowed.
     pub fn is_slow(&self) -> bool {
         self.shared.slow.load(Ordering::Acquire)
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.shared.receiver_gone.store(true, Ordering::Release);
+        // Queued frames are never written now: free them with the receiver.
+        let dropped = std::mem::take(&mut *self.shared.frames());
+        drop(dropped);
     }
 }
 
@@ -241,6 +351,51 @@ mod tests {
         rx.written(f.len());
         tx.push(text(6)).unwrap();
         assert_eq!(tx.push(text(6)), Err(PushError::Full));
+    }
+
+    #[tokio::test]
+    async fn the_writer_sees_the_end_once_every_sender_is_gone() {
+        let (tx, mut rx) = channel(
+            Limits {
+                max_frames: 4,
+                max_bytes: 1 << 10,
+            },
+            CancellationToken::new(),
+        );
+        let second = tx.clone();
+        tx.push(text(3)).unwrap();
+        drop(tx);
+        assert_eq!(rx.recv().await.map(|f| f.len()), Some(3));
+        second.push(text(2)).unwrap();
+        drop(second);
+        assert_eq!(
+            rx.recv().await.map(|f| f.len()),
+            Some(2),
+            "queued frames first"
+        );
+        assert!(rx.recv().await.is_none());
+    }
+
+    #[test]
+    fn pushes_fail_once_the_writer_is_gone_and_idle_room_is_returned() {
+        let (tx, mut rx) = channel(
+            Limits {
+                max_frames: 1000,
+                max_bytes: 1 << 20,
+            },
+            CancellationToken::new(),
+        );
+        for _ in 0..500 {
+            tx.push(text(1)).unwrap();
+        }
+        let mut batch = Vec::new();
+        rx.take_batch(&mut batch, 200);
+        assert_eq!(batch.len(), 200);
+        rx.take_batch(&mut batch, 1000);
+        assert_eq!(batch.len(), 500);
+        assert!(tx.shared.frames().capacity() <= IDLE_CAPACITY);
+        drop(rx);
+        assert_eq!(tx.push(text(1)), Err(PushError::Closed));
     }
 
     proptest! {

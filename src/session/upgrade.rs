@@ -18,6 +18,11 @@ use super::protocol::Vsn;
 use super::{Session, SessionParams};
 use crate::state::AppState;
 
+/// Initial read buffer of a socket. Client frames are small (heartbeats, joins, pushes); a
+/// larger one grows the buffer for as long as it takes to read it. The buffer is held by every
+/// connection, idle or not, so it is kept small.
+const READ_BUFFER_BYTES: usize = 1024;
+
 /// `GET /realtime/v1/websocket` and `GET /socket/websocket`.
 pub async fn handler(
     State(state): State<AppState>,
@@ -99,17 +104,15 @@ pub async fn handler(
     let tracker = state.shutdown.clone();
     ws.max_message_size(config.max_frame_bytes)
         .max_frame_size(config.max_frame_bytes)
-        .read_buffer_size(4096)
+        .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(4096)
         .max_write_buffer_size(config.max_frame_bytes.saturating_mul(2))
         .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
-        .on_upgrade(move |socket| async move {
+        .on_upgrade(move |socket| {
             let session = Session::new(state, params, permit);
-            // Track the session so shutdown waits for its close frame.
-            let handle = tracker.spawn("session", session.run(socket));
-            if let Err(e) = handle.await {
-                tracing::error!(error = %e, "session task failed");
-            }
+            // Tracked so shutdown waits for its close frame; it runs in the upgrade's own
+            // task (a second task per connection would cost memory for nothing).
+            tracker.track("session", session.run(socket))
         })
 }
 

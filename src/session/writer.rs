@@ -42,12 +42,14 @@ where
                 None => return Ended::QueueClosed,
             },
         };
-        let mut bytes = first.len();
+        // The rest of the batch under one lock; a fresh vector each time, so an idle
+        // connection holds no batch room.
+        let mut batch = vec![first];
+        queue.take_batch(&mut batch, MAX_BATCH - 1);
+        let frames = batch.len();
+        let bytes: usize = batch.iter().map(Frame::len).sum();
         let write = async {
-            sink.feed(to_message(first)).await?;
-            for _ in 1..MAX_BATCH {
-                let Some(frame) = queue.try_recv() else { break };
-                bytes += frame.len();
+            for frame in batch {
                 sink.feed(to_message(frame)).await?;
             }
             sink.flush().await
@@ -59,7 +61,8 @@ where
             result = write => result,
         };
         queue.written(bytes);
-        metrics::counter!("gateway_writer_frames_total").increment(1);
+        metrics::counter!("gateway_writer_frames_total").increment(frames as u64);
+        metrics::counter!("gateway_writer_flushes_total").increment(1);
         if result.is_err() {
             return Ended::SocketError;
         }
