@@ -8,6 +8,11 @@ use clap::Parser;
 use realtime_gateway::config::{Cli, Command};
 use realtime_gateway::{local, pg, telemetry, Error, Shutdown};
 
+/// mimalloc: faster than the system allocator on the per-delivery and per-connection paths,
+/// and it returns freed memory to the system, so RSS comes back down after a connection storm.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let mut config = match cli.settings.check() {
