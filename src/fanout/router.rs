@@ -237,28 +237,46 @@ impl Router {
         max_change_bytes: usize,
         wakes: &mut Wakes,
     ) -> Routed {
-        let deliveries = self.collect(change);
+        let (deliveries, ids) = self.collect(change);
         let mut routed = Routed::default();
         let mut bodies: HashMap<&[String], Arc<str>> = HashMap::new();
         for group in authorize(&deliveries) {
             // Channels of one topic and serializer whose matching subscriptions are the same
             // get the same bytes: the frame is written once and shared (a reference count per
-            // recipient, no copy).
+            // recipient, no copy). Recipients of one frame usually come one after another, so
+            // the last key is compared before the map is hashed.
             let mut frames: HashMap<FrameKey<'_>, Frame> = HashMap::new();
-            for (channel, ids, select) in group {
-                let select = select.as_deref();
-                let frame = frames
-                    .entry((channel.prefix.as_str(), ids.as_slice(), select))
-                    .or_insert_with(|| {
-                        let body = match select {
-                            None => Arc::clone(&change.data),
-                            Some(cols) => Arc::clone(bodies.entry(cols).or_insert_with(|| {
-                                Arc::from(change.data_json(Some(cols), max_change_bytes))
-                            })),
-                        };
-                        Frame::from(channel.frame(ids, &body))
-                    });
-                match channel.outbound.push_deferred(frame.clone()) {
+            let mut last: Option<(FrameKey<'_>, Frame)> = None;
+            for (channel, range, select) in group {
+                let key = (
+                    channel.prefix.as_str(),
+                    &ids[range.clone()],
+                    select.as_deref(),
+                );
+                let frame = match &last {
+                    Some((last_key, frame)) if *last_key == key => frame.clone(),
+                    _ => {
+                        let frame = frames
+                            .entry(key)
+                            .or_insert_with(|| {
+                                let body = match key.2 {
+                                    None => Arc::clone(&change.data),
+                                    Some(cols) => {
+                                        Arc::clone(bodies.entry(cols).or_insert_with(|| {
+                                            Arc::from(
+                                                change.data_json(Some(cols), max_change_bytes),
+                                            )
+                                        }))
+                                    }
+                                };
+                                Frame::from(channel.frame(key.1, &body))
+                            })
+                            .clone();
+                        last = Some((key, frame.clone()));
+                        frame
+                    }
+                };
+                match channel.outbound.push_deferred(frame) {
                     Ok(first) => {
                         routed.delivered += 1;
                         if first {
@@ -284,8 +302,9 @@ impl Router {
     }
 
     /// Step 1: the channels with at least one matching subscription, each once, with the ids
-    /// of its matching subscriptions and the column selection they share.
-    fn collect(&self, change: &ChangeEvent) -> Vec<Delivery> {
+    /// of its matching subscriptions (a range of the returned ids) and the column selection
+    /// they share.
+    fn collect(&self, change: &ChangeEvent) -> (Vec<Delivery>, Vec<u32>) {
         let schema = change.table.schema.clone();
         let name = change.table.name.clone();
         let lookups = [
@@ -299,6 +318,7 @@ impl Router {
             .collect();
         let mut seen: HashSet<ChannelKey> = HashSet::new();
         let mut out = Vec::new();
+        let mut ids: Vec<u32> = Vec::new();
         let several = maps.len() > 1;
         for map in maps {
             for entry in map.iter() {
@@ -306,30 +326,39 @@ impl Router {
                 if several && !seen.insert(channel.key.clone()) {
                     continue;
                 }
-                let matching: Vec<&PgSub> =
-                    channel.subs.iter().filter(|s| s.matches(change)).collect();
-                if matching.is_empty() {
+                // The ids go into one vector shared by the whole change (no allocation per
+                // recipient); equal ids (identical subscriptions) are listed once.
+                let start = ids.len();
+                let mut every_column = false;
+                for sub in channel.subs.iter().filter(|s| s.matches(change)) {
+                    every_column |= sub.select.is_none();
+                    if !ids[start..].contains(&sub.id) {
+                        ids.push(sub.id);
+                    }
+                }
+                if ids.len() == start {
                     continue;
                 }
                 // Subscriptions with different column selections on one channel are served
                 // the union of their columns in one frame (the client filters by id).
-                let select = if matching.iter().any(|s| s.select.is_none()) {
+                let select = if every_column {
                     None
                 } else {
-                    let mut cols: Vec<String> = matching
+                    let matched = &ids[start..];
+                    let mut cols: Vec<String> = channel
+                        .subs
                         .iter()
+                        .filter(|s| matched.contains(&s.id))
                         .flat_map(|s| s.select.iter().flatten().cloned())
                         .collect();
                     cols.sort();
                     cols.dedup();
                     Some(cols)
                 };
-                let mut ids: Vec<u32> = matching.iter().map(|s| s.id).collect();
-                ids.dedup();
-                out.push((Arc::clone(channel), ids, select));
+                out.push((Arc::clone(channel), start..ids.len(), select));
             }
         }
-        out
+        (out, ids)
     }
 }
 
@@ -337,8 +366,8 @@ impl Router {
 /// serializer), the ids listed, and the column selection.
 type FrameKey<'a> = (&'a str, &'a [u32], Option<&'a [String]>);
 
-/// A channel, the ids of its matching subscriptions, and their column selection.
-type Delivery = (Arc<PgChannel>, Vec<u32>, Option<Vec<String>>);
+/// A channel, where the ids of its matching subscriptions are, and their column selection.
+type Delivery = (Arc<PgChannel>, std::ops::Range<usize>, Option<Vec<String>>);
 
 /// Step 2: groups deliveries by identical claims. Every group is delivered today; row-level
 /// security will check each group's change once with that group's claims and drop the group
