@@ -314,7 +314,12 @@ impl Listener {
             return Ok(total);
         }
         let mut tx = self.pool.begin().await?;
+        // Custom plans: with the snapshot's values in hand the planner finds in-flight rows
+        // through the xid index; a generic plan walks the id index from the outbox's start.
         sqlx::query("set transaction isolation level repeatable read, read only")
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("set local plan_cache_mode = force_custom_plan")
             .execute(&mut *tx)
             .await?;
         let snapshot: String = sqlx::query_scalar("select pg_current_snapshot()::text")
@@ -353,19 +358,27 @@ impl Listener {
         cursor: &mut Cursor,
         routed: &mut std::collections::HashSet<i64>,
     ) -> Result<Option<usize>, Error> {
+        // In-flight rows are found through the xid index: each branch is ordered by xid so the
+        // planner walks that index (a generic plan would otherwise walk the id index from the
+        // start of the outbox to the previous maximum and filter, a cost growing with the
+        // outbox). The limits only decide whether this read fits in one statement; the rows
+        // are delivered in id order.
         let rows = sqlx::query(
-            "select 0 as part, null::int8 as id, null::timestamptz as captured_at, \
+            "select 0 as part, 0 as grp, null::int8 as id, null::timestamptz as captured_at, \
                     null::int8 as relid, null::text as op, null::jsonb as record, \
                     null::jsonb as old_record, pg_current_snapshot()::text as snapshot \
              union all \
-             (select 1, id, captured_at, relid::int8, op, record, old_record, null \
+             (select 1, 1, id, captured_at, relid::int8, op, record, old_record, null \
               from realtime.changes \
-              where (xid >= $1::text::xid8 or xid = any($2::text[]::xid8[])) and id <= $3 \
-              order by id limit $4) \
+              where xid = any($2::text[]::xid8[]) and id <= $3 order by xid limit $4) \
              union all \
-             (select 2, id, captured_at, relid::int8, op, record, old_record, null \
+             (select 2, 1, id, captured_at, relid::int8, op, record, old_record, null \
+              from realtime.changes \
+              where xid >= $1::text::xid8 and id <= $3 order by xid limit $4) \
+             union all \
+             (select 3, 2, id, captured_at, relid::int8, op, record, old_record, null \
               from realtime.changes where id > $3 order by id limit $4) \
-             order by part, id",
+             order by grp, id",
         )
         .bind(&cursor.xmax)
         .bind(&cursor.xip)
@@ -373,11 +386,11 @@ impl Listener {
         .bind(PAGE_ROWS)
         .fetch_all(&self.pool)
         .await?;
-        let mut parts = [0usize; 3];
+        let mut parts = [0usize; 4];
         let mut snapshot = None;
         for row in &rows {
             let part: i32 = row.try_get("part")?;
-            parts[usize::try_from(part).unwrap_or(0).min(2)] += 1;
+            parts[usize::try_from(part).unwrap_or(0).min(3)] += 1;
             if part == 0 {
                 snapshot = row.try_get::<Option<String>, _>("snapshot")?;
             }
@@ -387,7 +400,7 @@ impl Listener {
                 "outbox read returned no snapshot".into(),
             )));
         };
-        if parts[1] >= PAGE_ROWS as usize || parts[2] >= PAGE_ROWS as usize {
+        if parts[1..].iter().any(|&n| n >= PAGE_ROWS as usize) {
             return Ok(None);
         }
         let (xmax_now, xip_now) = parse_snapshot(&snapshot);
