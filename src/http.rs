@@ -10,6 +10,28 @@ use crate::broadcast::rest;
 use crate::session::upgrade;
 use crate::state::AppState;
 
+/// Backlog of the listening socket: connections whose handshake completed, waiting to be
+/// accepted. The operating system's default of the standard library (128) overflows when
+/// hundreds of clients reconnect at once, and every overflow costs its client a one-second
+/// retransmission; the kernel caps it at `net.core.somaxconn`.
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// Opens the listening socket on `addr` with [`LISTEN_BACKLOG`].
+///
+/// # Errors
+/// When the address cannot be bound.
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    // As the standard library's bind does: a restarted gateway can bind at once.
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Builds the router over `state`.
 pub fn router(state: AppState) -> Router {
     // A REST body holds at most one frame's worth, or one message of the largest size.

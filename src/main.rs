@@ -64,9 +64,7 @@ async fn serve(
     keys: &local::Keys,
     local_mode: bool,
 ) -> Result<(), Error> {
-    let listener = tokio::net::TcpListener::bind(config.listen)
-        .await
-        .map_err(Error::Serve)?;
+    let listener = realtime_gateway::http::listen(config.listen).map_err(Error::Serve)?;
     if local_mode {
         print_banner(&listener, keys, &config);
     }

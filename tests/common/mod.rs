@@ -303,7 +303,7 @@ impl TestGateway {
         config.join_error_delay = Duration::ZERO;
         config.connect_error_delay = Duration::ZERO;
         adjust(&mut config);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = realtime_gateway::http::listen("127.0.0.1:0".parse().unwrap()).unwrap();
         let addr = listener.local_addr().unwrap();
         let config = Arc::new(config);
         let shutdown = Shutdown::new();
