@@ -26,7 +26,7 @@ const MAX_BATCH: usize = 512;
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// The database could not be asked (shared by every upgrade of the failed batch).
-    #[error("cannot check the connection cap")]
+    #[error("cannot check the connection cap: {0}")]
     Database(#[source] Arc<crate::pg::Error>),
     /// The node is shutting down.
     #[error("the connection cap is not being served")]

@@ -8,8 +8,9 @@
 //! (listener reconnecting, writers that skipped the bell) are covered by follow-up and poll
 //! reads, and a dropped listener connection loses nothing because the outbox is durable.
 //!
-//! Reading in commit order: each read runs in a repeatable-read transaction whose snapshot `S`
-//! is compared with the previous read's snapshot `P`. The rows to deliver are exactly those of
+//! Reading in commit order: each read sees one snapshot `S` — one statement when everything
+//! fits in a page, else a repeatable-read transaction read page by page — compared with the
+//! previous read's snapshot `P`. The rows to deliver are exactly those of
 //! transactions visible in `S` but not in `P`. With `M` the highest id visible in `P`, they are:
 //! rows with ids up to `M` of transactions `P` did not see (`xid = any(P.xip)` or
 //! `xid >= P.xmax` — a transaction may hold an xid at or above `P.xmax`, and have written rows,
