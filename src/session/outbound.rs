@@ -273,10 +273,7 @@ impl Receiver {
     pub fn try_recv(&mut self) -> Option<Frame> {
         let mut frames = self.shared.frames();
         let frame = frames.pop_front();
-        if frames.is_empty() && frames.capacity() > IDLE_CAPACITY {
-            // A burst is over: give its room back rather than keep it for an idle connection.
-            frames.shrink_to(IDLE_CAPACITY);
-        }
+        give_back_room(&mut frames);
         frame
     }
 
@@ -285,9 +282,7 @@ impl Receiver {
         let mut frames = self.shared.frames();
         let n = frames.len().min(max);
         batch.extend(frames.drain(..n));
-        if frames.is_empty() && frames.capacity() > IDLE_CAPACITY {
-            frames.shrink_to(IDLE_CAPACITY);
-        }
+        give_back_room(&mut frames);
     }
 
     /// Records that `bytes` of dequeued frames were written.
@@ -298,6 +293,13 @@ impl Receiver {
     /// Whether the queue overflowed.
     pub fn is_slow(&self) -> bool {
         self.shared.slow.load(Ordering::Acquire)
+    }
+}
+
+/// Once a burst is drained, gives its room back rather than keep it for an idle connection.
+fn give_back_room(frames: &mut VecDeque<Frame>) {
+    if frames.is_empty() && frames.capacity() > IDLE_CAPACITY {
+        frames.shrink_to(IDLE_CAPACITY);
     }
 }
 
