@@ -1,7 +1,7 @@
 //! Tokens: verifies the JWTs clients present and signs the keys the embedded mode prints.
 //!
 //! The socket's `apikey`, each channel's `access_token` and the REST `Authorization` header are
-//! all verified here the same way (PROTOCOL.md section 8.1). The refusal texts are the ones the
+//! all verified here the same way (docs/protocol.md section 8.1). The refusal texts are the ones the
 //! Supabase clients know (sections 1.2 and 5.3). Only HS256/384/512 with the shared secret for now;
 //! a JWKS-backed verifier can slot in behind [`Verifier`].
 
@@ -35,7 +35,7 @@ pub enum Error {
 }
 
 impl Error {
-    /// The text for a refused WebSocket upgrade (PROTOCOL.md 1.2), where expiry has no age.
+    /// The text for a refused WebSocket upgrade (docs/protocol.md 1.2), where expiry has no age.
     pub fn handshake_text(&self) -> String {
         match self {
             Error::Expired(_) => "Token has expired".to_owned(),
@@ -43,7 +43,7 @@ impl Error {
         }
     }
 
-    /// The `reason` of a refused join (PROTOCOL.md 5.3): `<Code>: <message>`.
+    /// The `reason` of a refused join (docs/protocol.md 5.3): `<Code>: <message>`.
     pub fn join_reason(&self) -> String {
         let code = match self {
             Error::Malformed | Error::Missing => "MalformedJWT",

@@ -1,8 +1,10 @@
-//! The crate error, and the one mapping from errors to HTTP statuses.
+//! The crate error of start-up and serving, and its mapping to HTTP statuses.
 //!
 //! Each layer has its own error type (`config::Error`, `pg::Error`, `auth::Error`, ...); this
-//! one collects them. The mapping to WebSocket close codes and join-reply reasons joins it as
-//! the session layer arrives; client-facing texts never carry internal details, which are logged.
+//! one collects those of the layers below the stages, and imports no stage. What a client is
+//! told lives with the stage that tells it: WebSocket close codes in `session::close`, join
+//! refusals in `session::join`, REST broadcast statuses in `broadcast::rest`. Client-facing
+//! texts never carry internal details, which are logged.
 
 use axum::http::StatusCode;
 
@@ -24,51 +26,6 @@ pub enum Error {
     /// Local-mode setup failed (data folder, secret file).
     #[error("local setup failed")]
     Local(#[source] std::io::Error),
-    /// A broadcast or presence request was refused.
-    #[error(transparent)]
-    Broadcast(#[from] crate::broadcast::Error),
-}
-
-/// Why a session ended; each has its close code, close reason text and registry reason.
-///
-/// Close codes: 1000 and 1001 are normal ends and 4000–4099 are ends the client should recover
-/// from by reconnecting (with back-off); the gateway sends no terminal codes today.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SessionEnd {
-    /// The client closed the socket (or it broke).
-    SocketClosed,
-    /// The gateway is shutting down.
-    Shutdown,
-    /// The outbound queue overflowed.
-    SlowConsumer,
-    /// No heartbeat within the stale timeout.
-    Reaped,
-    /// An operator closed it.
-    Kicked,
-}
-
-impl SessionEnd {
-    /// The close frame the gateway sends, if any (none when the client closed first).
-    pub fn close_frame(self) -> Option<(u16, &'static str)> {
-        match self {
-            SessionEnd::SocketClosed => None,
-            SessionEnd::Shutdown => Some((1001, "server shutting down")),
-            SessionEnd::SlowConsumer => Some((4001, "slow consumer")),
-            SessionEnd::Reaped => Some((4000, "heartbeat timeout")),
-            SessionEnd::Kicked => Some((4002, "closed by operator")),
-        }
-    }
-
-    /// The registry's `close_reason` for rows this end closes.
-    pub fn registry_reason(self) -> &'static str {
-        match self {
-            SessionEnd::SocketClosed => "socket_closed",
-            SessionEnd::Shutdown => "shutdown",
-            SessionEnd::SlowConsumer => "slow_consumer",
-            SessionEnd::Reaped => "reaped",
-            SessionEnd::Kicked => "kicked",
-        }
-    }
 }
 
 impl Error {
@@ -80,11 +37,6 @@ impl Error {
             Error::Config(_) | Error::Serve(_) | Error::Local(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
-            Error::Broadcast(e) => match e {
-                crate::broadcast::Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
-                crate::broadcast::Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-                crate::broadcast::Error::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
-            },
         }
     }
 

@@ -6,52 +6,64 @@
 //!
 //! # Data flow
 //!
+//! One change travels through five stages, each a module named after what it owns; arrows only
+//! point down (no module imports one below it in this picture):
+//!
 //! ```text
-//! writer txn ──trigger──> realtime.changes (outbox) ──NOTIFY bell──> pg::listener   (stage 1)
-//!     pg::decode: outbox rows -> ChangeEvent, serialized once                        (stage 2)
-//!     fanout::router: (schema, table) index -> matching subscriptions, filter        (stage 3)
-//!     session::outbound: per-connection bounded queue                               (stage 4)
-//!     session::writer: drains the queue to the socket                                (stage 5)
+//! writer txn ──trigger──> realtime.changes (outbox) ──NOTIFY bell──┐
+//!   capture::listener: reads the outbox in commit order            (stage 1)
+//!   capture::decode:   outbox row -> change::ChangeEvent             (stage 2)
+//!   fanout::router:    (schema, table) index -> matching channels,
+//!                      fanout::filter, fanout::encode (body once)    (stage 3)
+//!   outbound:          per-connection bounded queue of shared frames (stage 4)
+//!   session::writer:   drains the queue to the socket                (stage 5)
 //! ```
 //!
 //! Broadcast and presence take a shorter path to the same queues (stage 4):
 //!
 //! ```text
 //! client push / REST ──> broadcast::Hub ──> local members' queues, one encoded frame shared
-//!                                      └──> bus publisher ──NOTIFY realtime_bus──┐
-//! realtime.send() in a writer txn ──NOTIFY at commit─────────────────────────────┤
-//!                        other nodes' pg::listener ──> broadcast::bus ──> their Hub
+//!                                      └──> broadcast::publisher ──NOTIFY realtime_bus──┐
+//! realtime.send() in a writer txn ──NOTIFY at commit────────────────────────────────────┤
+//!          other nodes' capture::listener ──change::BusMessage──> broadcast::bus ──> Hub
 //! ```
+//!
+//! A join goes the other way: `session::upgrade` admits the socket (auth, `limits` slot),
+//! `session` reads its frames (`protocol`), `session::join` resolves the subscriptions
+//! (`fanout::subscription`, `pg::catalog`), reports to `registry`, and registers the channel
+//! with `fanout::router` and `broadcast::Hub`. `docs/architecture.md` draws both paths.
 //!
 //! # Module map
 //!
-//! - [`config`]: settings, checked once. [`telemetry`]: logging. [`shutdown`]: the one signal
-//!   every task hears. [`state`]: shared handles. [`error`]: the crate error and its mappings.
-//! - [`pg`]: pool, migrations, embedded cluster. [`local`]: local mode (embedded database, keys).
-//! - [`pg::listener`] (stage 1), [`pg::decode`] (stage 2), [`pg::catalog`]: table descriptions.
-//! - [`fanout::router`] and [`fanout::filter`] (stage 3), [`fanout::subscription`]: what a join
-//!   subscribes to.
-//! - [`session`]: one task per WebSocket; [`session::protocol`] (framing),
-//!   [`session::outbound`] (stage 4), [`session::writer`] (stage 5), [`session::upgrade`].
+//! - Leaves every stage may import: [`change`] (`ChangeEvent`, `Op`, `BusMessage`), [`conn`]
+//!   (`ConnId`), [`protocol`] (frames and codecs, both serializer versions, pure).
+//! - [`capture`] (stages 1–2, outbox maintenance), [`fanout`] (stage 3), [`outbound`]
+//!   (stage 4), [`session`] (stage 5 and the read loop, upgrade, joins, close codes).
+//! - [`broadcast`] and [`presence`]: the hub, the cluster bus and its wire format, REST.
 //! - [`registry`]: the subscription registry and audit log, written off the message path.
-//!   [`reaper`]: closes silent sessions and heartbeats the registry.
-//! - [`broadcast`]: the hub relaying broadcasts and presence between channel members, on this
-//!   node and over the cluster bus (`NOTIFY realtime_bus`, received through the one listener
-//!   connection); [`broadcast::rest`]: `POST /api/broadcast`. [`presence`]: per-topic presence.
-//! - [`limits`]: connection and channel caps. [`auth`]: JWT verification. [`http`]: the router.
-//!   [`admin`]: health and readiness.
+//!   [`reaper`]: closes silent sessions and heartbeats the registry. [`limits`]: connection
+//!   and channel caps. [`auth`]: JWT verification. [`admin`]: health, readiness, metrics.
+//! - [`pg`]: pool, migrations, catalog, embedded cluster. [`local`]: local mode.
+//!   [`config`]: settings, checked once. [`telemetry`]: logging. [`shutdown`]: the one signal
+//!   every task hears, and the tracker every task is spawned on. [`state`]: shared handles.
+//!   [`error`]: the start-up error and its status. [`http`]: the router.
 
 pub mod admin;
 pub mod auth;
 pub mod broadcast;
+pub mod capture;
+pub mod change;
 pub mod config;
+pub mod conn;
 pub mod error;
 pub mod fanout;
 pub mod http;
 pub mod limits;
 pub mod local;
+pub mod outbound;
 pub mod pg;
 pub mod presence;
+pub mod protocol;
 pub mod reaper;
 pub mod registry;
 pub mod session;
@@ -73,7 +85,6 @@ use crate::state::AppState;
 #[derive(Debug)]
 pub struct Gateway {
     state: AppState,
-    registry_writer: tokio::task::JoinHandle<()>,
 }
 
 impl Gateway {
@@ -96,8 +107,8 @@ impl Gateway {
         let pool = pg::pool(url, config.db_pool_size)?;
         let router = Arc::new(fanout::router::Router::new());
         let catalog = Arc::new(pg::catalog::Catalog::new(pool.clone()));
-        let listener_status = Arc::new(pg::listener::Status::default());
-        let (registry, registry_writer) = registry::Registry::start(
+        let listener_status = Arc::new(capture::listener::Status::default());
+        let registry = registry::Registry::start(
             pool.clone(),
             registry::Settings {
                 node_id: config.node_id.clone(),
@@ -106,6 +117,7 @@ impl Gateway {
                 stale_timeout: config.heartbeat_timeout,
                 audit_retention: config.audit_retention,
             },
+            &shutdown,
         )
         .await?;
         let (hub, bus) = broadcast::Hub::start(
@@ -118,32 +130,37 @@ impl Gateway {
             },
             &shutdown,
         );
-        let state = AppState::new(state::Handles {
+        let services = Arc::new(session::Services {
             config: Arc::clone(&config),
-            pool: pool.clone(),
             verifier: Verifier::new(secret),
-            shutdown: shutdown.clone(),
-            router: Arc::clone(&router),
-            catalog: Arc::clone(&catalog),
             limits: limits::Limits::new(
                 pool.clone(),
                 registry.clone(),
                 config.max_connections,
                 config.max_channels_per_connection,
+                &shutdown,
             ),
             registry,
+            catalog: Arc::clone(&catalog),
+            router: Arc::clone(&router),
             hub,
-            listener: Arc::clone(&listener_status),
-            sessions: Arc::default(),
-            next_conn_id: Arc::default(),
+            shutdown: shutdown.clone(),
+            sessions: session::Sessions::default(),
         });
-        pg::listener::Listener::new(
-            pg::listener::Settings {
+        let state = AppState::new(state::Handles {
+            config: Arc::clone(&config),
+            pool: pool.clone(),
+            shutdown: shutdown.clone(),
+            listener: Arc::clone(&listener_status),
+            session: Arc::clone(&services),
+        });
+        capture::listener::Listener::new(
+            capture::listener::Settings {
                 database_url: url.clone(),
                 poll_interval: config.change_poll_interval,
                 max_change_bytes: config.max_change_bytes,
                 retention: config.change_retention,
-                bus_channels: vec![broadcast::bus::CHANNEL.to_owned()],
+                bus_channels: vec![broadcast::envelope::CHANNEL.to_owned()],
             },
             pool,
             catalog,
@@ -152,11 +169,8 @@ impl Gateway {
         )
         .with_bus(bus)
         .spawn(&shutdown);
-        reaper::spawn(state.clone());
-        Ok(Gateway {
-            state,
-            registry_writer,
-        })
+        reaper::spawn(services);
+        Ok(Gateway { state })
     }
 
     /// The shared state (for introspection and tests).
@@ -171,11 +185,8 @@ impl Gateway {
     /// # Errors
     /// When the listening socket fails.
     pub async fn serve(self, listener: tokio::net::TcpListener) -> Result<(), Error> {
-        let Gateway {
-            state,
-            registry_writer,
-        } = self;
-        let registry = state.registry.clone();
+        let Gateway { state } = self;
+        let registry = state.session.registry.clone();
         let shutdown = state.shutdown.clone();
         let config = Arc::clone(&state.config);
         let pool = state.pool.clone();
@@ -201,7 +212,7 @@ impl Gateway {
         shutdown.wait(config.shutdown_timeout).await;
         // Sessions have reported their ends: write them and retire this node.
         registry.shutdown(config.shutdown_timeout).await;
-        registry_writer.abort();
+        shutdown.wait_final(config.shutdown_timeout).await;
         pool.close().await;
         tracing::info!("stopped");
         Ok(())

@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::registry::{store, Registry};
+use crate::shutdown::Shutdown;
 
 /// Most upgrades whose slots are taken in one statement.
 const MAX_BATCH: usize = 512;
@@ -69,16 +70,24 @@ impl Drop for ConnectionPermit {
 
 impl Limits {
     /// Caps of `max_connections` open connections across the cluster and `max_channels`
-    /// channels per connection. Starts the task that takes slots; it ends when the last
-    /// handle is dropped.
+    /// channels per connection. Starts the task that takes slots on the shutdown tracker; it
+    /// ends at shutdown or when the last handle is dropped.
     pub fn new(
         pool: PgPool,
         registry: Registry,
         max_connections: u32,
         max_channels: usize,
+        shutdown: &Shutdown,
     ) -> Limits {
         let (requests, queue) = mpsc::unbounded_channel();
-        tokio::spawn(take_slots(pool, registry.clone(), max_connections, queue));
+        let taker = take_slots(pool, registry.clone(), max_connections, queue);
+        let stop = shutdown.clone();
+        shutdown.spawn("slot_taker", async move {
+            tokio::select! {
+                () = taker => {}
+                () = stop.cancelled() => {}
+            }
+        });
         Limits {
             requests,
             max_connections,

@@ -5,19 +5,19 @@
 
 use std::sync::atomic::Ordering;
 
-use crate::error::SessionEnd;
-use crate::session::now_ms;
-use crate::state::AppState;
+use std::sync::Arc;
+
+use crate::session::{now_ms, Services, SessionEnd};
 
 /// Starts the reaper on the shutdown tracker.
-pub fn spawn(state: AppState) -> tokio::task::JoinHandle<()> {
+pub fn spawn(state: Arc<Services>) -> tokio::task::JoinHandle<()> {
     let shutdown = state.shutdown.clone();
     shutdown.spawn("reaper", run(state))
 }
 
 /// Runs until shutdown.
 #[tracing::instrument(name = "reaper", skip_all)]
-pub async fn run(state: AppState) {
+pub async fn run(state: Arc<Services>) {
     let interval = state.config.heartbeat_interval;
     let timeout_ms = u64::try_from(state.config.heartbeat_timeout.as_millis()).unwrap_or(u64::MAX);
     let mut ticker = tokio::time::interval(interval);
@@ -31,8 +31,7 @@ pub async fn run(state: AppState) {
         let now = now_ms();
         let mut heartbeats = Vec::new();
         let mut reaped = 0u64;
-        for entry in state.sessions.iter() {
-            let session = entry.value();
+        for session in state.sessions.handles() {
             let last = session.last_heartbeat_ms.load(Ordering::Acquire);
             if now.saturating_sub(last) > timeout_ms {
                 if !session.closing.load(Ordering::Acquire) {

@@ -1,7 +1,10 @@
 //! Shutdown: one cancellation token every task hears, and a tracker that shutdown waits on.
 //!
 //! Sessions and background tasks are spawned on the tracker under a name, so that a shutdown
-//! that overruns its deadline can say which tasks were still running.
+//! that overruns its deadline can say which tasks were still running. Tasks that must outlive
+//! the others — the registry writer records what closing sessions report — are spawned on the
+//! final tracker ([`Shutdown::spawn_final`]) and awaited after the rest
+//! ([`Shutdown::wait_final`]). No task is spawned outside these two trackers.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -16,6 +19,8 @@ use tokio_util::task::TaskTracker;
 pub struct Shutdown {
     token: CancellationToken,
     tracker: TaskTracker,
+    /// Tasks awaited after every task of `tracker` has finished.
+    final_tracker: TaskTracker,
     /// Names of tracked tasks still running, by an id, for the overrun report.
     running: Arc<DashMap<u64, &'static str>>,
     next_id: Arc<std::sync::atomic::AtomicU64>,
@@ -54,6 +59,34 @@ impl Shutdown {
         F::Output: Send + 'static,
     {
         tokio::spawn(self.track(name, task))
+    }
+
+    /// Spawns `task` on the final tracker under `name`: [`Shutdown::wait`] does not wait for
+    /// it, [`Shutdown::wait_final`] does. For tasks that serve the others while they stop.
+    pub fn spawn_final<F>(&self, name: &'static str, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        let task = self.final_tracker.track_future(task);
+        tokio::spawn(async move {
+            let output = task.await;
+            tracing::debug!(task = name, "final task ended");
+            output
+        })
+    }
+
+    /// Waits up to `timeout` for the tasks of the final tracker; logs when they overran.
+    /// Returns whether all finished.
+    pub async fn wait_final(&self, timeout: Duration) -> bool {
+        self.final_tracker.close();
+        let done = tokio::time::timeout(timeout, self.final_tracker.wait())
+            .await
+            .is_ok();
+        if !done {
+            tracing::warn!("final tasks still running at shutdown deadline");
+        }
+        done
     }
 
     /// Tracks `task` under `name` without spawning it: shutdown waits for it like a spawned

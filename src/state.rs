@@ -1,23 +1,20 @@
-//! Shared handles given to every HTTP handler and session: no logic here.
+//! Shared handles given to every HTTP handler: no logic here.
+//!
+//! Sessions get only their own part ([`session::Services`]), through axum's `FromRef`, so the
+//! session module never sees the whole state.
 
-use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use dashmap::DashMap;
+use axum::extract::FromRef;
 use sqlx::PgPool;
 
-use crate::auth::Verifier;
-use crate::broadcast::Hub;
+use crate::broadcast::rest;
+use crate::capture::listener;
 use crate::config::Config;
-use crate::fanout::router::{ConnId, Router};
-use crate::limits::Limits;
-use crate::pg::catalog::Catalog;
-use crate::pg::listener;
-use crate::registry::Registry;
-use crate::session::SessionHandle;
+use crate::session;
 use crate::shutdown::Shutdown;
 
-/// The gateway's shared parts, one pointer wide: every session and connection holds a clone.
+/// The gateway's shared parts, one pointer wide: every connection holds a clone.
 #[derive(Debug, Clone)]
 pub struct AppState(Arc<Handles>);
 
@@ -43,24 +40,25 @@ pub struct Handles {
     pub config: Arc<Config>,
     /// The gateway's database pool.
     pub pool: PgPool,
-    /// Token verifier.
-    pub verifier: Verifier,
     /// Shutdown signal and task tracker.
     pub shutdown: Shutdown,
-    /// The change router (stage 3).
-    pub router: Arc<Router>,
-    /// Cached table descriptions.
-    pub catalog: Arc<Catalog>,
-    /// Connection and channel caps.
-    pub limits: Limits,
-    /// The subscription registry and audit log.
-    pub registry: Registry,
-    /// Broadcast and presence: channel members of this node and the cluster bus.
-    pub hub: Hub,
     /// The change listener's health.
     pub listener: Arc<listener::Status>,
-    /// Live sessions of this node, by connection id.
-    pub sessions: Arc<DashMap<ConnId, Arc<SessionHandle>>>,
-    /// Next connection id of this node.
-    pub next_conn_id: Arc<AtomicU64>,
+    /// What sessions use: verifier, caps, registry, catalog, router, hub, the session table.
+    pub session: Arc<session::Services>,
+}
+
+impl FromRef<AppState> for rest::RestState {
+    fn from_ref(state: &AppState) -> rest::RestState {
+        rest::RestState {
+            hub: state.session.hub.clone(),
+            verifier: state.session.verifier.clone(),
+        }
+    }
+}
+
+impl FromRef<AppState> for Arc<session::Services> {
+    fn from_ref(state: &AppState) -> Arc<session::Services> {
+        Arc::clone(&state.session)
+    }
 }

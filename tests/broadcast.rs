@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{http_request, token, Client, Driver, TestDb, TestGateway, WsClient};
 use futures_util::{SinkExt, StreamExt};
-use realtime_gateway::session::protocol;
+use realtime_gateway::protocol;
 use serde_json::{json, Value};
 use sqlx::Connection;
 use tokio_tungstenite::tungstenite::Message;
@@ -404,7 +404,7 @@ async fn joined(gw: &TestGateway, vsn: &str, topic: &str, config: Value) -> Ws {
     ws
 }
 
-/// Guards PROTOCOL.md 2.3: a kind-3 push with a JSON payload goes out as JSON text (array on
+/// Guards docs/protocol.md 2.3: a kind-3 push with a JSON payload goes out as JSON text (array on
 /// vsn 2, object with `ref: null` on vsn 1); a raw-binary payload goes out as kind 4 to vsn 2
 /// and never to vsn 1; acks echo the binary push's refs.
 #[tokio::test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::{realtime_table, TestDb, TestGateway, WsClient};
 use serde_json::json;
 
-/// Each operation arrives once with the wire shape of PROTOCOL.md 6.3.
+/// Each operation arrives once with the wire shape of docs/protocol.md 6.3.
 #[tokio::test]
 async fn insert_update_delete_arrive_with_the_protocol_shape() {
     let db = TestDb::new().await;
@@ -194,7 +194,7 @@ async fn joins_see_columns_added_or_dropped_a_moment_ago() {
     gw.stop().await.unwrap();
 }
 
-/// Invalid subscriptions are reported as PROTOCOL.md 6.5 says; the channel stays joined.
+/// Invalid subscriptions are reported as docs/protocol.md 6.5 says; the channel stays joined.
 #[tokio::test]
 async fn invalid_subscriptions_are_reported_on_the_channel() {
     let db = TestDb::new().await;

@@ -334,7 +334,7 @@ async fn a_node_catches_up_after_its_listener_reconnects() {
         "select count(pg_terminate_backend(pid)) from pg_stat_activity \
          where application_name = $1 and datname = current_database()",
     )
-    .bind(realtime_gateway::pg::listener::APPLICATION_NAME)
+    .bind(realtime_gateway::capture::listener::APPLICATION_NAME)
     .fetch_one(&mut conn)
     .await
     .unwrap();

@@ -192,7 +192,7 @@ async fn diff_where(ws: &mut WsClient, topic: &str, pred: impl Fn(&Value) -> boo
     }
 }
 
-/// Guards the Phoenix presence frames of PROTOCOL.md 9: `presence_state` after the join reply
+/// Guards the Phoenix presence frames of docs/protocol.md 9: `presence_state` after the join reply
 /// with the membership's join_ref, diffs with null refs to every member, `phx_ref_prev` on
 /// update, no diff for an identical track, error replies for bad pushes, presence enabled by a
 /// first track, and one durable row per entry.
@@ -359,7 +359,7 @@ async fn presence_frames_have_the_phoenix_shapes() {
     // Nothing of the channel stays in the hub once its members are gone.
     drop(a);
     drop(b);
-    let hub = gw.state.hub.clone();
+    let hub = gw.state.session.hub.clone();
     common::eventually(Duration::from_secs(10), "hub empty", || {
         let hub = hub.clone();
         async move { hub.topic_count() == 0 }

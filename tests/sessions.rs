@@ -10,7 +10,7 @@ use common::{eventually, realtime_table, token, TestDb, TestGateway, WsClient};
 use serde_json::json;
 
 /// Heartbeats, leaves, unmatched topics, unknown events and malformed frames each get the
-/// reply PROTOCOL.md gives; nothing closes the socket.
+/// reply docs/protocol.md gives; nothing closes the socket.
 #[tokio::test]
 async fn replies_follow_the_protocol() {
     let db = TestDb::new().await;
@@ -239,13 +239,7 @@ async fn slow_consumer_is_closed_and_others_keep_receiving() {
         json!([{"event":"INSERT","schema":"public","table":"feed"}]),
     )
     .await;
-    let slow_handle = gw
-        .state
-        .sessions
-        .iter()
-        .map(|e| Arc::clone(e.value()))
-        .next()
-        .unwrap();
+    let slow_handle = gw.state.session.sessions.handles().pop().unwrap();
     let mut readers = Vec::new();
     let mut progress = Vec::new();
     for i in 0..50 {
@@ -320,9 +314,11 @@ async fn slow_consumer_is_closed_and_others_keep_receiving() {
     eventually(Duration::from_secs(10), "slow session removed", || {
         let slow_left = gw
             .state
+            .session
             .sessions
+            .handles()
             .iter()
-            .any(|e| Arc::ptr_eq(e.value(), &slow_handle));
+            .any(|h| Arc::ptr_eq(h, &slow_handle));
         async move { !slow_left }
     })
     .await;

@@ -104,7 +104,7 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 1)]
     pub(crate) channels: usize,
 
-    /// Whether clients join with presence and track themselves (PROTOCOL.md 9). Default: on
+    /// Whether clients join with presence and track themselves (docs/protocol.md 9). Default: on
     /// for seed, off otherwise.
     #[arg(long, action = clap::ArgAction::Set)]
     pub(crate) presence: Option<bool>,

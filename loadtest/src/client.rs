@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
-use realtime_gateway::session::protocol::{self, Inbound, InboundPayload, Vsn};
+use realtime_gateway::protocol::{self, Inbound, InboundPayload, Vsn};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;

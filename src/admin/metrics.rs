@@ -44,24 +44,24 @@ pub fn resident_bytes() -> Option<u64> {
 /// `GET /metrics`.
 pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let handle = handle();
-    let sessions = state.sessions.len();
+    let sessions = state.session.sessions.len();
     metrics::gauge!("gateway_sessions").set(sessions as f64);
     metrics::gauge!("gateway_limits_connections_in_use")
-        .set(state.limits.connections_in_use() as f64);
+        .set(state.session.limits.connections_in_use() as f64);
     metrics::gauge!("gateway_limits_max_connections")
-        .set(f64::from(state.limits.max_connections()));
-    metrics::gauge!("gateway_router_channels").set(state.router.channel_count() as f64);
+        .set(f64::from(state.session.limits.max_connections()));
+    metrics::gauge!("gateway_router_channels").set(state.session.router.channel_count() as f64);
     let listener_up = state.listener.connected.load(Ordering::Acquire);
     metrics::gauge!("gateway_listener_connected").set(if listener_up { 1.0 } else { 0.0 });
     metrics::gauge!("gateway_listener_last_change_id")
         .set(state.listener.last_id.load(Ordering::Relaxed) as f64);
     metrics::counter!("gateway_listener_reads_total")
         .absolute(state.listener.reads.load(Ordering::Relaxed));
-    let queued: usize = state
+    let mut queued = 0usize;
+    state
+        .session
         .sessions
-        .iter()
-        .map(|s| s.value().outbound.queued_frames())
-        .sum();
+        .for_each(|s| queued += s.outbound.queued_frames());
     metrics::gauge!("gateway_outbound_queued_frames").set(queued as f64);
     if let Some(rss) = resident_bytes() {
         metrics::gauge!("gateway_process_resident_memory_bytes").set(rss as f64);

@@ -11,14 +11,14 @@
 //!                                                  └──> publisher (rows + NOTIFY) ──────┤
 //! SQL realtime.send(...) ──insert realtime.messages + NOTIFY at commit──────────────────┤
 //!                                                                                       v
-//!   pg::listener (the node's one LISTEN connection) ─BusMessage─> bus::run ─> Hub (remote
+//!   capture::listener (the node's one LISTEN connection) ─BusMessage─> bus::run ─> Hub (remote
 //!   deliveries, presence diffs, reconciliation from realtime.presences after a gap)
 //! ```
 //!
 //! Members are indexed by channel name in a [`DashMap`] (sharded, like the change router). Each
 //! message is serialized once and each distinct frame is encoded at most once per fan-out —
 //! one text frame per serializer version (`presence_diff`, JSON broadcasts) and one kind-4 binary
-//! frame for raw-binary payloads, which vsn 1 sockets never get (PROTOCOL.md 2.3) — and every
+//! frame for raw-binary payloads, which vsn 1 sockets never get (docs/protocol.md 2.3) — and every
 //! recipient's queue gets a clone of the same bytes. A push never waits: a full queue closes
 //! that client as a slow consumer, and fan-out goes on.
 //!
@@ -28,10 +28,10 @@
 //! presence change is also written to `realtime.presences` in the transaction that notifies it,
 //! so a node that missed notifications (listener reconnect) rebuilds the other nodes' presence
 //! from those rows, and a lost node's presence is removed by whichever node runs
-//! `realtime.presence_prune` first ([`bus::run_maintenance`]). See [`bus`] for the message
+//! `realtime.presence_prune` first ([`bus::run_maintenance`]). See [`envelope`] for the message
 //! formats and [`store`] for the SQL.
 //!
-//! Private channels are refused at join (PROTOCOL.md 7.5), so messages addressed to private
+//! Private channels are refused at join (docs/protocol.md 7.5), so messages addressed to private
 //! channels (`private: true` over REST, `realtime.send`'s default) reach no one and are counted
 //! in `gateway_broadcast_private_dropped_total`.
 //!
@@ -39,6 +39,7 @@
 //! No lock is held across an `.await`.
 
 pub mod bus;
+pub mod envelope;
 pub mod publisher;
 pub mod rest;
 pub mod store;
@@ -54,11 +55,11 @@ use serde_json::{Map, Value};
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 
-use crate::fanout::router::ConnId;
-use crate::pg::listener::BusMessage;
+use crate::change::BusMessage;
+use crate::conn::ConnId;
+use crate::outbound::{Frame, Outbound, Tally};
 use crate::presence;
-use crate::session::outbound::{Frame, Outbound};
-use crate::session::protocol::{self, Vsn};
+use crate::protocol::{self, Vsn};
 use crate::shutdown::Shutdown;
 
 /// The event of user broadcasts.
@@ -197,7 +198,7 @@ impl Topic {
 impl Hub {
     /// Starts the hub and its background tasks (bus publisher, bus receiver, maintenance) on
     /// `shutdown`'s tracker. Returns the sender the change listener forwards bus notifications
-    /// to ([`crate::pg::listener::Listener::with_bus`], channel [`bus::CHANNEL`]).
+    /// to ([`crate::capture::listener::Listener::with_bus`], channel [`envelope::CHANNEL`]).
     ///
     /// The first thing the publisher does is remove whatever presence rows a previous run of
     /// this node left, telling the other nodes to drop them.
@@ -398,7 +399,7 @@ impl Hub {
         let members = read(&topic.members);
         // Per serializer version: not encoded yet / encoded (None: not deliverable to it).
         let mut frames: [Option<Option<Frame>>; 2] = [None, None];
-        let (mut delivered, mut dropped) = (0u64, 0u64);
+        let mut tally = Tally::default();
         for member in members.values() {
             if from == Some(member.conn) && !member.self_broadcast {
                 continue;
@@ -412,19 +413,18 @@ impl Hub {
             let Some(frame) = frame else {
                 continue;
             };
-            match member.outbound.push(frame.clone()) {
-                Ok(()) => delivered += 1,
-                Err(_) => dropped += 1,
-            }
+            tally.count(member.outbound.push(frame.clone()));
         }
         let stats = &self.shared.stats;
-        stats.delivered.fetch_add(delivered, Ordering::Relaxed);
-        metrics::counter!("gateway_broadcast_deliveries_total").increment(delivered);
-        if dropped > 0 {
-            stats.dropped.fetch_add(dropped, Ordering::Relaxed);
-            metrics::counter!("gateway_broadcast_dropped_total").increment(dropped);
-        }
-        usize::try_from(delivered).unwrap_or(usize::MAX)
+        stats
+            .delivered
+            .fetch_add(tally.delivered, Ordering::Relaxed);
+        stats.dropped.fetch_add(tally.dropped, Ordering::Relaxed);
+        tally.record(
+            "gateway_broadcast_deliveries_total",
+            "gateway_broadcast_dropped_total",
+        );
+        usize::try_from(tally.delivered).unwrap_or(usize::MAX)
     }
 
     // ---- the bus side -----------------------------------------------------------------------
@@ -572,7 +572,7 @@ fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 }
 
 /// A channel membership's broadcast and presence settings, from its join config
-/// (PROTOCOL.md 5.1): `broadcast.self`, `broadcast.ack`, `presence.key`, `presence.enabled`.
+/// (docs/protocol.md 5.1, read by `session::join`): `broadcast.self`, `broadcast.ack`, `presence.key`, `presence.enabled`.
 /// Missing or `null` objects mean the defaults; booleans may be strings, any case.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Membership {
@@ -584,77 +584,4 @@ pub struct Membership {
     pub presence_key: String,
     /// `presence_state` is pushed after the join (or, failing that, after the first track).
     pub presence_enabled: bool,
-}
-
-impl Membership {
-    /// Reads the join's `config` object.
-    pub fn from_config(config: Option<&Map<String, Value>>) -> Membership {
-        let section = |name: &str| config.and_then(|c| c.get(name)).and_then(Value::as_object);
-        let flag = |section: Option<&Map<String, Value>>, name: &str| {
-            section.and_then(|s| s.get(name)).is_some_and(|v| match v {
-                Value::Bool(b) => *b,
-                Value::String(s) => s.eq_ignore_ascii_case("true"),
-                _ => false,
-            })
-        };
-        let broadcast = section("broadcast");
-        let presence = section("presence");
-        let presence_key = match presence.and_then(|p| p.get("key")) {
-            Some(Value::String(k)) if !k.is_empty() => k.clone(),
-            Some(Value::Number(n)) => n.to_string(),
-            _ => uuid::Uuid::new_v4().to_string(),
-        };
-        Membership {
-            self_broadcast: flag(broadcast, "self"),
-            ack: flag(broadcast, "ack"),
-            presence_key,
-            presence_enabled: flag(presence, "enabled"),
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    fn membership(config: Value) -> Membership {
-        Membership::from_config(config.as_object())
-    }
-
-    #[test]
-    fn join_config_flags_accept_booleans_and_strings() {
-        let m = membership(json!({"broadcast": {"self": true, "ack": "TRUE"},
-                                  "presence": {"key": "u1", "enabled": "true"}}));
-        assert!(m.self_broadcast && m.ack && m.presence_enabled);
-        assert_eq!(m.presence_key, "u1");
-        let m = membership(json!({"broadcast": {"self": "false", "ack": 1}}));
-        assert!(!m.self_broadcast && !m.ack && !m.presence_enabled);
-    }
-
-    /// realtime-py sends `"broadcast": null`; a missing or empty key gets a random one per join.
-    #[test]
-    fn missing_or_null_sections_mean_defaults() {
-        for config in [
-            json!({}),
-            json!({"broadcast": null, "presence": null}),
-            json!(null),
-        ] {
-            let a = membership(config.clone());
-            let b = membership(config);
-            assert!(!a.self_broadcast && !a.ack && !a.presence_enabled);
-            assert_eq!(a.presence_key.len(), 36);
-            assert_ne!(a.presence_key, b.presence_key);
-        }
-        assert_eq!(
-            membership(json!({"presence": {"key": ""}}))
-                .presence_key
-                .len(),
-            36
-        );
-        assert_eq!(
-            membership(json!({"presence": {"key": 7}})).presence_key,
-            "7"
-        );
-    }
 }

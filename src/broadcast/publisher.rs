@@ -4,7 +4,7 @@
 //! Fed by the [`Hub`] (which has already delivered to local members) through an unbounded
 //! queue that never blocks a session; feeds the database: each batch of queued items is one
 //! transaction that writes the presence rows of its changes and `NOTIFY`s every item on
-//! [`bus::CHANNEL`] (a notification over [`bus::MAX_INLINE_BYTES`] goes into
+//! [`envelope::CHANNEL`] (a notification over [`envelope::MAX_INLINE_BYTES`] goes into
 //! `realtime.bus_spill` and the notification points at it). One transaction per batch keeps the
 //! cost of the cluster-wide notify lock to one commit however many messages a burst holds, and
 //! one task keeps the order. A failed batch is retried, whole and in order, with back-off.
@@ -23,7 +23,8 @@ use std::time::Duration;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 
-use super::{bus, store, Hub, Message};
+use super::store::{self, Item};
+use super::{envelope, Hub, Message};
 use crate::presence;
 use crate::shutdown::Shutdown;
 
@@ -35,24 +36,6 @@ pub const MAX_PENDING: usize = 100_000;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long shutdown may spend flushing and retiring.
 const SHUTDOWN_PATIENCE: Duration = Duration::from_secs(3);
-
-/// One thing to publish.
-#[derive(Debug)]
-pub enum Item {
-    /// A notification (broadcast).
-    Notify(String),
-    /// A presence diff of this node: its rows and its notification.
-    Presence {
-        /// The `p` notification.
-        envelope: String,
-        /// Rows of the entries that joined.
-        upserts: Vec<store::PresenceRow>,
-        /// `phx_ref`s of the entries that left.
-        deletes: Vec<String>,
-    },
-    /// Rewrite all of this node's presence rows from memory and tell the others to reload them.
-    Reassert,
-}
 
 /// The handle the hub publishes through; cheap to clone, never waits.
 #[derive(Debug, Clone)]
@@ -88,19 +71,19 @@ impl Publisher {
     pub fn broadcast(&self, name: &str, message: &Message) {
         let seq = self.next_seq();
         let envelope = match message {
-            Message::Json(json) => bus::broadcast_envelope(&self.node, seq, name, json),
+            Message::Json(json) => envelope::broadcast_envelope(&self.node, seq, name, json),
             Message::Binary {
                 event,
                 meta,
                 payload,
-            } => bus::binary_envelope(&self.node, seq, name, event, meta.as_deref(), payload),
+            } => envelope::binary_envelope(&self.node, seq, name, event, meta.as_deref(), payload),
         };
         self.queue(Item::Notify(envelope));
     }
 
     /// Publishes a presence diff of channel `name` (entries of this node).
     pub fn presence(&self, name: &str, diff: &presence::Diff) {
-        let envelope = bus::presence_envelope(&self.node, self.next_seq(), name, diff);
+        let envelope = envelope::presence_envelope(&self.node, self.next_seq(), name, diff);
         self.queue(Item::Presence {
             envelope,
             upserts: diff
@@ -124,7 +107,7 @@ impl Publisher {
 
     /// The `sync` notification about this node.
     pub(super) fn sync_envelope(&self) -> String {
-        bus::sync_envelope(&self.node, self.next_seq())
+        envelope::sync_envelope(&self.node, self.next_seq())
     }
 }
 
@@ -166,7 +149,15 @@ pub async fn run(
         metrics::gauge!("gateway_bus_pending").set(pending.len() as f64);
         let n = pending.len().min(MAX_BATCH);
         let batch: Vec<Item> = pending.drain(..n).collect();
-        match store::publish(&pool, &publisher, &batch, || hub.local_rows()).await {
+        match store::publish(
+            &pool,
+            publisher.node(),
+            &batch,
+            || hub.local_rows(),
+            || publisher.sync_envelope(),
+        )
+        .await
+        {
             Ok(()) => {
                 metrics::counter!("gateway_bus_published_total").increment(n as u64);
                 backoff = Duration::from_millis(100);
@@ -194,9 +185,16 @@ pub async fn run(
         while !pending.is_empty() {
             let n = pending.len().min(MAX_BATCH);
             let batch: Vec<Item> = pending.drain(..n).collect();
-            store::publish(&pool, &publisher, &batch, || hub.local_rows()).await?;
+            store::publish(
+                &pool,
+                publisher.node(),
+                &batch,
+                || hub.local_rows(),
+                || publisher.sync_envelope(),
+            )
+            .await?;
         }
-        store::retire(&pool, &publisher).await
+        store::retire(&pool, publisher.node(), publisher.sync_envelope()).await
     };
     match tokio::time::timeout(SHUTDOWN_PATIENCE, flush).await {
         Ok(Ok(())) => tracing::debug!("presence retired"),

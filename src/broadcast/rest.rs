@@ -1,4 +1,4 @@
-//! The REST broadcast endpoints (PROTOCOL.md 7.3), served at the root and under `/realtime/v1`:
+//! The REST broadcast endpoints (docs/protocol.md 7.3), served at the root and under `/realtime/v1`:
 //!
 //! - `POST /api/broadcast` with `{"messages": [{"topic", "event", "payload", "private"?, "id"?}]}`
 //!   (topics without `realtime:`): what realtime-js `send()` falls back to on a channel that is
@@ -12,25 +12,38 @@
 //! sender (every member gets it, on every node). Answers: 202 with an empty body once the
 //! messages are handed to the hub; 401 `{"message":"Unauthorized"}`; 413 when a payload is over
 //! `--max-message-bytes`; 422 when the body does not have the documented shape. The status of
-//! each refusal comes from [`crate::Error::status_code`]. The socket's query string (`apikey`,
+//! each refusal comes from [`status_code`], the one mapping of broadcast errors to statuses. The socket's query string (`apikey`,
 //! `vsn`) that clients leave on the URL is ignored.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRef, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use serde_json::{json, Map, Value};
 
-use super::{Error, Message};
-use crate::state::AppState;
+use super::{Error, Hub, Message};
+use crate::auth::Verifier;
+
+/// What the REST handlers use.
+#[derive(Debug, Clone)]
+pub struct RestState {
+    /// The hub messages are handed to.
+    pub hub: Hub,
+    /// Verifies request tokens.
+    pub verifier: Verifier,
+}
 
 /// The broadcast routes; request bodies are limited to `max_body_bytes`.
-pub fn routes(max_body_bytes: usize) -> Router<AppState> {
+pub fn routes<S>(max_body_bytes: usize) -> Router<S>
+where
+    RestState: FromRef<S>,
+    S: Clone + Send + Sync + 'static,
+{
     Router::new()
         .route("/api/broadcast", post(batch))
         .route("/realtime/v1/api/broadcast", post(batch))
@@ -43,7 +56,7 @@ pub fn routes(max_body_bytes: usize) -> Router<AppState> {
 }
 
 /// `POST /api/broadcast`.
-async fn batch(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
+async fn batch(State(state): State<RestState>, headers: HeaderMap, body: Bytes) -> Response {
     let result = authorize(&state, &headers)
         .and_then(|()| batch_messages(&body))
         .and_then(|messages| {
@@ -60,7 +73,7 @@ async fn batch(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -
 
 /// `POST /api/broadcast/<topic>/events/<event>`.
 async fn single(
-    State(state): State<AppState>,
+    State(state): State<RestState>,
     Path((topic, event)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
@@ -95,8 +108,8 @@ async fn single(
     respond(result)
 }
 
-/// Checks the token of a REST request (PROTOCOL.md 7.3).
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Error> {
+/// Checks the token of a REST request (docs/protocol.md 7.3).
+fn authorize(state: &RestState, headers: &HeaderMap) -> Result<(), Error> {
     let header = |name: header::HeaderName| {
         headers
             .get(name)
@@ -183,12 +196,21 @@ fn json_message(event: &str, payload: Value, id: Option<String>) -> Message {
     Message::Json(Arc::from(Value::Object(message).to_string()))
 }
 
-fn check_size(state: &AppState, message: &Message) -> Result<(), Error> {
+fn check_size(state: &RestState, message: &Message) -> Result<(), Error> {
     let (size, limit) = (message.size(), state.hub.max_message_bytes());
     if size > limit {
         return Err(Error::TooLarge { size, limit });
     }
     Ok(())
+}
+
+/// The HTTP status of a refused broadcast request.
+pub fn status_code(e: &Error) -> StatusCode {
+    match e {
+        Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+        Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+        Error::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+    }
 }
 
 fn respond(result: Result<usize, Error>) -> Response {
@@ -203,7 +225,7 @@ fn respond(result: Result<usize, Error>) -> Response {
                 other => other.to_string(),
             };
             tracing::debug!(error = %e, "broadcast request refused");
-            let status = crate::Error::from(e).status_code();
+            let status = status_code(&e);
             (status, Json(json!({ "message": message }))).into_response()
         }
     }
@@ -254,10 +276,7 @@ mod tests {
         ] {
             let e = batch_messages(body.as_bytes()).unwrap_err();
             assert!(e.to_string().contains(reason), "{body}: {e}");
-            assert_eq!(
-                crate::Error::from(e).status_code(),
-                StatusCode::UNPROCESSABLE_ENTITY
-            );
+            assert_eq!(status_code(&e), StatusCode::UNPROCESSABLE_ENTITY);
         }
     }
 }

@@ -10,8 +10,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 use sqlx::{PgPool, Postgres, Transaction};
 
-use super::bus;
-use super::publisher::{Item, Publisher};
+use super::envelope;
 use crate::presence;
 
 /// `realtime.messages` rows (from `realtime.send`) are kept this long: long enough for a node
@@ -62,6 +61,24 @@ pub struct DbMessage {
     pub private: bool,
 }
 
+/// One thing to publish.
+#[derive(Debug)]
+pub enum Item {
+    /// A notification (broadcast).
+    Notify(String),
+    /// A presence diff of this node: its rows and its notification.
+    Presence {
+        /// The `p` notification.
+        envelope: String,
+        /// Rows of the entries that joined.
+        upserts: Vec<PresenceRow>,
+        /// `phx_ref`s of the entries that left.
+        deletes: Vec<String>,
+    },
+    /// Rewrite all of this node's presence rows from memory and tell the others to reload them.
+    Reassert,
+}
+
 /// Publishes `batch` in one transaction. `local_rows` gives this node's presence rows for a
 /// `reassert`.
 ///
@@ -69,11 +86,11 @@ pub struct DbMessage {
 /// When the database fails; nothing of the batch is published then.
 pub async fn publish(
     pool: &PgPool,
-    publisher: &Publisher,
+    node: &str,
     batch: &[Item],
     mut local_rows: impl FnMut() -> Vec<PresenceRow>,
+    mut sync_envelope: impl FnMut() -> String,
 ) -> Result<(), sqlx::Error> {
-    let node = publisher.node();
     let mut tx = pool.begin().await?;
     let mut notes: Vec<String> = Vec::with_capacity(batch.len());
     let mut upserts: Vec<&PresenceRow> = Vec::new();
@@ -103,7 +120,7 @@ pub async fn publish(
                 let reasserted = local_rows();
                 let rows: Vec<&PresenceRow> = reasserted.iter().collect();
                 write_rows(&mut tx, node, &rows, &[]).await?;
-                notes.push(publisher.sync_envelope());
+                notes.push(sync_envelope());
             }
         }
     }
@@ -111,7 +128,7 @@ pub async fn publish(
     if !notes.is_empty() {
         // Notifications are queued in array order and delivered in that order at commit.
         sqlx::query("select pg_notify($1, n) from unnest($2::text[]) as n")
-            .bind(bus::CHANNEL)
+            .bind(envelope::CHANNEL)
             .bind(&notes)
             .execute(&mut *tx)
             .await?;
@@ -126,7 +143,7 @@ async fn note(
     envelope: &str,
     notes: &mut Vec<String>,
 ) -> Result<(), sqlx::Error> {
-    if envelope.len() <= bus::MAX_INLINE_BYTES {
+    if envelope.len() <= envelope::MAX_INLINE_BYTES {
         notes.push(envelope.to_owned());
         return Ok(());
     }
@@ -138,7 +155,7 @@ async fn note(
     .fetch_one(&mut **tx)
     .await?;
     metrics::counter!("gateway_bus_spilled_total").increment(1);
-    notes.push(bus::spill_envelope(node, id));
+    notes.push(envelope::spill_envelope(node, id));
     Ok(())
 }
 
@@ -182,15 +199,15 @@ async fn write_rows(
 ///
 /// # Errors
 /// When the database fails.
-pub async fn retire(pool: &PgPool, publisher: &Publisher) -> Result<(), sqlx::Error> {
+pub async fn retire(pool: &PgPool, node: &str, sync_envelope: String) -> Result<(), sqlx::Error> {
     let mut tx = pool.begin().await?;
     sqlx::query("delete from realtime.presences where node_id = $1")
-        .bind(publisher.node())
+        .bind(node)
         .execute(&mut *tx)
         .await?;
     sqlx::query("select pg_notify($1, $2)")
-        .bind(bus::CHANNEL)
-        .bind(publisher.sync_envelope())
+        .bind(envelope::CHANNEL)
+        .bind(sync_envelope)
         .execute(&mut *tx)
         .await?;
     tx.commit().await

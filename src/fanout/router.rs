@@ -16,14 +16,13 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
+use super::encode;
 use super::subscription::PgSub;
 use crate::auth::Claims;
-use crate::pg::decode::ChangeEvent;
-use crate::session::outbound::{Frame, Outbound, PushError};
-use crate::session::protocol::{self, Vsn};
-
-/// Identifies a connection within this node.
-pub type ConnId = u64;
+use crate::change::ChangeEvent;
+use crate::conn::ConnId;
+use crate::outbound::{Frame, Outbound, Tally};
+use crate::protocol::{self, Vsn};
 
 /// `(schema, table)`, either of which may be `*`.
 pub type TableKey = (String, String);
@@ -238,7 +237,10 @@ impl Router {
         wakes: &mut Wakes,
     ) -> Routed {
         let (deliveries, ids) = self.collect(change);
-        let mut routed = Routed::default();
+        let mut tally = Tally::default();
+        // The whole body is encoded once, when the first recipient needs it; each distinct
+        // column selection once more.
+        let mut whole: Option<Arc<str>> = None;
         let mut bodies: HashMap<&[String], Arc<str>> = HashMap::new();
         for group in authorize(&deliveries) {
             // Channels of one topic and serializer whose matching subscriptions are the same
@@ -260,12 +262,16 @@ impl Router {
                             .entry(key)
                             .or_insert_with(|| {
                                 let body = match key.2 {
-                                    None => Arc::clone(&change.data),
+                                    None => Arc::clone(whole.get_or_insert_with(|| {
+                                        Arc::from(encode::body(change, None, max_change_bytes))
+                                    })),
                                     Some(cols) => {
                                         Arc::clone(bodies.entry(cols).or_insert_with(|| {
-                                            Arc::from(
-                                                change.data_json(Some(cols), max_change_bytes),
-                                            )
+                                            Arc::from(encode::body(
+                                                change,
+                                                Some(cols),
+                                                max_change_bytes,
+                                            ))
                                         }))
                                     }
                                 };
@@ -276,29 +282,26 @@ impl Router {
                         frame
                     }
                 };
-                match channel.outbound.push_deferred(frame) {
-                    Ok(first) => {
-                        routed.delivered += 1;
-                        if first {
-                            wakes.channels.push(Arc::clone(channel));
-                        }
-                    }
-                    Err(PushError::Full | PushError::Closed) => routed.dropped += 1,
+                if tally.count(channel.outbound.push_deferred(frame)) == Some(true) {
+                    wakes.channels.push(Arc::clone(channel));
                 }
             }
         }
         self.stats.changes.fetch_add(1, Ordering::Relaxed);
         self.stats
             .delivered
-            .fetch_add(routed.delivered as u64, Ordering::Relaxed);
+            .fetch_add(tally.delivered, Ordering::Relaxed);
         self.stats
             .dropped
-            .fetch_add(routed.dropped as u64, Ordering::Relaxed);
-        metrics::counter!("gateway_router_deliveries_total").increment(routed.delivered as u64);
-        if routed.dropped > 0 {
-            metrics::counter!("gateway_router_dropped_total").increment(routed.dropped as u64);
+            .fetch_add(tally.dropped, Ordering::Relaxed);
+        tally.record(
+            "gateway_router_deliveries_total",
+            "gateway_router_dropped_total",
+        );
+        Routed {
+            delivered: usize::try_from(tally.delivered).unwrap_or(usize::MAX),
+            dropped: usize::try_from(tally.dropped).unwrap_or(usize::MAX),
         }
-        routed
     }
 
     /// Step 1: the channels with at least one matching subscription, each once, with the ids
@@ -391,10 +394,10 @@ fn authorize(deliveries: &[Delivery]) -> Vec<Vec<&Delivery>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::change::Op;
     use crate::fanout::subscription::Events;
+    use crate::outbound::{self, Limits, Receiver};
     use crate::pg::catalog::{ColumnInfo, TableInfo};
-    use crate::pg::decode::Op;
-    use crate::session::outbound::{self, Limits, Receiver};
     use tokio_util::sync::CancellationToken;
 
     fn table() -> Arc<TableInfo> {
@@ -421,7 +424,6 @@ mod tests {
             record: record.as_object().cloned(),
             old_full: None,
             commit_timestamp: "2026-01-01T00:00:00.000Z".into(),
-            data: Arc::from(r#"{"type":"INSERT","record":{"id":1}}"#),
         }
     }
 

@@ -1,11 +1,11 @@
 //! Postgres Changes subscriptions: what a join asks for (`config.postgres_changes`), its stable
-//! id, and its validation against the published tables (PROTOCOL.md sections 5.2, 6.1, 6.5).
+//! id, and its validation against the published tables (docs/protocol.md sections 5.2, 6.1, 6.5).
 
 use serde_json::{Map, Value};
 
 use super::filter::{BoundFilter, Column, Filter};
+use crate::change::{ChangeEvent, Op};
 use crate::pg::catalog::Catalog;
-use crate::pg::decode::{ChangeEvent, Op};
 
 /// Which operations a subscription wants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,21 +46,10 @@ pub struct Requested {
 }
 
 impl Requested {
-    /// Reads the entries of a join's `postgres_changes` list (null entries are dropped; entries
-    /// that are not objects are kept as empty objects, which fail validation).
-    pub fn from_config(list: Option<&Value>) -> Vec<Requested> {
-        let Some(Value::Array(items)) = list else {
-            return Vec::new();
-        };
-        items
-            .iter()
-            .filter(|v| !v.is_null())
-            .map(|v| {
-                let raw = v.as_object().cloned().unwrap_or_default();
-                let id = stable_id(&raw);
-                Requested { raw, id }
-            })
-            .collect()
+    /// The entry `raw`, with its stable id.
+    pub fn new(raw: Map<String, Value>) -> Requested {
+        let id = stable_id(&raw);
+        Requested { raw, id }
     }
 
     fn text(&self, key: &str) -> Option<&str> {
@@ -150,7 +139,7 @@ impl PgSub {
 }
 
 /// Validates requested subscriptions against the catalog. All or nothing: the first invalid
-/// entry yields the `system` error message PROTOCOL.md 6.5 gives for it.
+/// entry yields the `system` error message docs/protocol.md 6.5 gives for it.
 ///
 /// # Errors
 /// The message to push; [`Resolve::Database`] when the catalog cannot be read.
@@ -168,6 +157,10 @@ pub enum Resolve {
     /// The request is invalid; the text is the client-facing message.
     #[error("{0}")]
     Invalid(String),
+    /// The request names no published table (or a filter on a wildcard); the text is the
+    /// client-facing message.
+    #[error("{0}")]
+    NotEnabled(String),
     /// The database could not be asked.
     #[error("catalog unavailable")]
     Database(#[from] crate::pg::Error),
@@ -212,7 +205,7 @@ async fn resolve_one(req: &Requested, catalog: &Catalog) -> Result<PgSub, Resolv
     let filter_text = req.text("filter").unwrap_or("");
     let filter = Filter::parse(filter_text).map_err(|e| Resolve::Invalid(e.to_string()))?;
     let unable = || {
-        Resolve::Invalid(format!(
+        Resolve::NotEnabled(format!(
             "Unable to subscribe to changes with given parameters. Please check Realtime is \
              enabled for the given connect parameters: {}",
             req.describe()
@@ -305,9 +298,10 @@ mod tests {
     fn ids_are_stable_non_zero_and_below_2_31() {
         let a = json!({"event":"INSERT","schema":"public","table":"todos"});
         let b = json!({"table":"todos","schema":"public","event":"INSERT"});
-        let ra =
-            Requested::from_config(Some(&json!([a, null, b, {"event":"*","schema":"public"}])));
-        assert_eq!(ra.len(), 3);
+        let ra: Vec<Requested> = [a, b, json!({"event":"*","schema":"public"})]
+            .into_iter()
+            .map(|v| Requested::new(v.as_object().unwrap().clone()))
+            .collect();
         assert_eq!(ra[0].id, ra[1].id, "key order does not change the id");
         assert_ne!(ra[0].id, ra[2].id);
         for r in &ra {

@@ -1,12 +1,9 @@
-//! The database side of the gateway: connection pool, migrations and the embedded cluster.
-//!
-//! The change listener (stage 1 of the data flow) and decoding (stage 2) live here too as they
-//! arrive; everything that talks to PostgreSQL about changes goes through this module.
+//! PostgreSQL plumbing: connection pool, migrations, table descriptions and the embedded
+//! cluster. No stage logic lives here: the capture stage ([`crate::capture`]), the registry and
+//! the broadcast store use these pieces.
 
 pub mod catalog;
-pub mod decode;
 pub mod embedded;
-pub mod listener;
 
 use std::time::Duration;
 

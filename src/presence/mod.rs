@@ -5,7 +5,7 @@
 //! after an update) and the node that holds the membership. The broadcast hub
 //! ([`crate::broadcast`]) keeps one `State` per topic, feeds it local tracks and untracks (from
 //! sessions) and remote diffs and reconciliations (from the cluster bus), and fans the [`Diff`]s
-//! it returns out to the topic's members as `presence_diff` (PROTOCOL.md 9.2). Every operation
+//! it returns out to the topic's members as `presence_diff` (docs/protocol.md 9.2). Every operation
 //! returns only what actually changed, so applying the same remote diff twice, or a diff that a
 //! reconciliation already covered, changes nothing and sends nothing.
 //!
@@ -20,7 +20,7 @@ use std::sync::Arc;
 use rand::RngCore;
 use serde_json::{Map, Value};
 
-use crate::fanout::router::ConnId;
+use crate::conn::ConnId;
 
 /// Bytes of randomness in a `phx_ref` (16 characters once encoded).
 const REF_BYTES: usize = 12;
@@ -112,7 +112,7 @@ impl State {
         self.entries.is_empty()
     }
 
-    /// Tracks `payload` for the local membership of `owner` under `key` (PROTOCOL.md 9.1). A
+    /// Tracks `payload` for the local membership of `owner` under `key` (docs/protocol.md 9.1). A
     /// first track joins; a track with another payload replaces the entry (new `phx_ref`, the
     /// old one in `phx_ref_prev`); the same payload again changes nothing (`None`).
     pub fn track(

@@ -120,7 +120,8 @@ impl Registry {
     pub async fn start(
         pool: PgPool,
         settings: Settings,
-    ) -> Result<(Registry, tokio::task::JoinHandle<()>), crate::pg::Error> {
+        shutdown: &crate::shutdown::Shutdown,
+    ) -> Result<Registry, crate::pg::Error> {
         store::prepare_node(&pool, &settings).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let node_id: Arc<str> = Arc::from(settings.node_id.as_str());
@@ -130,8 +131,10 @@ impl Registry {
             rx,
             pending: Pending::default(),
         };
-        let handle = tokio::spawn(writer.run());
-        Ok((Registry { tx, node_id }, handle))
+        // On the final tracker: it records what sessions report while they close, and ends
+        // after writing this node's end ([`Registry::shutdown`]).
+        shutdown.spawn_final("registry_writer", writer.run());
+        Ok(Registry { tx, node_id })
     }
 
     /// This node's id.

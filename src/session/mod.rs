@@ -7,8 +7,9 @@
 //! session task alone. When the session ends — client close, shutdown, slow consumer, reaper —
 //! its subscriptions leave the router and the socket gets the close code of [`SessionEnd`].
 
-pub mod outbound;
-pub mod protocol;
+pub mod close;
+pub mod handle;
+pub mod join;
 pub mod upgrade;
 pub mod writer;
 
@@ -24,18 +25,46 @@ use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket};
 use futures_util::{Stream, StreamExt};
-use serde_json::{json, Map, Value};
-use tokio_util::sync::CancellationToken;
+use serde_json::{json, Value};
 use tracing::Instrument;
 
-use crate::auth::Claims;
-use crate::error::SessionEnd;
-use crate::fanout::router::{ChannelKey, ConnId, PgChannel};
-use crate::fanout::subscription::{self, Requested, Resolve};
-use crate::limits::ConnectionPermit;
-use crate::state::AppState;
-use outbound::{Frame, Limits, Outbound};
-use protocol::{Inbound, InboundPayload, Vsn};
+use crate::auth::{Claims, Verifier};
+use crate::broadcast::{Hub, Membership};
+use crate::config::Config;
+use crate::conn::ConnId;
+use crate::fanout::router::{ChannelKey, Router};
+use crate::fanout::subscription;
+use crate::limits::{ConnectionPermit, Limits};
+use crate::outbound::{self, Frame, Outbound};
+use crate::pg::catalog::Catalog;
+use crate::protocol::{self, Inbound, InboundPayload, Vsn};
+use crate::registry::Registry;
+use crate::shutdown::Shutdown;
+pub use close::SessionEnd;
+pub use handle::{now_ms, SessionHandle, Sessions};
+
+/// The handles a session uses, shared by all sessions of the node (one pointer per session).
+#[derive(Debug)]
+pub struct Services {
+    /// Checked settings.
+    pub config: Arc<Config>,
+    /// Token verifier.
+    pub verifier: Verifier,
+    /// Connection and channel caps.
+    pub limits: Limits,
+    /// The subscription registry and audit log (joins and leaves are reported to it).
+    pub registry: Registry,
+    /// Cached table descriptions (joins are validated against them).
+    pub catalog: Arc<Catalog>,
+    /// The change router (stage 3) that Postgres Changes subscriptions join.
+    pub router: Arc<Router>,
+    /// Broadcast and presence.
+    pub hub: Hub,
+    /// Shutdown signal and task tracker.
+    pub shutdown: Shutdown,
+    /// Live sessions of this node.
+    pub sessions: Sessions,
+}
 
 /// How long a close frame may take to reach a client.
 const CLOSE_PATIENCE: Duration = Duration::from_secs(5);
@@ -57,38 +86,6 @@ pub struct SessionParams {
     pub connection_id: uuid::Uuid,
 }
 
-/// What other parts of the gateway (reaper, admin, tests) may see and do to a live session.
-#[derive(Debug)]
-pub struct SessionHandle {
-    /// Remote address.
-    pub peer: SocketAddr,
-    /// The connection's id.
-    pub connection_id: uuid::Uuid,
-    /// The socket token's user, if any.
-    pub user_id: Option<uuid::Uuid>,
-    /// Cancel to end the session.
-    pub token: CancellationToken,
-    /// The session's queue (its depth is observable).
-    pub outbound: Outbound,
-    /// Milliseconds since the Unix epoch of the last client heartbeat (or connect).
-    pub last_heartbeat_ms: AtomicU64,
-    /// Set (with `end_reason`) before cancelling for a reason other than shutdown.
-    pub end: std::sync::Mutex<Option<SessionEnd>>,
-    /// Whether the session was told to stop.
-    pub closing: AtomicBool,
-}
-
-impl SessionHandle {
-    /// Ends the session with `end` (its close code is sent).
-    pub fn close(&self, end: SessionEnd) {
-        if let Ok(mut slot) = self.end.lock() {
-            slot.get_or_insert(end);
-        }
-        self.closing.store(true, Ordering::Release);
-        self.token.cancel();
-    }
-}
-
 /// A joined channel.
 #[derive(Debug)]
 struct Joined {
@@ -107,13 +104,13 @@ struct Joined {
     /// Its registry row.
     registry_id: uuid::Uuid,
     /// Broadcast and presence settings of the join config ([`relay`]).
-    hub: crate::broadcast::Membership,
+    hub: Membership,
 }
 
 /// One connection's session task.
 #[derive(Debug)]
 pub struct Session {
-    state: AppState,
+    services: Arc<Services>,
     params: SessionParams,
     id: ConnId,
     handle: Arc<SessionHandle>,
@@ -126,12 +123,16 @@ pub struct Session {
 
 impl Session {
     /// Prepares the session of a newly upgraded connection holding `permit`.
-    pub fn new(state: AppState, params: SessionParams, permit: ConnectionPermit) -> Session {
-        let id = state.next_conn_id.fetch_add(1, Ordering::Relaxed);
-        let token = state.shutdown.child_token();
-        let limits = Limits {
-            max_frames: state.config.outbound_queue_frames,
-            max_bytes: state.config.outbound_queue_bytes,
+    pub fn new(
+        services: Arc<Services>,
+        params: SessionParams,
+        permit: ConnectionPermit,
+    ) -> Session {
+        let id = services.sessions.next_id();
+        let token = services.shutdown.child_token();
+        let limits = outbound::Limits {
+            max_frames: services.config.outbound_queue_frames,
+            max_bytes: services.config.outbound_queue_bytes,
         };
         let (outbound, queue) = outbound::channel(limits, token.clone());
         let handle = Arc::new(SessionHandle {
@@ -144,9 +145,9 @@ impl Session {
             end: std::sync::Mutex::new(None),
             closing: AtomicBool::new(false),
         });
-        state.sessions.insert(id, Arc::clone(&handle));
+        services.sessions.insert(id, Arc::clone(&handle));
         Session {
-            state,
+            services,
             params,
             id,
             handle,
@@ -209,7 +210,7 @@ impl Session {
             }
         }
         if end == SessionEnd::SlowConsumer {
-            self.state.registry.audit(
+            self.services.registry.audit(
                 "slow_consumer",
                 self.handle.user_id,
                 Some(self.params.peer),
@@ -232,7 +233,7 @@ impl Session {
                 return end;
             }
         }
-        if self.state.shutdown.is_triggered() {
+        if self.services.shutdown.is_triggered() {
             SessionEnd::Shutdown
         } else {
             SessionEnd::SocketClosed
@@ -244,7 +245,7 @@ impl Session {
         for topic in topics {
             self.leave(&topic, end.registry_reason());
         }
-        self.state.sessions.remove(&self.id);
+        self.services.sessions.remove(self.id);
     }
 
     /// The read loop: ends when the socket closes or the session is cancelled.
@@ -281,7 +282,7 @@ impl Session {
     }
 
     /// A frame that could not be decoded: an error reply on topic `phoenix`; the socket stays
-    /// open (PROTOCOL.md 1.3).
+    /// open (docs/protocol.md 1.3).
     fn malformed(&self, error: &dyn std::fmt::Display) {
         metrics::counter!("gateway_session_malformed_frames_total").increment(1);
         tracing::debug!(error = %error, "malformed frame");
@@ -333,216 +334,14 @@ impl Session {
         }
     }
 
-    async fn join(&mut self, msg: Inbound) {
-        let jr = msg.join_ref.clone();
-        let r = msg.msg_ref.clone();
-        let topic = msg.topic.clone();
-        let payload = match msg.payload {
-            InboundPayload::Json(Value::Object(map)) => map,
-            _ => Map::new(),
-        };
-        let Some(name) = topic.strip_prefix("realtime:") else {
-            self.reply(
-                jr.as_deref(),
-                r.as_deref(),
-                &topic,
-                "error",
-                json!({"reason": "unmatched topic"}),
-            );
-            return;
-        };
-        let name = name.to_owned();
-        if name.is_empty() {
-            self.join_error(
-                jr,
-                r,
-                &topic,
-                "TopicNameRequired: You must provide a topic name",
-            );
-            return;
-        }
-        // A re-join closes the old membership first (PROTOCOL.md 3).
-        if let Some(old) = self.leave(&topic, "leave") {
-            let ojr = old.join_ref.as_deref();
-            self.push_json(ojr, ojr, &topic, "phx_close", &json!({}));
-        }
-        if self.channels.len() >= self.state.limits.max_channels_per_connection {
-            self.join_error(jr, r, &topic, "ChannelRateLimitReached: Too many channels");
-            return;
-        }
-        let token = payload
-            .get("access_token")
-            .or_else(|| payload.get("user_token"))
-            .and_then(Value::as_str)
-            .filter(|t| !t.is_empty() && !t.starts_with("sb_") && *t != self.params.apikey);
-        let (claims, token) = match token {
-            None => (Arc::clone(&self.params.claims), None),
-            Some(t) => match self.state.verifier.verify(t) {
-                Ok(c) => (Arc::new(c), Some(t.to_owned())),
-                Err(e) => {
-                    metrics::counter!("gateway_session_auth_failures_total").increment(1);
-                    self.state.registry.audit(
-                        "auth_failed",
-                        None,
-                        Some(self.params.peer),
-                        json!({"stage": "join", "channel": name, "reason": e.to_string()}),
-                    );
-                    self.join_error(jr, r, &topic, &e.join_reason());
-                    return;
-                }
-            },
-        };
-        let config = payload.get("config").and_then(Value::as_object);
-        let private = config.and_then(|c| c.get("private")).is_some_and(truthy);
-        if private {
-            self.join_error(
-                jr,
-                r,
-                &topic,
-                &format!("Unauthorized: You do not have permissions to read from this Channel topic: {name}"),
-            );
-            return;
-        }
-        let requested = Requested::from_config(config.and_then(|c| c.get("postgres_changes")));
-        // realtime-js's `postgres_changes_options.wait`: hold the join reply until the
-        // subscriptions are live, and refuse the join when they cannot be (PROTOCOL.md 6.6).
-        let wait = config
-            .and_then(|c| c.get("postgres_changes_options"))
-            .and_then(|o| o.get("wait"))
-            .is_some_and(truthy)
-            && !requested.is_empty();
-        let echo: Vec<Value> = requested.iter().map(Requested::echo).collect();
-        let resolved = if requested.is_empty() {
-            None
-        } else {
-            Some(subscription::resolve(&requested, &self.state.catalog).await)
-        };
-        if wait {
-            if let Some(Err(e)) = &resolved {
-                let reason = match e {
-                    Resolve::Invalid(m) if m.contains("Please check Realtime is enabled") => {
-                        format!("RealtimeDisabledForConfiguration: {m}")
-                    }
-                    Resolve::Invalid(m) => format!("InvalidPostgresChangesParams: {m}"),
-                    Resolve::Database(_) => "UnableToConnectToProject: Realtime was unable to \
-                                             connect to the project database"
-                        .to_owned(),
-                };
-                self.join_error(jr, r, &topic, &reason);
-                return;
-            }
-        }
-        let registry_id = uuid::Uuid::new_v4();
-        let component = config
-            .and_then(|c| c.get("component"))
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .or_else(|| self.params.component.clone());
-        let table_filters: Vec<Value> = requested
-            .iter()
-            .map(|req| {
-                let pick = |k: &str| req.raw.get(k).cloned().unwrap_or(Value::Null);
-                json!({"event": pick("event"), "schema": pick("schema"),
-                       "table": pick("table"), "filter": pick("filter")})
-            })
-            .collect();
-        self.state.registry.joined(crate::registry::JoinRow {
-            id: registry_id,
-            subscription_id: format!(
-                "{}:{}",
-                self.params.connection_id,
-                jr.as_deref().unwrap_or("")
-            ),
-            channel_name: name.clone(),
-            user_id: claims.user_id(),
-            component_name: component,
-            table_filters: Value::Array(table_filters),
-            connection_id: self.params.connection_id,
-            remote_addr: self.params.peer.to_string(),
-            created_at: chrono::Utc::now(),
-        });
-        self.channels.insert(
-            topic.clone(),
-            Box::new(Joined {
-                join_ref: jr.clone(),
-                name: name.clone(),
-                claims: Arc::clone(&claims),
-                token,
-                has_changes: false,
-                subs: Vec::new(),
-                registry_id,
-                hub: crate::broadcast::Membership::from_config(config),
-            }),
-        );
-        self.join_hub(&topic);
-        // Subscriptions go live before the reply, so that every change committed after the
-        // client hears of them is delivered.
-        let system = resolved.map(|resolved| self.activate(&topic, &name, claims, resolved));
-        self.reply(
-            jr.as_deref(),
-            r.as_deref(),
-            &topic,
-            "ok",
-            json!({"postgres_changes": echo}),
-        );
-        self.presence_state_after_join(&topic);
-        if let Some(system) = system {
-            self.push_json(jr.as_deref(), None, &topic, "system", &system);
-        }
-    }
-
-    /// Registers resolved subscriptions with the router; returns the `system` message that
-    /// reports the outcome (PROTOCOL.md 6.5, 6.6).
-    fn activate(
-        &mut self,
-        topic: &str,
-        name: &str,
-        claims: Arc<Claims>,
-        resolved: Result<Vec<subscription::PgSub>, Resolve>,
-    ) -> Value {
-        match resolved {
-            Ok(subs) => {
-                let channel = PgChannel::new(
-                    ChannelKey {
-                        conn: self.id,
-                        topic: Arc::from(topic),
-                    },
-                    self.outbound.clone(),
-                    self.params.vsn,
-                    subs.clone(),
-                    claims,
-                );
-                self.state.router.subscribe(Arc::new(channel));
-                if let Some(joined) = self.channels.get_mut(topic) {
-                    joined.has_changes = true;
-                    joined.subs = subs;
-                }
-                tracing::debug!(topic = %topic, "postgres changes subscribed");
-                json!({"extension": "postgres_changes", "status": "ok",
-                       "message": "Subscribed to PostgreSQL", "channel": name})
-            }
-            Err(Resolve::Invalid(message)) => {
-                tracing::debug!(topic = %topic, message = %message, "invalid subscription");
-                json!({"extension": "postgres_changes", "status": "error",
-                       "message": message, "channel": name})
-            }
-            Err(Resolve::Database(e)) => {
-                tracing::warn!(error = %e, "cannot validate subscriptions");
-                json!({"extension": "postgres_changes", "status": "error",
-                       "message": "UnableToConnectToProject: Realtime was unable to connect to the project database",
-                       "channel": name})
-            }
-        }
-    }
-
     /// Removes a membership (router entries included) and ends its registry row with
     /// `reason`; returns it if it existed.
     fn leave(&mut self, topic: &str, reason: crate::registry::CloseReason) -> Option<Box<Joined>> {
         let joined = self.channels.remove(topic)?;
-        self.state.registry.left(joined.registry_id, reason);
-        self.state.hub.leave(&joined.name, self.id);
+        self.services.registry.left(joined.registry_id, reason);
+        self.services.hub.leave(&joined.name, self.id);
         if joined.has_changes {
-            self.state.router.unsubscribe(&ChannelKey {
+            self.services.router.unsubscribe(&ChannelKey {
                 conn: self.id,
                 topic: Arc::from(topic),
             });
@@ -550,7 +349,7 @@ impl Session {
         Some(joined)
     }
 
-    /// `access_token` on a joined channel (PROTOCOL.md 8.3): never replied to.
+    /// `access_token` on a joined channel (docs/protocol.md 8.3): never replied to.
     async fn access_token(&mut self, msg: Inbound) {
         let InboundPayload::Json(payload) = &msg.payload else {
             return;
@@ -566,7 +365,7 @@ impl Session {
         if token.starts_with("sb_") || token == current {
             return;
         }
-        match self.state.verifier.verify(token) {
+        match self.services.verifier.verify(token) {
             Ok(claims) => {
                 let claims = Arc::new(claims);
                 let Some(joined) = self.channels.get_mut(&topic) else {
@@ -575,17 +374,8 @@ impl Session {
                 joined.claims = Arc::clone(&claims);
                 joined.token = Some(token.to_owned());
                 if joined.has_changes {
-                    let channel = PgChannel::new(
-                        ChannelKey {
-                            conn: self.id,
-                            topic: Arc::from(topic.as_str()),
-                        },
-                        self.outbound.clone(),
-                        self.params.vsn,
-                        joined.subs.clone(),
-                        claims,
-                    );
-                    self.state.router.subscribe(Arc::new(channel));
+                    let subs = joined.subs.clone();
+                    self.subscribe_changes(&topic, subs, claims);
                 }
             }
             Err(e) => {
@@ -598,36 +388,6 @@ impl Session {
                 }
             }
         }
-    }
-
-    /// A join error reply, sent after the join-error delay without holding up the session.
-    fn join_error(&self, jr: Option<String>, r: Option<String>, topic: &str, reason: &str) {
-        metrics::counter!("gateway_session_join_errors_total").increment(1);
-        let payload = json!({"status": "error", "response": {"reason": reason}}).to_string();
-        let text = protocol::encode_text(
-            self.params.vsn,
-            jr.as_deref(),
-            r.as_deref(),
-            topic,
-            "phx_reply",
-            &payload,
-        );
-        let delay = self.state.config.join_error_delay;
-        let outbound = self.outbound.clone();
-        if delay.is_zero() {
-            let _pushed = outbound.push(Frame::from(text));
-            return;
-        }
-        let token = self.handle.token.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                () = token.cancelled() => {}
-                () = tokio::time::sleep(delay) => {
-                    // The session may have closed meanwhile; then there is no one to tell.
-                    let _pushed = outbound.push(Frame::from(text));
-                }
-            }
-        });
     }
 
     fn reply(&self, jr: Option<&str>, r: Option<&str>, topic: &str, status: &str, response: Value) {
@@ -648,21 +408,4 @@ impl Session {
         // A full queue closes the session as a slow consumer; nothing more to do here.
         let _pushed = self.outbound.push(Frame::from(text));
     }
-}
-
-/// Booleans may arrive as JSON booleans or as strings, any case (PROTOCOL.md 5.1).
-fn truthy(value: &Value) -> bool {
-    match value {
-        Value::Bool(b) => *b,
-        Value::String(s) => s.eq_ignore_ascii_case("true"),
-        _ => false,
-    }
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }

@@ -1,5 +1,5 @@
 //! A session's broadcast and presence: what a joined channel does with `broadcast` pushes
-//! (JSON, or binary kind 3 on vsn 2 sockets) and `presence` track/untrack pushes (PROTOCOL.md
+//! (JSON, or binary kind 3 on vsn 2 sockets) and `presence` track/untrack pushes (docs/protocol.md
 //! 4, 7.1, 9.1), and the `presence_state` push after a join (9.2).
 //!
 //! Fed by the session's dispatch; feeds the [`Hub`](crate::broadcast::Hub), which fans messages
@@ -12,16 +12,16 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
-use super::outbound::Frame;
-use super::protocol::{self, Inbound, InboundPayload};
 use super::Session;
 use crate::broadcast::{Error, Member, Message};
+use crate::outbound::Frame;
+use crate::protocol::{self, Inbound, InboundPayload};
 
 /// Reply reason of a broadcast over `--max-message-bytes` (upstream's error atom).
 const TOO_LARGE: &str = "payload_size_exceeded";
-/// Reply reason of a track whose payload is not an object (PROTOCOL.md 9.1).
+/// Reply reason of a track whose payload is not an object (docs/protocol.md 9.1).
 const NOT_A_MAP: &str = "Presence track payload must be a map";
-/// Reply reason of a track over `--max-message-bytes` (PROTOCOL.md 9.3).
+/// Reply reason of a track over `--max-message-bytes` (docs/protocol.md 9.3).
 const TRACK_TOO_LARGE: &str = "Track message size exceeded";
 
 impl Session {
@@ -30,7 +30,7 @@ impl Session {
         let Some(joined) = self.channels.get(topic) else {
             return;
         };
-        self.state.hub.join(
+        self.services.hub.join(
             &joined.name,
             Member {
                 conn: self.id,
@@ -47,7 +47,7 @@ impl Session {
             return;
         };
         if joined.hub.presence_enabled {
-            let state = self.state.hub.presence_state(&joined.name);
+            let state = self.services.hub.presence_state(&joined.name);
             self.push_raw(
                 joined.join_ref.as_deref(),
                 None,
@@ -73,7 +73,7 @@ impl Session {
             },
         };
         let sent = self
-            .state
+            .services
             .hub
             .send(&joined.name, false, Some(self.id), &message);
         if let Err(e) = &sent {
@@ -125,7 +125,7 @@ impl Session {
                     self.reply(jr, r, topic, "error", json!({"reason": NOT_A_MAP}));
                     return;
                 };
-                match self.state.hub.track(&name, self.id, &key, tracked) {
+                match self.services.hub.track(&name, self.id, &key, tracked) {
                     Ok(()) => {
                         self.reply(jr, r, topic, "ok", json!({}));
                         // A track enables presence for a membership that did not ask at join:
@@ -135,7 +135,7 @@ impl Session {
                             .get_mut(topic)
                             .is_some_and(|j| !std::mem::replace(&mut j.hub.presence_enabled, true));
                         if first {
-                            let state = self.state.hub.presence_state(&name);
+                            let state = self.services.hub.presence_state(&name);
                             let jr = join_ref.as_deref();
                             self.push_raw(jr, None, topic, "presence_state", &state);
                         }
@@ -150,7 +150,7 @@ impl Session {
                 }
             }
             Some("untrack") => {
-                self.state.hub.untrack(&name, self.id);
+                self.services.hub.untrack(&name, self.id);
                 self.reply(jr, r, topic, "ok", json!({}));
             }
             _ => self.reply(

@@ -1,7 +1,7 @@
 //! The WebSocket upgrade: authenticate the `apikey`, pick the serializer, take a connection
 //! slot, and start the session on the shutdown tracker.
 //!
-//! Refusals are HTTP errors with the JSON bodies PROTOCOL.md section 1.2 gives, answered after
+//! Refusals are HTTP errors with the JSON bodies docs/protocol.md section 1.2 gives, answered after
 //! the connect-error delay (so reconnect loops slow down) without holding any slot.
 
 use std::collections::HashMap;
@@ -14,9 +14,8 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use super::protocol::Vsn;
-use super::{Session, SessionParams};
-use crate::state::AppState;
+use super::{Services, Session, SessionParams};
+use crate::protocol::Vsn;
 
 /// Initial read buffer of a socket. Client frames are small (heartbeats, joins, pushes); a
 /// larger one grows the buffer for as long as it takes to read it. The buffer is held by every
@@ -25,7 +24,7 @@ const READ_BUFFER_BYTES: usize = 1024;
 
 /// `GET /realtime/v1/websocket` and `GET /socket/websocket`.
 pub async fn handler(
-    State(state): State<AppState>,
+    State(state): State<Arc<Services>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
@@ -117,7 +116,7 @@ pub async fn handler(
 }
 
 /// Answers a refused upgrade after the connect-error delay.
-async fn refuse(state: &AppState, status: StatusCode, text: &str) -> Response {
+async fn refuse(state: &Services, status: StatusCode, text: &str) -> Response {
     let delay = state.config.connect_error_delay;
     if !delay.is_zero() {
         tokio::select! {

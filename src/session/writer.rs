@@ -11,7 +11,7 @@ use axum::extract::ws::{CloseFrame, Message};
 use futures_util::{Sink, SinkExt};
 use tokio_util::sync::CancellationToken;
 
-use super::outbound::{Frame, Receiver};
+use crate::outbound::{Frame, Receiver};
 
 /// Most frames written before one flush.
 const MAX_BATCH: usize = 256;
@@ -98,8 +98,8 @@ fn to_message(frame: Frame) -> Message {
 
 #[cfg(test)]
 mod tests {
-    use super::super::outbound::{channel, Limits};
     use super::*;
+    use crate::outbound::{channel, Limits};
 
     #[tokio::test]
     async fn queued_frames_reach_the_sink_in_order() {

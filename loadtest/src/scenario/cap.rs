@@ -1,6 +1,6 @@
 //! `cap`: more clients than the gateway's connection cap, all released at once. Exactly
 //! `--cap` must be admitted (and join a channel); every other one must be refused with HTTP 429
-//! and `{"error":"Too many connected users"}` (PROTOCOL.md 1.2), and each refusal should be in
+//! and `{"error":"Too many connected users"}` (docs/protocol.md 1.2), and each refusal should be in
 //! `realtime.audit_log` with `kind = 'cap_refused'`. Run it against an otherwise idle gateway.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::{book_connect_error, wait_until, Report, Run};
 use crate::client::{self, ConnectError, JoinSpec};
 
-/// The refusal text of PROTOCOL.md 1.2 for the cap.
+/// The refusal text of docs/protocol.md 1.2 for the cap.
 const CAP_TEXT: &str = "Too many connected users";
 
 /// Runs the cap scenario.

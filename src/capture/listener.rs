@@ -28,10 +28,12 @@ use std::time::Duration;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{PgPool, Row};
 
-use super::catalog::Catalog;
 use super::decode::{self, ChangeRow};
-use super::Error;
+use super::maintenance;
+use crate::change::BusMessage;
 use crate::fanout::router::{Router, Wakes};
+use crate::pg::catalog::{Catalog, TableInfo};
+use crate::pg::Error;
 use crate::shutdown::Shutdown;
 
 /// Channel the capture bell notifies.
@@ -52,22 +54,6 @@ const RECONCILE_EVERY: Duration = Duration::from_secs(5);
 /// The listener connection is checked with a query this often, so a silently dead connection
 /// is noticed within seconds, not at the next TCP timeout.
 const HEALTH_CHECK_EVERY: Duration = Duration::from_secs(5);
-
-/// What the listener forwards from LISTEN channels other than the bell (the cluster bus of
-/// broadcast and presence shares the node's one listener connection).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum BusMessage {
-    /// A notification on one of the bus channels.
-    Notification {
-        /// The channel.
-        channel: String,
-        /// Its payload.
-        payload: String,
-    },
-    /// The listener connection was lost: notifications may have been missed since the last
-    /// message; subscribers resynchronize from durable state.
-    Gap,
-}
 
 /// Settings of the listener.
 #[derive(Debug, Clone)]
@@ -292,8 +278,8 @@ impl Listener {
                         }
                     }
                 }
-                _ = prune.tick() => self.prune().await,
-                _ = reconcile.tick() => self.reconcile().await,
+                _ = prune.tick() => maintenance::prune(&self.pool, self.settings.retention).await,
+                _ = reconcile.tick() => maintenance::reconcile(&self.pool).await,
             }
         }
         self.status.connected.store(false, Ordering::Release);
@@ -475,7 +461,7 @@ impl Listener {
                     table = fresh;
                 }
             }
-            match decode::decode(change, table, self.settings.max_change_bytes) {
+            match decode::decode(change, table) {
                 Ok(event) => {
                     let routed =
                         self.router
@@ -494,52 +480,6 @@ impl Listener {
         }
         wakes.wake_all();
         Ok(last)
-    }
-
-    /// Makes the capture triggers match the `supabase_realtime` publication. Bounded by a lock
-    /// timeout: a table busy with long transactions is retried on a later tick rather than
-    /// making its writers queue behind our `CREATE TRIGGER`.
-    async fn reconcile(&self) {
-        let result: Result<serde_json::Value, sqlx::Error> = async {
-            let mut tx = self.pool.begin().await?;
-            sqlx::query("set local lock_timeout = '2s'")
-                .execute(&mut *tx)
-                .await?;
-            let summary = sqlx::query_scalar("select realtime.sync_capture(false)")
-                .fetch_one(&mut *tx)
-                .await?;
-            tx.commit().await?;
-            Ok(summary)
-        }
-        .await;
-        match result {
-            Ok(summary) => {
-                let changed = ["created", "dropped", "failed"].iter().any(|k| {
-                    summary
-                        .get(k)
-                        .and_then(serde_json::Value::as_array)
-                        .is_some_and(|a| !a.is_empty())
-                });
-                if changed {
-                    tracing::info!(%summary, "capture triggers reconciled with the publication");
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "cannot reconcile capture triggers"),
-        }
-    }
-
-    async fn prune(&self) {
-        let secs = self.settings.retention.as_secs_f64();
-        let result: Result<i64, sqlx::Error> =
-            sqlx::query_scalar("select realtime.prune_changes(make_interval(secs => $1))")
-                .bind(secs)
-                .fetch_one(&self.pool)
-                .await;
-        match result {
-            Ok(n) if n > 0 => tracing::debug!(rows = n, "outbox pruned"),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "cannot prune the outbox"),
-        }
     }
 }
 
@@ -583,7 +523,7 @@ async fn fetch_page(
 }
 
 /// Whether `row`'s keys are exactly the cached table's columns.
-fn fits(table: &super::catalog::TableInfo, row: Option<&serde_json::Value>) -> bool {
+fn fits(table: &TableInfo, row: Option<&serde_json::Value>) -> bool {
     match row.and_then(serde_json::Value::as_object) {
         Some(obj) => {
             obj.len() == table.columns.len()
@@ -628,7 +568,7 @@ fn parse_snapshot(snapshot: &str) -> (String, Vec<String>) {
 }
 
 fn listen_pool(url: &str) -> Result<PgPool, Error> {
-    let options = super::connect_options(url, APPLICATION_NAME)?;
+    let options = crate::pg::connect_options(url, APPLICATION_NAME)?;
     Ok(PgPoolOptions::new()
         .max_connections(1)
         .min_connections(0)

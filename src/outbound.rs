@@ -58,6 +58,42 @@ pub enum PushError {
     Closed,
 }
 
+/// What one fan-out did, counted the same way by both fan-out engines (the change router and
+/// the broadcast hub): a push that a queue refused is dropped for that recipient only — a full
+/// queue has already marked its connection slow, which closes it — and fan-out goes on.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    /// Recipients whose queue took the frame.
+    pub delivered: u64,
+    /// Recipients whose queue refused it (full, or closing).
+    pub dropped: u64,
+}
+
+impl Tally {
+    /// Counts the outcome of one push; returns its value when the frame was queued.
+    pub fn count<T>(&mut self, pushed: Result<T, PushError>) -> Option<T> {
+        match pushed {
+            Ok(value) => {
+                self.delivered += 1;
+                Some(value)
+            }
+            Err(PushError::Full | PushError::Closed) => {
+                self.dropped += 1;
+                None
+            }
+        }
+    }
+
+    /// Adds this tally to the `<stage>_deliveries_total` and `<stage>_dropped_total` counters
+    /// (`gateway_router_…` for changes, `gateway_broadcast_…` for broadcast and presence).
+    pub fn record(&self, deliveries: &'static str, dropped: &'static str) {
+        metrics::counter!(deliveries).increment(self.delivered);
+        if self.dropped > 0 {
+            metrics::counter!(dropped).increment(self.dropped);
+        }
+    }
+}
+
 /// Limits of one queue.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {

@@ -1,0 +1,793 @@
+//! Examples from docs/protocol.md and property tests of the framing.
+
+use super::*;
+use proptest::prelude::*;
+use serde_json::json;
+
+/// The kind 3 frame docs/protocol.md 2.3 captured from realtime-js.
+const CAPTURED_PUSH: &[u8] = &[
+    0x03, 0x01, 0x01, 0x0e, 0x02, 0x00, 0x01, 0x36, 0x37, 0x72, 0x65, 0x61, 0x6c, 0x74, 0x69, 0x6d,
+    0x65, 0x3a, 0x72, 0x6f, 0x6f, 0x6d, 0x31, 0x65, 0x76, 0x7b, 0x22, 0x61, 0x22, 0x3a, 0x22, 0xc3,
+    0xa9, 0x22, 0x7d,
+];
+
+fn json_payload(inbound: &Inbound) -> &Value {
+    match &inbound.payload {
+        InboundPayload::Json(value) => value,
+        InboundPayload::Binary(b) => panic!("expected a json payload, got {b:?}"),
+    }
+}
+
+fn binary_payload(inbound: &Inbound) -> &BinaryBroadcast {
+    match &inbound.payload {
+        InboundPayload::Binary(b) => b,
+        InboundPayload::Json(v) => panic!("expected a binary payload, got {v}"),
+    }
+}
+
+#[test]
+fn vsn_comes_from_the_query_and_defaults_to_v1() {
+    assert_eq!(Vsn::from_query(None).unwrap(), Vsn::V1);
+    assert_eq!(Vsn::from_query(Some("1.0.0")).unwrap(), Vsn::V1);
+    assert_eq!(Vsn::from_query(Some("2.0.0")).unwrap(), Vsn::V2);
+    for bad in ["", "3.0.0", "2.0", "v2", " 2.0.0"] {
+        let err = Vsn::from_query(Some(bad)).unwrap_err();
+        assert!(matches!(err, Error::UnsupportedVsn(ref v) if v == bad));
+    }
+    assert_eq!(
+        Vsn::from_query(Some("3.0.0")).unwrap_err().to_string(),
+        "unsupported serializer version 3.0.0"
+    );
+    assert_eq!(Vsn::V2.to_string(), "2.0.0");
+}
+
+/// realtime-py sends keys as event, payload, topic, ref, join_ref.
+#[test]
+fn v1_decodes_realtime_py_key_order() {
+    let text = r#"{"event":"phx_join","payload":{"config":{}},"topic":"realtime:room1","ref":"1","join_ref":null}"#;
+    let inbound = decode_text(Vsn::V1, text).unwrap();
+    assert_eq!(
+        inbound,
+        Inbound {
+            join_ref: None,
+            msg_ref: Some("1".into()),
+            topic: "realtime:room1".into(),
+            event: "phx_join".into(),
+            payload: InboundPayload::Json(json!({"config": {}})),
+        }
+    );
+}
+
+#[test]
+fn v1_missing_join_ref_and_ref_are_null() {
+    let inbound = decode_text(
+        Vsn::V1,
+        r#"{"topic":"phoenix","event":"heartbeat","payload":{}}"#,
+    )
+    .unwrap();
+    assert_eq!(inbound.join_ref, None);
+    assert_eq!(inbound.msg_ref, None);
+    assert_eq!(json_payload(&inbound), &json!({}));
+
+    let inbound = decode_text(
+        Vsn::V1,
+        r#"{"join_ref":"2","ref":null,"payload":[1],"event":"e","topic":"t"}"#,
+    )
+    .unwrap();
+    assert_eq!(inbound.join_ref.as_deref(), Some("2"));
+    assert_eq!(inbound.msg_ref, None);
+}
+
+#[test]
+fn numeric_refs_become_decimal_strings() {
+    let inbound = decode_text(
+        Vsn::V1,
+        r#"{"topic":"t","event":"e","payload":null,"ref":12,"join_ref":3}"#,
+    )
+    .unwrap();
+    assert_eq!(inbound.msg_ref.as_deref(), Some("12"));
+    assert_eq!(inbound.join_ref.as_deref(), Some("3"));
+    let inbound = decode_text(Vsn::V2, r#"[7,null,"t","e",{}]"#).unwrap();
+    assert_eq!(inbound.join_ref.as_deref(), Some("7"));
+    assert_eq!(inbound.msg_ref, None);
+}
+
+#[test]
+fn bad_refs_are_rejected() {
+    let err = decode_text(
+        Vsn::V1,
+        r#"{"topic":"t","event":"e","payload":1,"ref":true}"#,
+    )
+    .unwrap_err();
+    assert!(matches!(err, Error::BadRef("ref")), "{err:?}");
+    let err = decode_text(Vsn::V2, r#"[{},null,"t","e",{}]"#).unwrap_err();
+    assert!(matches!(err, Error::BadRef("join_ref")), "{err:?}");
+}
+
+#[test]
+fn v1_topic_event_and_payload_are_required() {
+    let cases = [
+        (r#"{"event":"e","payload":{}}"#, "topic"),
+        (r#"{"topic":"t","payload":{}}"#, "event"),
+        (r#"{"topic":"t","event":"e"}"#, "payload"),
+    ];
+    for (text, field) in cases {
+        match decode_text(Vsn::V1, text) {
+            Err(Error::MissingField(f)) => assert_eq!(f, field),
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+    for (text, field) in [
+        (r#"{"topic":1,"event":"e","payload":{}}"#, "topic"),
+        (r#"{"topic":"t","event":null,"payload":{}}"#, "event"),
+    ] {
+        match decode_text(Vsn::V1, text) {
+            Err(Error::NotAString(f)) => assert_eq!(f, field),
+            other => panic!("{text}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn v2_decodes_array_and_ignores_trailing_elements() {
+    let inbound = decode_text(
+        Vsn::V2,
+        r#"["3","3","realtime:room1","phx_join",{"config":{}}]"#,
+    )
+    .unwrap();
+    assert_eq!(
+        inbound,
+        Inbound {
+            join_ref: Some("3".into()),
+            msg_ref: Some("3".into()),
+            topic: "realtime:room1".into(),
+            event: "phx_join".into(),
+            payload: InboundPayload::Json(json!({"config": {}})),
+        }
+    );
+    let inbound = decode_text(Vsn::V2, r#"[null,"8","phoenix","heartbeat",{},"x",9]"#).unwrap();
+    assert_eq!(inbound.join_ref, None);
+    assert_eq!(inbound.msg_ref.as_deref(), Some("8"));
+    assert_eq!(inbound.event, "heartbeat");
+}
+
+#[test]
+fn v2_rejects_short_arrays_and_non_string_topic() {
+    let err = decode_text(Vsn::V2, r#"[null,"8","phoenix","heartbeat"]"#).unwrap_err();
+    assert!(matches!(err, Error::TooFewElements(4)), "{err:?}");
+    assert_eq!(
+        err.to_string(),
+        "vsn 2.0.0 frame has 4 elements, expected 5"
+    );
+    let err = decode_text(Vsn::V2, r#"[null,"8",null,"heartbeat",{}]"#).unwrap_err();
+    assert!(matches!(err, Error::NotAString("topic")), "{err:?}");
+    let err = decode_text(Vsn::V2, r#"[null,"8","phoenix",[],{}]"#).unwrap_err();
+    assert!(matches!(err, Error::NotAString("event")), "{err:?}");
+}
+
+/// A client on the wrong vsn gets a clear error rather than a guess.
+#[test]
+fn each_vsn_rejects_the_other_shape() {
+    let err = decode_text(Vsn::V1, r#"[null,"8","phoenix","heartbeat",{}]"#).unwrap_err();
+    assert_eq!(err.to_string(), "vsn 1.0.0 frame must be a json object");
+    let err = decode_text(Vsn::V2, r#"{"topic":"t","event":"e","payload":{}}"#).unwrap_err();
+    assert_eq!(err.to_string(), "vsn 2.0.0 frame must be a json array");
+    let err = decode_text(Vsn::V2, "42").unwrap_err();
+    assert!(matches!(err, Error::WrongShape { .. }), "{err:?}");
+}
+
+#[test]
+fn bad_json_is_rejected() {
+    for vsn in [Vsn::V1, Vsn::V2] {
+        for text in [
+            "",
+            "{",
+            "[null,",
+            "nope",
+            r#"{"topic":"t"} x"#,
+            "\u{feff}{}",
+        ] {
+            let err = decode_text(vsn, text).unwrap_err();
+            assert!(matches!(err, Error::Json(_)), "{text:?}: {err:?}");
+            assert_eq!(err.to_string(), "frame is not valid json");
+        }
+    }
+}
+
+/// Server frames must be readable by the client-side tests and load tool.
+#[test]
+fn server_text_frames_decode() {
+    let v1 = r#"{"topic":"realtime:room1","event":"broadcast","payload":{"type":"broadcast","event":"ping","payload":{"n":1}},"ref":null}"#;
+    let inbound = decode_text(Vsn::V1, v1).unwrap();
+    assert_eq!(inbound.event, "broadcast");
+    assert_eq!(inbound.join_ref, None);
+    assert_eq!(
+        json_payload(&inbound),
+        &json!({"type":"broadcast","event":"ping","payload":{"n":1}})
+    );
+    let v2 = r#"[null,"8","phoenix","phx_reply",{"status":"ok","response":{}}]"#;
+    let inbound = decode_text(Vsn::V2, v2).unwrap();
+    assert_eq!(inbound.msg_ref.as_deref(), Some("8"));
+    assert_eq!(inbound.event, "phx_reply");
+}
+
+#[test]
+fn encode_text_matches_protocol_examples() {
+    assert_eq!(
+        encode_text(
+            Vsn::V1,
+            Some("ignored"),
+            None,
+            "realtime:room1",
+            "broadcast",
+            r#"{"type":"broadcast","event":"ping","payload":{"n":1}}"#
+        ),
+        r#"{"topic":"realtime:room1","event":"broadcast","payload":{"type":"broadcast","event":"ping","payload":{"n":1}},"ref":null}"#
+    );
+    assert_eq!(
+        encode_text(
+            Vsn::V2,
+            None,
+            Some("8"),
+            "phoenix",
+            "phx_reply",
+            r#"{"status":"ok","response":{}}"#
+        ),
+        r#"[null,"8","phoenix","phx_reply",{"status":"ok","response":{}}]"#
+    );
+    assert_eq!(
+        encode_text(
+            Vsn::V2,
+            Some("6"),
+            None,
+            "realtime:room1",
+            "system",
+            r#"{"status":"ok"}"#
+        ),
+        r#"["6",null,"realtime:room1","system",{"status":"ok"}]"#
+    );
+    assert_eq!(
+        encode_text(
+            Vsn::V1,
+            Some("6"),
+            Some("6"),
+            "realtime:room1",
+            "phx_close",
+            "{}"
+        ),
+        r#"{"topic":"realtime:room1","event":"phx_close","payload":{},"ref":"6"}"#
+    );
+}
+
+#[test]
+fn encode_text_escapes_strings() {
+    let topic = "realtime:a\"b\\c\nd\u{1}\u{7f}é\u{2028}😀";
+    let frame = encode_text(Vsn::V2, Some("\t"), Some("\u{8}\u{c}"), topic, "e\r", "0");
+    assert_eq!(
+        frame,
+        "[\"\\t\",\"\\b\\f\",\"realtime:a\\\"b\\\\c\\nd\\u0001\u{7f}é\u{2028}😀\",\"e\\r\",0]"
+    );
+    let inbound = decode_text(Vsn::V2, &frame).unwrap();
+    assert_eq!(inbound.topic, topic);
+    assert_eq!(inbound.event, "e\r");
+    assert_eq!(inbound.join_ref.as_deref(), Some("\t"));
+}
+
+#[test]
+fn frame_split_is_documented_shape() {
+    assert_eq!(
+        frame_prefix(Vsn::V1, None, Some("1"), "t", "broadcast"),
+        r#"{"topic":"t","event":"broadcast","payload":"#
+    );
+    assert_eq!(frame_suffix(Vsn::V1, Some("1")), r#","ref":"1"}"#);
+    assert_eq!(frame_suffix(Vsn::V1, None), r#","ref":null}"#);
+    assert!(matches!(frame_suffix(Vsn::V1, None), Cow::Borrowed(_)));
+    assert_eq!(
+        frame_prefix(Vsn::V2, Some("1"), None, "t", "broadcast"),
+        r#"["1",null,"t","broadcast","#
+    );
+    assert_eq!(frame_suffix(Vsn::V2, Some("1")), "]");
+}
+
+#[test]
+fn client_text_v1_carries_join_ref() {
+    let frame = encode_client_text(
+        Vsn::V1,
+        Some("1"),
+        Some("2"),
+        "realtime:r",
+        "phx_join",
+        "{}",
+    );
+    assert_eq!(
+        frame,
+        r#"{"topic":"realtime:r","event":"phx_join","payload":{},"ref":"2","join_ref":"1"}"#
+    );
+    let frame = encode_client_text(Vsn::V1, None, None, "phoenix", "heartbeat", "{}");
+    assert_eq!(
+        frame,
+        r#"{"topic":"phoenix","event":"heartbeat","payload":{},"ref":null,"join_ref":null}"#
+    );
+    assert_eq!(
+        encode_client_text(Vsn::V2, Some("1"), Some("2"), "t", "e", "{}"),
+        encode_text(Vsn::V2, Some("1"), Some("2"), "t", "e", "{}")
+    );
+}
+
+#[test]
+fn decode_binary_reads_captured_realtime_js_push() {
+    let inbound = decode_binary(CAPTURED_PUSH).unwrap();
+    assert_eq!(
+        inbound,
+        Inbound {
+            join_ref: Some("6".into()),
+            msg_ref: Some("7".into()),
+            topic: "realtime:room1".into(),
+            event: "broadcast".into(),
+            payload: InboundPayload::Json(
+                json!({"type":"broadcast","event":"ev","payload":{"a":"é"}})
+            ),
+        }
+    );
+    // Same message as the equivalent JSON push.
+    let text = r#"["6","7","realtime:room1","broadcast",{"type":"broadcast","event":"ev","payload":{"a":"é"}}]"#;
+    assert_eq!(decode_text(Vsn::V2, text).unwrap(), inbound);
+}
+
+#[test]
+fn encode_binary_push_reproduces_captured_frame() {
+    let frame = encode_binary_push(
+        "6",
+        "7",
+        "realtime:room1",
+        "ev",
+        None,
+        r#"{"a":"é"}"#.as_bytes(),
+        true,
+    )
+    .unwrap();
+    assert_eq!(&frame[..], CAPTURED_PUSH);
+}
+
+/// Guards against any out-of-range read on a short frame.
+#[test]
+fn truncated_push_is_an_error_at_every_length() {
+    for len in 0..CAPTURED_PUSH.len() {
+        let result = decode_binary(&CAPTURED_PUSH[..len]);
+        assert!(result.is_err(), "prefix of {len} bytes decoded: {result:?}");
+    }
+    // Raw payloads may be any length, so only header and strings truncate.
+    let frame = encode_binary_push("1", "2", "t", "é", Some(r#"{"p":1}"#), b"xy", false).unwrap();
+    let strings_end = frame.len() - 2;
+    for len in 0..strings_end {
+        let err = decode_binary(&frame[..len]).unwrap_err();
+        assert!(
+            matches!(err, Error::Truncated | Error::Utf8 { .. }),
+            "{len}: {err:?}"
+        );
+    }
+    for len in strings_end..=frame.len() {
+        let inbound = decode_binary(&frame[..len]).unwrap();
+        assert_eq!(binary_payload(&inbound).payload, &frame[strings_end..len]);
+    }
+    assert!(matches!(decode_binary(&[]), Err(Error::Truncated)));
+    assert_eq!(Error::Truncated.to_string(), "binary frame truncated");
+}
+
+#[test]
+fn push_with_metadata_and_raw_payload() {
+    let frame = encode_binary_push(
+        "1",
+        "2",
+        "realtime:r",
+        "cur",
+        Some(r#"{"persist":true}"#),
+        &[0, 159, 255],
+        false,
+    )
+    .unwrap();
+    let inbound = decode_binary(&frame).unwrap();
+    assert_eq!(inbound.event, "broadcast");
+    assert_eq!(
+        binary_payload(&inbound),
+        &BinaryBroadcast {
+            event: "cur".into(),
+            meta: Some(json!({"persist": true})),
+            payload: Bytes::from_static(&[0, 159, 255]),
+        }
+    );
+    assert_eq!(decode_binary_bytes(&frame).unwrap(), inbound);
+
+    let frame = encode_binary_push(
+        "1",
+        "2",
+        "t",
+        "cur",
+        Some(r#"{"persist":true}"#),
+        b"[1]",
+        true,
+    )
+    .unwrap();
+    assert_eq!(
+        json_payload(&decode_binary(&frame).unwrap()),
+        &json!({"type":"broadcast","event":"cur","payload":[1],"meta":{"persist":true}})
+    );
+}
+
+/// realtime-js writes a null ref as an empty string.
+#[test]
+fn empty_binary_refs_are_null() {
+    let frame = encode_binary_push("", "", "t", "e", None, b"{}", true).unwrap();
+    let inbound = decode_binary(&frame).unwrap();
+    assert_eq!(inbound.join_ref, None);
+    assert_eq!(inbound.msg_ref, None);
+}
+
+#[test]
+fn multibyte_utf8_fields_decode() {
+    let frame = encode_binary_push(
+        "1",
+        "2",
+        "realtime:ルーム",
+        "événement",
+        None,
+        b"\"\xc3\xa9\"",
+        true,
+    )
+    .unwrap();
+    let inbound = decode_binary(&frame).unwrap();
+    assert_eq!(inbound.topic, "realtime:ルーム");
+    assert_eq!(
+        json_payload(&inbound),
+        &json!({"type":"broadcast","event":"événement","payload":"é"})
+    );
+    // A length that splits a multi-byte character is bad UTF-8.
+    let mut split = frame.to_vec();
+    // "realtime:" is 9 bytes, so 11 ends two bytes into the 3-byte 'ル'.
+    split[3] = 11;
+    let err = decode_binary(&split).unwrap_err();
+    assert!(matches!(err, Error::Utf8 { field: "topic", .. }), "{err:?}");
+}
+
+#[test]
+fn malformed_binary_pushes_are_rejected() {
+    let mut bad_utf8 = CAPTURED_PUSH.to_vec();
+    bad_utf8[7] = 0xff; // the join_ref byte
+    let err = decode_binary(&bad_utf8).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::Utf8 {
+                field: "join_ref",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "binary frame field join_ref is not valid utf-8"
+    );
+
+    let frame = encode_binary_push("1", "2", "t", "e", Some("{nope"), b"{}", true).unwrap();
+    assert!(matches!(decode_binary(&frame), Err(Error::MetadataJson(_))));
+    let frame = encode_binary_push("1", "2", "t", "e", Some("[1]"), b"{}", true).unwrap();
+    assert!(matches!(
+        decode_binary(&frame),
+        Err(Error::MetadataNotObject)
+    ));
+    let frame = encode_binary_push("1", "2", "t", "e", None, b"{", true).unwrap();
+    assert!(matches!(decode_binary(&frame), Err(Error::PayloadJson(_))));
+    let frame = encode_binary_push("1", "2", "t", "e", None, b"", true).unwrap();
+    assert!(matches!(decode_binary(&frame), Err(Error::PayloadJson(_))));
+
+    let mut unknown_encoding = CAPTURED_PUSH.to_vec();
+    unknown_encoding[6] = 2;
+    let err = decode_binary(&unknown_encoding).unwrap_err();
+    assert!(matches!(err, Error::UnknownEncoding(2)), "{err:?}");
+
+    for kind in [0, 1, 2, 4, 5, 255] {
+        let mut frame = CAPTURED_PUSH.to_vec();
+        frame[0] = kind;
+        let err = decode_binary(&frame).unwrap_err();
+        assert!(matches!(err, Error::UnknownKind(k) if k == kind), "{err:?}");
+    }
+    assert_eq!(
+        Error::UnknownKind(9).to_string(),
+        "unknown binary frame kind 9"
+    );
+}
+
+#[test]
+fn encode_binary_broadcast_layout() {
+    let frame =
+        encode_binary_broadcast("t1", "ev", Some(r#"{"id":"x"}"#), b"\x00\x01", false).unwrap();
+    let mut expected = vec![4, 2, 2, 10, 0];
+    expected.extend_from_slice(b"t1ev{\"id\":\"x\"}\x00\x01");
+    assert_eq!(&frame[..], &expected[..]);
+
+    let frame = encode_binary_broadcast("t", "e", None, b"{}", true).unwrap();
+    assert_eq!(&frame[..], b"\x04\x01\x01\x00\x01te{}");
+    assert_eq!(
+        encode_binary_broadcast("t", "e", Some(""), b"{}", true).unwrap(),
+        frame
+    );
+}
+
+#[test]
+fn decode_server_binary_reads_kind_4() {
+    let frame = encode_binary_broadcast(
+        "realtime:r",
+        "ev",
+        Some(r#"{"id":"u"}"#),
+        b"{\"n\":1}",
+        true,
+    )
+    .unwrap();
+    assert_eq!(
+        decode_server_binary(&frame).unwrap(),
+        Inbound {
+            join_ref: None,
+            msg_ref: None,
+            topic: "realtime:r".into(),
+            event: "broadcast".into(),
+            payload: InboundPayload::Json(
+                json!({"type":"broadcast","event":"ev","payload":{"n":1},"meta":{"id":"u"}})
+            ),
+        }
+    );
+    for len in 0..frame.len() {
+        assert!(decode_server_binary(&frame[..len]).is_err(), "{len}");
+    }
+    // Each side decodes only the kind addressed to it.
+    assert!(matches!(decode_binary(&frame), Err(Error::UnknownKind(4))));
+    assert!(matches!(
+        decode_server_binary(CAPTURED_PUSH),
+        Err(Error::UnknownKind(3))
+    ));
+}
+
+#[test]
+fn strings_over_255_bytes_are_rejected() {
+    let long = "x".repeat(256);
+    let max = "x".repeat(255);
+    assert!(encode_binary_broadcast(&max, &max, Some(&max), b"", false).is_ok());
+    let err = encode_binary_broadcast(&long, "e", None, b"", false).unwrap_err();
+    assert!(matches!(err, Error::FieldTooLong("topic")), "{err:?}");
+    assert_eq!(err.to_string(), "string field topic over 255 bytes");
+    // 128 two-byte characters: 128 chars but 256 bytes.
+    let wide = "é".repeat(128);
+    let err = encode_binary_broadcast("t", &wide, None, b"", false).unwrap_err();
+    assert!(matches!(err, Error::FieldTooLong("event")), "{err:?}");
+    let err = encode_binary_broadcast("t", "e", Some(&long), b"", false).unwrap_err();
+    assert!(matches!(err, Error::FieldTooLong("metadata")), "{err:?}");
+    let err = encode_binary_push(&long, "2", "t", "e", None, b"", false).unwrap_err();
+    assert!(matches!(err, Error::FieldTooLong("join_ref")), "{err:?}");
+    let err = encode_binary_push("1", &long, "t", "e", None, b"", false).unwrap_err();
+    assert!(matches!(err, Error::FieldTooLong("ref")), "{err:?}");
+}
+
+#[test]
+fn error_messages_are_lowercase_without_period() {
+    let errors = [
+        Error::UnsupportedVsn("3".into()),
+        decode_text(Vsn::V1, "{").unwrap_err(),
+        Error::WrongShape {
+            vsn: Vsn::V1,
+            expected: "object",
+        },
+        Error::TooFewElements(1),
+        Error::MissingField("topic"),
+        Error::NotAString("event"),
+        Error::BadRef("ref"),
+        Error::Truncated,
+        Error::UnknownKind(7),
+        Error::UnknownEncoding(7),
+        decode_binary(&[3, 1, 0, 0, 0, 0, 1, 0xff]).unwrap_err(),
+        Error::MetadataNotObject,
+        Error::FieldTooLong("topic"),
+    ];
+    for err in errors {
+        let msg = err.to_string();
+        assert_eq!(msg, msg.to_lowercase(), "{msg}");
+        assert!(!msg.ends_with('.'), "{msg}");
+    }
+}
+
+/// Strings biased towards the characters JSON escaping gets wrong.
+fn tricky_string(max_chars: usize) -> impl Strategy<Value = String> {
+    let ch = prop_oneof![
+        4 => any::<char>(),
+        1 => prop::sample::select(vec![
+            '"', '\\', '/', '\n', '\r', '\t', '\u{0}', '\u{8}', '\u{c}', '\u{1f}', '\u{7f}',
+            'é', '\u{2028}', '\u{fffd}', '😀',
+        ]),
+    ];
+    prop::collection::vec(ch, 0..=max_chars).prop_map(String::from_iter)
+}
+
+/// A string that fits an 8-bit binary length field.
+fn short_string() -> impl Strategy<Value = String> {
+    tricky_string(80).prop_filter("fits in 255 bytes", |s| s.len() <= 255)
+}
+
+/// JSON values without floats, which `serde_json` may not round-trip exactly.
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        tricky_string(12).prop_map(Value::from),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+            prop::collection::btree_map(tricky_string(6), inner, 0..4)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// A metadata object, or none.
+fn meta() -> impl Strategy<Value = Option<Value>> {
+    prop::option::of(
+        prop::collection::btree_map("[a-z]{1,6}", any::<bool>(), 1..4)
+            .prop_map(|m| Value::Object(m.into_iter().map(|(k, v)| (k, v.into())).collect())),
+    )
+}
+
+fn vsn() -> impl Strategy<Value = Vsn> {
+    prop_oneof![Just(Vsn::V1), Just(Vsn::V2)]
+}
+
+/// Headers of kinds 3 and 4 with small lengths, then arbitrary bytes.
+fn plausible_frame() -> impl Strategy<Value = Vec<u8>> {
+    (
+        prop::sample::select(vec![3u8, 4]),
+        prop::collection::vec(0u8..8, 0..6),
+        0u8..3,
+        prop::collection::vec(any::<u8>(), 0..48),
+    )
+        .prop_map(|(kind, lens, encoding, body)| {
+            let mut frame = vec![kind];
+            frame.extend(lens);
+            frame.push(encoding);
+            frame.extend(body);
+            frame
+        })
+}
+
+proptest! {
+    #[test]
+    fn decode_binary_never_panics(frame in prop::collection::vec(any::<u8>(), 0..512)) {
+        let _ = decode_binary(&frame);
+        let _ = decode_binary_bytes(&Bytes::from(frame.clone()));
+        let _ = decode_server_binary(&frame);
+    }
+
+    #[test]
+    fn decode_plausible_binary_never_panics(frame in plausible_frame()) {
+        let _ = decode_binary(&frame);
+        let _ = decode_binary_bytes(&Bytes::from(frame.clone()));
+        let _ = decode_server_binary(&frame);
+    }
+
+    #[test]
+    fn decode_text_never_panics(text in tricky_string(64), vsn in vsn()) {
+        let _ = decode_text(vsn, &text);
+    }
+
+    #[test]
+    fn json_strings_escape_like_serde_json(s in tricky_string(64)) {
+        let mut out = String::new();
+        push_json_str(&mut out, &s);
+        prop_assert_eq!(out.len(), json_str_len(&s));
+        prop_assert_eq!(out, serde_json::to_string(&s).unwrap());
+    }
+
+    #[test]
+    fn binary_push_round_trips(
+        join_ref in short_string(),
+        msg_ref in short_string(),
+        topic in short_string(),
+        event in short_string(),
+        meta in meta(),
+        payload in json_value(),
+        raw in prop::collection::vec(any::<u8>(), 0..64),
+        json in any::<bool>(),
+    ) {
+        let meta_json = meta.as_ref().map(Value::to_string);
+        let body = if json { serde_json::to_vec(&payload).unwrap() } else { raw.clone() };
+        let frame = encode_binary_push(
+            &join_ref, &msg_ref, &topic, &event, meta_json.as_deref(), &body, json,
+        ).unwrap();
+        let inbound = decode_binary(&frame).unwrap();
+        prop_assert_eq!(inbound.join_ref, (!join_ref.is_empty()).then_some(join_ref));
+        prop_assert_eq!(inbound.msg_ref, (!msg_ref.is_empty()).then_some(msg_ref));
+        prop_assert_eq!(&inbound.topic, &topic);
+        prop_assert_eq!(&inbound.event, "broadcast");
+        let expected = if json {
+            let mut m = Map::new();
+            m.insert("type".into(), "broadcast".into());
+            m.insert("event".into(), event.into());
+            m.insert("payload".into(), payload);
+            if let Some(meta) = meta {
+                m.insert("meta".into(), meta);
+            }
+            InboundPayload::Json(Value::Object(m))
+        } else {
+            InboundPayload::Binary(BinaryBroadcast { event, meta, payload: raw.into() })
+        };
+        prop_assert_eq!(&inbound.payload, &expected);
+        prop_assert_eq!(decode_binary_bytes(&frame).unwrap().payload, expected);
+    }
+
+    #[test]
+    fn binary_broadcast_round_trips(
+        topic in short_string(),
+        event in short_string(),
+        meta in meta(),
+        raw in prop::collection::vec(any::<u8>(), 0..64),
+    ) {
+        let meta_json = meta.as_ref().map(Value::to_string);
+        let frame =
+            encode_binary_broadcast(&topic, &event, meta_json.as_deref(), &raw, false).unwrap();
+        let inbound = decode_server_binary(&frame).unwrap();
+        prop_assert_eq!(inbound.topic, topic);
+        prop_assert_eq!(inbound.join_ref, None);
+        prop_assert_eq!(
+            inbound.payload,
+            InboundPayload::Binary(BinaryBroadcast { event, meta, payload: raw.into() })
+        );
+    }
+
+    #[test]
+    fn text_frames_round_trip(
+        vsn in vsn(),
+        join_ref in prop::option::of(tricky_string(16)),
+        msg_ref in prop::option::of(tricky_string(16)),
+        topic in tricky_string(40),
+        event in tricky_string(16),
+        payload in json_value(),
+    ) {
+        let payload_json = payload.to_string();
+        let server = encode_text(
+            vsn, join_ref.as_deref(), msg_ref.as_deref(), &topic, &event, &payload_json,
+        );
+        let inbound = decode_text(vsn, &server).unwrap();
+        let expected_join_ref = match vsn {
+            Vsn::V1 => None,
+            Vsn::V2 => join_ref.clone(),
+        };
+        prop_assert_eq!(&inbound.join_ref, &expected_join_ref);
+        prop_assert_eq!(&inbound.msg_ref, &msg_ref);
+        prop_assert_eq!(&inbound.topic, &topic);
+        prop_assert_eq!(&inbound.event, &event);
+        prop_assert_eq!(&inbound.payload, &InboundPayload::Json(payload.clone()));
+
+        let client = encode_client_text(
+            vsn, join_ref.as_deref(), msg_ref.as_deref(), &topic, &event, &payload_json,
+        );
+        let inbound = decode_text(vsn, &client).unwrap();
+        prop_assert_eq!(inbound.join_ref, join_ref);
+        prop_assert_eq!(inbound.msg_ref, msg_ref);
+        prop_assert_eq!(inbound.payload, InboundPayload::Json(payload));
+    }
+
+    #[test]
+    fn prefix_payload_suffix_is_encode_text(
+        vsn in vsn(),
+        join_ref in prop::option::of(tricky_string(16)),
+        msg_ref in prop::option::of(tricky_string(16)),
+        topic in tricky_string(40),
+        event in tricky_string(16),
+        payload_json in tricky_string(40),
+    ) {
+        let (j, r) = (join_ref.as_deref(), msg_ref.as_deref());
+        let split = frame_prefix(vsn, j, r, &topic, &event)
+            + payload_json.as_str()
+            + &frame_suffix(vsn, r);
+        prop_assert_eq!(split, encode_text(vsn, j, r, &topic, &event, &payload_json));
+    }
+}

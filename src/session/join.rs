@@ -1,0 +1,485 @@
+//! Joining a channel (`phx_join`, docs/protocol.md 5): the join payload parsed once into a
+//! typed [`JoinConfig`], the refusals a join can meet ([`Refusal`], each owning its reply
+//! text), and the steps of a join in order: check the topic and the channel cap, verify the
+//! channel token, resolve the Postgres Changes subscriptions, record the registry row, join the
+//! broadcast hub, register with the router, reply.
+
+use std::sync::Arc;
+
+use serde_json::{json, Map, Value};
+
+use super::{Joined, Session};
+use crate::auth::Claims;
+use crate::broadcast::Membership;
+use crate::fanout::router::{ChannelKey, PgChannel};
+use crate::fanout::subscription::{self, PgSub, Requested, Resolve};
+use crate::outbound::Frame;
+use crate::protocol::{self, Inbound, InboundPayload};
+
+/// Text of a refusal caused by the database being unreachable.
+const UNABLE_TO_CONNECT: &str =
+    "UnableToConnectToProject: Realtime was unable to connect to the project database";
+
+/// A join's payload, read once.
+#[derive(Debug, Clone)]
+pub struct JoinConfig {
+    /// The channel token (`access_token`, or the older `user_token`), when the client sent one.
+    pub token: Option<String>,
+    /// `config.private`.
+    pub private: bool,
+    /// `config.postgres_changes` entries (null entries dropped; entries that are not objects
+    /// kept as empty objects, which fail validation).
+    pub changes: Vec<Requested>,
+    /// `config.postgres_changes_options.wait`: hold the reply until the subscriptions are live,
+    /// and refuse the join when they cannot be (docs/protocol.md 6.6).
+    pub wait_for_changes: bool,
+    /// `config.component`: the client's name for the part of the app that joined.
+    pub component: Option<String>,
+    /// Broadcast and presence settings (`config.broadcast`, `config.presence`).
+    pub membership: Membership,
+}
+
+impl JoinConfig {
+    /// Reads a join payload. Booleans may be JSON booleans or strings, any case
+    /// (docs/protocol.md 5.1); missing and null sections mean their defaults.
+    pub fn parse(payload: &Value) -> JoinConfig {
+        let payload = payload.as_object();
+        let config = payload
+            .and_then(|p| p.get("config"))
+            .and_then(Value::as_object);
+        let token = payload
+            .and_then(|p| p.get("access_token").or_else(|| p.get("user_token")))
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+            .map(str::to_owned);
+        let changes: Vec<Requested> = match config.and_then(|c| c.get("postgres_changes")) {
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter(|v| !v.is_null())
+                .map(|v| Requested::new(v.as_object().cloned().unwrap_or_default()))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let wait_for_changes = config
+            .and_then(|c| c.get("postgres_changes_options"))
+            .and_then(|o| o.get("wait"))
+            .is_some_and(truthy)
+            && !changes.is_empty();
+        JoinConfig {
+            token,
+            private: config.and_then(|c| c.get("private")).is_some_and(truthy),
+            changes,
+            wait_for_changes,
+            component: config
+                .and_then(|c| c.get("component"))
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            membership: membership(config),
+        }
+    }
+
+    /// The registry's `table_filters`: each entry's event, schema, table and filter as sent.
+    pub fn table_filters(&self) -> Value {
+        self.changes
+            .iter()
+            .map(|req| {
+                let pick = |k: &str| req.raw.get(k).cloned().unwrap_or(Value::Null);
+                json!({"event": pick("event"), "schema": pick("schema"),
+                       "table": pick("table"), "filter": pick("filter")})
+            })
+            .collect()
+    }
+}
+
+/// Reads `config.broadcast` and `config.presence`.
+fn membership(config: Option<&Map<String, Value>>) -> Membership {
+    let section = |name: &str| config.and_then(|c| c.get(name)).and_then(Value::as_object);
+    let flag = |section: Option<&Map<String, Value>>, name: &str| {
+        section.and_then(|s| s.get(name)).is_some_and(truthy)
+    };
+    let broadcast = section("broadcast");
+    let presence = section("presence");
+    let presence_key = match presence.and_then(|p| p.get("key")) {
+        Some(Value::String(k)) if !k.is_empty() => k.clone(),
+        Some(Value::Number(n)) => n.to_string(),
+        _ => uuid::Uuid::new_v4().to_string(),
+    };
+    Membership {
+        self_broadcast: flag(broadcast, "self"),
+        ack: flag(broadcast, "ack"),
+        presence_key,
+        presence_enabled: flag(presence, "enabled"),
+    }
+}
+
+/// Booleans may arrive as JSON booleans or as strings, any case (docs/protocol.md 5.1).
+fn truthy(value: &Value) -> bool {
+    match value {
+        Value::Bool(b) => *b,
+        Value::String(s) => s.eq_ignore_ascii_case("true"),
+        _ => false,
+    }
+}
+
+/// Why a join was refused; each owns the reason text of its error reply (docs/protocol.md 5.3).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// `realtime:` with nothing after it.
+    TopicNameRequired,
+    /// The socket has joined `--max-channels-per-connection` channels.
+    TooManyChannels,
+    /// The channel token was refused; the reason text comes from the verifier.
+    Token(String),
+    /// A private channel: not authorized.
+    Private {
+        /// The channel name.
+        name: String,
+    },
+    /// `wait` was asked and a subscription names no published table.
+    NotEnabled(String),
+    /// `wait` was asked and a subscription is invalid.
+    InvalidChanges(String),
+    /// `wait` was asked and the database could not be reached to validate the subscriptions.
+    DatabaseUnavailable,
+}
+
+impl Refusal {
+    /// The refusal of a join that waited for subscriptions that could not be resolved.
+    fn of_resolve(e: &Resolve) -> Refusal {
+        match e {
+            Resolve::NotEnabled(m) => Refusal::NotEnabled(m.clone()),
+            Resolve::Invalid(m) => Refusal::InvalidChanges(m.clone()),
+            Resolve::Database(_) => Refusal::DatabaseUnavailable,
+        }
+    }
+
+    /// The `reason` of the error reply.
+    pub fn reason(&self) -> String {
+        match self {
+            Refusal::TopicNameRequired => {
+                "TopicNameRequired: You must provide a topic name".to_owned()
+            }
+            Refusal::TooManyChannels => "ChannelRateLimitReached: Too many channels".to_owned(),
+            Refusal::Token(reason) => reason.clone(),
+            Refusal::Private { name } => format!(
+                "Unauthorized: You do not have permissions to read from this Channel topic: {name}"
+            ),
+            Refusal::NotEnabled(m) => format!("RealtimeDisabledForConfiguration: {m}"),
+            Refusal::InvalidChanges(m) => format!("InvalidPostgresChangesParams: {m}"),
+            Refusal::DatabaseUnavailable => UNABLE_TO_CONNECT.to_owned(),
+        }
+    }
+}
+
+impl Session {
+    /// Handles `phx_join`.
+    pub(super) async fn join(&mut self, msg: Inbound) {
+        let (jr, r, topic) = (msg.join_ref, msg.msg_ref, msg.topic);
+        let config = match &msg.payload {
+            InboundPayload::Json(payload) => JoinConfig::parse(payload),
+            InboundPayload::Binary(_) => JoinConfig::parse(&Value::Null),
+        };
+        let Some(name) = topic.strip_prefix("realtime:") else {
+            let reason = json!({"reason": "unmatched topic"});
+            self.reply(jr.as_deref(), r.as_deref(), &topic, "error", reason);
+            return;
+        };
+        let name = name.to_owned();
+        if name.is_empty() {
+            self.join_error(jr, r, &topic, &Refusal::TopicNameRequired);
+            return;
+        }
+        // A re-join closes the old membership first (docs/protocol.md 3).
+        if let Some(old) = self.leave(&topic, "leave") {
+            let ojr = old.join_ref.as_deref();
+            self.push_json(ojr, ojr, &topic, "phx_close", &json!({}));
+        }
+        if self.channels.len() >= self.services.limits.max_channels_per_connection {
+            self.join_error(jr, r, &topic, &Refusal::TooManyChannels);
+            return;
+        }
+        let (claims, token) = match self.channel_claims(&config, &name) {
+            Ok(pair) => pair,
+            Err(refusal) => {
+                self.join_error(jr, r, &topic, &refusal);
+                return;
+            }
+        };
+        if config.private {
+            self.join_error(jr, r, &topic, &Refusal::Private { name });
+            return;
+        }
+        let echo: Vec<Value> = config.changes.iter().map(Requested::echo).collect();
+        let resolved = if config.changes.is_empty() {
+            None
+        } else {
+            Some(subscription::resolve(&config.changes, &self.services.catalog).await)
+        };
+        if config.wait_for_changes {
+            if let Some(Err(e)) = &resolved {
+                self.join_error(jr, r, &topic, &Refusal::of_resolve(e));
+                return;
+            }
+        }
+        let registry_id = self.record_join(&config, jr.as_deref(), &name, &claims);
+        let JoinConfig { membership, .. } = config;
+        self.channels.insert(
+            topic.clone(),
+            Box::new(Joined {
+                join_ref: jr.clone(),
+                name: name.clone(),
+                claims: Arc::clone(&claims),
+                token,
+                has_changes: false,
+                subs: Vec::new(),
+                registry_id,
+                hub: membership,
+            }),
+        );
+        self.join_hub(&topic);
+        // Subscriptions go live before the reply, so that every change committed after the
+        // client hears of them is delivered.
+        let system = resolved.map(|resolved| self.activate(&topic, &name, claims, resolved));
+        let response = json!({"postgres_changes": echo});
+        self.reply(jr.as_deref(), r.as_deref(), &topic, "ok", response);
+        self.presence_state_after_join(&topic);
+        if let Some(system) = system {
+            self.push_json(jr.as_deref(), None, &topic, "system", &system);
+        }
+    }
+
+    /// The claims the channel acts with: the socket's, or those of the join's own token.
+    fn channel_claims(
+        &self,
+        config: &JoinConfig,
+        name: &str,
+    ) -> Result<(Arc<Claims>, Option<String>), Refusal> {
+        let token = config
+            .token
+            .as_deref()
+            .filter(|t| !t.starts_with("sb_") && *t != self.params.apikey);
+        let Some(token) = token else {
+            return Ok((Arc::clone(&self.params.claims), None));
+        };
+        match self.services.verifier.verify(token) {
+            Ok(claims) => Ok((Arc::new(claims), Some(token.to_owned()))),
+            Err(e) => {
+                metrics::counter!("gateway_session_auth_failures_total").increment(1);
+                self.services.registry.audit(
+                    "auth_failed",
+                    None,
+                    Some(self.params.peer),
+                    json!({"stage": "join", "channel": name, "reason": e.to_string()}),
+                );
+                Err(Refusal::Token(e.join_reason()))
+            }
+        }
+    }
+
+    /// Writes the join's registry row (off the message path); returns its id.
+    fn record_join(
+        &self,
+        config: &JoinConfig,
+        jr: Option<&str>,
+        name: &str,
+        claims: &Claims,
+    ) -> uuid::Uuid {
+        let registry_id = uuid::Uuid::new_v4();
+        self.services.registry.joined(crate::registry::JoinRow {
+            id: registry_id,
+            subscription_id: format!("{}:{}", self.params.connection_id, jr.unwrap_or("")),
+            channel_name: name.to_owned(),
+            user_id: claims.user_id(),
+            component_name: config
+                .component
+                .clone()
+                .or_else(|| self.params.component.clone()),
+            table_filters: config.table_filters(),
+            connection_id: self.params.connection_id,
+            remote_addr: self.params.peer.to_string(),
+            created_at: chrono::Utc::now(),
+        });
+        registry_id
+    }
+
+    /// Registers resolved subscriptions with the router; returns the `system` message that
+    /// reports the outcome (docs/protocol.md 6.5, 6.6).
+    fn activate(
+        &mut self,
+        topic: &str,
+        name: &str,
+        claims: Arc<Claims>,
+        resolved: Result<Vec<PgSub>, Resolve>,
+    ) -> Value {
+        match resolved {
+            Ok(subs) => {
+                self.subscribe_changes(topic, subs.clone(), claims);
+                if let Some(joined) = self.channels.get_mut(topic) {
+                    joined.has_changes = true;
+                    joined.subs = subs;
+                }
+                tracing::debug!(topic = %topic, "postgres changes subscribed");
+                json!({"extension": "postgres_changes", "status": "ok",
+                       "message": "Subscribed to PostgreSQL", "channel": name})
+            }
+            Err(Resolve::Invalid(message) | Resolve::NotEnabled(message)) => {
+                tracing::debug!(topic = %topic, message = %message, "invalid subscription");
+                json!({"extension": "postgres_changes", "status": "error",
+                       "message": message, "channel": name})
+            }
+            Err(Resolve::Database(e)) => {
+                tracing::warn!(error = %e, "cannot validate subscriptions");
+                json!({"extension": "postgres_changes", "status": "error",
+                       "message": UNABLE_TO_CONNECT, "channel": name})
+            }
+        }
+    }
+
+    /// Registers (or replaces) the router entry of channel `topic`.
+    pub(super) fn subscribe_changes(&self, topic: &str, subs: Vec<PgSub>, claims: Arc<Claims>) {
+        let channel = PgChannel::new(
+            ChannelKey {
+                conn: self.id,
+                topic: Arc::from(topic),
+            },
+            self.outbound.clone(),
+            self.params.vsn,
+            subs,
+            claims,
+        );
+        self.services.router.subscribe(Arc::new(channel));
+    }
+
+    /// A join error reply, sent after the join-error delay without holding up the session.
+    fn join_error(&self, jr: Option<String>, r: Option<String>, topic: &str, refusal: &Refusal) {
+        metrics::counter!("gateway_session_join_errors_total").increment(1);
+        let payload =
+            json!({"status": "error", "response": {"reason": refusal.reason()}}).to_string();
+        let text = protocol::encode_text(
+            self.params.vsn,
+            jr.as_deref(),
+            r.as_deref(),
+            topic,
+            "phx_reply",
+            &payload,
+        );
+        let delay = self.services.config.join_error_delay;
+        let outbound = self.outbound.clone();
+        if delay.is_zero() {
+            let _pushed = outbound.push(Frame::from(text));
+            return;
+        }
+        let token = self.handle.token.clone();
+        // On the tracker: shutdown waits for it, and it ends with the session.
+        self.services
+            .shutdown
+            .spawn("join_error_reply", async move {
+                tokio::select! {
+                    () = token.cancelled() => {}
+                    () = tokio::time::sleep(delay) => {
+                        // The session may have closed meanwhile; then there is no one to tell.
+                        let _pushed = outbound.push(Frame::from(text));
+                    }
+                }
+            });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(payload: Value) -> JoinConfig {
+        JoinConfig::parse(&payload)
+    }
+
+    #[test]
+    fn join_config_flags_accept_booleans_and_strings() {
+        let c = parse(
+            json!({"config": {"broadcast": {"self": true, "ack": "TRUE"},
+                                        "presence": {"key": "u1", "enabled": "true"},
+                                        "private": "True"}}),
+        );
+        let m = &c.membership;
+        assert!(m.self_broadcast && m.ack && m.presence_enabled && c.private);
+        assert_eq!(m.presence_key, "u1");
+        let c = parse(json!({"config": {"broadcast": {"self": "false", "ack": 1}}}));
+        let m = &c.membership;
+        assert!(!m.self_broadcast && !m.ack && !m.presence_enabled && !c.private);
+    }
+
+    /// realtime-py sends `"broadcast": null`; a missing or empty key gets a random one per join.
+    #[test]
+    fn missing_or_null_sections_mean_defaults() {
+        for payload in [
+            json!({}),
+            json!({"config": null}),
+            json!({"config": {"broadcast": null, "presence": null}}),
+            json!({"config": {"presence": {"key": ""}}}),
+        ] {
+            let c = parse(payload.clone());
+            assert_ne!(
+                c.membership.presence_key,
+                parse(payload).membership.presence_key
+            );
+            assert!(!c.membership.self_broadcast && !c.membership.presence_enabled);
+            assert!(uuid::Uuid::parse_str(&c.membership.presence_key).is_ok());
+            assert!(c.changes.is_empty() && !c.wait_for_changes);
+        }
+        let c = parse(json!({"config": {"presence": {"key": 42}}}));
+        assert_eq!(c.membership.presence_key, "42");
+    }
+
+    #[test]
+    fn changes_drop_nulls_and_keep_non_objects_for_validation() {
+        let c = parse(json!({"config": {
+            "postgres_changes": [null, {"event": "*", "schema": "public"}, 3],
+            "postgres_changes_options": {"wait": "true"}}}));
+        assert_eq!(c.changes.len(), 2);
+        assert!(c.changes[1].raw.is_empty());
+        assert!(c.wait_for_changes);
+        assert_eq!(
+            c.table_filters(),
+            json!([{"event": "*", "schema": "public", "table": null, "filter": null},
+                   {"event": null, "schema": null, "table": null, "filter": null}])
+        );
+    }
+
+    #[test]
+    fn tokens_come_from_access_token_or_user_token() {
+        assert_eq!(
+            parse(json!({"access_token": "a", "user_token": "b"}))
+                .token
+                .as_deref(),
+            Some("a")
+        );
+        assert_eq!(
+            parse(json!({"user_token": "b"})).token.as_deref(),
+            Some("b")
+        );
+        assert_eq!(parse(json!({"access_token": ""})).token, None);
+    }
+
+    /// Guards the reply texts clients match on (docs/protocol.md 5.3).
+    #[test]
+    fn refusals_own_their_reply_texts() {
+        assert_eq!(
+            Refusal::Private {
+                name: "room".into()
+            }
+            .reason(),
+            "Unauthorized: You do not have permissions to read from this Channel topic: room"
+        );
+        assert_eq!(
+            Refusal::of_resolve(&Resolve::NotEnabled("x".into())).reason(),
+            "RealtimeDisabledForConfiguration: x"
+        );
+        assert_eq!(
+            Refusal::of_resolve(&Resolve::Invalid("y".into())).reason(),
+            "InvalidPostgresChangesParams: y"
+        );
+        assert!(Refusal::TooManyChannels
+            .reason()
+            .starts_with("ChannelRateLimitReached"));
+    }
+}
