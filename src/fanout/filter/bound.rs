@@ -102,7 +102,7 @@ impl BoundCondition {
             match &self.test {
                 Test::Is(target) => Some(matches!(target, IsTarget::Null | IsTarget::Unknown)),
                 Test::IsDistinct(_) => Some(true),
-                // The upstream NULL quirk (PROTOCOL.md 6.2): passes whatever `not.` says.
+                // The upstream NULL quirk (docs/protocol.md 6.2): passes whatever `not.` says.
                 _ => return true,
             }
         } else {

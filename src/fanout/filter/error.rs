@@ -4,7 +4,7 @@
 
 use super::inspect::inspect_pieces;
 
-/// Why a `filter` text could not be parsed. The `Display` text is what PROTOCOL.md 6.5 sends.
+/// Why a `filter` text could not be parsed. The `Display` text is what docs/protocol.md 6.5 sends.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ParseError {
     /// An `in` value not wrapped in parentheses.

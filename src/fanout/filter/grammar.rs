@@ -1,5 +1,5 @@
 //! The type-free filter: [`Op`], [`Operand`], [`Condition`] and [`Filter::parse`], which splits
-//! the text at top-level commas and reads each `column=[not.]op.value` segment (PROTOCOL.md 6.2;
+//! the text at top-level commas and reads each `column=[not.]op.value` segment (docs/protocol.md 6.2;
 //! the grammar is described in the module docs of `fanout::filter`).
 
 use std::fmt;
@@ -8,7 +8,7 @@ use std::str::FromStr;
 use super::array_literal::{parse_array_literal, Literal};
 use super::error::ParseError;
 
-/// A filter operator of PROTOCOL.md 6.2.
+/// A filter operator of docs/protocol.md 6.2.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
     /// `eq`: `=`.
@@ -40,7 +40,7 @@ pub enum Op {
 }
 
 impl Op {
-    /// Every operator, in the order of PROTOCOL.md 6.2.
+    /// Every operator, in the order of docs/protocol.md 6.2.
     pub const ALL: [Op; 13] = [
         Op::Eq,
         Op::Neq,
@@ -155,7 +155,7 @@ pub struct Filter {
 }
 
 impl Filter {
-    /// Parses a `filter` text with the grammar of PROTOCOL.md 6.2 (see the module docs).
+    /// Parses a `filter` text with the grammar of docs/protocol.md 6.2 (see the module docs).
     ///
     /// # Errors
     /// [`ParseError`] for an empty segment, a segment without `=` or `.`, an unknown operator,

@@ -1,4 +1,4 @@
-//! Postgres Changes filters: the `filter` grammar of PROTOCOL.md 6.2 and the row predicate.
+//! Postgres Changes filters: the `filter` grammar of docs/protocol.md 6.2 and the row predicate.
 //!
 //! This module owns stage 3 of the data flow, routing/filtering
 //! (listener -> decode -> **routing/filtering** -> per-connection queue -> socket writer). The
@@ -9,7 +9,7 @@
 //! # Life of a filter
 //!
 //! 1. [`Filter::parse`] turns the text into a type-free [`Filter`]. Its errors ([`ParseError`])
-//!    print the ``Error parsing `filter` params: …`` texts of PROTOCOL.md 6.2, which 6.5 sends
+//!    print the ``Error parsing `filter` params: …`` texts of docs/protocol.md 6.2, which 6.5 sends
 //!    as a `system` message.
 //! 2. [`Filter::bind`] checks the filter against the table's [`Column`]s: every column must exist,
 //!    every value is cast to its column's type once, the operator must suit the type, LIKE
@@ -17,7 +17,7 @@
 //! 3. [`BoundFilter::matches`] evaluates a record shaped like `to_jsonb(row)`. It never panics
 //!    and never re-parses the filter; an `in` list costs one hash lookup whatever its length.
 //!
-//! # Grammar (PROTOCOL.md 6.2)
+//! # Grammar (docs/protocol.md 6.2)
 //!
 //! - The whole text is trimmed; an empty text is a filter without conditions.
 //! - Conditions are separated by top-level commas and AND-ed. Splitting follows upstream byte by
@@ -111,7 +111,7 @@
 //! # NULL
 //!
 //! A JSON `null` and a missing key are NULL. Kept from upstream for compatibility
-//! (PROTOCOL.md 6.2): on a NULL value, `eq neq lt lte gt gte in like ilike match imatch` pass,
+//! (docs/protocol.md 6.2): on a NULL value, `eq neq lt lte gt gte in like ilike match imatch` pass,
 //! with or without `not.`. `is` and `isdistinct` use real NULL semantics: `is.null` and
 //! `is.unknown` are true, `is.true`/`is.false` false, `isdistinct.x` true; `not.` inverts them.
 //! A non-NULL record value that cannot be read as the column's type (a string in an `int4`
