@@ -121,6 +121,28 @@ pub struct Settings {
     #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 3_000_000)]
     pub max_message_bytes: usize,
 
+    /// Longest channel topic a client may join or address over REST, in bytes (longer joins
+    /// are refused with `InvalidJoinPayload`, longer REST messages with 422).
+    #[arg(long, env = "MAX_TOPIC_BYTES", default_value_t = 1024)]
+    pub max_topic_bytes: usize,
+
+    /// Longest broadcast event name, in bytes (socket and REST).
+    #[arg(long, env = "MAX_EVENT_BYTES", default_value_t = 255)]
+    pub max_event_bytes: usize,
+
+    /// Most `postgres_changes` entries one join may carry (more are refused with
+    /// `InvalidPostgresChangesParams`).
+    #[arg(long, env = "MAX_CHANGES_PER_JOIN", default_value_t = 100)]
+    pub max_changes_per_join: usize,
+
+    /// Longest `filter` of one `postgres_changes` entry, in bytes.
+    #[arg(long, env = "MAX_FILTER_BYTES", default_value_t = 8192)]
+    pub max_filter_bytes: usize,
+
+    /// Longest `component` name (join config or socket parameter) and presence key, in bytes.
+    #[arg(long, env = "MAX_NAME_BYTES", default_value_t = 255)]
+    pub max_name_bytes: usize,
+
     /// Delay before a join error reply, to slow down client retry loops (e.g. `5s`; keep it
     /// well below the clients' 10 s join timeout).
     #[arg(long, env = "JOIN_ERROR_DELAY", default_value = "5s", value_parser = parse_duration)]
@@ -186,6 +208,16 @@ pub struct Config {
     pub max_frame_bytes: usize,
     /// Largest broadcast or presence payload.
     pub max_message_bytes: usize,
+    /// Longest topic, bytes.
+    pub max_topic_bytes: usize,
+    /// Longest broadcast event name, bytes.
+    pub max_event_bytes: usize,
+    /// Most `postgres_changes` entries per join.
+    pub max_changes_per_join: usize,
+    /// Longest filter, bytes.
+    pub max_filter_bytes: usize,
+    /// Longest component name or presence key, bytes.
+    pub max_name_bytes: usize,
     /// Delay before join errors.
     pub join_error_delay: Duration,
     /// Delay before refused upgrades.
@@ -238,6 +270,17 @@ impl Settings {
         if self.max_message_bytes < 1024 {
             return invalid("--max-message-bytes must be at least 1024");
         }
+        if self.max_topic_bytes < 16 {
+            return invalid("--max-topic-bytes must be at least 16");
+        }
+        if self.max_event_bytes == 0 || self.max_name_bytes == 0 || self.max_filter_bytes == 0 {
+            return invalid(
+                "--max-event-bytes, --max-name-bytes and --max-filter-bytes must be at least 1",
+            );
+        }
+        if self.max_changes_per_join == 0 {
+            return invalid("--max-changes-per-join must be at least 1");
+        }
         if self.join_error_delay >= Duration::from_secs(10) {
             return invalid("--join-error-delay must stay below the clients' 10s join timeout");
         }
@@ -281,6 +324,11 @@ impl Settings {
             max_change_bytes: self.max_change_bytes,
             max_frame_bytes: self.max_frame_bytes,
             max_message_bytes: self.max_message_bytes,
+            max_topic_bytes: self.max_topic_bytes,
+            max_event_bytes: self.max_event_bytes,
+            max_changes_per_join: self.max_changes_per_join,
+            max_filter_bytes: self.max_filter_bytes,
+            max_name_bytes: self.max_name_bytes,
             join_error_delay: self.join_error_delay,
             connect_error_delay: self.connect_error_delay,
             change_poll_interval: self.change_poll_interval,
@@ -312,6 +360,11 @@ impl Config {
             max_change_bytes: 1024 * 1024,
             max_frame_bytes: 5_000_000,
             max_message_bytes: 3_000_000,
+            max_topic_bytes: 1024,
+            max_event_bytes: 255,
+            max_changes_per_join: 100,
+            max_filter_bytes: 8192,
+            max_name_bytes: 255,
             join_error_delay: Duration::from_secs(5),
             connect_error_delay: Duration::from_secs(2),
             change_poll_interval: Duration::from_millis(50),

@@ -53,6 +53,10 @@ impl FromRef<AppState> for rest::RestState {
         rest::RestState {
             hub: state.session.hub.clone(),
             verifier: state.session.verifier.clone(),
+            bounds: rest::NameBounds {
+                topic: state.config.max_topic_bytes,
+                event: state.config.max_event_bytes,
+            },
         }
     }
 }

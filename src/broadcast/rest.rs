@@ -36,6 +36,36 @@ pub struct RestState {
     pub hub: Hub,
     /// Verifies request tokens.
     pub verifier: Verifier,
+    /// Longest topic and event name accepted.
+    pub bounds: NameBounds,
+}
+
+/// Longest topic and event name a REST message may carry, in bytes (`--max-topic-bytes`,
+/// `--max-event-bytes`); longer ones are refused with 422.
+#[derive(Debug, Clone, Copy)]
+pub struct NameBounds {
+    /// Longest topic.
+    pub topic: usize,
+    /// Longest event name.
+    pub event: usize,
+}
+
+impl NameBounds {
+    fn check(self, topic: &str, event: &str) -> Result<(), Error> {
+        if topic.len() > self.topic {
+            return Err(Error::Invalid(format!(
+                "topic is longer than {} bytes",
+                self.topic
+            )));
+        }
+        if event.len() > self.event {
+            return Err(Error::Invalid(format!(
+                "event is longer than {} bytes",
+                self.event
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// The broadcast routes; request bodies are limited to `max_body_bytes`.
@@ -58,7 +88,7 @@ where
 /// `POST /api/broadcast`.
 async fn batch(State(state): State<RestState>, headers: HeaderMap, body: Bytes) -> Response {
     let result = authorize(&state, &headers)
-        .and_then(|()| batch_messages(&body))
+        .and_then(|()| batch_messages(&body, state.bounds))
         .and_then(|messages| {
             for (_, _, message) in &messages {
                 check_size(&state, message)?;
@@ -90,6 +120,7 @@ async fn single(
         if topic.is_empty() || event.is_empty() {
             return Err(Error::Invalid("topic and event are required".to_owned()));
         }
+        state.bounds.check(&topic, &event)?;
         let message = if binary {
             Message::Binary {
                 event: Arc::from(event.as_str()),
@@ -134,7 +165,7 @@ fn authorize(state: &RestState, headers: &HeaderMap) -> Result<(), Error> {
 }
 
 /// Validates a batch body: each message becomes `(topic, private, message)`.
-fn batch_messages(body: &[u8]) -> Result<Vec<(String, bool, Message)>, Error> {
+fn batch_messages(body: &[u8], bounds: NameBounds) -> Result<Vec<(String, bool, Message)>, Error> {
     let invalid = |m: &str| Error::Invalid(m.to_owned());
     let body: Value =
         serde_json::from_slice(body).map_err(|_| invalid("the body is not valid json"))?;
@@ -175,6 +206,7 @@ fn batch_messages(body: &[u8]) -> Result<Vec<(String, bool, Message)>, Error> {
             Some(_) => return Err(Error::Invalid(format!("messages[{i}].id must be a string"))),
         };
         let topic = topic.strip_prefix("realtime:").unwrap_or(topic);
+        bounds.check(topic, event)?;
         out.push((
             topic.to_owned(),
             private,
@@ -235,13 +267,43 @@ fn respond(result: Result<usize, Error>) -> Response {
 mod tests {
     use super::*;
 
+    const BOUNDS: NameBounds = NameBounds {
+        topic: 16,
+        event: 8,
+    };
+
+    /// Guards the REST bounds: an over-long topic or event is refused with 422 and its reason.
+    #[test]
+    fn long_topics_and_events_are_refused() {
+        for (topic, event, reason) in [
+            (
+                "t".repeat(17),
+                "e".to_owned(),
+                "topic is longer than 16 bytes",
+            ),
+            (
+                "t".to_owned(),
+                "e".repeat(9),
+                "event is longer than 8 bytes",
+            ),
+        ] {
+            let body = json!({"messages": [{"topic": topic, "event": event, "payload": {}}]});
+            let e = batch_messages(body.to_string().as_bytes(), BOUNDS).unwrap_err();
+            assert!(e.to_string().contains(reason), "{e}");
+            assert_eq!(status_code(&e), StatusCode::UNPROCESSABLE_ENTITY);
+        }
+        let ok = json!({"messages": [{"topic": "realtime:".to_owned() + &"t".repeat(16),
+                                      "event": "e".repeat(8), "payload": {}}]});
+        assert!(batch_messages(ok.to_string().as_bytes(), BOUNDS).is_ok());
+    }
+
     #[test]
     fn batches_keep_order_and_strip_the_realtime_prefix() {
         let body = json!({"messages": [
             {"topic": "realtime:a", "event": "e1", "payload": {"n": 1}, "id": "x"},
             {"topic": "b", "event": "e2", "payload": [1], "private": true},
         ]});
-        let got = batch_messages(body.to_string().as_bytes()).unwrap();
+        let got = batch_messages(body.to_string().as_bytes(), BOUNDS).unwrap();
         assert_eq!(got.len(), 2);
         assert_eq!((got[0].0.as_str(), got[0].1), ("a", false));
         assert_eq!((got[1].0.as_str(), got[1].1), ("b", true));
@@ -274,7 +336,7 @@ mod tests {
                 "payload is required",
             ),
         ] {
-            let e = batch_messages(body.as_bytes()).unwrap_err();
+            let e = batch_messages(body.as_bytes(), BOUNDS).unwrap_err();
             assert!(e.to_string().contains(reason), "{body}: {e}");
             assert_eq!(status_code(&e), StatusCode::UNPROCESSABLE_ENTITY);
         }

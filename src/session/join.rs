@@ -91,6 +91,70 @@ impl JoinConfig {
     }
 }
 
+/// The bounds a join is checked against (from the settings).
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// Longest topic, bytes.
+    pub topic_bytes: usize,
+    /// Most `postgres_changes` entries.
+    pub changes: usize,
+    /// Longest filter, bytes.
+    pub filter_bytes: usize,
+    /// Longest component name or presence key, bytes.
+    pub name_bytes: usize,
+}
+
+impl Bounds {
+    /// The bounds of `config`.
+    pub fn of(config: &crate::config::Config) -> Bounds {
+        Bounds {
+            topic_bytes: config.max_topic_bytes,
+            changes: config.max_changes_per_join,
+            filter_bytes: config.max_filter_bytes,
+            name_bytes: config.max_name_bytes,
+        }
+    }
+}
+
+impl JoinConfig {
+    /// Checks the join against `bounds`, before any of it is kept, resolved or recorded.
+    ///
+    /// # Errors
+    /// The first bound the join is over.
+    pub fn check(&self, bounds: Bounds) -> Result<(), Refusal> {
+        if self.changes.len() > bounds.changes {
+            return Err(Refusal::TooManyChanges {
+                limit: bounds.changes,
+            });
+        }
+        let too_long = |what, limit| Err(Refusal::TooLong { what, limit });
+        let filter_len = |r: &Requested| {
+            r.raw
+                .get("filter")
+                .and_then(Value::as_str)
+                .map_or(0, str::len)
+        };
+        if self
+            .changes
+            .iter()
+            .any(|r| filter_len(r) > bounds.filter_bytes)
+        {
+            return too_long("filter", bounds.filter_bytes);
+        }
+        if self
+            .component
+            .as_ref()
+            .is_some_and(|c| c.len() > bounds.name_bytes)
+        {
+            return too_long("component", bounds.name_bytes);
+        }
+        if self.membership.presence_key.len() > bounds.name_bytes {
+            return too_long("presence key", bounds.name_bytes);
+        }
+        Ok(())
+    }
+}
+
 /// Reads `config.broadcast` and `config.presence`.
 fn membership(config: Option<&Map<String, Value>>) -> Membership {
     let section = |name: &str| config.and_then(|c| c.get(name)).and_then(Value::as_object);
@@ -141,6 +205,18 @@ pub enum Refusal {
     InvalidChanges(String),
     /// `wait` was asked and the database could not be reached to validate the subscriptions.
     DatabaseUnavailable,
+    /// A part of the join is over its configured bound.
+    TooLong {
+        /// What was too long (`topic`, `component`, `presence key`, `filter`).
+        what: &'static str,
+        /// The bound, in bytes.
+        limit: usize,
+    },
+    /// More `postgres_changes` entries than `--max-changes-per-join`.
+    TooManyChanges {
+        /// The bound.
+        limit: usize,
+    },
 }
 
 impl Refusal {
@@ -167,6 +243,12 @@ impl Refusal {
             Refusal::NotEnabled(m) => format!("RealtimeDisabledForConfiguration: {m}"),
             Refusal::InvalidChanges(m) => format!("InvalidPostgresChangesParams: {m}"),
             Refusal::DatabaseUnavailable => UNABLE_TO_CONNECT.to_owned(),
+            Refusal::TooLong { what, limit } => {
+                format!("InvalidJoinPayload: {what} is longer than {limit} bytes")
+            }
+            Refusal::TooManyChanges { limit } => format!(
+                "InvalidPostgresChangesParams: at most {limit} postgres_changes entries per join"
+            ),
         }
     }
 }
@@ -184,9 +266,23 @@ impl Session {
             self.reply(jr.as_deref(), r.as_deref(), &topic, "error", reason);
             return;
         };
+        let bounds = Bounds::of(&self.services.config);
+        if topic.len() > bounds.topic_bytes {
+            let refusal = Refusal::TooLong {
+                what: "topic",
+                limit: bounds.topic_bytes,
+            };
+            // The reply echoes the topic (clients match replies by it); nothing else keeps it.
+            self.join_error(jr, r, &topic, &refusal);
+            return;
+        }
         let name = name.to_owned();
         if name.is_empty() {
             self.join_error(jr, r, &topic, &Refusal::TopicNameRequired);
+            return;
+        }
+        if let Err(refusal) = config.check(bounds) {
+            self.join_error(jr, r, &topic, &refusal);
             return;
         }
         // A re-join closes the old membership first (docs/protocol.md 3).

@@ -64,6 +64,21 @@ impl Session {
         let Some(joined) = self.channels.get(&msg.topic) else {
             return;
         };
+        let limit = self.services.config.max_event_bytes;
+        let event_len = match &msg.payload {
+            InboundPayload::Json(value) => value
+                .get("event")
+                .and_then(Value::as_str)
+                .map_or(0, str::len),
+            InboundPayload::Binary(b) => b.event.len(),
+        };
+        if event_len > limit {
+            metrics::counter!("gateway_session_bounds_refused_total").increment(1);
+            let (jr, r) = (msg.join_ref.as_deref(), msg.msg_ref.as_deref());
+            let reason = format!("event is longer than {limit} bytes");
+            self.reply(jr, r, &msg.topic, "error", json!({ "reason": reason }));
+            return;
+        }
         let message = match msg.payload {
             InboundPayload::Json(value) => Message::Json(Arc::from(value.to_string())),
             InboundPayload::Binary(b) => Message::Binary {

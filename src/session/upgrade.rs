@@ -97,7 +97,11 @@ pub async fn handler(
         apikey,
         claims: Arc::new(claims),
         peer,
-        component: query.get("component").cloned(),
+        // Bounded like a join's `component`; a longer one is not recorded at all.
+        component: query
+            .get("component")
+            .filter(|c| c.len() <= state.config.max_name_bytes)
+            .cloned(),
     };
     let config = &state.config;
     let tracker = state.shutdown.clone();

@@ -1,0 +1,197 @@
+//! Bounds on what a client controls: an over-long topic, a join with thousands of
+//! `postgres_changes` entries, long filters, component names and event names are refused with
+//! the documented reply, nothing of them is kept, and other clients keep being served.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, http_request, realtime_table, token, TestDb, TestGateway, WsClient};
+use serde_json::{json, Value};
+
+/// Inserts a row into `feed` and waits until `bystander` receives it: the bystander is served.
+async fn bystander_is_served(db: &TestDb, bystander: &mut WsClient, label: &str) {
+    let mut conn = db.connect().await;
+    sqlx::query("insert into feed (label) values ($1)")
+        .bind(label)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    loop {
+        let m = bystander
+            .next_within(Duration::from_secs(5))
+            .await
+            .expect("the bystander's socket stays open");
+        if m.event == "postgres_changes" {
+            assert_eq!(m.payload["data"]["record"]["label"], label);
+            return;
+        }
+    }
+}
+
+async fn subscribed_bystander(gw: &TestGateway) -> WsClient {
+    let mut c = WsClient::anon(gw).await;
+    c.subscribe(
+        "realtime:bystander",
+        json!([{"event": "INSERT", "schema": "public", "table": "feed"}]),
+    )
+    .await;
+    c
+}
+
+async fn registry_rows_like(db: &TestDb, pattern: &str) -> i64 {
+    let mut conn = db.connect().await;
+    sqlx::query_scalar(
+        "select count(*) from public.realtime_subscription_registry where channel_name like $1",
+    )
+    .bind(pattern)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap()
+}
+
+/// Regression: a multi-megabyte topic was accepted and copied into memory, the registry and
+/// the audit log; tens of thousands of `postgres_changes` entries were all kept and compiled.
+/// Both are refused now, while a bystander keeps receiving its changes.
+#[tokio::test]
+async fn oversized_joins_are_refused_and_others_keep_being_served() {
+    let db = TestDb::new().await;
+    realtime_table(&db, "feed", "label text").await;
+    let gw = TestGateway::start(&db).await;
+    let mut bystander = subscribed_bystander(&gw).await;
+
+    let mut c = WsClient::anon(&gw).await;
+    let long = format!("realtime:{}", "x".repeat(20_000));
+    let reply = c.join(&long, json!({})).await;
+    assert_eq!(reply["status"], "error");
+    assert_eq!(
+        reply["response"]["reason"],
+        "InvalidJoinPayload: topic is longer than 1024 bytes"
+    );
+    bystander_is_served(&db, &mut bystander, "after the long topic").await;
+
+    // A join of 20,000 entries: refused as a whole, sent while the bystander is served.
+    let entries: Vec<Value> = (0..20_000)
+        .map(|i| json!({"event": "*", "schema": "public", "table": "feed", "filter": format!("label=eq.{i}")}))
+        .collect();
+    let huge = tokio::spawn({
+        let mut c = WsClient::anon(&gw).await;
+        async move {
+            c.join("realtime:huge", json!({"postgres_changes": entries}))
+                .await
+        }
+    });
+    bystander_is_served(&db, &mut bystander, "while the huge join runs").await;
+    let reply = huge.await.unwrap();
+    assert_eq!(
+        reply["response"]["reason"],
+        "InvalidPostgresChangesParams: at most 100 postgres_changes entries per join"
+    );
+
+    let reply = c
+        .join(
+            "realtime:long-filter",
+            json!({"postgres_changes": [{"event": "*", "schema": "public", "table": "feed",
+                                         "filter": format!("label=eq.{}", "y".repeat(9000))}]}),
+        )
+        .await;
+    assert_eq!(
+        reply["response"]["reason"],
+        "InvalidJoinPayload: filter is longer than 8192 bytes"
+    );
+    let reply = c
+        .join(
+            "realtime:long-component",
+            json!({"component": "c".repeat(300)}),
+        )
+        .await;
+    assert_eq!(
+        reply["response"]["reason"],
+        "InvalidJoinPayload: component is longer than 255 bytes"
+    );
+    let reply = c
+        .join(
+            "realtime:long-key",
+            json!({"presence": {"key": "k".repeat(300)}}),
+        )
+        .await;
+    assert_eq!(
+        reply["response"]["reason"],
+        "InvalidJoinPayload: presence key is longer than 255 bytes"
+    );
+
+    // Within the bounds, the same socket still joins; the refused joins were never recorded.
+    let reply = c.join("realtime:fine", json!({})).await;
+    assert_eq!(reply["status"], "ok");
+    eventually(
+        Duration::from_secs(10),
+        "the good join recorded",
+        || async { registry_rows_like(&db, "fine").await == 1 },
+    )
+    .await;
+    for refused in ["xxxxxxxx%", "huge", "long-%"] {
+        assert_eq!(registry_rows_like(&db, refused).await, 0, "{refused}");
+    }
+    bystander_is_served(&db, &mut bystander, "at the end").await;
+    gw.stop().await.unwrap();
+}
+
+/// A broadcast whose event name is over `--max-event-bytes` is answered with an error and not
+/// relayed, over the socket and over REST (422).
+#[tokio::test]
+async fn long_event_names_are_refused() {
+    let db = TestDb::new().await;
+    let gw = TestGateway::start(&db).await;
+    let mut sender = WsClient::anon(&gw).await;
+    let reply = sender
+        .join(
+            "realtime:room",
+            json!({"broadcast": {"ack": true, "self": true}}),
+        )
+        .await;
+    assert_eq!(reply["status"], "ok");
+    let long = "e".repeat(256);
+    let r = sender
+        .send(
+            Some("1"),
+            "realtime:room",
+            "broadcast",
+            json!({"type": "broadcast", "event": long, "payload": {}}),
+        )
+        .await;
+    let m = sender.expect_event("realtime:room", "phx_reply").await;
+    assert_eq!(m.msg_ref.as_deref(), Some(r.as_str()));
+    assert_eq!(
+        m.payload,
+        json!({"status": "error", "response": {"reason": "event is longer than 255 bytes"}})
+    );
+    // A short one still goes through, and is the next frame the sender sees.
+    sender
+        .send(
+            Some("1"),
+            "realtime:room",
+            "broadcast",
+            json!({"type": "broadcast", "event": "ok", "payload": {}}),
+        )
+        .await;
+    let m = sender.expect_event("realtime:room", "broadcast").await;
+    assert_eq!(m.payload["event"], "ok");
+
+    let key = token("anon", None);
+    let body = json!({"messages": [{"topic": "room", "event": long, "payload": {}}]});
+    let (status, text) = http_request(
+        gw.addr,
+        "POST",
+        "/api/broadcast",
+        &[
+            ("apikey", key.as_str()),
+            ("content-type", "application/json"),
+        ],
+        &body.to_string(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 422, "{text}");
+    assert!(text.contains("event is longer than 255 bytes"), "{text}");
+    gw.stop().await.unwrap();
+}
