@@ -143,6 +143,21 @@ pub struct Settings {
     #[arg(long, env = "MAX_NAME_BYTES", default_value_t = 255)]
     pub max_name_bytes: usize,
 
+    /// A request head (the HTTP request line and headers, WebSocket upgrades included) must
+    /// arrive whole within this time, or the connection is closed (e.g. `10s`).
+    #[arg(long, env = "HTTP_HEADER_TIMEOUT", default_value = "10s", value_parser = parse_duration)]
+    pub http_header_timeout: Duration,
+
+    /// Most connections in their HTTP phase at once (accepted, not yet upgraded to a WebSocket
+    /// or closed); more are closed at once.
+    #[arg(long, env = "MAX_PENDING_CONNECTIONS", default_value_t = 1024)]
+    pub max_pending_connections: usize,
+
+    /// A WebSocket that has no channel joined for this long is closed with code 4003 (e.g.
+    /// `60s`; `0s` turns it off).
+    #[arg(long, env = "JOIN_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub join_timeout: Duration,
+
     /// Delay before a join error reply, to slow down client retry loops (e.g. `5s`; keep it
     /// well below the clients' 10 s join timeout).
     #[arg(long, env = "JOIN_ERROR_DELAY", default_value = "5s", value_parser = parse_duration)]
@@ -218,6 +233,12 @@ pub struct Config {
     pub max_filter_bytes: usize,
     /// Longest component name or presence key, bytes.
     pub max_name_bytes: usize,
+    /// Request-head read timeout.
+    pub http_header_timeout: Duration,
+    /// Bound on connections in their HTTP phase.
+    pub max_pending_connections: usize,
+    /// A socket without channels is closed after this long (zero: never).
+    pub join_timeout: Duration,
     /// Delay before join errors.
     pub join_error_delay: Duration,
     /// Delay before refused upgrades.
@@ -281,6 +302,12 @@ impl Settings {
         if self.max_changes_per_join == 0 {
             return invalid("--max-changes-per-join must be at least 1");
         }
+        if self.http_header_timeout.is_zero() {
+            return invalid("--http-header-timeout must be greater than zero");
+        }
+        if self.max_pending_connections == 0 {
+            return invalid("--max-pending-connections must be at least 1");
+        }
         if self.join_error_delay >= Duration::from_secs(10) {
             return invalid("--join-error-delay must stay below the clients' 10s join timeout");
         }
@@ -329,6 +356,9 @@ impl Settings {
             max_changes_per_join: self.max_changes_per_join,
             max_filter_bytes: self.max_filter_bytes,
             max_name_bytes: self.max_name_bytes,
+            http_header_timeout: self.http_header_timeout,
+            max_pending_connections: self.max_pending_connections,
+            join_timeout: self.join_timeout,
             join_error_delay: self.join_error_delay,
             connect_error_delay: self.connect_error_delay,
             change_poll_interval: self.change_poll_interval,
@@ -365,6 +395,9 @@ impl Config {
             max_changes_per_join: 100,
             max_filter_bytes: 8192,
             max_name_bytes: 255,
+            http_header_timeout: Duration::from_secs(10),
+            max_pending_connections: 1024,
+            join_timeout: Duration::from_secs(60),
             join_error_delay: Duration::from_secs(5),
             connect_error_delay: Duration::from_secs(2),
             change_poll_interval: Duration::from_millis(50),

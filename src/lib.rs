@@ -71,7 +71,6 @@ pub mod shutdown;
 pub mod state;
 pub mod telemetry;
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 pub use config::Config;
@@ -149,6 +148,7 @@ impl Gateway {
         });
         let state = AppState::new(state::Handles {
             config: Arc::clone(&config),
+            database: pg::Probe::new(pool.clone()),
             pool: pool.clone(),
             shutdown: shutdown.clone(),
             listener: Arc::clone(&listener_status),
@@ -193,21 +193,13 @@ impl Gateway {
         let local_addr = listener.local_addr().map_err(Error::Serve)?;
         tracing::info!(addr = %local_addr, node_id = %config.node_id, "serving");
         let app = http::router(state);
-        let stop_accepting = shutdown.clone();
-        // Frames are small and batched by the writer: Nagle's algorithm would only hold them.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-            }
-        });
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .with_graceful_shutdown(async move { stop_accepting.cancelled().await })
-        .await
-        .map_err(Error::Serve)?;
-        // The server only returns once shutdown was triggered; make sure every task heard it.
+        let settings = http::serve::Settings {
+            header_timeout: config.http_header_timeout,
+            max_pending: config.max_pending_connections,
+        };
+        http::serve::run(listener, app, shutdown.clone(), settings).await;
+        // The accept loop only returns once shutdown was triggered; make sure every task heard
+        // it.
         shutdown.trigger();
         shutdown.wait(config.shutdown_timeout).await;
         // Sessions have reported their ends: write them and retire this node.

@@ -11,6 +11,7 @@ use sqlx::PgPool;
 use crate::broadcast::rest;
 use crate::capture::listener;
 use crate::config::Config;
+use crate::pg;
 use crate::session;
 use crate::shutdown::Shutdown;
 
@@ -40,6 +41,8 @@ pub struct Handles {
     pub config: Arc<Config>,
     /// The gateway's database pool.
     pub pool: PgPool,
+    /// Whether the database answers, cached for readiness checks.
+    pub database: pg::Probe,
     /// Shutdown signal and task tracker.
     pub shutdown: Shutdown,
     /// The change listener's health.

@@ -2,8 +2,6 @@
 
 pub mod metrics;
 
-use std::time::Duration;
-
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -18,14 +16,10 @@ pub async fn health() -> impl IntoResponse {
 }
 
 /// `GET /ready`: 200 when the database answers and the change listener is connected; 503 with
-/// the failing part otherwise, and while shutting down.
+/// the failing part otherwise, and while shutting down. The database is asked at most once a
+/// second however often this is polled ([`crate::pg::Probe`]).
 pub async fn ready(State(state): State<AppState>) -> impl IntoResponse {
-    let database = tokio::time::timeout(
-        Duration::from_secs(2),
-        sqlx::query_scalar::<_, i32>("select 1").fetch_one(&state.pool),
-    )
-    .await;
-    let database_ok = matches!(database, Ok(Ok(1)));
+    let database_ok = state.database.reachable().await;
     let listener_ok = state
         .listener
         .connected

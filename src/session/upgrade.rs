@@ -22,6 +22,9 @@ use crate::protocol::Vsn;
 /// connection, idle or not, so it is kept small.
 const READ_BUFFER_BYTES: usize = 1024;
 
+/// `Retry-After` of an upgrade refused because the database cannot be reached, in seconds.
+const RETRY_AFTER_SECS: &str = "5";
+
 /// `GET /realtime/v1/websocket` and `GET /socket/websocket`.
 pub async fn handler(
     State(state): State<Arc<Services>>,
@@ -82,13 +85,23 @@ pub async fn handler(
             .await;
         }
         Err(e) => {
+            // The cap is exact across nodes only while the database can be asked: a node that
+            // admitted on its own could let the cluster exceed it. So the client is told to come
+            // back (503 with Retry-After, which the clients' reconnect back-off handles);
+            // sessions already open keep being served.
+            metrics::counter!("gateway_limits_unavailable_total").increment(1);
             tracing::warn!(peer = %peer, error = %e, "upgrade refused: cannot check the connection cap");
-            return refuse(
+            let mut response = refuse(
                 &state,
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Error connecting to Realtime",
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Realtime is temporarily unavailable, please retry",
             )
             .await;
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static(RETRY_AFTER_SECS),
+            );
+            return response;
         }
     };
     let params = SessionParams {

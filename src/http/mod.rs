@@ -1,4 +1,7 @@
-//! The HTTP router: realtime endpoints, operator endpoints and their layers.
+//! The HTTP side: the listening socket, the accept loop ([`serve`]) and the router of
+//! realtime and operator endpoints.
+
+pub mod serve;
 
 use axum::routing::get;
 use axum::Router;
