@@ -195,3 +195,53 @@ async fn long_event_names_are_refused() {
     assert!(text.contains("event is longer than 255 bytes"), "{text}");
     gw.stop().await.unwrap();
 }
+
+/// A flood of joins naming an unpublished table or an unknown column is answered from the
+/// catalog cache: concurrent joins share catalog reads (at most one in flight), so a small pool
+/// keeps serving deliveries.
+#[tokio::test]
+async fn join_floods_do_not_amplify_into_database_load() {
+    let db = TestDb::new().await;
+    realtime_table(&db, "feed", "label text").await;
+    let mut conn = db.connect().await;
+    sqlx::query("create table hidden (id bigint primary key, label text)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let gw = TestGateway::start_with(&db, |c| c.db_pool_size = 2).await;
+    let mut bystander = subscribed_bystander(&gw).await;
+    let catalog = std::sync::Arc::clone(&gw.state.session.catalog);
+    let before = catalog.reads();
+    const CLIENTS: usize = 40;
+    const JOINS: usize = 5;
+    let mut flood = Vec::new();
+    for i in 0..CLIENTS {
+        let mut c = WsClient::anon(&gw).await;
+        flood.push(tokio::spawn(async move {
+            for j in 0..JOINS {
+                let entry = if (i + j) % 2 == 0 {
+                    json!({"event": "*", "schema": "public", "table": "hidden"})
+                } else {
+                    json!({"event": "*", "schema": "public", "table": "feed", "filter": "nope=eq.1"})
+                };
+                let topic = format!("realtime:flood-{j}");
+                let reply = c.join(&topic, json!({"postgres_changes": [entry]})).await;
+                assert_eq!(reply["status"], "ok");
+                let system = c.expect_event(&topic, "system").await;
+                assert_eq!(system.payload["status"], "error", "{}", system.payload);
+            }
+        }));
+    }
+    bystander_is_served(&db, &mut bystander, "during the flood").await;
+    for f in flood {
+        f.await.unwrap();
+    }
+    let reads = catalog.reads() - before;
+    let joins = (CLIENTS * JOINS) as u64;
+    assert!(
+        reads < joins,
+        "{joins} joins made {reads} catalog reads: they were not shared"
+    );
+    bystander_is_served(&db, &mut bystander, "after the flood").await;
+    gw.stop().await.unwrap();
+}

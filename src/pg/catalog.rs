@@ -5,6 +5,13 @@
 //! (stage 2), by name for validating subscriptions at join. An entry is refreshed when a change
 //! does not fit it (a column was added or dropped), when a subscription does not validate
 //! against it, and after a short time to live, so `ALTER TABLE` is picked up without a restart.
+//!
+//! Joins never amplify into database load: every read made for a join goes through one lock,
+//! so at most one catalog query is in flight for joins however many arrive, and joins waiting
+//! for a fresh answer share the first read that started after they asked. Tables not found are
+//! remembered too ([`NEGATIVE_TTL`]), so a flood of joins naming an unknown or unpublished
+//! table costs one read per lock cycle, and the pool stays free for deliveries, cap checks and
+//! registry writes.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -22,6 +29,10 @@ const TABLE_TTL: Duration = Duration::from_secs(10);
 const BY_NAME_TTL: Duration = Duration::from_secs(2);
 /// How long the published-table list is trusted before a miss forces a re-read.
 const PUBLISHED_TTL: Duration = Duration::from_secs(2);
+/// How long "no such table" serves joins that do not ask for a fresh answer.
+pub const NEGATIVE_TTL: Duration = Duration::from_secs(1);
+/// Most names remembered; past it, the names of tables not found are forgotten first.
+const MAX_NAMES: usize = 10_000;
 /// The publication whose tables are enabled for realtime.
 pub const PUBLICATION: &str = "supabase_realtime";
 
@@ -68,11 +79,14 @@ pub type TableName = (String, String);
 pub struct Catalog {
     pool: PgPool,
     by_relid: DashMap<u32, (Arc<TableInfo>, Instant)>,
-    by_name: DashMap<TableName, (Arc<TableInfo>, Instant)>,
+    /// Descriptions by name, and names not found (`None`), with when they were read.
+    by_name: DashMap<TableName, (Option<Arc<TableInfo>>, Instant)>,
     published: RwLock<(Arc<HashSet<TableName>>, Option<Instant>)>,
-    /// Held while an expired cache entry is read again, so a join storm that finds it expired
-    /// costs one catalog read, not one per join.
+    /// Held while the catalog is read for a join, so a join storm costs one catalog read at a
+    /// time, shared by every join that waited for it.
     refreshing: tokio::sync::Mutex<()>,
+    /// Catalog reads made for joins (by name, and of the publication).
+    reads: std::sync::atomic::AtomicU64,
 }
 
 impl Catalog {
@@ -84,7 +98,19 @@ impl Catalog {
             by_name: DashMap::new(),
             published: RwLock::new((Arc::new(HashSet::new()), None)),
             refreshing: tokio::sync::Mutex::new(()),
+            reads: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Catalog reads made for joins so far.
+    pub fn reads(&self) -> u64 {
+        self.reads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn count_read(&self) {
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        metrics::counter!("gateway_catalog_reads_total").increment(1);
     }
 
     /// The table with relation id `relid`, cached.
@@ -117,8 +143,9 @@ impl Catalog {
         Ok(table)
     }
 
-    /// The table `schema.name`, if it exists: from the cache unless `fresh` (a description
-    /// younger than a couple of seconds; a table not found is never cached).
+    /// The table `schema.name`, if it exists. Without `fresh`, a description younger than a
+    /// couple of seconds (or a "not found" younger than [`NEGATIVE_TTL`]) is returned; with
+    /// `fresh`, only an answer read after this call began.
     ///
     /// # Errors
     /// [`Error::Sqlx`] when the catalog cannot be read.
@@ -128,35 +155,44 @@ impl Catalog {
         name: &str,
         fresh: bool,
     ) -> Result<Option<Arc<TableInfo>>, Error> {
+        let asked = Instant::now();
         let key = (schema.to_owned(), name.to_owned());
         let cached = |key: &TableName| {
-            self.by_name
-                .get(key)
-                .filter(|entry| entry.1.elapsed() < BY_NAME_TTL)
-                .map(|entry| Arc::clone(&entry.0))
+            self.by_name.get(key).and_then(|entry| {
+                let (table, at) = &*entry;
+                let usable = if fresh {
+                    *at >= asked
+                } else {
+                    at.elapsed()
+                        < if table.is_some() {
+                            BY_NAME_TTL
+                        } else {
+                            NEGATIVE_TTL
+                        }
+                };
+                usable.then(|| table.clone())
+            })
         };
-        let _refreshing = if fresh {
-            None
-        } else {
-            if let Some(table) = cached(&key) {
-                return Ok(Some(table));
-            }
-            let guard = self.refreshing.lock().await;
-            // Another join may have read it while this one waited.
-            if let Some(table) = cached(&key) {
-                return Ok(Some(table));
-            }
-            Some(guard)
-        };
+        if let Some(table) = cached(&key) {
+            return Ok(table);
+        }
+        let _refreshing = self.refreshing.lock().await;
+        // Another join may have read it while this one waited.
+        if let Some(table) = cached(&key) {
+            return Ok(table);
+        }
+        self.count_read();
+        // Stamped with when the read began: an answer counts as fresh only for calls that
+        // began before it.
+        let started = Instant::now();
         let table = self.read_by_name(schema, name).await?;
-        match &table {
-            Some(t) => {
-                self.by_name.insert(key, (Arc::clone(t), Instant::now()));
-            }
-            None => {
-                self.by_name.remove(&key);
+        if self.by_name.len() >= MAX_NAMES {
+            self.by_name.retain(|_, (table, _)| table.is_some());
+            if self.by_name.len() >= MAX_NAMES {
+                self.by_name.clear();
             }
         }
+        self.by_name.insert(key, (table.clone(), started));
         Ok(table)
     }
 
@@ -181,30 +217,33 @@ impl Catalog {
     }
 
     /// Tables in the `supabase_realtime` publication. A cached list younger than a couple of
-    /// seconds is returned unless `fresh` is set.
+    /// seconds is returned unless `fresh` is set; with `fresh`, only a list read after this
+    /// call began.
     ///
     /// # Errors
     /// [`Error::Sqlx`] when the catalog cannot be read.
     pub async fn published(&self, fresh: bool) -> Result<Arc<HashSet<TableName>>, Error> {
+        let asked = Instant::now();
         let cached = || async {
             let cached = self.published.read().await;
-            cached
-                .1
-                .is_some_and(|at| at.elapsed() < PUBLISHED_TTL)
-                .then(|| Arc::clone(&cached.0))
+            let usable = cached.1.is_some_and(|at| {
+                if fresh {
+                    at >= asked
+                } else {
+                    at.elapsed() < PUBLISHED_TTL
+                }
+            });
+            usable.then(|| Arc::clone(&cached.0))
         };
-        let _refreshing = if fresh {
-            None
-        } else {
-            if let Some(set) = cached().await {
-                return Ok(set);
-            }
-            let guard = self.refreshing.lock().await;
-            if let Some(set) = cached().await {
-                return Ok(set);
-            }
-            Some(guard)
-        };
+        if let Some(set) = cached().await {
+            return Ok(set);
+        }
+        let _refreshing = self.refreshing.lock().await;
+        if let Some(set) = cached().await {
+            return Ok(set);
+        }
+        self.count_read();
+        let started = Instant::now();
         let rows = sqlx::query(
             "select schemaname::text as s, tablename::text as t \
              from pg_catalog.pg_publication_tables where pubname = $1",
@@ -217,7 +256,7 @@ impl Catalog {
             .map(|r| (r.get::<String, _>("s"), r.get::<String, _>("t")))
             .collect();
         let set = Arc::new(set);
-        *self.published.write().await = (Arc::clone(&set), Some(Instant::now()));
+        *self.published.write().await = (Arc::clone(&set), Some(started));
         Ok(set)
     }
 }
