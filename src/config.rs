@@ -179,6 +179,17 @@ pub struct Settings {
     #[arg(long, env = "AUDIT_RETENTION", default_value = "30days", value_parser = parse_duration)]
     pub audit_retention: Duration,
 
+    /// Most registry rows (joins and channel ends) held in memory while they wait to be written,
+    /// e.g. during a database outage; more are dropped, counted and warned of (rows, default
+    /// 100000).
+    #[arg(long, env = "REGISTRY_MAX_PENDING", default_value_t = 100_000)]
+    pub registry_max_pending: usize,
+
+    /// Most audit records held in memory while they wait to be written; past it the oldest are
+    /// dropped, counted and warned of (records, default 100000).
+    #[arg(long, env = "AUDIT_MAX_PENDING", default_value_t = 100_000)]
+    pub audit_max_pending: usize,
+
     /// Size of the gateway's PostgreSQL connection pool (the change listener uses one more).
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 8)]
     pub db_pool_size: u32,
@@ -249,6 +260,10 @@ pub struct Config {
     pub change_retention: Duration,
     /// Audit-log retention.
     pub audit_retention: Duration,
+    /// Bound of pending registry rows.
+    pub registry_max_pending: usize,
+    /// Bound of pending audit records.
+    pub audit_max_pending: usize,
     /// Pool size.
     pub db_pool_size: u32,
     /// Bounded wait at shutdown.
@@ -266,6 +281,9 @@ impl Settings {
         let invalid = |m: &str| Err(Error::Invalid(m.to_owned()));
         if self.max_connections == 0 {
             return invalid("--max-connections must be at least 1");
+        }
+        if self.registry_max_pending == 0 || self.audit_max_pending == 0 {
+            return invalid("--registry-max-pending and --audit-max-pending must be at least 1");
         }
         if self.heartbeat_interval.is_zero() {
             return invalid("--heartbeat-interval must be greater than zero");
@@ -364,6 +382,8 @@ impl Settings {
             change_poll_interval: self.change_poll_interval,
             change_retention: self.change_retention,
             audit_retention: self.audit_retention,
+            registry_max_pending: self.registry_max_pending,
+            audit_max_pending: self.audit_max_pending,
             db_pool_size: self.db_pool_size,
             shutdown_timeout: self.shutdown_timeout,
             log_format: self.log_format,
@@ -403,6 +423,8 @@ impl Config {
             change_poll_interval: Duration::from_millis(50),
             change_retention: Duration::from_secs(600),
             audit_retention: Duration::from_secs(30 * 24 * 3600),
+            registry_max_pending: 100_000,
+            audit_max_pending: 100_000,
             db_pool_size: 8,
             shutdown_timeout: Duration::from_secs(10),
             log_format: LogFormat::Text,

@@ -42,16 +42,23 @@ impl Error {
 
     /// The error and its causes on one line, `outer: cause: cause`.
     pub fn one_line(&self) -> String {
-        let mut line = self.to_string();
-        let mut source = std::error::Error::source(self);
-        while let Some(cause) = source {
-            let text = cause.to_string();
-            if !line.ends_with(&text) {
-                line.push_str(": ");
-                line.push_str(&text);
-            }
-            source = cause.source();
-        }
-        line
+        chain(self)
     }
+}
+
+/// An error and its causes on one line, `outer: cause: cause` (a cause whose text the line
+/// already ends with is not repeated): what a log line needs, since an error's own text names
+/// only its layer (`database error`) and its cause is in `source()`.
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !line.ends_with(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = cause.source();
+    }
+    line
 }

@@ -115,6 +115,8 @@ impl Gateway {
                 max_connections: config.max_connections,
                 stale_timeout: config.heartbeat_timeout,
                 audit_retention: config.audit_retention,
+                max_pending_rows: config.registry_max_pending,
+                max_pending_audit: config.audit_max_pending,
             },
             &shutdown,
         )

@@ -160,6 +160,11 @@ async fn take_slots(
                 }
             }
             Err(e) => {
+                tracing::warn!(
+                    "slot acquisition for {} connections failed: {}",
+                    batch.len(),
+                    crate::error::chain(&e)
+                );
                 let error = Error::Database(Arc::new(e));
                 for request in batch.drain(..) {
                     let _gone = request.reply.send(Err(error.clone()));

@@ -415,3 +415,283 @@ async fn database_outage_loses_no_registry_update() {
     running.stop().unwrap();
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// Reads the status of the reply to a join sent on `topic`.
+async fn join_status(client: &mut WsClient, topic: &str) -> String {
+    let reply = client.expect_event(topic, "phx_reply").await;
+    reply.payload["status"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// With a cap of 3, twelve connections one after another each join one well-formed channel and
+/// do one thing that used to poison every registry batch (the same join ref twice, no join ref,
+/// a user `auth.users` does not know, a 20,000-character topic): every connection is admitted,
+/// every slot comes back, every well-formed join has its row, and a client connected throughout
+/// keeps being served.
+#[tokio::test]
+async fn odd_joins_unknown_users_and_long_topics_poison_nothing() {
+    // A Supabase-style auth schema before the gateway migrates, so the foreign key exists.
+    let db = TestDb::empty().await;
+    let mut conn = db.connect().await;
+    sqlx::query("create schema auth")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("create table auth.users (id uuid primary key)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let known = uuid::Uuid::new_v4();
+    sqlx::query("insert into auth.users (id) values ($1)")
+        .bind(known)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let gw = TestGateway::start_with(&db, |c| c.max_connections = 3).await;
+    assert_eq!(
+        count(
+            &db,
+            "select count(*) from pg_constraint \
+             where conname = 'realtime_subscription_registry_user_id_fkey'"
+        )
+        .await,
+        1,
+        "the user foreign key exists"
+    );
+    let known_key = token("authenticated", Some(&known.to_string()));
+    let mut bystander = WsClient::connect(&gw.ws_url(&known_key, "2.0.0")).await;
+    bystander.join("realtime:lobby", json!({})).await;
+
+    let unknown = uuid::Uuid::new_v4();
+    let unknown_key = token("authenticated", Some(&unknown.to_string()));
+    let long_name = "x".repeat(20_000);
+    let taken = "select count(*) from realtime.connection_slots where node_id is not null";
+    const ROUNDS: usize = 12;
+    let mut long_accepted = 0;
+    for i in 0..ROUNDS {
+        // The previous connection's slot has come back (the bystander holds one).
+        eventually(Duration::from_secs(10), "a slot released", || async {
+            count(&db, taken).await <= 1
+        })
+        .await;
+        let key = if i % 4 == 2 { &unknown_key } else { &known_key };
+        // Panics on a refused upgrade (429).
+        let mut c = WsClient::connect(&gw.ws_url(key, "2.0.0")).await;
+        c.join(&format!("realtime:ok-{i}"), json!({})).await;
+        match i % 4 {
+            0 => {
+                for side in ["a", "b"] {
+                    let topic = format!("realtime:dup-{side}-{i}");
+                    c.send(Some("7"), &topic, "phx_join", json!({"config": {}}))
+                        .await;
+                    assert_eq!(join_status(&mut c, &topic).await, "ok");
+                }
+            }
+            1 => {
+                for side in ["a", "b"] {
+                    let topic = format!("realtime:nullref-{side}-{i}");
+                    c.send(None, &topic, "phx_join", json!({"config": {}}))
+                        .await;
+                    assert_eq!(join_status(&mut c, &topic).await, "ok");
+                }
+            }
+            2 => {
+                c.join(&format!("realtime:unknown-{i}"), json!({})).await;
+            }
+            _ => {
+                // Another limit may refuse the topic at join; the registry must cope if not.
+                let topic = format!("realtime:{long_name}");
+                c.send(Some("9"), &topic, "phx_join", json!({"config": {}}))
+                    .await;
+                if join_status(&mut c, &topic).await == "ok" {
+                    long_accepted += 1;
+                }
+            }
+        }
+        drop(c);
+    }
+    eventually(
+        Duration::from_secs(10),
+        "every slot but one back",
+        || async { count(&db, taken).await == 1 },
+    )
+    .await;
+    let rows = |filter: &str| {
+        format!("select count(*) from public.realtime_subscription_registry where {filter}")
+    };
+    wait_count(&db, &rows("channel_name like 'ok-%'"), ROUNDS as i64).await;
+    wait_count(&db, &rows("channel_name like 'dup-%'"), 6).await;
+    wait_count(&db, &rows("channel_name like 'nullref-%'"), 6).await;
+    wait_count(
+        &db,
+        &rows(&format!(
+            "channel_name like 'unknown-%' and user_id is null and claimed_user_id = '{unknown}'"
+        )),
+        3,
+    )
+    .await;
+    wait_count(
+        &db,
+        &rows("channel_name like 'xxx%' and octet_length(channel_name) = 1024"),
+        long_accepted,
+    )
+    .await;
+    // The well-formed joins of the unknown user's connections are recorded the same way.
+    assert_eq!(
+        count(
+            &db,
+            &rows(&format!(
+                "claimed_user_id = '{unknown}' and user_id is null"
+            ))
+        )
+        .await,
+        6
+    );
+    assert_eq!(
+        count(
+            &db,
+            &rows(&format!("channel_name = 'lobby' and user_id = '{known}'"))
+        )
+        .await,
+        1
+    );
+    // Every connection that came and went has ended its rows.
+    wait_count(&db, &rows("is_active and channel_name <> 'lobby'"), 0).await;
+    assert_eq!(
+        count(
+            &db,
+            "select count(*) from realtime.audit_log \
+             where kind in ('cap_refused', 'registry_row_failed')"
+        )
+        .await,
+        0
+    );
+    let ids = count(
+        &db,
+        "select count(distinct subscription_id) from public.realtime_subscription_registry",
+    )
+    .await;
+    assert_eq!(
+        ids,
+        count(&db, &rows("true")).await,
+        "subscription ids unique"
+    );
+
+    // The bystander is still served: heartbeats answered, a new join recorded.
+    bystander
+        .send(None, "phoenix", "heartbeat", json!({}))
+        .await;
+    assert_eq!(
+        bystander.expect_event("phoenix", "phx_reply").await.payload["status"],
+        "ok"
+    );
+    bystander.join("realtime:after", json!({})).await;
+    wait_count(&db, &rows("channel_name = 'after' and is_active"), 1).await;
+    gw.stop().await.unwrap();
+}
+
+/// One flush holding rows the database refuses (a check constraint, a duplicate subscription
+/// id) and a 20,000-character channel: the refused rows are audited and counted, every other
+/// row of the batch lands, and a slot released in the same flush is freed.
+#[tokio::test]
+async fn one_refused_row_fails_alone_and_its_batch_lands() {
+    use realtime_gateway::registry::{store, JoinRow, Registry, Settings};
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    sqlx::query(
+        "alter table public.realtime_subscription_registry \
+         add constraint test_no_poison check (channel_name <> 'poison')",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let shutdown = realtime_gateway::Shutdown::new();
+    let settings = Settings {
+        node_id: "batch-node".into(),
+        listen_addr: "127.0.0.1:0".into(),
+        max_connections: 4,
+        stale_timeout: Duration::from_secs(60),
+        audit_retention: Duration::from_secs(3600),
+        max_pending_rows: 1_000,
+        max_pending_audit: 1_000,
+    };
+    let registry = Registry::start(pool.clone(), settings, &shutdown)
+        .await
+        .unwrap();
+    let holder = uuid::Uuid::new_v4();
+    let slot = store::acquire_slots(&pool, "batch-node", &[holder], 4)
+        .await
+        .unwrap();
+    assert_eq!(slot.len(), 1);
+    let connection = uuid::Uuid::new_v4();
+    let row = |channel: String, subscription_id: String| JoinRow {
+        id: uuid::Uuid::new_v4(),
+        subscription_id,
+        channel_name: channel,
+        user_id: None,
+        component_name: None,
+        table_filters: json!([]),
+        connection_id: connection,
+        remote_addr: "127.0.0.1:1".into(),
+        created_at: chrono::Utc::now(),
+    };
+    // Reported back to back, so they are pending together (one flush).
+    for i in 0..20 {
+        let channel = if i == 7 {
+            "poison".to_owned()
+        } else {
+            format!("fine-{i}")
+        };
+        registry.joined(row(channel, format!("{connection}:{i}")));
+    }
+    registry.joined(row("fine-dup-a".into(), "dup".into()));
+    registry.joined(row("fine-dup-b".into(), "dup".into()));
+    registry.joined(row("y".repeat(20_000), format!("{connection}:long")));
+    registry.release_slot(slot[0].0, holder);
+    registry.audit("test_marker", None, None, json!({}));
+
+    let rows = |filter: &str| {
+        format!("select count(*) from public.realtime_subscription_registry where {filter}")
+    };
+    // 19 of the 20, one of the duplicate pair, and the long channel's prefix.
+    wait_count(&db, &rows("channel_name like 'fine-%'"), 20).await;
+    wait_count(&db, &rows("channel_name like 'fine-dup-%'"), 1).await;
+    wait_count(
+        &db,
+        &rows("channel_name like 'yyy%' and octet_length(channel_name) = 1024"),
+        1,
+    )
+    .await;
+    assert_eq!(count(&db, &rows("channel_name = 'poison'")).await, 0);
+    wait_count(
+        &db,
+        "select count(*) from realtime.audit_log where kind = 'registry_row_failed' \
+         and detail->>'constraint' = 'test_no_poison' and detail->>'channel' = 'poison' \
+         and detail->>'sqlstate' = '23514'",
+        1,
+    )
+    .await;
+    wait_count(
+        &db,
+        "select count(*) from realtime.audit_log where kind = 'registry_row_failed' \
+         and detail->>'constraint' = 'realtime_subscription_registry_active_subscription'",
+        1,
+    )
+    .await;
+    wait_count(
+        &db,
+        "select count(*) from realtime.audit_log where kind = 'test_marker'",
+        1,
+    )
+    .await;
+    wait_count(
+        &db,
+        "select count(*) from realtime.connection_slots where node_id is not null",
+        0,
+    )
+    .await;
+    registry.shutdown(Duration::from_secs(10)).await;
+    shutdown.trigger();
+}

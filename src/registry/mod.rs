@@ -8,11 +8,21 @@
 //! with exponential back-off while the database is down, and flushed at shutdown. The reaper's
 //! tick hands the writer the heartbeats of that interval, written in one statement with the
 //! node's own heartbeat and the cleanup of rows left by lost nodes.
+//!
+//! One bad row never blocks the others: slot releases, registry rows, row ends and audit
+//! records are written by statements of their own, a refused batch is split until the refused
+//! rows are alone ([`batch`]), and a row that still fails is audited (`registry_row_failed`) and
+//! counted (`gateway_registry_rows_failed_total`). Names are stored as bounded prefixes
+//! ([`MAX_NAME_BYTES`]), and a token's user that `auth.users` does not know is recorded in
+//! `claimed_user_id` with `user_id` null. Pending work is bounded ([`Settings`]); what is
+//! dropped past the bound is counted and warned of once per overflow episode.
 
+mod batch;
 pub mod store;
+mod writer;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,11 +32,11 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-/// Most audit records kept while the database is unreachable; older ones are dropped (and
-/// counted) past it.
-const MAX_PENDING_AUDIT: usize = 100_000;
-/// Writes are flushed at least this often.
-const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// Longest channel and component name stored in a registry row, bytes; a longer one is stored
+/// as its prefix (cut at a character boundary), so that no name can exceed an index row.
+pub const MAX_NAME_BYTES: usize = 1024;
+/// Longest join ref kept in a subscription id, bytes.
+const MAX_JOIN_REF_BYTES: usize = 64;
 
 /// Why a registry row ended (`close_reason`).
 pub type CloseReason = &'static str;
@@ -36,11 +46,12 @@ pub type CloseReason = &'static str;
 pub struct JoinRow {
     /// Row id (chosen here so the row can be closed by id).
     pub id: Uuid,
-    /// Stable id of this channel join: `<connection id>:<join ref>`.
+    /// Id of this channel join, unique among the node's active rows:
+    /// `<connection id>:<join ref>:<join sequence>` ([`Registry::subscription_id`]).
     pub subscription_id: String,
-    /// Channel name (topic without `realtime:`).
+    /// Channel name (topic without `realtime:`); stored as at most [`MAX_NAME_BYTES`].
     pub channel_name: String,
-    /// JWT `sub`, when a UUID.
+    /// JWT `sub`, when a UUID (stored in `claimed_user_id`, and in `user_id` when known).
     pub user_id: Option<Uuid>,
     /// Join config `component`, else the socket's `component` parameter.
     pub component_name: Option<String>,
@@ -94,6 +105,8 @@ enum Event {
 pub struct Registry {
     tx: mpsc::UnboundedSender<Event>,
     node_id: Arc<str>,
+    /// Joins recorded by this node; makes subscription ids unique.
+    joins: Arc<AtomicU64>,
 }
 
 /// What the writer needs to know.
@@ -109,6 +122,10 @@ pub struct Settings {
     pub stale_timeout: Duration,
     /// Audit rows older than this are pruned.
     pub audit_retention: Duration,
+    /// Most registry rows (joins and ends) waiting to be written; more are dropped and counted.
+    pub max_pending_rows: usize,
+    /// Most audit records waiting to be written; the oldest are dropped and counted past it.
+    pub max_pending_audit: usize,
 }
 
 impl Registry {
@@ -125,16 +142,16 @@ impl Registry {
         store::prepare_node(&pool, &settings).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let node_id: Arc<str> = Arc::from(settings.node_id.as_str());
-        let writer = Writer {
-            pool,
-            settings,
-            rx,
-            pending: Pending::default(),
-        };
+        let check_users = store::users_are_checked(&pool).await?;
+        let writer = writer::Writer::new(pool, settings, rx, check_users);
         // On the final tracker: it records what sessions report while they close, and ends
         // after writing this node's end ([`Registry::shutdown`]).
         shutdown.spawn_final("registry_writer", writer.run());
-        Ok(Registry { tx, node_id })
+        Ok(Registry {
+            tx,
+            node_id,
+            joins: Arc::default(),
+        })
     }
 
     /// This node's id.
@@ -142,8 +159,21 @@ impl Registry {
         &self.node_id
     }
 
-    /// Records a channel join.
-    pub fn joined(&self, row: JoinRow) {
+    /// A subscription id for a join of `connection` with `join_ref` (none, or reused by the
+    /// client, is fine): `<connection id>:<join ref>:<n>`, where `n` counts this node's joins, so
+    /// ids never collide among the node's rows. The join ref is kept to its first 64 bytes.
+    pub fn subscription_id(&self, connection: Uuid, join_ref: Option<&str>) -> String {
+        let n = self.joins.fetch_add(1, Ordering::Relaxed) + 1;
+        let join_ref = bounded_prefix(join_ref.unwrap_or(""), MAX_JOIN_REF_BYTES);
+        format!("{connection}:{join_ref}:{n}")
+    }
+
+    /// Records a channel join; names longer than [`MAX_NAME_BYTES`] are cut to their prefix.
+    pub fn joined(&self, mut row: JoinRow) {
+        bound_in_place(&mut row.channel_name, MAX_NAME_BYTES);
+        if let Some(component) = row.component_name.as_mut() {
+            bound_in_place(component, MAX_NAME_BYTES);
+        }
         self.send(Event::Joined(row));
     }
 
@@ -206,153 +236,67 @@ impl Registry {
     }
 }
 
+/// How and when a row ended.
+type RowClose = (CloseReason, DateTime<Utc>);
 /// How and when a row ended, if it did.
-type RowEnd = Option<(CloseReason, DateTime<Utc>)>;
+type RowEnd = Option<RowClose>;
 
-/// Writes not yet applied.
-#[derive(Debug, Default)]
-struct Pending {
-    /// Rows to insert, with their end if it came before the insert.
-    inserts: HashMap<Uuid, (JoinRow, RowEnd)>,
-    /// Ends of rows already inserted.
-    closes: HashMap<Uuid, (CloseReason, DateTime<Utc>)>,
-    /// Slots to free.
-    releases: Vec<(i32, Uuid)>,
-    /// Audit records to append.
-    audit: Vec<AuditRecord>,
+/// The longest prefix of `text` of at most `max` bytes that ends at a character boundary.
+pub fn bounded_prefix(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
-impl Pending {
-    fn is_empty(&self) -> bool {
-        self.inserts.is_empty()
-            && self.closes.is_empty()
-            && self.releases.is_empty()
-            && self.audit.is_empty()
-    }
+fn bound_in_place(text: &mut String, max: usize) {
+    let keep = bounded_prefix(text, max).len();
+    text.truncate(keep);
 }
 
-struct Writer {
-    pool: PgPool,
-    settings: Settings,
-    rx: mpsc::UnboundedReceiver<Event>,
-    pending: Pending,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-impl Writer {
-    #[tracing::instrument(name = "registry", skip_all)]
-    async fn run(mut self) {
-        let mut backoff = Duration::from_millis(100);
-        let mut retry_at: Option<tokio::time::Instant> = None;
-        let mut flush = tokio::time::interval(FLUSH_EVERY);
-        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let event = tokio::select! {
-                event = self.rx.recv() => event,
-                _ = flush.tick() => {
-                    let due = retry_at.is_none_or(|at| tokio::time::Instant::now() >= at);
-                    if due && !self.pending.is_empty() {
-                        match self.flush().await {
-                            Ok(()) => { backoff = Duration::from_millis(100); retry_at = None; }
-                            Err(e) => {
-                                tracing::warn!(error = %e, "registry write failed; will retry");
-                                metrics::counter!("gateway_registry_write_failures_total").increment(1);
-                                retry_at = Some(tokio::time::Instant::now() + backoff);
-                                backoff = (backoff * 2).min(Duration::from_secs(5));
-                            }
-                        }
-                    }
-                    continue;
-                }
-            };
-            match event {
-                Some(Event::Joined(row)) => {
-                    self.pending.inserts.insert(row.id, (row, None));
-                }
-                Some(Event::Left { id, reason, at }) => match self.pending.inserts.get_mut(&id) {
-                    Some(entry) => entry.1 = Some((reason, at)),
-                    None => {
-                        self.pending.closes.entry(id).or_insert((reason, at));
-                    }
-                },
-                Some(Event::Release { slot, connection }) => {
-                    self.pending.releases.push((slot, connection));
-                }
-                Some(Event::Audit(record)) => {
-                    if self.pending.audit.len() >= MAX_PENDING_AUDIT {
-                        self.pending.audit.remove(0);
-                        metrics::counter!("gateway_registry_audit_dropped_total").increment(1);
-                    }
-                    self.pending.audit.push(record);
-                }
-                Some(Event::Tick { heartbeats, done }) => {
-                    if let Err(e) = self.flush().await {
-                        tracing::warn!(error = %e, "registry write failed; will retry");
-                    }
-                    if let Err(e) = store::tick(&self.pool, &self.settings, &heartbeats).await {
-                        tracing::warn!(error = %e, "registry heartbeat failed");
-                        metrics::counter!("gateway_registry_write_failures_total").increment(1);
-                    }
-                    let _answered = done.send(());
-                }
-                Some(Event::Shutdown(done)) => {
-                    // Sessions have closed and reported; write everything, then the node's end.
-                    while let Ok(event) = self.rx.try_recv() {
-                        self.absorb(event);
-                    }
-                    loop {
-                        match self.flush().await {
-                            Ok(()) => break,
-                            Err(e) => {
-                                tracing::warn!(error = %e, "registry flush at shutdown failed; retrying");
-                                tokio::time::sleep(backoff).await;
-                                backoff = (backoff * 2).min(Duration::from_secs(2));
-                            }
-                        }
-                    }
-                    if let Err(e) = store::retire_node(&self.pool, &self.settings.node_id).await {
-                        tracing::warn!(error = %e, "cannot retire this node's registry rows");
-                    }
-                    let _answered = done.send(());
-                    return;
-                }
-                None => return,
-            }
-        }
+    #[test]
+    fn names_are_cut_at_a_character_boundary() {
+        assert_eq!(bounded_prefix("room", 1024), "room");
+        assert_eq!(bounded_prefix("", 0), "");
+        assert_eq!(bounded_prefix("abcdef", 3), "abc");
+        // "é" is two bytes: a cut inside it keeps the whole characters before it.
+        assert_eq!(bounded_prefix("aé", 2), "a");
+        assert_eq!(bounded_prefix("aé", 3), "aé");
+        let long = "ü".repeat(20_000);
+        let cut = bounded_prefix(&long, MAX_NAME_BYTES);
+        assert_eq!(cut.len(), MAX_NAME_BYTES);
+        let mut odd = format!("x{long}");
+        bound_in_place(&mut odd, MAX_NAME_BYTES);
+        assert_eq!(odd.len(), MAX_NAME_BYTES - 1);
+        assert!(odd.chars().skip(1).all(|c| c == 'ü'));
     }
 
-    /// Applies an event outside the main loop (at shutdown).
-    fn absorb(&mut self, event: Event) {
-        match event {
-            Event::Joined(row) => {
-                self.pending.inserts.insert(row.id, (row, None));
-            }
-            Event::Left { id, reason, at } => match self.pending.inserts.get_mut(&id) {
-                Some(entry) => entry.1 = Some((reason, at)),
-                None => {
-                    self.pending.closes.entry(id).or_insert((reason, at));
-                }
-            },
-            Event::Release { slot, connection } => self.pending.releases.push((slot, connection)),
-            Event::Audit(record) => self.pending.audit.push(record),
-            Event::Tick { done, .. } | Event::Shutdown(done) => {
-                let _answered = done.send(());
-            }
-        }
-    }
-
-    /// Writes everything pending in one transaction; on failure nothing is lost.
-    async fn flush(&mut self) -> Result<(), crate::pg::Error> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        store::apply(&self.pool, &self.settings.node_id, &self.pending).await?;
-        self.pending = Pending::default();
-        Ok(())
-    }
-}
-
-impl std::fmt::Debug for Writer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Writer").finish_non_exhaustive()
+    #[test]
+    fn subscription_ids_differ_for_reused_and_missing_join_refs() {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let registry = Registry {
+            tx,
+            node_id: Arc::from("n"),
+            joins: Arc::default(),
+        };
+        let conn = Uuid::nil();
+        let a = registry.subscription_id(conn, Some("1"));
+        let b = registry.subscription_id(conn, Some("1"));
+        let c = registry.subscription_id(conn, None);
+        let d = registry.subscription_id(conn, None);
+        assert_eq!(a, format!("{conn}:1:1"));
+        assert_eq!(c, format!("{conn}::3"));
+        let all: std::collections::HashSet<&String> = [&a, &b, &c, &d].into_iter().collect();
+        assert_eq!(all.len(), 4);
+        let long = registry.subscription_id(conn, Some(&"r".repeat(10_000)));
+        assert!(long.len() < 36 + 64 + 30, "{}", long.len());
     }
 }

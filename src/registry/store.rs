@@ -1,12 +1,13 @@
 //! The registry's SQL: batched inserts and updates of registry rows, slot releases, audit
-//! records, heartbeats, node-loss cleanup, and the cluster-wide connection slots.
+//! records (each its own statement, so that one cannot hold up another), heartbeats, node-loss
+//! cleanup, and the cluster-wide connection slots.
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{Pending, Settings};
+use super::{AuditRecord, JoinRow, RowClose, RowEnd, Settings};
 use crate::pg::Error;
 
 /// Registers this node: its row, the slots table sized to the cap, and the end of whatever a
@@ -113,117 +114,159 @@ pub async fn acquire_slots(
     Ok(taken)
 }
 
-/// Applies pending writes in one transaction.
+/// Whether the registry's `user_id` references `auth.users` (a Supabase-style auth schema was
+/// there when the gateway migrated): its rows then name only users that exist there.
 ///
 /// # Errors
-/// When the database cannot be reached; nothing is applied then.
-pub(super) async fn apply(pool: &PgPool, node_id: &str, pending: &Pending) -> Result<(), Error> {
-    let mut tx = pool.begin().await?;
-    if !pending.inserts.is_empty() {
-        let rows: Vec<_> = pending.inserts.values().collect();
-        let ids: Vec<Uuid> = rows.iter().map(|(r, _)| r.id).collect();
-        let subs: Vec<&str> = rows
-            .iter()
-            .map(|(r, _)| r.subscription_id.as_str())
-            .collect();
-        let channels: Vec<&str> = rows.iter().map(|(r, _)| r.channel_name.as_str()).collect();
-        let users: Vec<Option<Uuid>> = rows.iter().map(|(r, _)| r.user_id).collect();
-        let components: Vec<Option<&str>> = rows
-            .iter()
-            .map(|(r, _)| r.component_name.as_deref())
-            .collect();
-        let filters: Vec<Value> = rows.iter().map(|(r, _)| r.table_filters.clone()).collect();
-        let conns: Vec<Uuid> = rows.iter().map(|(r, _)| r.connection_id).collect();
-        let addrs: Vec<&str> = rows.iter().map(|(r, _)| r.remote_addr.as_str()).collect();
-        let created: Vec<DateTime<Utc>> = rows.iter().map(|(r, _)| r.created_at).collect();
-        let closed_at: Vec<Option<DateTime<Utc>>> =
-            rows.iter().map(|(_, c)| c.map(|(_, at)| at)).collect();
-        let reasons: Vec<Option<&str>> = rows.iter().map(|(_, c)| c.map(|(r, _)| r)).collect();
-        sqlx::query(
-            "insert into public.realtime_subscription_registry \
-               (id, subscription_id, channel_name, user_id, component_name, table_filters, \
-                last_heartbeat_at, is_active, created_at, node_id, connection_id, remote_addr, \
-                closed_at, close_reason) \
-             select u.id, u.sub, u.channel, u.user_id, u.component, u.filters, u.created, \
-                    u.closed_at is null, u.created, $10, u.conn, u.addr, u.closed_at, u.reason \
-             from unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::text[], \
-                         $6::jsonb[], $7::uuid[], $8::text[], $9::timestamptz[], \
-                         $11::timestamptz[], $12::text[]) \
-                  as u(id, sub, channel, user_id, component, filters, conn, addr, created, \
-                       closed_at, reason) \
-             on conflict (id) do nothing",
-        )
-        .bind(&ids)
-        .bind(&subs)
-        .bind(&channels)
-        .bind(&users)
-        .bind(&components)
-        .bind(&filters)
-        .bind(&conns)
-        .bind(&addrs)
-        .bind(&created)
-        .bind(node_id)
-        .bind(&closed_at)
-        .bind(&reasons)
-        .execute(&mut *tx)
-        .await?;
-    }
-    if !pending.closes.is_empty() {
-        let ids: Vec<Uuid> = pending.closes.keys().copied().collect();
-        let reasons: Vec<&str> = pending.closes.values().map(|(r, _)| *r).collect();
-        let ats: Vec<DateTime<Utc>> = pending.closes.values().map(|(_, at)| *at).collect();
-        sqlx::query(
-            "update public.realtime_subscription_registry r \
-             set is_active = false, closed_at = u.at, close_reason = u.reason \
-             from unnest($1::uuid[], $2::text[], $3::timestamptz[]) as u(id, reason, at) \
-             where r.id = u.id and r.is_active",
-        )
-        .bind(&ids)
-        .bind(&reasons)
-        .bind(&ats)
-        .execute(&mut *tx)
-        .await?;
-    }
-    if !pending.releases.is_empty() {
-        let slots: Vec<i32> = pending.releases.iter().map(|(s, _)| *s).collect();
-        let conns: Vec<Uuid> = pending.releases.iter().map(|(_, c)| *c).collect();
-        sqlx::query(
-            "update realtime.connection_slots s \
-             set node_id = null, connection_id = null, taken_at = null \
-             from unnest($1::int[], $2::uuid[]) as u(slot, conn) \
-             where s.slot = u.slot and s.connection_id = u.conn",
-        )
-        .bind(&slots)
-        .bind(&conns)
-        .execute(&mut *tx)
-        .await?;
-    }
-    if !pending.audit.is_empty() {
-        let kinds: Vec<&str> = pending.audit.iter().map(|a| a.kind).collect();
-        let ats: Vec<DateTime<Utc>> = pending.audit.iter().map(|a| a.at).collect();
-        let users: Vec<Option<Uuid>> = pending.audit.iter().map(|a| a.user_id).collect();
-        let addrs: Vec<Option<&str>> = pending
-            .audit
-            .iter()
-            .map(|a| a.remote_addr.as_deref())
-            .collect();
-        let details: Vec<Value> = pending.audit.iter().map(|a| a.detail.clone()).collect();
-        sqlx::query(
-            "insert into realtime.audit_log (kind, at, node_id, user_id, remote_addr, detail) \
-             select u.kind, u.at, $6, u.user_id, u.addr, u.detail \
-             from unnest($1::text[], $2::timestamptz[], $3::uuid[], $4::text[], $5::jsonb[]) \
-                  as u(kind, at, user_id, addr, detail)",
-        )
-        .bind(&kinds)
-        .bind(&ats)
-        .bind(&users)
-        .bind(&addrs)
-        .bind(&details)
-        .bind(node_id)
-        .execute(&mut *tx)
-        .await?;
-    }
-    tx.commit().await?;
+/// When the database cannot be reached.
+pub(super) async fn users_are_checked(pool: &PgPool) -> Result<bool, Error> {
+    Ok(sqlx::query_scalar(
+        "select to_regclass('auth.users') is not null and exists ( \
+             select 1 from pg_constraint \
+             where conname = 'realtime_subscription_registry_user_id_fkey' \
+               and conrelid = 'public.realtime_subscription_registry'::regclass)",
+    )
+    .fetch_one(pool)
+    .await?)
+}
+
+/// Inserts registry rows in one statement (its own transaction). The JWT's `sub` is always kept
+/// in `claimed_user_id`; with `check_users`, `user_id` is set only when `auth.users` has that
+/// user (null otherwise), so an unknown user cannot violate the foreign key.
+///
+/// # Errors
+/// When the database refuses the rows or cannot be reached.
+pub(super) async fn insert_rows(
+    pool: &PgPool,
+    node_id: &str,
+    rows: &[(JoinRow, RowEnd)],
+    check_users: bool,
+) -> Result<(), Error> {
+    let ids: Vec<Uuid> = rows.iter().map(|(r, _)| r.id).collect();
+    let subs: Vec<&str> = rows
+        .iter()
+        .map(|(r, _)| r.subscription_id.as_str())
+        .collect();
+    let channels: Vec<&str> = rows.iter().map(|(r, _)| r.channel_name.as_str()).collect();
+    let users: Vec<Option<Uuid>> = rows.iter().map(|(r, _)| r.user_id).collect();
+    let components: Vec<Option<&str>> = rows
+        .iter()
+        .map(|(r, _)| r.component_name.as_deref())
+        .collect();
+    let filters: Vec<&Value> = rows.iter().map(|(r, _)| &r.table_filters).collect();
+    let conns: Vec<Uuid> = rows.iter().map(|(r, _)| r.connection_id).collect();
+    let addrs: Vec<&str> = rows.iter().map(|(r, _)| r.remote_addr.as_str()).collect();
+    let created: Vec<DateTime<Utc>> = rows.iter().map(|(r, _)| r.created_at).collect();
+    let closed_at: Vec<Option<DateTime<Utc>>> =
+        rows.iter().map(|(_, c)| c.map(|(_, at)| at)).collect();
+    let reasons: Vec<Option<&str>> = rows.iter().map(|(_, c)| c.map(|(r, _)| r)).collect();
+    let user = if check_users {
+        "(select a.id from auth.users a where a.id = u.user_id)"
+    } else {
+        "u.user_id"
+    };
+    sqlx::query(&format!(
+        "insert into public.realtime_subscription_registry \
+           (id, subscription_id, channel_name, user_id, claimed_user_id, component_name, \
+            table_filters, last_heartbeat_at, is_active, created_at, node_id, connection_id, \
+            remote_addr, closed_at, close_reason) \
+         select u.id, u.sub, u.channel, {user}, u.user_id, u.component, u.filters, u.created, \
+                u.closed_at is null, u.created, $10, u.conn, u.addr, u.closed_at, u.reason \
+         from unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::text[], \
+                     $6::jsonb[], $7::uuid[], $8::text[], $9::timestamptz[], \
+                     $11::timestamptz[], $12::text[]) \
+              as u(id, sub, channel, user_id, component, filters, conn, addr, created, \
+                   closed_at, reason) \
+         on conflict (id) do nothing"
+    ))
+    .bind(&ids)
+    .bind(&subs)
+    .bind(&channels)
+    .bind(&users)
+    .bind(&components)
+    .bind(&filters)
+    .bind(&conns)
+    .bind(&addrs)
+    .bind(&created)
+    .bind(node_id)
+    .bind(&closed_at)
+    .bind(&reasons)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Ends registry rows already inserted, in one statement.
+///
+/// # Errors
+/// When the database refuses the rows or cannot be reached.
+pub(super) async fn close_rows(pool: &PgPool, rows: &[(Uuid, RowClose)]) -> Result<(), Error> {
+    let ids: Vec<Uuid> = rows.iter().map(|(id, _)| *id).collect();
+    let reasons: Vec<&str> = rows.iter().map(|(_, (r, _))| *r).collect();
+    let ats: Vec<DateTime<Utc>> = rows.iter().map(|(_, (_, at))| *at).collect();
+    sqlx::query(
+        "update public.realtime_subscription_registry r \
+         set is_active = false, closed_at = u.at, close_reason = u.reason \
+         from unnest($1::uuid[], $2::text[], $3::timestamptz[]) as u(id, reason, at) \
+         where r.id = u.id and r.is_active",
+    )
+    .bind(&ids)
+    .bind(&reasons)
+    .bind(&ats)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Frees connection slots, in one statement of their own: a slot is freed only while it still
+/// belongs to the connection that took it.
+///
+/// # Errors
+/// When the database cannot be reached.
+pub(super) async fn release_slots(pool: &PgPool, releases: &[(i32, Uuid)]) -> Result<(), Error> {
+    let slots: Vec<i32> = releases.iter().map(|(s, _)| *s).collect();
+    let conns: Vec<Uuid> = releases.iter().map(|(_, c)| *c).collect();
+    sqlx::query(
+        "update realtime.connection_slots s \
+         set node_id = null, connection_id = null, taken_at = null \
+         from unnest($1::int[], $2::uuid[]) as u(slot, conn) \
+         where s.slot = u.slot and s.connection_id = u.conn",
+    )
+    .bind(&slots)
+    .bind(&conns)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Appends audit records in one statement.
+///
+/// # Errors
+/// When the database refuses the records or cannot be reached.
+pub(super) async fn append_audit(
+    pool: &PgPool,
+    node_id: &str,
+    records: &[AuditRecord],
+) -> Result<(), Error> {
+    let kinds: Vec<&str> = records.iter().map(|a| a.kind).collect();
+    let ats: Vec<DateTime<Utc>> = records.iter().map(|a| a.at).collect();
+    let users: Vec<Option<Uuid>> = records.iter().map(|a| a.user_id).collect();
+    let addrs: Vec<Option<&str>> = records.iter().map(|a| a.remote_addr.as_deref()).collect();
+    let details: Vec<&Value> = records.iter().map(|a| &a.detail).collect();
+    sqlx::query(
+        "insert into realtime.audit_log (kind, at, node_id, user_id, remote_addr, detail) \
+         select u.kind, u.at, $6, u.user_id, u.addr, u.detail \
+         from unnest($1::text[], $2::timestamptz[], $3::uuid[], $4::text[], $5::jsonb[]) \
+              as u(kind, at, user_id, addr, detail)",
+    )
+    .bind(&kinds)
+    .bind(&ats)
+    .bind(&users)
+    .bind(&addrs)
+    .bind(&details)
+    .bind(node_id)
+    .execute(pool)
+    .await?;
     Ok(())
 }
 

@@ -383,7 +383,11 @@ impl Session {
         let registry_id = uuid::Uuid::new_v4();
         self.services.registry.joined(crate::registry::JoinRow {
             id: registry_id,
-            subscription_id: format!("{}:{}", self.params.connection_id, jr.unwrap_or("")),
+            // Unique per join even when the client reuses or omits its join ref.
+            subscription_id: self
+                .services
+                .registry
+                .subscription_id(self.params.connection_id, jr),
             channel_name: name.to_owned(),
             user_id: claims.user_id(),
             component_name: config

@@ -1,0 +1,461 @@
+//! The registry writer: one task that applies what sessions report, in batches, off the message
+//! path.
+//!
+//! Each flush writes, in this order and each in statements of its own: slot releases (so a
+//! connection slot never waits on anything else), registry rows, row ends, audit records. Rows
+//! the database refuses are split out ([`super::batch`]), audited and counted; what could not be
+//! written because the database is unreachable stays pending and is retried with back-off.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::json;
+use sqlx::PgPool;
+use tokio::sync::mpsc;
+use uuid::Uuid;
+
+use super::batch::{self, chain, write_split, Write};
+use super::{store, AuditRecord, Event, JoinRow, RowClose, RowEnd, Settings};
+use crate::pg::Error;
+
+/// Writes are flushed at least this often.
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// Most rows written in one statement.
+const MAX_STATEMENT_ROWS: usize = 2_000;
+/// The foreign key of `user_id` to `auth.users`.
+const USER_FKEY: &str = "realtime_subscription_registry_user_id_fkey";
+
+/// Writes not yet applied.
+#[derive(Debug, Default)]
+struct Pending {
+    /// Rows to insert, with their end if it came before the insert.
+    inserts: HashMap<Uuid, (JoinRow, RowEnd)>,
+    /// Ends of rows already inserted.
+    closes: HashMap<Uuid, RowClose>,
+    /// Slots to free.
+    releases: Vec<(i32, Uuid)>,
+    /// Audit records to append, oldest first.
+    audit: VecDeque<AuditRecord>,
+}
+
+impl Pending {
+    fn is_empty(&self) -> bool {
+        self.inserts.is_empty()
+            && self.closes.is_empty()
+            && self.releases.is_empty()
+            && self.audit.is_empty()
+    }
+
+    fn rows(&self) -> usize {
+        self.inserts.len() + self.closes.len()
+    }
+}
+
+/// Records dropped past a bound since the overflow began; `None` while within it.
+#[derive(Debug, Default)]
+struct Overflow {
+    dropped: Option<u64>,
+}
+
+impl Overflow {
+    /// Counts one drop; warns at the first of an episode.
+    fn drop_one(&mut self, what: &str, bound: usize, metric: &'static str) {
+        metrics::counter!(metric).increment(1);
+        let dropped = self.dropped.get_or_insert_with(|| {
+            tracing::warn!(
+                bound,
+                "more than {bound} {what} waiting to be written; dropping until the database \
+                 catches up"
+            );
+            0
+        });
+        *dropped += 1;
+    }
+
+    /// Ends the episode once the pending work is within `bound` again.
+    fn settle(&mut self, what: &str, pending: usize, bound: usize) {
+        if pending < bound {
+            if let Some(dropped) = self.dropped.take() {
+                tracing::warn!(
+                    dropped,
+                    "{what} within the bound again; {dropped} were dropped"
+                );
+            }
+        }
+    }
+}
+
+/// The writer task's state.
+pub(super) struct Writer {
+    pool: PgPool,
+    settings: Settings,
+    rx: mpsc::UnboundedReceiver<Event>,
+    pending: Pending,
+    /// Whether `user_id` is written only for users `auth.users` knows.
+    check_users: bool,
+    rows_overflow: Overflow,
+    audit_overflow: Overflow,
+}
+
+impl std::fmt::Debug for Writer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Writer").finish_non_exhaustive()
+    }
+}
+
+impl Writer {
+    pub(super) fn new(
+        pool: PgPool,
+        settings: Settings,
+        rx: mpsc::UnboundedReceiver<Event>,
+        check_users: bool,
+    ) -> Writer {
+        Writer {
+            pool,
+            settings,
+            rx,
+            pending: Pending::default(),
+            check_users,
+            rows_overflow: Overflow::default(),
+            audit_overflow: Overflow::default(),
+        }
+    }
+
+    #[tracing::instrument(name = "registry", skip_all)]
+    pub(super) async fn run(mut self) {
+        let mut backoff = Duration::from_millis(100);
+        let mut retry_at: Option<tokio::time::Instant> = None;
+        let mut flush = tokio::time::interval(FLUSH_EVERY);
+        flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let event = tokio::select! {
+                event = self.rx.recv() => event,
+                _ = flush.tick() => {
+                    let due = retry_at.is_none_or(|at| tokio::time::Instant::now() >= at);
+                    if due && !self.pending.is_empty() {
+                        if self.flush().await {
+                            backoff = Duration::from_millis(100);
+                            retry_at = None;
+                        } else {
+                            metrics::counter!("gateway_registry_write_failures_total").increment(1);
+                            retry_at = Some(tokio::time::Instant::now() + backoff);
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                        }
+                    }
+                    continue;
+                }
+            };
+            match event {
+                Some(Event::Tick { heartbeats, done }) => {
+                    self.flush().await;
+                    if let Err(e) = store::tick(&self.pool, &self.settings, &heartbeats).await {
+                        tracing::warn!("registry heartbeat failed: {}", chain(&e));
+                        metrics::counter!("gateway_registry_write_failures_total").increment(1);
+                    }
+                    let _answered = done.send(());
+                }
+                Some(Event::Shutdown(done)) => {
+                    // Sessions have closed and reported; write everything, then the node's end.
+                    while let Ok(event) = self.rx.try_recv() {
+                        self.absorb(event);
+                    }
+                    while !self.flush().await {
+                        tracing::warn!("registry flush at shutdown incomplete; retrying");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                    }
+                    if let Err(e) = store::retire_node(&self.pool, &self.settings.node_id).await {
+                        tracing::warn!("cannot retire this node's registry rows: {}", chain(&e));
+                    }
+                    let _answered = done.send(());
+                    return;
+                }
+                Some(event) => self.absorb(event),
+                None => return,
+            }
+        }
+    }
+
+    /// Adds a reported event to the pending writes, within their bounds (ticks and shutdowns
+    /// met here, at shutdown, are only answered).
+    fn absorb(&mut self, event: Event) {
+        let bound = self.settings.max_pending_rows;
+        match event {
+            Event::Joined(row) => {
+                if self.pending.rows() >= bound {
+                    self.rows_overflow.drop_one(
+                        "registry rows",
+                        bound,
+                        "gateway_registry_rows_dropped_total",
+                    );
+                } else {
+                    self.pending.inserts.insert(row.id, (row, None));
+                }
+            }
+            Event::Left { id, reason, at } => {
+                if let Some(entry) = self.pending.inserts.get_mut(&id) {
+                    entry.1 = Some((reason, at));
+                } else if self.pending.closes.contains_key(&id) {
+                    // The first end reported wins.
+                } else if self.pending.rows() >= bound {
+                    self.rows_overflow.drop_one(
+                        "registry rows",
+                        bound,
+                        "gateway_registry_rows_dropped_total",
+                    );
+                } else {
+                    self.pending.closes.insert(id, (reason, at));
+                }
+            }
+            // Never dropped: there are at most as many as the node's connections.
+            Event::Release { slot, connection } => self.pending.releases.push((slot, connection)),
+            Event::Audit(record) => self.push_audit(record),
+            Event::Tick { done, .. } | Event::Shutdown(done) => {
+                let _answered = done.send(());
+            }
+        }
+    }
+
+    fn push_audit(&mut self, record: AuditRecord) {
+        let bound = self.settings.max_pending_audit;
+        while self.pending.audit.len() >= bound.max(1) {
+            self.pending.audit.pop_front();
+            self.audit_overflow.drop_one(
+                "audit records",
+                bound,
+                "gateway_registry_audit_dropped_total",
+            );
+        }
+        self.pending.audit.push_back(record);
+    }
+
+    /// Writes what is pending; `true` when nothing is left to retry (rows the database refused
+    /// are not retried: they are audited and counted).
+    async fn flush(&mut self) -> bool {
+        let releases = self.flush_releases().await;
+        let inserts = self.flush_inserts().await;
+        let closes = self.flush_closes().await;
+        let audit = self.flush_audit().await;
+        self.rows_overflow.settle(
+            "registry rows",
+            self.pending.rows(),
+            self.settings.max_pending_rows,
+        );
+        self.audit_overflow.settle(
+            "audit records",
+            self.pending.audit.len(),
+            self.settings.max_pending_audit,
+        );
+        releases && inserts && closes && audit
+    }
+
+    async fn flush_releases(&mut self) -> bool {
+        if self.pending.releases.is_empty() {
+            return true;
+        }
+        match store::release_slots(&self.pool, &self.pending.releases).await {
+            Ok(()) => {
+                self.pending.releases.clear();
+                true
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "slot release of {} slots failed: {}; will retry",
+                    self.pending.releases.len(),
+                    chain(&e)
+                );
+                false
+            }
+        }
+    }
+
+    async fn flush_inserts(&mut self) -> bool {
+        let rows: Vec<(JoinRow, RowEnd)> = self.pending.inserts.drain().map(|(_, r)| r).collect();
+        let mut complete = true;
+        for chunk in chunks(rows) {
+            let written = self.insert(chunk, self.check_users).await;
+            let mut refused = Vec::new();
+            for (row, error) in written.failed {
+                if !self.check_users && constraint(&error) == Some(USER_FKEY) {
+                    refused.push(row);
+                } else {
+                    self.row_failed("insert", &error, row_detail(&row.0));
+                }
+            }
+            if !refused.is_empty() {
+                // An `auth.users` foreign key appeared after start: check users from now on.
+                tracing::info!("registry user ids are checked against auth.users from now on");
+                self.check_users = true;
+                let retried = self.insert(refused, true).await;
+                for (row, error) in retried.failed {
+                    self.row_failed("insert", &error, row_detail(&row.0));
+                }
+                complete &= self.keep_inserts(retried.unwritten);
+            }
+            complete &= self.keep_inserts(written.unwritten);
+        }
+        complete
+    }
+
+    async fn insert(
+        &self,
+        rows: Vec<(JoinRow, RowEnd)>,
+        check_users: bool,
+    ) -> batch::Written<(JoinRow, RowEnd), Error> {
+        // Each statement owns its handles (a pool clone is a reference count).
+        let (pool, node) = (self.pool.clone(), self.settings.node_id.clone());
+        write_split(
+            "registry insert",
+            rows,
+            batch::is_row_error,
+            |chunk| -> Write<'_, Error> {
+                let (pool, node) = (pool.clone(), node.clone());
+                Box::pin(async move { store::insert_rows(&pool, &node, chunk, check_users).await })
+            },
+        )
+        .await
+    }
+
+    /// Puts rows not written back; `true` when there were none.
+    fn keep_inserts(&mut self, rows: Vec<(JoinRow, RowEnd)>) -> bool {
+        let complete = rows.is_empty();
+        for row in rows {
+            self.pending.inserts.insert(row.0.id, row);
+        }
+        complete
+    }
+
+    async fn flush_closes(&mut self) -> bool {
+        let rows: Vec<(Uuid, RowClose)> = self.pending.closes.drain().collect();
+        let mut complete = true;
+        for chunk in chunks(rows) {
+            let pool = self.pool.clone();
+            let written = write_split(
+                "registry update",
+                chunk,
+                batch::is_row_error,
+                |chunk| -> Write<'_, Error> {
+                    let pool = pool.clone();
+                    Box::pin(async move { store::close_rows(&pool, chunk).await })
+                },
+            )
+            .await;
+            for ((id, (reason, _)), error) in written.failed {
+                self.row_failed("close", &error, json!({"id": id, "reason": reason}));
+            }
+            complete &= written.unwritten.is_empty();
+            self.pending.closes.extend(written.unwritten);
+        }
+        complete
+    }
+
+    async fn flush_audit(&mut self) -> bool {
+        let records: Vec<AuditRecord> = self.pending.audit.drain(..).collect();
+        let mut complete = true;
+        for chunk in chunks(records) {
+            let (pool, node) = (self.pool.clone(), self.settings.node_id.clone());
+            let written = write_split(
+                "audit insert",
+                chunk,
+                batch::is_row_error,
+                |chunk| -> Write<'_, Error> {
+                    let (pool, node) = (pool.clone(), node.clone());
+                    Box::pin(async move { store::append_audit(&pool, &node, chunk).await })
+                },
+            )
+            .await;
+            for (record, error) in written.failed {
+                // Not audited: that could refuse the same way, for ever.
+                metrics::counter!("gateway_registry_rows_failed_total", "write" => "audit")
+                    .increment(1);
+                tracing::warn!(
+                    kind = record.kind,
+                    "audit record not written: {}",
+                    chain(&error)
+                );
+            }
+            complete &= written.unwritten.is_empty();
+            // Back at the front, in their order, ahead of records audited meanwhile.
+            for record in written.unwritten.into_iter().rev() {
+                self.pending.audit.push_front(record);
+            }
+        }
+        complete
+    }
+
+    /// A row the database refused on its own: logged, counted and audited, not retried.
+    fn row_failed(&mut self, write: &'static str, error: &Error, mut detail: serde_json::Value) {
+        metrics::counter!("gateway_registry_rows_failed_total", "write" => write).increment(1);
+        let db = batch::database_error(error);
+        detail["write"] = json!(write);
+        detail["error"] = json!(db.map_or_else(|| chain(error), |db| db.message().to_owned()));
+        detail["sqlstate"] = json!(batch::sqlstate(error));
+        detail["constraint"] = json!(constraint(error));
+        tracing::warn!(%detail, "registry {write} of one row failed: {}", chain(error));
+        self.push_audit(AuditRecord {
+            kind: "registry_row_failed",
+            at: Utc::now(),
+            user_id: None,
+            remote_addr: None,
+            detail,
+        });
+    }
+}
+
+/// Splits `rows` into statements of at most [`MAX_STATEMENT_ROWS`].
+fn chunks<T>(mut rows: Vec<T>) -> Vec<Vec<T>> {
+    let mut chunks = Vec::with_capacity(rows.len().div_ceil(MAX_STATEMENT_ROWS));
+    while rows.len() > MAX_STATEMENT_ROWS {
+        let rest = rows.split_off(MAX_STATEMENT_ROWS);
+        chunks.push(rows);
+        rows = rest;
+    }
+    if !rows.is_empty() {
+        chunks.push(rows);
+    }
+    chunks
+}
+
+/// The constraint a database error names, if any.
+fn constraint(error: &Error) -> Option<&str> {
+    batch::database_error(error).and_then(|db| db.constraint())
+}
+
+/// What identifies a registry row in the audit log (the channel name cut to 100 bytes).
+fn row_detail(row: &JoinRow) -> serde_json::Value {
+    json!({
+        "id": row.id,
+        "subscription_id": super::bounded_prefix(&row.subscription_id, 200),
+        "channel": super::bounded_prefix(&row.channel_name, 100),
+        "connection_id": row.connection_id,
+        "user_id": row.user_id,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statements_hold_at_most_the_bound() {
+        assert!(chunks(Vec::<u8>::new()).is_empty());
+        let sizes: Vec<usize> = chunks(vec![0u8; 2 * MAX_STATEMENT_ROWS + 1])
+            .iter()
+            .map(Vec::len)
+            .collect();
+        assert_eq!(sizes, vec![MAX_STATEMENT_ROWS, MAX_STATEMENT_ROWS, 1]);
+    }
+
+    #[test]
+    fn an_overflow_episode_counts_and_ends() {
+        let mut o = Overflow::default();
+        o.drop_one("rows", 2, "test_dropped_total");
+        o.drop_one("rows", 2, "test_dropped_total");
+        assert_eq!(o.dropped, Some(2));
+        o.settle("rows", 2, 2);
+        assert_eq!(o.dropped, Some(2), "still at the bound");
+        o.settle("rows", 1, 2);
+        assert_eq!(o.dropped, None);
+    }
+}
