@@ -428,7 +428,7 @@ impl Session {
                        "message": message, "channel": name})
             }
             Err(Resolve::Database(e)) => {
-                tracing::warn!(error = %e, "cannot validate subscriptions");
+                tracing::warn!(error = %crate::error::chain(&e), "cannot validate subscriptions");
                 json!({"extension": "postgres_changes", "status": "error",
                        "message": UNABLE_TO_CONNECT, "channel": name})
             }

@@ -90,7 +90,7 @@ pub async fn handler(
             // back (503 with Retry-After, which the clients' reconnect back-off handles);
             // sessions already open keep being served.
             metrics::counter!("gateway_limits_unavailable_total").increment(1);
-            tracing::warn!(peer = %peer, error = %e, "upgrade refused: cannot check the connection cap");
+            tracing::warn!(peer = %peer, error = %crate::error::chain(&e), "upgrade refused: cannot check the connection cap");
             let mut response = refuse(
                 &state,
                 StatusCode::SERVICE_UNAVAILABLE,
