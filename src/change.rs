@@ -7,6 +7,7 @@
 
 use std::sync::Arc;
 
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::pg::catalog::TableInfo;
@@ -43,6 +44,11 @@ impl Op {
     }
 }
 
+/// A row as PostgreSQL rendered it: each column's name and its value's JSON text, exactly as
+/// `jsonb`'s text output wrote it (every digit of a `numeric`, any depth of nesting), in the
+/// order of the text. Delivery copies these bytes; nothing re-renders them.
+pub type RawRow = Vec<(String, Box<RawValue>)>;
+
 /// A decoded change, ready for routing.
 #[derive(Debug, Clone)]
 pub struct ChangeEvent {
@@ -59,6 +65,16 @@ pub struct ChangeEvent {
     pub old_full: Option<Map<String, Value>>,
     /// `commit_timestamp` as sent.
     pub commit_timestamp: String,
+    /// The new row as delivered (the bytes PostgreSQL wrote).
+    pub record_raw: Option<RawRow>,
+    /// The old row as delivered.
+    pub old_raw: Option<RawRow>,
+    /// Some column value could not be read into the filter view (`record`/`old_full`): a
+    /// subscription with a filter cannot be evaluated and gets an error entry instead.
+    pub filter_gap: bool,
+    /// Why the change cannot be delivered at all: its subscribers get an error entry carrying
+    /// this reason, with empty records.
+    pub undeliverable: Option<String>,
 }
 
 impl ChangeEvent {

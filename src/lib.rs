@@ -170,6 +170,7 @@ impl Gateway {
             listener_status,
         )
         .with_bus(bus)
+        .with_audit(services.registry.clone())
         .spawn(&shutdown);
         reaper::spawn(services);
         Ok(Gateway { state })

@@ -28,18 +28,24 @@ use std::time::Duration;
 use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::{PgPool, Row};
 
+use chrono::Utc;
+use sqlx::postgres::PgRow;
+
 use super::decode::{self, ChangeRow};
 use super::maintenance;
-use crate::change::BusMessage;
+use crate::change::{BusMessage, ChangeEvent, RawRow};
 use crate::fanout::router::{Router, Wakes};
 use crate::pg::catalog::{Catalog, TableInfo};
 use crate::pg::Error;
+use crate::registry::Registry;
 use crate::shutdown::Shutdown;
 
 /// Channel the capture bell notifies.
 pub const BELL_CHANNEL: &str = "realtime_gateway";
 /// `application_name` of the listener connection, as seen in `pg_stat_activity`.
 pub const APPLICATION_NAME: &str = "realtime-gateway listener";
+/// How an undeliverable change's error entry begins (docs/protocol.md 6.3).
+pub const UNDELIVERABLE: &str = "Error 422: Unprocessable Entity, change not delivered";
 /// Rows read per page.
 const PAGE_ROWS: i64 = 1000;
 /// Within a page, writers are woken at least every this many deliveries, which bounds how
@@ -105,6 +111,7 @@ pub struct Listener {
     catalog: Arc<Catalog>,
     router: Arc<Router>,
     status: Arc<Status>,
+    audit: Option<Registry>,
 }
 
 impl Listener {
@@ -123,7 +130,15 @@ impl Listener {
             catalog,
             router,
             status,
+            audit: None,
         }
+    }
+
+    /// Writes an audit record (`change_undeliverable`) for every outbox row skipped as
+    /// undeliverable to `registry`'s audit log.
+    pub fn with_audit(mut self, registry: Registry) -> Listener {
+        self.audit = Some(registry);
+        self
     }
 
     /// Forwards notifications of the bus channels (and gaps) to `bus`.
@@ -191,6 +206,8 @@ impl Listener {
         let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
         reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut read_backoff = Backoff::new();
+        // A failed read is retried from its own select arm, so the other duties go on.
+        let mut read_retry_at: Option<tokio::time::Instant> = None;
         let mut routed = std::collections::HashSet::new();
         let mut listen_backoff = Backoff::new();
         let mut listen_retry_at = tokio::time::Instant::now();
@@ -214,7 +231,7 @@ impl Listener {
                     }
                 }
             }
-            if need_read {
+            if need_read && read_retry_at.is_none() {
                 need_read = false;
                 let rang = std::mem::take(&mut bell_rang);
                 match self.read(&mut cursor, &mut routed).await {
@@ -224,15 +241,15 @@ impl Listener {
                     }
                     Err(e) => {
                         tracing::warn!(error = %e, "cannot read the outbox; retrying");
-                        if read_backoff.wait(&shutdown).await {
-                            return;
-                        }
-                        need_read = true;
-                        continue;
+                        metrics::counter!("gateway_listener_read_errors_total").increment(1);
+                        bell_rang |= rang;
+                        follow_up = false;
+                        read_retry_at = Some(tokio::time::Instant::now() + read_backoff.next());
                     }
                 }
             }
             let retry_listen = listener.is_none();
+            let retry_read = read_retry_at.unwrap_or_else(tokio::time::Instant::now);
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
@@ -261,6 +278,10 @@ impl Listener {
                     }
                 },
                 () = tokio::time::sleep(FOLLOW_UP), if follow_up => need_read = true,
+                () = tokio::time::sleep_until(retry_read), if read_retry_at.is_some() => {
+                    read_retry_at = None;
+                    need_read = true;
+                }
                 _ = poll.tick() => need_read = true,
                 () = tokio::time::sleep_until(listen_retry_at), if retry_listen => {},
                 _ = health.tick() => {
@@ -352,18 +373,18 @@ impl Listener {
         // are delivered in id order.
         let rows = sqlx::query(
             "select 0 as part, 0 as grp, null::int8 as id, null::timestamptz as captured_at, \
-                    null::int8 as relid, null::text as op, null::jsonb as record, \
-                    null::jsonb as old_record, pg_current_snapshot()::text as snapshot \
+                    null::int8 as relid, null::text as op, null::text as record, \
+                    null::text as old_record, pg_current_snapshot()::text as snapshot \
              union all \
-             (select 1, 1, id, captured_at, relid::int8, op, record, old_record, null \
+             (select 1, 1, id, captured_at, relid::int8, op, record::text, old_record::text, null \
               from realtime.changes \
               where xid = any($2::text[]::xid8[]) and id <= $3 order by xid limit $4) \
              union all \
-             (select 2, 1, id, captured_at, relid::int8, op, record, old_record, null \
+             (select 2, 1, id, captured_at, relid::int8, op, record::text, old_record::text, null \
               from realtime.changes \
               where xid >= $1::text::xid8 and id <= $3 order by xid limit $4) \
              union all \
-             (select 3, 2, id, captured_at, relid::int8, op, record, old_record, null \
+             (select 3, 2, id, captured_at, relid::int8, op, record::text, old_record::text, null \
               from realtime.changes where id > $3 order by id limit $4) \
              order by grp, id",
         )
@@ -425,7 +446,7 @@ impl Listener {
     /// returns its last id.
     async fn deliver(
         &self,
-        rows: Vec<sqlx::postgres::PgRow>,
+        rows: Vec<PgRow>,
         max_id: &mut i64,
         routed: &mut std::collections::HashSet<i64>,
     ) -> Result<Option<i64>, Error> {
@@ -435,51 +456,129 @@ impl Listener {
         let mut wakes = Wakes::default();
         let mut since_wake = 0usize;
         for row in rows {
-            let change = ChangeRow {
-                id: row.try_get("id")?,
-                captured_at: row.try_get("captured_at")?,
-                relid: u32::try_from(row.try_get::<i64, _>("relid")?).unwrap_or(0),
-                op: row.try_get("op")?,
-                record: row.try_get("record")?,
-                old_record: row.try_get("old_record")?,
-            };
-            last = Some(change.id);
-            *max_id = (*max_id).max(change.id);
-            if !routed.insert(change.id) {
+            let id: i64 = row.try_get("id")?;
+            last = Some(id);
+            *max_id = (*max_id).max(id);
+            if !routed.insert(id) {
                 continue; // routed by an attempt that failed later
             }
-            let Some(mut table) = self.catalog.table(change.relid).await? else {
-                tracing::debug!(relid = change.relid, "change of a dropped table skipped");
-                continue;
-            };
-            if !fits(
-                &table,
-                change.record.as_ref().or(change.old_record.as_ref()),
-            ) {
-                // A column was added or dropped since the table was cached.
-                if let Some(fresh) = self.catalog.refresh(change.relid).await? {
-                    table = fresh;
-                }
-            }
-            match decode::decode(change, table) {
-                Ok(event) => {
-                    let routed =
-                        self.router
-                            .route(&event, self.settings.max_change_bytes, &mut wakes);
-                    since_wake += routed.delivered;
-                    if since_wake >= WAKE_EVERY_DELIVERIES {
-                        wakes.wake_all();
-                        since_wake = 0;
-                    }
-                }
+            let event = match self.event(&row, id).await {
+                Ok(Some(event)) => event,
+                Ok(None) => continue,
                 Err(e) => {
-                    tracing::warn!(error = %e, "undecodable outbox row skipped");
-                    metrics::counter!("gateway_decode_errors_total").increment(1);
+                    // The database is unreachable, not the row bad: the read is retried, and
+                    // this row with it.
+                    routed.remove(&id);
+                    return Err(e);
                 }
+            };
+            let routed = self
+                .router
+                .route(&event, self.settings.max_change_bytes, &mut wakes);
+            since_wake += routed.delivered;
+            if since_wake >= WAKE_EVERY_DELIVERIES {
+                wakes.wake_all();
+                since_wake = 0;
             }
         }
         wakes.wake_all();
         Ok(last)
+    }
+
+    /// The event to route for outbox row `id`: the change, or an error entry when the row
+    /// cannot be delivered (counted and audited); `None` for a table dropped since. `Err` only
+    /// when the database cannot be reached, which a later read retries.
+    async fn event(&self, row: &PgRow, id: i64) -> Result<Option<ChangeEvent>, Error> {
+        let relid = row
+            .try_get::<i64, _>("relid")
+            .ok()
+            .and_then(|r| u32::try_from(r).ok())
+            .unwrap_or(0);
+        let change = match read_row(row, id, relid) {
+            Ok(change) => change,
+            Err(e) => {
+                let change = ChangeRow {
+                    id,
+                    captured_at: row.try_get("captured_at").unwrap_or_else(|_| Utc::now()),
+                    relid,
+                    op: row.try_get("op").unwrap_or_default(),
+                    record: None,
+                    old_record: None,
+                };
+                return self
+                    .undeliverable(&change, format!("unreadable row: {e}"))
+                    .await;
+            }
+        };
+        let table = match self.catalog.table(relid).await {
+            Ok(Some(table)) => table,
+            Ok(None) => {
+                tracing::debug!(relid, "change of a dropped table skipped");
+                return Ok(None);
+            }
+            Err(e) if transient(&e) => return Err(e),
+            Err(e) => {
+                return self
+                    .undeliverable(&change, format!("table description: {}", chain(&e)))
+                    .await
+            }
+        };
+        let mut decoded = decode::decode(change.clone(), Arc::clone(&table));
+        if let Ok(event) = &decoded {
+            if !fits(&table, event.record_raw.as_ref().or(event.old_raw.as_ref())) {
+                // A column was added or dropped since the table was cached.
+                match self.catalog.refresh(relid).await {
+                    Ok(Some(fresh)) => decoded = decode::decode(change.clone(), fresh),
+                    Ok(None) => {}
+                    Err(e) if transient(&e) => return Err(e),
+                    Err(e) => tracing::warn!(error = %chain(&e), "cannot refresh a table"),
+                }
+            }
+        }
+        match decoded {
+            Ok(event) => Ok(Some(event)),
+            Err(e) => self.undeliverable(&change, e.to_string()).await,
+        }
+    }
+
+    /// Skips `change` as undeliverable: counts it, audits it, and returns the error entry its
+    /// subscribers get (none when its table is unknown).
+    async fn undeliverable(
+        &self,
+        change: &ChangeRow,
+        reason: String,
+    ) -> Result<Option<ChangeEvent>, Error> {
+        metrics::counter!("gateway_capture_rows_failed_total").increment(1);
+        metrics::counter!("gateway_decode_errors_total").increment(1);
+        let table = match self.catalog.table(change.relid).await {
+            Ok(table) => table,
+            Err(e) if transient(&e) => return Err(e),
+            Err(_) => None,
+        };
+        tracing::warn!(
+            id = change.id,
+            relid = change.relid,
+            reason = %reason,
+            "undeliverable outbox row skipped"
+        );
+        if let Some(audit) = &self.audit {
+            audit.audit(
+                "change_undeliverable",
+                None,
+                None,
+                serde_json::json!({
+                    "id": change.id,
+                    "relid": change.relid,
+                    "schema": table.as_ref().map(|t| t.schema.clone()),
+                    "table": table.as_ref().map(|t| t.name.clone()),
+                    "op": change.op,
+                    "reason": reason,
+                }),
+            );
+        }
+        Ok(table.map(|table| {
+            decode::undeliverable(change, table, format!("{UNDELIVERABLE}: {reason}"))
+        }))
     }
 }
 
@@ -498,10 +597,11 @@ async fn fetch_page(
     part: Part,
     cursor: &Cursor,
     after: i64,
-) -> Result<Vec<sqlx::postgres::PgRow>, Error> {
+) -> Result<Vec<PgRow>, Error> {
     let query = match part {
         Part::InFlight => sqlx::query(
-            "select id, captured_at, relid::int8 as relid, op, record, old_record \
+            "select id, captured_at, relid::int8 as relid, op, record::text as record, \
+                    old_record::text as old_record \
              from realtime.changes \
              where (xid >= $1::text::xid8 or xid = any($2::text[]::xid8[])) \
                and id > $3 and id <= $4 \
@@ -513,7 +613,8 @@ async fn fetch_page(
         .bind(cursor.max_id)
         .bind(PAGE_ROWS),
         Part::Above => sqlx::query(
-            "select id, captured_at, relid::int8 as relid, op, record, old_record \
+            "select id, captured_at, relid::int8 as relid, op, record::text as record, \
+                    old_record::text as old_record \
              from realtime.changes where id > $1 order by id limit $2",
         )
         .bind(after)
@@ -523,14 +624,66 @@ async fn fetch_page(
 }
 
 /// Whether `row`'s keys are exactly the cached table's columns.
-fn fits(table: &TableInfo, row: Option<&serde_json::Value>) -> bool {
-    match row.and_then(serde_json::Value::as_object) {
-        Some(obj) => {
-            obj.len() == table.columns.len()
-                && table.columns.iter().all(|c| obj.contains_key(&c.name))
+fn fits(table: &TableInfo, row: Option<&RawRow>) -> bool {
+    match row {
+        Some(row) => {
+            row.len() == table.columns.len()
+                && table
+                    .columns
+                    .iter()
+                    .all(|c| row.iter().any(|(k, _)| *k == c.name))
         }
         None => true,
     }
+}
+
+/// The outbox row's columns, the records as text.
+fn read_row(row: &PgRow, id: i64, relid: u32) -> Result<ChangeRow, sqlx::Error> {
+    Ok(ChangeRow {
+        id,
+        captured_at: row.try_get("captured_at")?,
+        relid,
+        op: row.try_get("op")?,
+        record: row.try_get("record")?,
+        old_record: row.try_get("old_record")?,
+    })
+}
+
+/// Whether `e` says the database cannot be reached right now (retry), rather than that one
+/// row or table is bad (skip it).
+fn transient(e: &Error) -> bool {
+    let Error::Sqlx(e) = e else {
+        return false;
+    };
+    match e {
+        sqlx::Error::Database(db) => {
+            // Connection exceptions, resources, operator intervention, rollbacks, locks.
+            db.code().is_some_and(|c| {
+                ["08", "53", "57", "40", "55"]
+                    .iter()
+                    .any(|k| c.starts_with(k))
+            })
+        }
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        _ => false,
+    }
+}
+
+/// `e` with its sources.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 /// The position to start from: everything committed before now counts as delivered.

@@ -7,15 +7,17 @@
 //! them, and `errors`. Changes over `--max-change-bytes` keep only their small values and say
 //! `Error 413: Payload Too Large`. Pure: no I/O.
 
-use serde_json::{Map, Value};
+use std::fmt::Write as _;
 
-use crate::change::{ChangeEvent, Op};
+use serde_json::Value;
+
+use crate::change::{ChangeEvent, Op, RawRow};
 
 /// Values kept in a change over the size limit are at most this long (serialized).
 const TRUNCATED_VALUE_MAX: usize = 64;
 
 /// Serializes the delivery `data` object, restricted to `select` columns (plus the primary
-/// key) when given.
+/// key) when given. Record values are copied as PostgreSQL wrote them, byte for byte.
 pub fn body(change: &ChangeEvent, select: Option<&[String]>, max_bytes: usize) -> String {
     let table = &change.table;
     let keep = |name: &str| {
@@ -23,78 +25,138 @@ pub fn body(change: &ChangeEvent, select: Option<&[String]>, max_bytes: usize) -
             cols.iter().any(|c| c == name) || table.primary_key.iter().any(|k| k == name)
         })
     };
-    let columns: Vec<Value> = table
-        .columns
-        .iter()
-        .filter(|c| keep(&c.name))
-        .map(|c| serde_json::json!({"name": c.name, "type": c.type_name}))
-        .collect();
     let mut errors: Vec<&str> = Vec::new();
+    if let Some(reason) = &change.undeliverable {
+        errors.push(reason);
+    }
     let no_key = table.primary_key.is_empty();
     if no_key {
         errors.push("Error 400: Bad Request, no primary key");
     }
-    let project = |row: &Map<String, Value>, only_key: bool| -> Map<String, Value> {
+    let project = |row: &RawRow, only_key: bool| -> Vec<usize> {
         row.iter()
-            .filter(|(k, _)| keep(k))
-            .filter(|(k, _)| !only_key || table.primary_key.iter().any(|pk| pk == *k))
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .enumerate()
+            .filter(|(_, (k, _))| keep(k))
+            .filter(|(_, (k, _))| !only_key || table.primary_key.iter().any(|pk| pk == k))
+            .map(|(i, _)| i)
             .collect()
     };
-    let mut record = match (change.op, &change.record, no_key) {
-        (Op::Insert | Op::Update, Some(r), false) => Some(project(r, false)),
+    let record = match (change.op, &change.record_raw, no_key) {
+        (Op::Insert | Op::Update, Some(r), false) => Some((r, project(r, false))),
         _ => None,
     };
-    let mut old_record = match (change.op, &change.old_full, no_key) {
-        (Op::Update | Op::Delete, Some(o), false) => Some(project(o, !table.replica_identity_full)),
+    let old_record = match (change.op, &change.old_raw, no_key) {
+        (Op::Update | Op::Delete, Some(o), false) => {
+            Some((o, project(o, !table.replica_identity_full)))
+        }
         _ => None,
     };
-    let size = |m: &Option<Map<String, Value>>| {
-        m.as_ref()
-            .map_or(0, |m| serde_json::to_vec(m).map_or(0, |v| v.len()))
+    let size = |m: &Option<(&RawRow, Vec<usize>)>| {
+        m.as_ref().map_or(0, |(row, kept)| {
+            kept.iter()
+                .map(|&i| row[i].0.len() + row[i].1.get().len() + 4)
+                .sum::<usize>()
+                + 2
+        })
     };
+    let mut limit = usize::MAX;
     if size(&record) + size(&old_record) > max_bytes {
         errors.push("Error 413: Payload Too Large");
-        for row in [&mut record, &mut old_record].into_iter().flatten() {
-            row.retain(|_, v| serde_json::to_vec(v).is_ok_and(|b| b.len() <= TRUNCATED_VALUE_MAX));
-        }
+        limit = TRUNCATED_VALUE_MAX;
     }
-    let mut data = Map::new();
-    data.insert("schema".into(), Value::from(table.schema.as_str()));
-    data.insert("table".into(), Value::from(table.name.as_str()));
-    data.insert("type".into(), Value::from(change.op.as_str()));
-    data.insert(
-        "commit_timestamp".into(),
-        Value::from(change.commit_timestamp.as_str()),
-    );
-    data.insert("columns".into(), Value::Array(columns));
-    match change.op {
-        Op::Insert => {
-            data.insert("record".into(), Value::Object(record.unwrap_or_default()));
+    let mut out = String::with_capacity(256 + size(&record) + size(&old_record));
+    out.push_str("{\"schema\":");
+    push_str(&mut out, &table.schema);
+    out.push_str(",\"table\":");
+    push_str(&mut out, &table.name);
+    out.push_str(",\"type\":\"");
+    out.push_str(change.op.as_str());
+    out.push_str("\",\"commit_timestamp\":");
+    push_str(&mut out, &change.commit_timestamp);
+    out.push_str(",\"columns\":[");
+    let mut first = true;
+    for c in table.columns.iter().filter(|c| keep(&c.name)) {
+        if !first {
+            out.push(',');
         }
-        Op::Update => {
-            data.insert("record".into(), Value::Object(record.unwrap_or_default()));
-            data.insert(
-                "old_record".into(),
-                Value::Object(old_record.unwrap_or_default()),
-            );
-        }
-        Op::Delete => {
-            data.insert(
-                "old_record".into(),
-                Value::Object(old_record.unwrap_or_default()),
-            );
-        }
+        first = false;
+        out.push_str("{\"name\":");
+        push_str(&mut out, &c.name);
+        out.push_str(",\"type\":");
+        push_str(&mut out, &c.type_name);
+        out.push('}');
     }
-    data.insert(
-        "errors".into(),
-        if errors.is_empty() {
-            Value::Null
-        } else {
-            Value::from(errors)
-        },
-    );
-    Value::Object(data).to_string()
+    out.push(']');
+    let push_row = |out: &mut String, name: &str, row: &Option<(&RawRow, Vec<usize>)>| {
+        out.push_str(",\"");
+        out.push_str(name);
+        out.push_str("\":{");
+        let mut first = true;
+        if let Some((row, kept)) = row {
+            for &i in kept {
+                let (k, v) = &row[i];
+                if v.get().len() > limit {
+                    continue;
+                }
+                if !first {
+                    out.push(',');
+                }
+                first = false;
+                push_str(out, k);
+                out.push(':');
+                out.push_str(v.get());
+            }
+        }
+        out.push('}');
+    };
+    if matches!(change.op, Op::Insert | Op::Update) {
+        push_row(&mut out, "record", &record);
+    }
+    if matches!(change.op, Op::Update | Op::Delete) {
+        push_row(&mut out, "old_record", &old_record);
+    }
+    out.push_str(",\"errors\":");
+    if errors.is_empty() {
+        out.push_str("null");
+    } else {
+        // Serializing a list of strings cannot fail.
+        let _ = write!(out, "{}", Value::from(errors));
+    }
+    out.push('}');
+    out
+}
+
+/// Reason given to a filtered subscription when the change's filter view is incomplete.
+pub const FILTER_GAP: &str =
+    "Error 422: Unprocessable Entity, a value of this change cannot be evaluated by the filter";
+
+/// The `data` object of an error entry for `change`: the change's table, type and time, empty
+/// records, and `errors` listing `reason` (the change's own, or [`FILTER_GAP`]).
+pub fn error_body(change: &ChangeEvent) -> String {
+    let entry = ChangeEvent {
+        id: change.id,
+        table: std::sync::Arc::clone(&change.table),
+        op: change.op,
+        record: None,
+        old_full: None,
+        commit_timestamp: change.commit_timestamp.clone(),
+        record_raw: None,
+        old_raw: None,
+        filter_gap: false,
+        undeliverable: Some(
+            change
+                .undeliverable
+                .clone()
+                .unwrap_or_else(|| FILTER_GAP.to_owned()),
+        ),
+    };
+    body(&entry, None, usize::MAX)
+}
+
+/// Appends `s` as a JSON string.
+fn push_str(out: &mut String, s: &str) {
+    // Serializing a string cannot fail.
+    let _ = write!(out, "{}", Value::from(s));
 }
 
 #[cfg(test)]
@@ -131,22 +193,37 @@ mod tests {
         (Op::parse(op).unwrap(), record, old)
     }
 
+    fn raw(v: &Option<Value>) -> Option<RawRow> {
+        v.as_ref().and_then(Value::as_object).map(|m| {
+            m.iter()
+                .map(|(k, v)| {
+                    let text = serde_json::value::RawValue::from_string(v.to_string()).unwrap();
+                    (k.clone(), text)
+                })
+                .collect()
+        })
+    }
+
     fn decode(
         (op, record, old): (Op, Option<Value>, Option<Value>),
         table: Arc<TableInfo>,
         max_bytes: usize,
     ) -> Option<(ChangeEvent, String)> {
-        let object = |v: Option<Value>| match v {
-            Some(Value::Object(m)) => Some(m),
+        let object = |v: &Option<Value>| match v {
+            Some(Value::Object(m)) => Some(m.clone()),
             _ => None,
         };
         let change = ChangeEvent {
             id: 7,
             table,
             op,
-            record: object(record),
-            old_full: object(old),
+            record: object(&record),
+            old_full: object(&old),
             commit_timestamp: "2025-05-01T12:34:56.789Z".into(),
+            record_raw: raw(&record),
+            old_raw: raw(&old),
+            filter_gap: false,
+            undeliverable: None,
         };
         let data = body(&change, None, max_bytes);
         Some((change, data))
@@ -229,5 +306,31 @@ mod tests {
             json!(["Error 400: Bad Request, no primary key"])
         );
         assert_eq!(data["record"], json!({}));
+    }
+
+    #[test]
+    fn values_are_copied_as_postgres_wrote_them() {
+        let text = r#"{"id": 7, "done": true, "title": 12345678901234567890.123456789012345678901234567890}"#;
+        let row: Vec<(String, Box<serde_json::value::RawValue>)> =
+            serde_json::from_str::<std::collections::BTreeMap<String, _>>(text)
+                .unwrap()
+                .into_iter()
+                .collect();
+        let (mut e, _) = decode(row_of("INSERT"), table(false, &["id"]), 1 << 20).unwrap();
+        e.record_raw = Some(row);
+        let data = body(&e, None, 1 << 20);
+        assert!(
+            data.contains(r#""title":12345678901234567890.123456789012345678901234567890"#),
+            "{data}"
+        );
+        e.undeliverable = Some("Error 422: undeliverable".into());
+        e.record_raw = None;
+        let data: Value = serde_json::from_str(&body(&e, None, 1 << 20)).unwrap();
+        assert_eq!(data["record"], json!({}));
+        assert_eq!(data["errors"], json!(["Error 422: undeliverable"]));
+    }
+
+    fn row_of(op: &str) -> (Op, Option<Value>, Option<Value>) {
+        row(op, Some(json!({"id": 7})), None)
     }
 }

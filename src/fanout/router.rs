@@ -17,7 +17,7 @@ use std::sync::Arc;
 use dashmap::DashMap;
 
 use super::encode;
-use super::subscription::PgSub;
+use super::subscription::{PgSub, Verdict};
 use crate::auth::Claims;
 use crate::change::ChangeEvent;
 use crate::conn::ConnId;
@@ -241,6 +241,7 @@ impl Router {
         // The whole body is encoded once, when the first recipient needs it; each distinct
         // column selection once more.
         let mut whole: Option<Arc<str>> = None;
+        let mut error: Option<Arc<str>> = None;
         let mut bodies: HashMap<&[String], Arc<str>> = HashMap::new();
         for group in authorize(&deliveries) {
             // Channels of one topic and serializer whose matching subscriptions are the same
@@ -249,11 +250,12 @@ impl Router {
             // the last key is compared before the map is hashed.
             let mut frames: HashMap<FrameKey<'_>, Frame> = HashMap::new();
             let mut last: Option<(FrameKey<'_>, Frame)> = None;
-            for (channel, range, select) in group {
+            for (channel, range, select, is_error) in group {
                 let key = (
                     channel.prefix.as_str(),
                     &ids[range.clone()],
                     select.as_deref(),
+                    *is_error,
                 );
                 let frame = match &last {
                     Some((last_key, frame)) if *last_key == key => frame.clone(),
@@ -262,6 +264,9 @@ impl Router {
                             .entry(key)
                             .or_insert_with(|| {
                                 let body = match key.2 {
+                                    _ if key.3 => Arc::clone(error.get_or_insert_with(|| {
+                                        Arc::from(encode::error_body(change))
+                                    })),
                                     None => Arc::clone(whole.get_or_insert_with(|| {
                                         Arc::from(encode::body(change, None, max_change_bytes))
                                     })),
@@ -333,13 +338,30 @@ impl Router {
                 // recipient); equal ids (identical subscriptions) are listed once.
                 let start = ids.len();
                 let mut every_column = false;
-                for sub in channel.subs.iter().filter(|s| s.matches(change)) {
-                    every_column |= sub.select.is_none();
-                    if !ids[start..].contains(&sub.id) {
-                        ids.push(sub.id);
+                let mut errored = false;
+                for sub in &channel.subs {
+                    match sub.verdict(change) {
+                        Verdict::Skip => {}
+                        Verdict::Error => errored = true,
+                        Verdict::Deliver => {
+                            every_column |= sub.select.is_none();
+                            if !ids[start..].contains(&sub.id) {
+                                ids.push(sub.id);
+                            }
+                        }
                     }
                 }
-                if ids.len() == start {
+                let mid = ids.len();
+                if errored {
+                    // Subscriptions that get an error entry get it in a frame of their own.
+                    for sub in &channel.subs {
+                        if sub.verdict(change) == Verdict::Error && !ids[mid..].contains(&sub.id) {
+                            ids.push(sub.id);
+                        }
+                    }
+                    out.push((Arc::clone(channel), mid..ids.len(), None, true));
+                }
+                if mid == start {
                     continue;
                 }
                 // Subscriptions with different column selections on one channel are served
@@ -347,7 +369,7 @@ impl Router {
                 let select = if every_column {
                     None
                 } else {
-                    let matched = &ids[start..];
+                    let matched = &ids[start..mid];
                     let mut cols: Vec<String> = channel
                         .subs
                         .iter()
@@ -358,7 +380,7 @@ impl Router {
                     cols.dedup();
                     Some(cols)
                 };
-                out.push((Arc::clone(channel), start..ids.len(), select));
+                out.push((Arc::clone(channel), start..mid, select, false));
             }
         }
         (out, ids)
@@ -367,10 +389,16 @@ impl Router {
 
 /// What makes two channels' frames for one change identical: the frame prefix (topic and
 /// serializer), the ids listed, and the column selection.
-type FrameKey<'a> = (&'a str, &'a [u32], Option<&'a [String]>);
+type FrameKey<'a> = (&'a str, &'a [u32], Option<&'a [String]>, bool);
 
-/// A channel, where the ids of its matching subscriptions are, and their column selection.
-type Delivery = (Arc<PgChannel>, std::ops::Range<usize>, Option<Vec<String>>);
+/// A channel, where the ids of its matching subscriptions are, their column selection, and
+/// whether the frame is an error entry.
+type Delivery = (
+    Arc<PgChannel>,
+    std::ops::Range<usize>,
+    Option<Vec<String>>,
+    bool,
+);
 
 /// Step 2: groups deliveries by identical claims. Every group is delivered today; row-level
 /// security will check each group's change once with that group's claims and drop the group
@@ -424,6 +452,13 @@ mod tests {
             record: record.as_object().cloned(),
             old_full: None,
             commit_timestamp: "2026-01-01T00:00:00.000Z".into(),
+            record_raw: Some(vec![(
+                "id".into(),
+                serde_json::value::RawValue::from_string("1".into()).unwrap(),
+            )]),
+            old_raw: None,
+            filter_gap: false,
+            undeliverable: None,
         }
     }
 

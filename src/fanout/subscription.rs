@@ -96,6 +96,17 @@ pub fn stable_id(raw: &Map<String, Value>) -> u32 {
     hash % 0x7fff_fffe + 1
 }
 
+/// What a subscription gets of one change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Nothing: another table or event, or the filter does not match.
+    Skip,
+    /// The change.
+    Deliver,
+    /// An error entry for the change: records empty, `errors` saying why.
+    Error,
+}
+
 /// A validated subscription, as the router evaluates it.
 #[derive(Debug, Clone)]
 pub struct PgSub {
@@ -121,19 +132,24 @@ impl PgSub {
 
     /// Whether `change` is delivered to this subscription.
     pub fn matches(&self, change: &ChangeEvent) -> bool {
-        if !self.events.contains(change.op) {
-            return false;
+        self.verdict(change) == Verdict::Deliver
+    }
+
+    /// What this subscription gets of `change`: the change, an error entry in its place (the
+    /// change cannot be delivered, or its filter cannot be evaluated on it), or nothing.
+    pub fn verdict(&self, change: &ChangeEvent) -> Verdict {
+        if !self.events.contains(change.op)
+            || (self.schema != "*" && self.schema != change.table.schema)
+            || (self.table != "*" && self.table != change.table.name)
+        {
+            return Verdict::Skip;
         }
-        if self.schema != "*" && self.schema != change.table.schema {
-            return false;
-        }
-        if self.table != "*" && self.table != change.table.name {
-            return false;
+        if change.undeliverable.is_some() || (change.filter_gap && self.filter.is_some()) {
+            return Verdict::Error;
         }
         match (&self.filter, change.filter_row()) {
-            (None, _) => true,
-            (Some(f), Some(row)) => f.matches(row),
-            (Some(_), None) => true,
+            (Some(f), Some(row)) if !f.matches(row) => Verdict::Skip,
+            _ => Verdict::Deliver,
         }
     }
 }
