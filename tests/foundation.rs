@@ -266,7 +266,8 @@ async fn registry_has_the_seed_columns() {
             "connection_id",
             "remote_addr",
             "closed_at",
-            "close_reason"
+            "close_reason",
+            "claimed_user_id"
         ]
     );
     let pk: String = sqlx::query_scalar(
