@@ -171,7 +171,8 @@ pub struct Settings {
     #[arg(long, env = "CHANGE_POLL_INTERVAL", default_value = "50ms", value_parser = parse_duration)]
     pub change_poll_interval: Duration,
 
-    /// Captured changes are kept in the outbox this long before pruning (e.g. `10m`).
+    /// Captured changes are kept in the outbox at least this long, and until every live node
+    /// has read them (e.g. `10m`).
     #[arg(long, env = "CHANGE_RETENTION", default_value = "10m", value_parser = parse_duration)]
     pub change_retention: Duration,
 
@@ -332,8 +333,8 @@ impl Settings {
         if self.change_poll_interval.is_zero() {
             return invalid("--change-poll-interval must be greater than zero");
         }
-        if self.change_retention < Duration::from_secs(10) {
-            return invalid("--change-retention must be at least 10s");
+        if self.change_retention < Duration::from_secs(1) {
+            return invalid("--change-retention must be at least 1s");
         }
         if matches!(&self.jwt_secret, Some(s) if s.len() < 16) {
             return invalid("--jwt-secret must be at least 16 characters");

@@ -161,10 +161,10 @@ impl Gateway {
                 database_url: url.clone(),
                 poll_interval: config.change_poll_interval,
                 max_change_bytes: config.max_change_bytes,
-                retention: config.change_retention,
+                node_id: config.node_id.clone(),
                 bus_channels: vec![broadcast::envelope::CHANNEL.to_owned()],
             },
-            pool,
+            pool.clone(),
             catalog,
             router,
             listener_status,
@@ -172,6 +172,15 @@ impl Gateway {
         .with_bus(bus)
         .with_audit(services.registry.clone())
         .spawn(&shutdown);
+        shutdown.spawn(
+            "outbox_pruner",
+            capture::maintenance::run_pruner(
+                pool,
+                config.change_retention,
+                config.heartbeat_timeout,
+                shutdown.clone(),
+            ),
+        );
         reaper::spawn(services);
         Ok(Gateway { state })
     }

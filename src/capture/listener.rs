@@ -33,9 +33,12 @@ use sqlx::postgres::PgRow;
 
 use super::decode::{self, ChangeRow};
 use super::maintenance;
-use crate::change::{BusMessage, ChangeEvent, RawRow};
+use super::outbox::{
+    fetch_page, fits, parse_snapshot, read_row, start_cursor, transient, Cursor, Part,
+};
+use crate::change::{BusMessage, ChangeEvent};
 use crate::fanout::router::{Router, Wakes};
-use crate::pg::catalog::{Catalog, TableInfo};
+use crate::pg::catalog::Catalog;
 use crate::pg::Error;
 use crate::registry::Registry;
 use crate::shutdown::Shutdown;
@@ -47,7 +50,7 @@ pub const APPLICATION_NAME: &str = "realtime-gateway listener";
 /// How an undeliverable change's error entry begins (docs/protocol.md 6.3).
 pub const UNDELIVERABLE: &str = "Error 422: Unprocessable Entity, change not delivered";
 /// Rows read per page.
-const PAGE_ROWS: i64 = 1000;
+pub(super) const PAGE_ROWS: i64 = 1000;
 /// Within a page, writers are woken at least every this many deliveries, which bounds how
 /// long a routed frame waits for its writer.
 const WAKE_EVERY_DELIVERIES: usize = 50_000;
@@ -70,8 +73,8 @@ pub struct Settings {
     pub poll_interval: Duration,
     /// Changes over this many bytes are truncated with `Error 413`.
     pub max_change_bytes: usize,
-    /// `realtime.changes` rows older than this are pruned.
-    pub retention: Duration,
+    /// This node, as its read position is recorded.
+    pub node_id: String,
     /// Further channels to LISTEN on; their notifications go to the bus sender.
     pub bus_channels: Vec<String>,
 }
@@ -93,15 +96,6 @@ pub struct Status {
     pub last_id: AtomicU64,
 }
 
-/// Position in the outbox: the previous read's snapshot (`xmax` and in-progress transactions)
-/// and highest visible id.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Cursor {
-    xmax: String,
-    xip: Vec<String>,
-    max_id: i64,
-}
-
 /// The listener task.
 #[derive(Debug)]
 pub struct Listener {
@@ -112,6 +106,8 @@ pub struct Listener {
     router: Arc<Router>,
     status: Arc<Status>,
     audit: Option<Registry>,
+    /// Records this node's read position for the pruner.
+    position: maintenance::Position,
 }
 
 impl Listener {
@@ -123,9 +119,11 @@ impl Listener {
         router: Arc<Router>,
         status: Arc<Status>,
     ) -> Listener {
+        let position = maintenance::Position::new(pool.clone(), settings.node_id.clone());
         Listener {
             settings,
             bus: None,
+            position,
             pool,
             catalog,
             router,
@@ -201,8 +199,9 @@ impl Listener {
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut health = tokio::time::interval(HEALTH_CHECK_EVERY);
         health.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut prune = tokio::time::interval(Duration::from_secs(30));
-        prune.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.report_position(&cursor).await;
+        let mut report = tokio::time::interval(maintenance::REPORT_EVERY);
+        report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
         reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut read_backoff = Backoff::new();
@@ -299,7 +298,7 @@ impl Listener {
                         }
                     }
                 }
-                _ = prune.tick() => maintenance::prune(&self.pool, self.settings.retention).await,
+                _ = report.tick() => self.report_position(&cursor).await,
                 _ = reconcile.tick() => maintenance::reconcile(&self.pool).await,
             }
         }
@@ -350,6 +349,11 @@ impl Listener {
                 total += n;
                 if n < PAGE_ROWS as usize {
                     break;
+                }
+                // A long read keeps this node's recorded position fresh (at the cursor it
+                // started from), so the pruner never takes it for gone mid-read.
+                if self.position.due() {
+                    self.report_position(cursor).await;
                 }
             }
         }
@@ -442,6 +446,36 @@ impl Listener {
         }
     }
 
+    /// Records the read position; tells every subscriber when changes were pruned before
+    /// this node read them.
+    async fn report_position(&self, cursor: &Cursor) {
+        let xmin = maintenance::snapshot_xmin(&cursor.xmax, &cursor.xip);
+        match self.position.report(cursor.max_id, xmin).await {
+            Ok(None) => {}
+            Ok(Some(gap)) => {
+                tracing::warn!(
+                    pruned_id = gap.pruned_id,
+                    read_id = gap.read_id,
+                    "changes were pruned before this node read them"
+                );
+                metrics::counter!("gateway_capture_gaps_total").increment(1);
+                let told = self.router.notify_all(|name| {
+                    serde_json::json!({"extension": "postgres_changes", "status": "error",
+                        "message": "ChangesMissed: changes were pruned before this node read them; \
+                                    reload the data you show",
+                        "channel": name})
+                    .to_string()
+                });
+                if let Some(registry) = &self.audit {
+                    let detail = serde_json::json!({"pruned_id": gap.pruned_id,
+                        "read_id": gap.read_id, "channels_told": told});
+                    registry.audit("changes_missed", None, None, detail);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot record the read position"),
+        }
+    }
+
     /// Decodes and routes one page (skipping ids in `routed`, adding the ones it routes);
     /// returns its last id.
     async fn deliver(
@@ -519,7 +553,10 @@ impl Listener {
             Err(e) if transient(&e) => return Err(e),
             Err(e) => {
                 return self
-                    .undeliverable(&change, format!("table description: {}", chain(&e)))
+                    .undeliverable(
+                        &change,
+                        format!("table description: {}", crate::error::chain(&e)),
+                    )
                     .await
             }
         };
@@ -531,7 +568,9 @@ impl Listener {
                     Ok(Some(fresh)) => decoded = decode::decode(change.clone(), fresh),
                     Ok(None) => {}
                     Err(e) if transient(&e) => return Err(e),
-                    Err(e) => tracing::warn!(error = %chain(&e), "cannot refresh a table"),
+                    Err(e) => {
+                        tracing::warn!(error = %crate::error::chain(&e), "cannot refresh a table")
+                    }
                 }
             }
         }
@@ -580,144 +619,6 @@ impl Listener {
             decode::undeliverable(change, table, format!("{UNDELIVERABLE}: {reason}"))
         }))
     }
-}
-
-/// The two parts of a read (see the module header).
-#[derive(Debug, Clone, Copy)]
-enum Part {
-    /// Rows with ids up to the previous maximum, of transactions the previous read did not see.
-    InFlight,
-    /// Rows with ids above the previous maximum.
-    Above,
-}
-
-/// One page of `part`, rows with ids above `after`.
-async fn fetch_page(
-    tx: &mut sqlx::PgConnection,
-    part: Part,
-    cursor: &Cursor,
-    after: i64,
-) -> Result<Vec<PgRow>, Error> {
-    let query = match part {
-        Part::InFlight => sqlx::query(
-            "select id, captured_at, relid::int8 as relid, op, record::text as record, \
-                    old_record::text as old_record \
-             from realtime.changes \
-             where (xid >= $1::text::xid8 or xid = any($2::text[]::xid8[])) \
-               and id > $3 and id <= $4 \
-             order by id limit $5",
-        )
-        .bind(&cursor.xmax)
-        .bind(&cursor.xip)
-        .bind(after)
-        .bind(cursor.max_id)
-        .bind(PAGE_ROWS),
-        Part::Above => sqlx::query(
-            "select id, captured_at, relid::int8 as relid, op, record::text as record, \
-                    old_record::text as old_record \
-             from realtime.changes where id > $1 order by id limit $2",
-        )
-        .bind(after)
-        .bind(PAGE_ROWS),
-    };
-    Ok(query.fetch_all(tx).await?)
-}
-
-/// Whether `row`'s keys are exactly the cached table's columns.
-fn fits(table: &TableInfo, row: Option<&RawRow>) -> bool {
-    match row {
-        Some(row) => {
-            row.len() == table.columns.len()
-                && table
-                    .columns
-                    .iter()
-                    .all(|c| row.iter().any(|(k, _)| *k == c.name))
-        }
-        None => true,
-    }
-}
-
-/// The outbox row's columns, the records as text.
-fn read_row(row: &PgRow, id: i64, relid: u32) -> Result<ChangeRow, sqlx::Error> {
-    Ok(ChangeRow {
-        id,
-        captured_at: row.try_get("captured_at")?,
-        relid,
-        op: row.try_get("op")?,
-        record: row.try_get("record")?,
-        old_record: row.try_get("old_record")?,
-    })
-}
-
-/// Whether `e` says the database cannot be reached right now (retry), rather than that one
-/// row or table is bad (skip it).
-fn transient(e: &Error) -> bool {
-    let Error::Sqlx(e) = e else {
-        return false;
-    };
-    match e {
-        sqlx::Error::Database(db) => {
-            // Connection exceptions, resources, operator intervention, rollbacks, locks.
-            db.code().is_some_and(|c| {
-                ["08", "53", "57", "40", "55"]
-                    .iter()
-                    .any(|k| c.starts_with(k))
-            })
-        }
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
-        _ => false,
-    }
-}
-
-/// `e` with its sources.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
-/// The position to start from: everything committed before now counts as delivered.
-async fn start_cursor(pool: &PgPool) -> Result<Cursor, Error> {
-    let mut tx = pool.begin().await?;
-    sqlx::query("set transaction isolation level repeatable read, read only")
-        .execute(&mut *tx)
-        .await?;
-    let snapshot: String = sqlx::query_scalar("select pg_current_snapshot()::text")
-        .fetch_one(&mut *tx)
-        .await?;
-    let max_id: i64 = sqlx::query_scalar("select coalesce(max(id), 0) from realtime.changes")
-        .fetch_one(&mut *tx)
-        .await?;
-    tx.commit().await?;
-    let (xmax, xip) = parse_snapshot(&snapshot);
-    Ok(Cursor { xmax, xip, max_id })
-}
-
-/// `xmax` and the in-progress transaction ids of a `pg_snapshot` text (`xmin:xmax:xip,xip`).
-fn parse_snapshot(snapshot: &str) -> (String, Vec<String>) {
-    let mut parts = snapshot.splitn(3, ':');
-    let _xmin = parts.next();
-    let xmax = parts.next().unwrap_or("0").to_owned();
-    let xip = parts
-        .next()
-        .map(|xip| {
-            xip.split(',')
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default();
-    (xmax, xip)
 }
 
 fn listen_pool(url: &str) -> Result<PgPool, Error> {
@@ -774,19 +675,5 @@ impl Backoff {
             () = shutdown.cancelled() => true,
             () = tokio::time::sleep(d) => false,
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn snapshots_are_parsed() {
-        assert_eq!(
-            parse_snapshot("10:20:12,15"),
-            ("20".to_owned(), vec!["12".to_owned(), "15".to_owned()])
-        );
-        assert_eq!(parse_snapshot("10:10:"), ("10".to_owned(), vec![]));
     }
 }

@@ -1,9 +1,161 @@
-//! Outbox maintenance: capture triggers kept in step with the publication, and old rows
-//! pruned. Run by the listener task between reads (one task per node owns the outbox side).
+//! Outbox maintenance: capture triggers kept in step with the publication, this node's read
+//! position recorded (and checked against what was pruned), and old rows pruned.
+//!
+//! Pruning never drops what someone still needs: a row is deleted only when it is older than
+//! `--change-retention`, every live node (one that recorded its position within
+//! `--heartbeat-timeout`) has read past it, and its transaction ended before any snapshot now
+//! running began — a transaction's age at capture says nothing about when it commits
+//! (`realtime.prune_read_changes`, migrations/0007). A node that was not live while rows were
+//! pruned (a long outage, a paused process) finds out from the horizon its position report
+//! returns, and its subscribers are told ([`Gap`]). The pruner deletes in batches until it has
+//! caught up, so it keeps up with sustained writes.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use sqlx::PgPool;
+
+use crate::shutdown::Shutdown;
+
+/// How often a node records its read position.
+pub const REPORT_EVERY: Duration = Duration::from_secs(1);
+/// How often the pruner looks for rows to delete.
+const PRUNE_EVERY: Duration = Duration::from_secs(1);
+/// Rows deleted per statement; a statement stays short, and the pruner repeats it while it
+/// finds full batches.
+const PRUNE_BATCH: i32 = 50_000;
+/// Longest a pruning round may run before it yields until the next tick.
+const PRUNE_ROUND: Duration = Duration::from_secs(5);
+
+/// Changes were pruned before this node read them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Gap {
+    /// The highest outbox id pruned.
+    pub pruned_id: i64,
+    /// Where this node was.
+    pub read_id: i64,
+}
+
+/// Records this node's read position and checks it against the pruning horizon.
+#[derive(Debug)]
+pub struct Position {
+    pool: PgPool,
+    node_id: String,
+    /// The horizon last reported as a gap, so one pruning is reported once.
+    reported: Mutex<Option<(i64, u64)>>,
+    /// When the position was last recorded.
+    last: Mutex<Option<tokio::time::Instant>>,
+}
+
+impl Position {
+    /// The position reporter of node `node_id`.
+    pub fn new(pool: PgPool, node_id: String) -> Position {
+        Position {
+            pool,
+            node_id,
+            reported: Mutex::new(None),
+            last: Mutex::new(None),
+        }
+    }
+
+    /// Whether the position is due to be recorded again ([`REPORT_EVERY`] since the last time).
+    pub fn due(&self) -> bool {
+        let last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        last.is_none_or(|at| at.elapsed() >= REPORT_EVERY)
+    }
+
+    /// Records that this node has read every row up to `max_id` of transactions below `xmin`;
+    /// returns a [`Gap`] when rows it had not read were pruned (once per pruning horizon).
+    ///
+    /// # Errors
+    /// When the database cannot be reached (the position is recorded again a second later).
+    pub async fn report(&self, max_id: i64, xmin: u64) -> Result<Option<Gap>, sqlx::Error> {
+        let (pruned_id, pruned_below): (i64, String) = sqlx::query_as(
+            "select pruned_id, pruned_below::text from realtime.report_position($1, $2, $3::text::xid8)",
+        )
+        .bind(&self.node_id)
+        .bind(max_id)
+        .bind(xmin.to_string())
+        .fetch_one(&self.pool)
+        .await?;
+        *self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(tokio::time::Instant::now());
+        let pruned_below: u64 = pruned_below.parse().unwrap_or(0);
+        if pruned_id <= max_id && pruned_below <= xmin {
+            return Ok(None);
+        }
+        let mut reported = self
+            .reported
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if *reported == Some((pruned_id, pruned_below)) {
+            return Ok(None);
+        }
+        *reported = Some((pruned_id, pruned_below));
+        Ok(Some(Gap {
+            pruned_id,
+            read_id: max_id,
+        }))
+    }
+}
+
+/// The xmin of a snapshot given by its `xmax` and running transactions: the lowest running
+/// one, or `xmax` when none runs.
+pub fn snapshot_xmin(xmax: &str, xip: &[String]) -> u64 {
+    xip.iter()
+        .filter_map(|x| x.parse::<u64>().ok())
+        .min()
+        .or_else(|| xmax.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Prunes the outbox every second until shutdown: rows older than `retention` that every node
+/// live within `stale` has read, in batches, until a batch comes back short.
+pub async fn run_pruner(pool: PgPool, retention: Duration, stale: Duration, shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(PRUNE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let started = tokio::time::Instant::now();
+        let mut total = 0i64;
+        loop {
+            let pruned: Result<i64, sqlx::Error> = sqlx::query_scalar(
+                "select realtime.prune_read_changes(make_interval(secs => $1), \
+                 make_interval(secs => $2), $3)",
+            )
+            .bind(retention.as_secs_f64())
+            .bind(stale.as_secs_f64())
+            .bind(PRUNE_BATCH)
+            .fetch_one(&pool)
+            .await;
+            match pruned {
+                Ok(n) => {
+                    total += n;
+                    if n < i64::from(PRUNE_BATCH) || started.elapsed() > PRUNE_ROUND {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot prune the outbox");
+                    break;
+                }
+            }
+        }
+        if total > 0 {
+            metrics::counter!("gateway_capture_pruned_total")
+                .increment(u64::try_from(total).unwrap_or(0));
+            tracing::debug!(rows = total, "outbox pruned");
+        }
+    }
+}
 
 /// Makes the capture triggers match the `supabase_realtime` publication. Bounded by a lock
 /// timeout: a table busy with long transactions is retried on a later tick rather than
@@ -34,20 +186,5 @@ pub(super) async fn reconcile(pool: &PgPool) {
             }
         }
         Err(e) => tracing::warn!(error = %e, "cannot reconcile capture triggers"),
-    }
-}
-
-/// Deletes outbox rows older than `retention`.
-pub(super) async fn prune(pool: &PgPool, retention: Duration) {
-    let secs = retention.as_secs_f64();
-    let result: Result<i64, sqlx::Error> =
-        sqlx::query_scalar("select realtime.prune_changes(make_interval(secs => $1))")
-            .bind(secs)
-            .fetch_one(pool)
-            .await;
-    match result {
-        Ok(n) if n > 0 => tracing::debug!(rows = n, "outbox pruned"),
-        Ok(_) => {}
-        Err(e) => tracing::warn!(error = %e, "cannot prune the outbox"),
     }
 }

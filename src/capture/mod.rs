@@ -12,3 +12,4 @@
 pub mod decode;
 pub mod listener;
 pub mod maintenance;
+pub mod outbox;

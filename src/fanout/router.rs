@@ -227,6 +227,45 @@ impl Router {
         self.registered.len()
     }
 
+    /// Pushes a `system` message to every channel with Postgres Changes subscriptions;
+    /// `payload` gets the channel name (the topic without `realtime:`). Returns how many
+    /// channels were told.
+    pub fn notify_all(&self, payload: impl Fn(&str) -> String) -> usize {
+        let channels: Vec<Arc<PgChannel>> = self
+            .by_table
+            .iter()
+            .flat_map(|table| {
+                table
+                    .value()
+                    .iter()
+                    .map(|c| Arc::clone(c.value()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let mut seen = HashSet::new();
+        let mut tally = Tally::default();
+        for channel in channels {
+            if !seen.insert(channel.key.clone()) {
+                continue;
+            }
+            let name = channel
+                .key
+                .topic
+                .strip_prefix("realtime:")
+                .unwrap_or(&channel.key.topic);
+            let text = protocol::encode_text(
+                channel.vsn,
+                None,
+                None,
+                &channel.key.topic,
+                "system",
+                &payload(name),
+            );
+            tally.count(channel.outbound.push(Frame::from(text)));
+        }
+        usize::try_from(tally.delivered).unwrap_or(usize::MAX)
+    }
+
     /// Routes `change` to every matching channel: one frame per channel, listing the ids of all
     /// its matching subscriptions. The writers are not woken yet: the channels that got frames
     /// are added to `wakes`, and [`Wakes::wake_all`] wakes them once for everything routed.

@@ -115,6 +115,17 @@ impl GatewayProcess {
         self.child.wait().expect("reap");
     }
 
+    /// SIGSTOP (`true`) or SIGCONT (`false`): the process pauses as a frozen machine would.
+    pub fn pause(&self, pause: bool) {
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
+        let signal = if pause {
+            nix::sys::signal::Signal::SIGSTOP
+        } else {
+            nix::sys::signal::Signal::SIGCONT
+        };
+        nix::sys::signal::kill(pid, signal).expect("signal");
+    }
+
     /// SIGTERM and wait for a clean exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let pid = nix::unistd::Pid::from_raw(i32::try_from(self.child.id()).unwrap());
