@@ -151,6 +151,10 @@ async fn take_slots(
                     taken.into_iter().map(|(slot, c)| (c, slot)).collect();
                 for request in batch.drain(..) {
                     let slot = slots.get(&request.connection).copied();
+                    if let Some(slot) = slot {
+                        // Before any release of it, on the same queue.
+                        registry.slot_taken(slot, request.connection);
+                    }
                     if request.reply.send(Ok(slot)).is_err() {
                         // The upgrade is gone (its client left while waiting): free its slot.
                         if let Some(slot) = slot {

@@ -1,7 +1,8 @@
 //! The heartbeat reaper: every heartbeat interval it closes sessions whose last client heartbeat
 //! is older than the stale timeout (close code 4000, registry rows `reaped`), and hands the
 //! registry the interval's heartbeats together with this node's own heartbeat and the cleanup of
-//! rows left by lost nodes.
+//! rows left by lost nodes. When the node had been declared lost and found the cluster at its
+//! cap on re-registering, the tick names the connections to close (4004, `cap_reclaimed`).
 
 use std::sync::atomic::Ordering;
 
@@ -56,6 +57,18 @@ pub async fn run(state: Arc<Services>) {
             metrics::counter!("gateway_reaper_reaped_total").increment(reaped);
         }
         last_tick_ms = now;
-        state.registry.tick(heartbeats).await;
+        let reclaimed = state.registry.tick(heartbeats).await;
+        if !reclaimed.is_empty() {
+            let reclaimed: std::collections::HashSet<uuid::Uuid> = reclaimed.into_iter().collect();
+            tracing::warn!(
+                connections = reclaimed.len(),
+                "closing this node's newest connections: the cluster is at its cap"
+            );
+            state.sessions.for_each(|session| {
+                if reclaimed.contains(&session.connection_id) {
+                    session.close(SessionEnd::CapReclaimed);
+                }
+            });
+        }
     }
 }

@@ -16,8 +16,14 @@
 //! ([`MAX_NAME_BYTES`]), and a token's user that `auth.users` does not know is recorded in
 //! `claimed_user_id` with `user_id` null. Pending work is bounded ([`Settings`]); what is
 //! dropped past the bound is counted and warned of once per overflow episode.
+//!
+//! The writer also keeps what the node really serves (`live`); a node declared lost while it
+//! was only cut from the database writes its rows and slots back when it returns
+//! (`reregister`), closing its newest connections if the cluster filled its cap meanwhile.
 
 mod batch;
+mod live;
+mod reregister;
 pub mod store;
 mod writer;
 
@@ -92,10 +98,14 @@ enum Event {
         slot: i32,
         connection: Uuid,
     },
+    Acquired {
+        slot: i32,
+        connection: Uuid,
+    },
     Audit(AuditRecord),
     Tick {
         heartbeats: Vec<Uuid>,
-        done: oneshot::Sender<()>,
+        done: oneshot::Sender<Vec<Uuid>>,
     },
     Shutdown(oneshot::Sender<()>),
 }
@@ -191,6 +201,12 @@ impl Registry {
         self.send(Event::Release { slot, connection });
     }
 
+    /// Records that `connection` took `slot` (reported before the slot can be released), so
+    /// that the node can take it back if it is declared lost while the connection is open.
+    pub fn slot_taken(&self, slot: i32, connection: Uuid) {
+        self.send(Event::Acquired { slot, connection });
+    }
+
     /// Appends to the audit log.
     pub fn audit(
         &self,
@@ -209,15 +225,17 @@ impl Registry {
     }
 
     /// Writes the heartbeats of `connections` and this node's own heartbeat, and cleans up
-    /// after lost nodes; completes once attempted.
-    pub async fn tick(&self, connections: Vec<Uuid>) {
+    /// after lost nodes; completes once attempted. When this node had been declared lost, its
+    /// open channels and connection slots are registered again; the connections returned then
+    /// found the cluster at its cap and must be closed (they were audited `cap_reclaimed`).
+    pub async fn tick(&self, connections: Vec<Uuid>) -> Vec<Uuid> {
         let (done, wait) = oneshot::channel();
         self.send(Event::Tick {
             heartbeats: connections,
             done,
         });
         // The writer answers every tick unless it has stopped.
-        let _answered = wait.await;
+        wait.await.unwrap_or_default()
     }
 
     /// Flushes what is pending, closes this node's remaining rows as `shutdown`, frees its

@@ -132,7 +132,9 @@ pub(super) async fn users_are_checked(pool: &PgPool) -> Result<bool, Error> {
 
 /// Inserts registry rows in one statement (its own transaction). The JWT's `sub` is always kept
 /// in `claimed_user_id`; with `check_users`, `user_id` is set only when `auth.users` has that
-/// user (null otherwise), so an unknown user cannot violate the foreign key.
+/// user (null otherwise), so an unknown user cannot violate the foreign key. With `reactivate`
+/// (re-registration), a row that exists closed as `node_lost` is made active again; otherwise
+/// a row that exists is left as it is.
 ///
 /// # Errors
 /// When the database refuses the rows or cannot be reached.
@@ -141,6 +143,7 @@ pub(super) async fn insert_rows(
     node_id: &str,
     rows: &[(JoinRow, RowEnd)],
     check_users: bool,
+    reactivate: bool,
 ) -> Result<(), Error> {
     let ids: Vec<Uuid> = rows.iter().map(|(r, _)| r.id).collect();
     let subs: Vec<&str> = rows
@@ -165,6 +168,15 @@ pub(super) async fn insert_rows(
     } else {
         "u.user_id"
     };
+    // Re-registration: a row the other nodes closed as `node_lost` is active again.
+    let conflict = if reactivate {
+        "update set is_active = true, closed_at = null, close_reason = null, \
+         last_heartbeat_at = now() \
+         where not realtime_subscription_registry.is_active \
+           and realtime_subscription_registry.close_reason = 'node_lost'"
+    } else {
+        "nothing"
+    };
     sqlx::query(&format!(
         "insert into public.realtime_subscription_registry \
            (id, subscription_id, channel_name, user_id, claimed_user_id, component_name, \
@@ -177,7 +189,7 @@ pub(super) async fn insert_rows(
                      $11::timestamptz[], $12::text[]) \
               as u(id, sub, channel, user_id, component, filters, conn, addr, created, \
                    closed_at, reason) \
-         on conflict (id) do nothing"
+         on conflict (id) do {conflict}"
     ))
     .bind(&ids)
     .bind(&subs)
@@ -272,7 +284,8 @@ pub(super) async fn append_audit(
 
 /// One reaper tick: heartbeats of `connections` (one statement), this node's heartbeat, the
 /// cleanup of nodes silent past the stale timeout, a `cap_warning` when 90 % of the slots are
-/// taken, and audit retention.
+/// taken, and audit retention. Reports whether this node's row had been removed (it was
+/// declared lost; the row is inserted again) and how many slots the node holds.
 ///
 /// # Errors
 /// When the database cannot be reached.
@@ -280,7 +293,7 @@ pub(super) async fn tick(
     pool: &PgPool,
     settings: &Settings,
     connections: &[Uuid],
-) -> Result<(), Error> {
+) -> Result<TickState, Error> {
     let mut tx = pool.begin().await?;
     if !connections.is_empty() {
         sqlx::query(
@@ -293,15 +306,30 @@ pub(super) async fn tick(
         .await?;
     }
     let cap = i32::try_from(settings.max_connections).unwrap_or(i32::MAX);
-    sqlx::query(
-        "insert into realtime.nodes (node_id, listen_addr, max_connections) values ($1, $2, $3) \
-         on conflict (node_id) do update set heartbeat_at = now()",
+    // The node row is gone only when another node (or an operator) declared this node lost.
+    let node_row_missing = sqlx::query(
+        "update realtime.nodes set heartbeat_at = now() where node_id = $1 returning node_id",
     )
     .bind(&settings.node_id)
-    .bind(&settings.listen_addr)
-    .bind(cap)
-    .execute(&mut *tx)
-    .await?;
+    .fetch_optional(&mut *tx)
+    .await?
+    .is_none();
+    if node_row_missing {
+        sqlx::query(
+            "insert into realtime.nodes (node_id, listen_addr, max_connections) \
+             values ($1, $2, $3) on conflict (node_id) do update set heartbeat_at = now()",
+        )
+        .bind(&settings.node_id)
+        .bind(&settings.listen_addr)
+        .bind(cap)
+        .execute(&mut *tx)
+        .await?;
+    }
+    let slots_held: i64 =
+        sqlx::query_scalar("select count(*) from realtime.connection_slots where node_id = $1")
+            .bind(&settings.node_id)
+            .fetch_one(&mut *tx)
+            .await?;
     let stale_secs = settings.stale_timeout.as_secs_f64();
     let lost: Vec<(String, i64)> = sqlx::query_as(
         "with lost as ( \
@@ -367,7 +395,90 @@ pub(super) async fn tick(
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
+    Ok(TickState {
+        node_row_missing,
+        slots_held: usize::try_from(slots_held).unwrap_or(0),
+    })
+}
+
+/// What a tick learned about this node's own standing.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct TickState {
+    /// This node's row was gone (it was declared lost) and has been inserted again.
+    pub(super) node_row_missing: bool,
+    /// Connection slots this node holds, after the tick.
+    pub(super) slots_held: usize,
+}
+
+/// Takes back, for each `(slot, connection)`, the same slot: when it is free, or still held by
+/// that connection. Returns the connections that hold their slot afterwards.
+///
+/// # Errors
+/// When the database cannot be reached.
+pub(super) async fn retake_same_slots(
+    pool: &PgPool,
+    node_id: &str,
+    slots: &[(i32, Uuid)],
+) -> Result<Vec<Uuid>, Error> {
+    let numbers: Vec<i32> = slots.iter().map(|(s, _)| *s).collect();
+    let conns: Vec<Uuid> = slots.iter().map(|(_, c)| *c).collect();
+    Ok(sqlx::query_scalar(
+        "update realtime.connection_slots s \
+         set node_id = $1, connection_id = u.conn, taken_at = coalesce(s.taken_at, now()) \
+         from unnest($2::int[], $3::uuid[]) as u(slot, conn) \
+         where s.slot = u.slot \
+           and (s.node_id is null or (s.node_id = $1 and s.connection_id = u.conn)) \
+         returning s.connection_id",
+    )
+    .bind(node_id)
+    .bind(&numbers)
+    .bind(&conns)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Rows of connections closed to keep the cap, which the other nodes closed as `node_lost`:
+/// their end is `cap_reclaimed`.
+///
+/// # Errors
+/// When the database cannot be reached.
+pub(super) async fn mark_reclaimed(pool: &PgPool, rows: &[Uuid]) -> Result<(), Error> {
+    sqlx::query(
+        "update public.realtime_subscription_registry \
+         set close_reason = 'cap_reclaimed', closed_at = now() \
+         where id = any($1) and not is_active and close_reason = 'node_lost'",
+    )
+    .bind(rows)
+    .execute(pool)
+    .await?;
     Ok(())
+}
+
+/// Hands slots held by this node from one connection to another: `(slot, from, to)`. Returns
+/// the `(slot, to)` handed over.
+///
+/// # Errors
+/// When the database cannot be reached.
+pub(super) async fn hand_over_slots(
+    pool: &PgPool,
+    node_id: &str,
+    moves: &[(i32, Uuid, Uuid)],
+) -> Result<Vec<(i32, Uuid)>, Error> {
+    let slots: Vec<i32> = moves.iter().map(|m| m.0).collect();
+    let from: Vec<Uuid> = moves.iter().map(|m| m.1).collect();
+    let to: Vec<Uuid> = moves.iter().map(|m| m.2).collect();
+    Ok(sqlx::query_as(
+        "update realtime.connection_slots s set connection_id = u.to_conn, taken_at = now() \
+         from unnest($2::int[], $3::uuid[], $4::uuid[]) as u(slot, from_conn, to_conn) \
+         where s.slot = u.slot and s.node_id = $1 and s.connection_id = u.from_conn \
+         returning s.slot, s.connection_id",
+    )
+    .bind(node_id)
+    .bind(&slots)
+    .bind(&from)
+    .bind(&to)
+    .fetch_all(pool)
+    .await?)
 }
 
 /// At clean shutdown: this node's remaining active rows end as `shutdown`, its slots are freed

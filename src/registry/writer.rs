@@ -5,6 +5,11 @@
 //! connection slot never waits on anything else), registry rows, row ends, audit records. Rows
 //! the database refuses are split out ([`super::batch`]), audited and counted; what could not be
 //! written because the database is unreachable stays pending and is retried with back-off.
+//!
+//! The writer also keeps what this node really serves ([`Live`]); when a tick finds that the
+//! node was declared lost (its node row gone, or fewer slots held than it has open
+//! connections), it re-registers ([`reregister`]) at that tick and, until that succeeds, at the
+//! following ones.
 
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
@@ -16,6 +21,8 @@ use tokio::sync::mpsc;
 use uuid::Uuid;
 
 use super::batch::{self, chain, write_split, Write};
+use super::live::Live;
+use super::reregister::reregister;
 use super::{store, AuditRecord, Event, JoinRow, RowClose, RowEnd, Settings};
 use crate::pg::Error;
 
@@ -96,6 +103,10 @@ pub(super) struct Writer {
     check_users: bool,
     rows_overflow: Overflow,
     audit_overflow: Overflow,
+    /// What this node serves: open channels' rows and held slots.
+    live: Live,
+    /// This node was declared lost and has not re-registered yet.
+    reregister_needed: bool,
 }
 
 impl std::fmt::Debug for Writer {
@@ -119,6 +130,8 @@ impl Writer {
             check_users,
             rows_overflow: Overflow::default(),
             audit_overflow: Overflow::default(),
+            live: Live::default(),
+            reregister_needed: false,
         }
     }
 
@@ -149,11 +162,28 @@ impl Writer {
             match event {
                 Some(Event::Tick { heartbeats, done }) => {
                     self.flush().await;
-                    if let Err(e) = store::tick(&self.pool, &self.settings, &heartbeats).await {
-                        tracing::warn!("registry heartbeat failed: {}", chain(&e));
-                        metrics::counter!("gateway_registry_write_failures_total").increment(1);
+                    let mut reclaimed = Vec::new();
+                    match store::tick(&self.pool, &self.settings, &heartbeats).await {
+                        Ok(state) => {
+                            if state.node_row_missing || state.slots_held < self.live.slots.len() {
+                                tracing::warn!(
+                                    node_row_missing = state.node_row_missing,
+                                    slots_held = state.slots_held,
+                                    open_connections = self.live.slots.len(),
+                                    "this node was declared lost; re-registering its sessions"
+                                );
+                                self.reregister_needed = true;
+                            }
+                            if self.reregister_needed {
+                                reclaimed = self.reregister().await;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!("registry heartbeat failed: {}", chain(&e));
+                            metrics::counter!("gateway_registry_write_failures_total").increment(1);
+                        }
                     }
-                    let _answered = done.send(());
+                    let _answered = done.send(reclaimed);
                 }
                 Some(Event::Shutdown(done)) => {
                     // Sessions have closed and reported; write everything, then the node's end.
@@ -183,6 +213,8 @@ impl Writer {
         let bound = self.settings.max_pending_rows;
         match event {
             Event::Joined(row) => {
+                // Known as live even when its write is dropped: a re-registration writes it.
+                self.live.joined(&row);
                 if self.pending.rows() >= bound {
                     self.rows_overflow.drop_one(
                         "registry rows",
@@ -194,6 +226,7 @@ impl Writer {
                 }
             }
             Event::Left { id, reason, at } => {
+                self.live.left(id);
                 if let Some(entry) = self.pending.inserts.get_mut(&id) {
                     entry.1 = Some((reason, at));
                 } else if self.pending.closes.contains_key(&id) {
@@ -209,9 +242,16 @@ impl Writer {
                 }
             }
             // Never dropped: there are at most as many as the node's connections.
-            Event::Release { slot, connection } => self.pending.releases.push((slot, connection)),
+            Event::Release { slot, connection } => {
+                let slot = self.live.slot_released(slot, connection);
+                self.pending.releases.push((slot, connection));
+            }
+            Event::Acquired { slot, connection } => self.live.slot_taken(slot, connection),
             Event::Audit(record) => self.push_audit(record),
-            Event::Tick { done, .. } | Event::Shutdown(done) => {
+            Event::Tick { done, .. } => {
+                let _answered = done.send(Vec::new());
+            }
+            Event::Shutdown(done) => {
                 let _answered = done.send(());
             }
         }
@@ -311,7 +351,9 @@ impl Writer {
             batch::is_row_error,
             |chunk| -> Write<'_, Error> {
                 let (pool, node) = (pool.clone(), node.clone());
-                Box::pin(async move { store::insert_rows(&pool, &node, chunk, check_users).await })
+                Box::pin(async move {
+                    store::insert_rows(&pool, &node, chunk, check_users, false).await
+                })
             },
         )
         .await
@@ -382,6 +424,63 @@ impl Writer {
             }
         }
         complete
+    }
+
+    /// Writes this node's live rows and slots back after it was declared lost; returns the
+    /// connections to close because the cluster is at its cap (audited `cap_reclaimed`).
+    async fn reregister(&mut self) -> Vec<Uuid> {
+        let outcome =
+            match reregister(&self.pool, &self.settings, &mut self.live, self.check_users).await {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    tracing::warn!("re-registration failed: {}; will retry", chain(&e));
+                    metrics::counter!("gateway_registry_write_failures_total").increment(1);
+                    return Vec::new();
+                }
+            };
+        self.reregister_needed = false;
+        metrics::counter!("gateway_registry_reregistrations_total").increment(1);
+        tracing::warn!(
+            rows = outcome.rows,
+            same_slot = outcome.same_slot,
+            other_slot = outcome.other_slot,
+            reclaimed = outcome.victims.len(),
+            "re-registered this node's sessions"
+        );
+        let failed = outcome.failed.len();
+        for (row, error) in outcome.failed {
+            self.row_failed("reregister", &error, row_detail(&row));
+        }
+        self.push_audit(AuditRecord {
+            kind: "node_reregistered",
+            at: Utc::now(),
+            user_id: None,
+            remote_addr: None,
+            detail: json!({
+                "rows": outcome.rows,
+                "rows_failed": failed,
+                "connections": self.live.slots.len(),
+                "same_slot": outcome.same_slot,
+                "other_slot": outcome.other_slot,
+                "reclaimed": outcome.victims.len(),
+            }),
+        });
+        for connection in &outcome.victims {
+            metrics::counter!("gateway_limits_reclaimed_total").increment(1);
+            self.push_audit(AuditRecord {
+                kind: "cap_reclaimed",
+                at: Utc::now(),
+                user_id: None,
+                remote_addr: None,
+                detail: json!({
+                    "connection_id": connection,
+                    "cap": self.settings.max_connections,
+                }),
+            });
+        }
+        // Written now rather than at the next flush interval.
+        self.flush().await;
+        outcome.victims
     }
 
     /// A row the database refused on its own: logged, counted and audited, not retried.

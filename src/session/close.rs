@@ -9,6 +9,7 @@
 //! | slow consumer | 4001 | `slow consumer` | reconnect, and read faster |
 //! | operator | 4002 | `closed by operator` | reconnect |
 //! | no channel joined within `--join-timeout` | 4003 | `no channel joined` | reconnect when it has a channel to join |
+//! | cap reclaimed: the node, declared lost during an outage, found the cluster at its cap | 4004 | `connection cap reclaimed` | reconnect (with back-off) |
 //!
 //! Codes 1000 and 1001 are normal ends; 4000–4099 are ends the client recovers from by
 //! reconnecting with back-off; 4100–4199 are reserved for terminal ends (the client must not
@@ -33,6 +34,9 @@ pub enum SessionEnd {
     Kicked,
     /// It had no channel joined for `--join-timeout`.
     NoChannel,
+    /// The node was declared lost during an outage and, back, found the cluster at its cap:
+    /// its newest connections are closed so that the cap holds.
+    CapReclaimed,
 }
 
 impl SessionEnd {
@@ -45,6 +49,7 @@ impl SessionEnd {
             SessionEnd::Reaped => Some((4000, "heartbeat timeout")),
             SessionEnd::Kicked => Some((4002, "closed by operator")),
             SessionEnd::NoChannel => Some((4003, "no channel joined")),
+            SessionEnd::CapReclaimed => Some((4004, "connection cap reclaimed")),
         }
     }
 
@@ -58,6 +63,7 @@ impl SessionEnd {
             SessionEnd::Kicked => "kicked",
             // A socket without channels has no registry rows to close.
             SessionEnd::NoChannel => "socket_closed",
+            SessionEnd::CapReclaimed => "cap_reclaimed",
         }
     }
 }
@@ -66,13 +72,14 @@ impl SessionEnd {
 mod tests {
     use super::*;
 
-    const ALL: [SessionEnd; 6] = [
+    const ALL: [SessionEnd; 7] = [
         SessionEnd::SocketClosed,
         SessionEnd::Shutdown,
         SessionEnd::SlowConsumer,
         SessionEnd::Reaped,
         SessionEnd::Kicked,
         SessionEnd::NoChannel,
+        SessionEnd::CapReclaimed,
     ];
 
     /// Guards the table in the module header: every code the gateway sends is a normal end or
@@ -88,12 +95,16 @@ mod tests {
                 assert!(!reason.is_empty() && reason.len() < 123, "{end:?}");
             }
         }
-        let mut reasons: Vec<&str> = ALL[..5].iter().map(|e| e.registry_reason()).collect();
+        let mut reasons: Vec<&str> = ALL
+            .iter()
+            .filter(|e| **e != SessionEnd::NoChannel)
+            .map(|e| e.registry_reason())
+            .collect();
         reasons.sort_unstable();
         reasons.dedup();
         assert_eq!(
             reasons.len(),
-            5,
+            6,
             "ends that close rows each have their own reason"
         );
     }
