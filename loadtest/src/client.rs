@@ -199,7 +199,9 @@ impl Client {
             {
                 return match frame.payload {
                     InboundPayload::Json(v) => Ok(v),
-                    InboundPayload::Binary(_) => Err("binary reply".to_owned()),
+                    InboundPayload::Raw(_) | InboundPayload::Binary(_) => {
+                        Err("broadcast instead of a reply".to_owned())
+                    }
                 };
             }
             book_other(&frame, rec);

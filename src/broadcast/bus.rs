@@ -43,6 +43,7 @@ use tokio::sync::mpsc;
 use super::envelope::{db_message, unhex, Envelope, CHANNEL};
 use super::{store, Hub, Message, Settings};
 use crate::change::BusMessage;
+use crate::protocol::RawJson;
 use crate::shutdown::Shutdown;
 
 /// How long delivered `realtime.send` ids are remembered (so catch-up after a gap never
@@ -194,7 +195,7 @@ impl Receiver {
     }
 
     async fn notification(&mut self, text: &str) {
-        let envelope = match serde_json::from_str::<Envelope>(text) {
+        let envelope = match Envelope::parse(text) {
             Ok(e) => e,
             Err(e) => {
                 metrics::counter!("gateway_bus_malformed_total").increment(1);
@@ -208,7 +209,7 @@ impl Receiver {
                     return;
                 }
                 match store::spilled(&self.pool, id).await {
-                    Ok(Some(text)) => match serde_json::from_str::<Envelope>(&text) {
+                    Ok(Some(text)) => match Envelope::parse(&text) {
                         Ok(Envelope::Spill { .. }) | Err(_) => {
                             metrics::counter!("gateway_bus_malformed_total").increment(1);
                             return;
@@ -237,7 +238,7 @@ impl Receiver {
         match envelope {
             Envelope::Broadcast { n, t, x, m } => {
                 if *n != *self.node {
-                    let message = Message::Json(Arc::from(m.to_string()));
+                    let message = Message::Json(m.into_arc());
                     self.hub.deliver_remote(&t, x, &message);
                 }
             }
@@ -258,7 +259,7 @@ impl Receiver {
                 };
                 let message = Message::Binary {
                     event: Arc::from(e),
-                    meta: meta.map(|m| Arc::from(m.to_string())),
+                    meta: meta.map(RawJson::into_arc),
                     payload: payload.into(),
                 };
                 self.hub.deliver_remote(&t, x, &message);

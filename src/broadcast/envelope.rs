@@ -13,21 +13,26 @@
 //! one transaction). Pure: the publisher builds envelopes with these functions, the store sends
 //! them, and the receiver ([`super::bus`]) parses them into [`Envelope`].
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::presence;
+use crate::protocol::RawJson;
 
 /// The `NOTIFY` channel of the bus.
 pub const CHANNEL: &str = "realtime_bus";
 /// Largest notification sent inline; PostgreSQL refuses payloads of 8000 bytes or more.
 pub const MAX_INLINE_BYTES: usize = 7900;
-/// One notification of the bus, as received.
+/// One notification of the bus, as received ([`Envelope::parse`]).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(tag = "k")]
 pub enum Envelope {
-    /// A JSON broadcast.
-    #[serde(rename = "b")]
+    /// A JSON broadcast. Read by [`Envelope::parse`] itself, never through serde's tagged enum,
+    /// which would rebuild `m` and lose its bytes.
+    #[serde(skip_deserializing)]
     Broadcast {
         /// Publishing node.
         n: String,
@@ -36,11 +41,11 @@ pub enum Envelope {
         /// Private channel.
         #[serde(default)]
         x: bool,
-        /// The payload clients receive.
-        m: Value,
+        /// The payload clients receive, as the sending node relayed it.
+        m: RawJson,
     },
-    /// A raw-binary broadcast.
-    #[serde(rename = "bin")]
+    /// A raw-binary broadcast; read like [`Envelope::Broadcast`], so `meta` keeps its bytes.
+    #[serde(skip_deserializing)]
     Binary {
         /// Publishing node.
         n: String,
@@ -52,8 +57,7 @@ pub enum Envelope {
         /// User event.
         e: String,
         /// Metadata object.
-        #[serde(default)]
-        meta: Option<Value>,
+        meta: Option<RawJson>,
         /// Payload, hex.
         h: String,
     },
@@ -108,6 +112,52 @@ pub enum Envelope {
     },
 }
 
+impl Envelope {
+    /// Parses one notification. `b` and `bin` are read in one pass into slices of `text`, so
+    /// the message and the metadata reach the members with the bytes the sender relayed; the
+    /// other kinds go through serde's tagged enum.
+    ///
+    /// # Errors
+    ///
+    /// When `text` is not a notification of a known kind with its fields.
+    pub fn parse(text: &str) -> Result<Envelope, serde_json::Error> {
+        /// The fields of `b` and `bin`; other kinds' fields are skipped.
+        #[derive(Deserialize)]
+        struct Relayed<'a> {
+            #[serde(borrow)]
+            k: Cow<'a, str>,
+            n: Option<String>,
+            t: Option<String>,
+            #[serde(default)]
+            x: bool,
+            #[serde(borrow)]
+            m: Option<&'a RawValue>,
+            e: Option<String>,
+            #[serde(borrow)]
+            meta: Option<&'a RawValue>,
+            h: Option<String>,
+        }
+        let missing = <serde_json::Error as serde::de::Error>::missing_field;
+        match serde_json::from_str::<Relayed<'_>>(text) {
+            Ok(r) if r.k == "b" => Ok(Envelope::Broadcast {
+                n: r.n.ok_or_else(|| missing("n"))?,
+                t: r.t.ok_or_else(|| missing("t"))?,
+                x: r.x,
+                m: RawJson::from(r.m.ok_or_else(|| missing("m"))?),
+            }),
+            Ok(r) if r.k == "bin" => Ok(Envelope::Binary {
+                n: r.n.ok_or_else(|| missing("n"))?,
+                t: r.t.ok_or_else(|| missing("t"))?,
+                x: r.x,
+                e: r.e.ok_or_else(|| missing("e"))?,
+                meta: r.meta.map(RawJson::from),
+                h: r.h.ok_or_else(|| missing("h"))?,
+            }),
+            _ => serde_json::from_str(text),
+        }
+    }
+}
+
 /// One joined presence entry in a `p` message.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct PresenceJoin {
@@ -143,12 +193,24 @@ pub fn binary_envelope(
     meta: Option<&str>,
     payload: &[u8],
 ) -> String {
-    let meta = meta
-        .and_then(|m| serde_json::from_str::<Value>(m).ok())
-        .unwrap_or(Value::Null);
-    serde_json::json!({"k": "bin", "n": node, "s": seq, "t": name, "e": event,
-                       "meta": meta, "h": hex(payload)})
-    .to_string()
+    // The metadata's own bytes, as for a JSON broadcast's message.
+    let meta = meta.and_then(|m| RawJson::parse(m).ok());
+    let meta = meta.as_ref().map_or("null", RawJson::as_str);
+    let mut out = String::with_capacity(meta.len() + payload.len() * 2 + 96);
+    out.push_str("{\"k\":\"bin\",\"n\":");
+    out.push_str(&json_str(node));
+    out.push_str(",\"s\":");
+    out.push_str(&seq.to_string());
+    out.push_str(",\"t\":");
+    out.push_str(&json_str(name));
+    out.push_str(",\"e\":");
+    out.push_str(&json_str(event));
+    out.push_str(",\"meta\":");
+    out.push_str(meta);
+    out.push_str(",\"h\":\"");
+    out.push_str(&hex(payload));
+    out.push_str("\"}");
+    out
 }
 
 /// The `p` notification for a presence diff of this node.
@@ -232,21 +294,28 @@ mod tests {
     fn broadcast_envelopes_round_trip() {
         let message = r#"{"type":"broadcast","event":"ev","payload":{"a":"é"}}"#;
         let text = broadcast_envelope("node-a", 7, "room:1", message);
-        let Envelope::Broadcast { n, t, x, m } = serde_json::from_str(&text).unwrap() else {
+        let Envelope::Broadcast { n, t, x, m } = Envelope::parse(&text).unwrap() else {
             panic!("{text}");
         };
         assert_eq!((n.as_str(), t.as_str(), x), ("node-a", "room:1", false));
-        assert_eq!(m, serde_json::from_str::<Value>(message).unwrap());
+        assert_eq!(m.as_str(), message);
+        // Key order and number text survive the bus.
+        let message = r#"{"type":"broadcast","event":"ev","payload":{"z":1.0,"a":1e400}}"#;
+        let text = broadcast_envelope("node-a", 8, "room:1", message);
+        let Envelope::Broadcast { m, .. } = Envelope::parse(&text).unwrap() else {
+            panic!("{text}");
+        };
+        assert_eq!(m.as_str(), message);
     }
 
     #[test]
     fn binary_envelopes_round_trip() {
-        let text = binary_envelope("a", 1, "room", "ev", Some(r#"{"k":1}"#), &[1, 2, 255]);
-        let Envelope::Binary { e, meta, h, .. } = serde_json::from_str(&text).unwrap() else {
+        let text = binary_envelope("a", 1, "room", "ev", Some(r#"{"z":1,"k":1}"#), &[1, 2, 255]);
+        let Envelope::Binary { e, meta, h, .. } = Envelope::parse(&text).unwrap() else {
             panic!("{text}");
         };
         assert_eq!(e, "ev");
-        assert_eq!(meta, Some(json!({"k": 1})));
+        assert_eq!(meta.unwrap().as_str(), r#"{"z":1,"k":1}"#);
         assert_eq!(unhex(&h).unwrap(), vec![1, 2, 255]);
     }
 
@@ -271,7 +340,7 @@ mod tests {
             )
             .unwrap();
         let text = presence_envelope("a", 2, "room", &update);
-        let Envelope::Presence { n, t, j, l } = serde_json::from_str(&text).unwrap() else {
+        let Envelope::Presence { n, t, j, l } = Envelope::parse(&text).unwrap() else {
             panic!("{text}");
         };
         assert_eq!((n.as_str(), t.as_str()), ("a", "room"));
@@ -325,7 +394,9 @@ mod tests {
 
     #[test]
     fn unknown_kinds_do_not_parse() {
-        assert!(serde_json::from_str::<Envelope>(r#"{"k":"zz"}"#).is_err());
-        assert!(serde_json::from_str::<Envelope>("not json").is_err());
+        assert!(Envelope::parse(r#"{"k":"zz"}"#).is_err());
+        assert!(Envelope::parse("not json").is_err());
+        assert!(Envelope::parse(r#"{"k":"b","n":"a","t":"room"}"#).is_err());
+        assert!(Envelope::parse(r#"{"k":"bin","n":"a","t":"room","e":"ev"}"#).is_err());
     }
 }

@@ -15,6 +15,7 @@
 //! each refusal comes from [`status_code`], the one mapping of broadcast errors to statuses. The socket's query string (`apikey`,
 //! `vsn`) that clients leave on the URL is ignored.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -24,10 +25,12 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use serde_json::{json, Map, Value};
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
 
 use super::{Error, Hub, Message};
 use crate::auth::Verifier;
+use crate::protocol::RawJson;
 
 /// What the REST handlers use.
 #[derive(Debug, Clone)]
@@ -128,9 +131,9 @@ async fn single(
                 payload: body,
             }
         } else {
-            let payload: Value = serde_json::from_slice(&body)
+            let payload = RawJson::parse_slice(&body)
                 .map_err(|_| Error::Invalid("the body is not valid json".to_owned()))?;
-            json_message(&event, payload, None)
+            json_message(&event, payload.as_str(), None)
         };
         let topic = topic.strip_prefix("realtime:").unwrap_or(&topic);
         state.hub.send(topic, private, None, &message)?;
@@ -164,36 +167,44 @@ fn authorize(state: &RestState, headers: &HeaderMap) -> Result<(), Error> {
         .map_err(Error::Unauthorized)
 }
 
-/// Validates a batch body: each message becomes `(topic, private, message)`.
+/// A JSON object's members as slices of its text; the last of a repeated key counts.
+type Fields<'a> = HashMap<Cow<'a, str>, &'a RawValue>;
+
+/// The members of `raw` when it is an object.
+fn object(raw: &RawValue) -> Option<Fields<'_>> {
+    serde_json::from_str(raw.get()).ok()
+}
+
+/// Validates a batch body: each message becomes `(topic, private, message)`. Each payload is
+/// kept as the text of the body (docs/protocol.md 7.1): only the other fields are read.
 fn batch_messages(body: &[u8], bounds: NameBounds) -> Result<Vec<(String, bool, Message)>, Error> {
     let invalid = |m: &str| Error::Invalid(m.to_owned());
-    let body: Value =
+    let body: &RawValue =
         serde_json::from_slice(body).map_err(|_| invalid("the body is not valid json"))?;
-    let Some(Value::Array(messages)) = body.get("messages") else {
-        return Err(invalid("messages must be a list"));
-    };
+    let messages = object(body)
+        .and_then(|body| body.get("messages").copied())
+        .and_then(|m| serde_json::from_str::<Vec<&RawValue>>(m.get()).ok())
+        .ok_or_else(|| invalid("messages must be a list"))?;
     let mut out = Vec::with_capacity(messages.len());
     for (i, m) in messages.iter().enumerate() {
-        let Some(m) = m.as_object() else {
+        let Some(m) = object(m) else {
             return Err(Error::Invalid(format!("messages[{i}] must be an object")));
         };
-        let field = |k: &str| m.get(k).filter(|v| !v.is_null());
-        let Some(topic) = field("topic")
-            .and_then(Value::as_str)
-            .filter(|t| !t.is_empty())
-        else {
+        let field = |k: &str| m.get(k).copied().filter(|v| v.get() != "null");
+        let string = |v: &RawValue| serde_json::from_str::<String>(v.get()).ok();
+        let Some(topic) = field("topic").and_then(string).filter(|t| !t.is_empty()) else {
             return Err(Error::Invalid(format!("messages[{i}].topic is required")));
         };
-        let Some(event) = field("event").and_then(Value::as_str) else {
+        let Some(event) = field("event").and_then(string) else {
             return Err(Error::Invalid(format!("messages[{i}].event is required")));
         };
         let Some(payload) = field("payload") else {
             return Err(Error::Invalid(format!("messages[{i}].payload is required")));
         };
-        let private = match field("private") {
+        let private = match field("private").map(|v| serde_json::from_str::<Value>(v.get())) {
             None => false,
-            Some(Value::Bool(b)) => *b,
-            Some(Value::String(s)) => s.eq_ignore_ascii_case("true"),
+            Some(Ok(Value::Bool(b))) => b,
+            Some(Ok(Value::String(s))) => s.eq_ignore_ascii_case("true"),
             Some(_) => {
                 return Err(Error::Invalid(format!(
                     "messages[{i}].private must be a boolean"
@@ -202,30 +213,38 @@ fn batch_messages(body: &[u8], bounds: NameBounds) -> Result<Vec<(String, bool, 
         };
         let id = match field("id") {
             None => None,
-            Some(Value::String(id)) => Some(id.clone()),
-            Some(_) => return Err(Error::Invalid(format!("messages[{i}].id must be a string"))),
+            Some(id) => match string(id) {
+                Some(id) => Some(id),
+                None => return Err(Error::Invalid(format!("messages[{i}].id must be a string"))),
+            },
         };
-        let topic = topic.strip_prefix("realtime:").unwrap_or(topic);
-        bounds.check(topic, event)?;
+        let topic = topic.strip_prefix("realtime:").unwrap_or(&topic);
+        bounds.check(topic, &event)?;
         out.push((
             topic.to_owned(),
             private,
-            json_message(event, payload.clone(), id),
+            json_message(&event, payload.get(), id.as_deref()),
         ));
     }
     Ok(out)
 }
 
-/// `{"type":"broadcast","event":E,"payload":P}`, plus `"meta":{"id":…}` when given.
-fn json_message(event: &str, payload: Value, id: Option<String>) -> Message {
-    let mut message = Map::new();
-    message.insert("type".to_owned(), Value::from("broadcast"));
-    message.insert("event".to_owned(), Value::from(event));
-    message.insert("payload".to_owned(), payload);
+/// `{"type":"broadcast","event":E,"payload":P}`, plus `"meta":{"id":…}` when given; `payload`
+/// is JSON text, copied as it is.
+fn json_message(event: &str, payload: &str, id: Option<&str>) -> Message {
+    let json_str = |s: &str| Value::from(s).to_string();
+    let mut message = String::with_capacity(payload.len() + event.len() + 64);
+    message.push_str("{\"type\":\"broadcast\",\"event\":");
+    message.push_str(&json_str(event));
+    message.push_str(",\"payload\":");
+    message.push_str(payload);
     if let Some(id) = id {
-        message.insert("meta".to_owned(), json!({ "id": id }));
+        message.push_str(",\"meta\":{\"id\":");
+        message.push_str(&json_str(id));
+        message.push('}');
     }
-    Message::Json(Arc::from(Value::Object(message).to_string()))
+    message.push('}');
+    Message::Json(Arc::from(message))
 }
 
 fn check_size(state: &RestState, message: &Message) -> Result<(), Error> {
@@ -263,6 +282,8 @@ fn respond(result: Result<usize, Error>) -> Response {
     }
 }
 
+#[cfg(test)]
+mod proptests;
 #[cfg(test)]
 mod tests {
     use super::*;

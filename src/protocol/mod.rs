@@ -20,12 +20,19 @@
 //! `serde_json::Value`: the payload is already-serialized JSON copied
 //! verbatim, strings are escaped exactly as `serde_json` escapes them, and the
 //! output is sized up front so each frame costs one allocation.
+//!
+//! A broadcast's payload is never built into a tree: decoding keeps its text
+//! ([`RawJson`], see `text.rs`) and encoding copies it, so members receive the
+//! sender's bytes (docs/protocol.md 7.1).
 
 use std::borrow::Cow;
 use std::fmt;
 
 use bytes::Bytes;
-use serde_json::{Map, Value};
+
+mod text;
+
+pub use text::{decode_text, RawJson};
 
 /// The event name every user broadcast carries once decoded.
 const BROADCAST: &str = "broadcast";
@@ -170,11 +177,13 @@ pub struct Inbound {
 /// The payload of an [`Inbound`] message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum InboundPayload {
-    /// A JSON payload: every text frame, and binary broadcasts whose user
-    /// payload is JSON (rewritten to
-    /// `{"type":"broadcast","event":E,"payload":P}` plus `"meta"` when the
-    /// frame had metadata).
-    Json(Value),
+    /// The JSON payload of a text frame whose event is not `broadcast`, built as a tree.
+    Json(serde_json::Value),
+    /// The JSON payload of a `broadcast`, kept as the text the sender wrote: a text frame's
+    /// payload, or a binary broadcast whose user payload is JSON, written as
+    /// `{"type":"broadcast","event":E,"payload":P}` (plus `,"meta":M` when the frame had
+    /// metadata) around the frame's own payload and metadata bytes.
+    Raw(RawJson),
     /// A binary broadcast whose user payload is raw bytes (encoding 0).
     Binary(BinaryBroadcast),
 }
@@ -184,101 +193,20 @@ pub enum InboundPayload {
 pub struct BinaryBroadcast {
     /// The user event, e.g. `cursor`.
     pub event: String,
-    /// The frame's metadata object, `None` when the frame had none.
-    pub meta: Option<Value>,
+    /// The frame's metadata object as sent, `None` when the frame had none.
+    pub meta: Option<RawJson>,
     /// The user payload, exactly as sent.
     pub payload: Bytes,
-}
-
-/// Decodes a text frame received on a socket speaking `vsn`.
-///
-/// vsn 1: a JSON object with `topic`, `event`, `payload` and optional `ref`
-/// and `join_ref`, in any order. vsn 2: a JSON array
-/// `[join_ref, ref, topic, event, payload]`; trailing elements are ignored.
-/// Each version accepts only its own shape. Refs may be strings, null or
-/// (leniently) numbers, which become their decimal text.
-///
-/// # Errors
-///
-/// [`Error::Json`] when the text is not JSON, [`Error::WrongShape`] or
-/// [`Error::TooFewElements`] when it is JSON of the wrong shape, and
-/// [`Error::MissingField`], [`Error::NotAString`] or [`Error::BadRef`] when a
-/// field is absent or of the wrong type.
-pub fn decode_text(vsn: Vsn, text: &str) -> Result<Inbound, Error> {
-    let frame: Value = serde_json::from_str(text).map_err(Error::Json)?;
-    match (vsn, frame) {
-        (Vsn::V1, Value::Object(mut fields)) => {
-            let topic = take_string(fields.remove("topic"), "topic")?;
-            let event = take_string(fields.remove("event"), "event")?;
-            let payload = fields
-                .remove("payload")
-                .ok_or(Error::MissingField("payload"))?;
-            Ok(Inbound {
-                join_ref: take_ref(fields.remove("join_ref"), "join_ref")?,
-                msg_ref: take_ref(fields.remove("ref"), "ref")?,
-                topic,
-                event,
-                payload: InboundPayload::Json(payload),
-            })
-        }
-        (Vsn::V2, Value::Array(elements)) => {
-            let len = elements.len();
-            let mut elements = elements.into_iter();
-            let (Some(join_ref), Some(msg_ref), Some(topic), Some(event), Some(payload)) = (
-                elements.next(),
-                elements.next(),
-                elements.next(),
-                elements.next(),
-                elements.next(),
-            ) else {
-                return Err(Error::TooFewElements(len));
-            };
-            Ok(Inbound {
-                join_ref: take_ref(Some(join_ref), "join_ref")?,
-                msg_ref: take_ref(Some(msg_ref), "ref")?,
-                topic: take_string(Some(topic), "topic")?,
-                event: take_string(Some(event), "event")?,
-                payload: InboundPayload::Json(payload),
-            })
-        }
-        (Vsn::V1, _) => Err(Error::WrongShape {
-            vsn,
-            expected: "object",
-        }),
-        (Vsn::V2, _) => Err(Error::WrongShape {
-            vsn,
-            expected: "array",
-        }),
-    }
-}
-
-/// Takes a required string field out of a decoded frame.
-fn take_string(value: Option<Value>, field: &'static str) -> Result<String, Error> {
-    match value {
-        Some(Value::String(s)) => Ok(s),
-        Some(_) => Err(Error::NotAString(field)),
-        None => Err(Error::MissingField(field)),
-    }
-}
-
-/// Takes `ref` or `join_ref` out of a decoded frame; absent means null.
-fn take_ref(value: Option<Value>, field: &'static str) -> Result<Option<String>, Error> {
-    match value {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => Ok(Some(s)),
-        // Not sent by any listed client, but cheap to accept.
-        Some(Value::Number(n)) => Ok(Some(n.to_string())),
-        Some(_) => Err(Error::BadRef(field)),
-    }
 }
 
 /// Decodes a binary frame received by the server: kind 3, a user broadcast
 /// push (docs/protocol.md 2.3).
 ///
 /// The result has event `broadcast`. A JSON user payload becomes
-/// [`InboundPayload::Json`] of `{"type":"broadcast","event":E,"payload":P}`
-/// plus `"meta"` when the frame carries metadata, i.e. exactly what the same
-/// push sent as a text frame would decode to. A raw user payload becomes
+/// [`InboundPayload::Raw`] of `{"type":"broadcast","event":E,"payload":P}`
+/// plus `,"meta":M` when the frame carries metadata, P and M being the frame's
+/// bytes (without surrounding whitespace): what the same push sent as a text
+/// frame in that key order would decode to. A raw user payload becomes
 /// [`InboundPayload::Binary`], copied out of `frame`; see
 /// [`decode_binary_bytes`] to share the buffer instead. An empty `join_ref`
 /// or `ref` decodes as `None`, since realtime-js encodes null as empty.
@@ -387,22 +315,29 @@ fn user_broadcast_payload(
     let meta = if meta.is_empty() {
         None
     } else {
-        match serde_json::from_str(meta).map_err(Error::MetadataJson)? {
-            meta @ Value::Object(_) => Some(meta),
-            _ => return Err(Error::MetadataNotObject),
+        let meta = RawJson::parse(meta).map_err(Error::MetadataJson)?;
+        if !meta.is_object() {
+            return Err(Error::MetadataNotObject);
         }
+        Some(meta)
     };
     match encoding {
         ENCODING_JSON => {
-            let payload: Value = serde_json::from_slice(payload).map_err(Error::PayloadJson)?;
-            let mut broadcast = Map::new();
-            broadcast.insert("type".to_owned(), Value::from(BROADCAST));
-            broadcast.insert("event".to_owned(), Value::from(event));
-            broadcast.insert("payload".to_owned(), payload);
+            let payload = RawJson::parse_slice(payload).map_err(Error::PayloadJson)?;
+            let meta = meta.as_ref().map(RawJson::as_str);
+            let mut pieces = vec![
+                Piece::Raw("{\"type\":\"broadcast\",\"event\":"),
+                Piece::Str(event),
+                Piece::Raw(",\"payload\":"),
+                Piece::Raw(payload.as_str()),
+            ];
             if let Some(meta) = meta {
-                broadcast.insert("meta".to_owned(), meta);
+                pieces.extend([Piece::Raw(",\"meta\":"), Piece::Raw(meta)]);
             }
-            Ok(InboundPayload::Json(Value::Object(broadcast)))
+            pieces.push(Piece::Raw("}"));
+            // Built from a JSON string, two JSON values and punctuation: well-formed.
+            let text = build(&[&pieces]);
+            Ok(InboundPayload::Raw(RawJson::from_built(text)))
         }
         ENCODING_BINARY => Ok(InboundPayload::Binary(BinaryBroadcast {
             event: event.to_owned(),
@@ -729,5 +664,7 @@ fn encode_binary(
     Ok(Bytes::from(frame))
 }
 
+#[cfg(test)]
+mod proptests;
 #[cfg(test)]
 mod tests;

@@ -259,7 +259,7 @@ impl Session {
         let (jr, r, topic) = (msg.join_ref, msg.msg_ref, msg.topic);
         let config = match &msg.payload {
             InboundPayload::Json(payload) => JoinConfig::parse(payload),
-            InboundPayload::Binary(_) => JoinConfig::parse(&Value::Null),
+            InboundPayload::Raw(_) | InboundPayload::Binary(_) => JoinConfig::parse(&Value::Null),
         };
         let Some(name) = topic.strip_prefix("realtime:") else {
             let reason = json!({"reason": "unmatched topic"});
@@ -485,6 +485,8 @@ impl Session {
     }
 }
 
+#[cfg(test)]
+mod proptests;
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use super::Session;
 use crate::broadcast::{Error, Member, Message};
 use crate::outbound::Frame;
-use crate::protocol::{self, Inbound, InboundPayload};
+use crate::protocol::{self, Inbound, InboundPayload, RawJson};
 
 /// Reply reason of a broadcast over `--max-message-bytes` (upstream's error atom).
 const TOO_LARGE: &str = "payload_size_exceeded";
@@ -66,6 +66,7 @@ impl Session {
         };
         let limit = self.services.config.max_event_bytes;
         let event_len = match &msg.payload {
+            InboundPayload::Raw(raw) => user_event_len(raw.as_str()),
             InboundPayload::Json(value) => value
                 .get("event")
                 .and_then(Value::as_str)
@@ -79,11 +80,13 @@ impl Session {
             self.reply(jr, r, &msg.topic, "error", json!({ "reason": reason }));
             return;
         }
+        // The payload's own bytes go to the members (docs/protocol.md 7.1), never re-encoded.
         let message = match msg.payload {
+            InboundPayload::Raw(raw) => Message::Json(raw.into_arc()),
             InboundPayload::Json(value) => Message::Json(Arc::from(value.to_string())),
             InboundPayload::Binary(b) => Message::Binary {
                 event: Arc::from(b.event),
-                meta: b.meta.map(|m| Arc::from(m.to_string())),
+                meta: b.meta.map(RawJson::into_arc),
                 payload: b.payload,
             },
         };
@@ -183,5 +186,65 @@ impl Session {
         let text = protocol::encode_text(self.params.vsn, jr, r, topic, event, json);
         // A full queue closes the session as a slow consumer; nothing more to do here.
         let _pushed = self.outbound.push(Frame::from(text));
+    }
+}
+
+/// Length of a broadcast payload's `event` string (0 when there is none, or the payload is not
+/// an object): read without building the payload, whose other values are skipped. As with a
+/// map, and with the members' JSON parsers, the last of repeated `event` keys counts.
+fn user_event_len(payload: &str) -> usize {
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, Visitor};
+    use serde_json::value::RawValue;
+
+    /// The keys of a broadcast payload that matter here.
+    #[derive(serde::Deserialize)]
+    #[serde(field_identifier, rename_all = "snake_case")]
+    enum Key {
+        Event,
+        #[serde(other)]
+        Other,
+    }
+    /// Finds the last `event` value.
+    struct LastEvent;
+    impl<'de> Visitor<'de> for LastEvent {
+        type Value = Option<&'de RawValue>;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("an object")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut event = None;
+            while let Some(key) = map.next_key::<Key>()? {
+                match key {
+                    Key::Event => event = Some(map.next_value()?),
+                    Key::Other => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(event)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(payload);
+    let Ok(Some(event)) = (&mut de).deserialize_map(LastEvent) else {
+        return 0;
+    };
+    serde_json::from_str::<String>(event.get()).map_or(0, |e| e.len())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::user_event_len;
+
+    #[test]
+    fn user_event_length_is_read_from_the_payload() {
+        assert_eq!(
+            user_event_len(r#"{"payload":{"event":"no"},"event":"cursor"}"#),
+            6
+        );
+        assert_eq!(user_event_len(r#"{"event":"\u00e9"}"#), 2);
+        assert_eq!(user_event_len(r#"{"event":1}"#), 0);
+        assert_eq!(user_event_len(r#"{"type":"broadcast"}"#), 0);
+        assert_eq!(user_event_len(r#"["abc"]"#), 0);
+        assert_eq!(user_event_len(r#"{"event":"a","event":"abc"}"#), 3);
     }
 }

@@ -133,6 +133,8 @@ mod error;
 mod grammar;
 mod inspect;
 mod json;
+#[cfg(test)]
+mod proptests;
 mod record;
 #[cfg(test)]
 mod test_support;
