@@ -130,6 +130,15 @@ pub struct Settings {
     #[arg(long, env = "MAX_EVENT_BYTES", default_value_t = 255)]
     pub max_event_bytes: usize,
 
+    /// Most messages in one REST broadcast request (more are refused with 422).
+    #[arg(long, env = "MAX_REST_MESSAGES", default_value_t = 100)]
+    pub max_rest_messages: usize,
+
+    /// Longest audit-log detail kept whole, serialized, in bytes; a longer one is recorded as
+    /// its size and a prefix.
+    #[arg(long, env = "MAX_AUDIT_DETAIL_BYTES", default_value_t = 4096)]
+    pub max_audit_detail_bytes: usize,
+
     /// Most `postgres_changes` entries one join may carry (more are refused with
     /// `InvalidPostgresChangesParams`).
     #[arg(long, env = "MAX_CHANGES_PER_JOIN", default_value_t = 100)]
@@ -239,6 +248,10 @@ pub struct Config {
     pub max_topic_bytes: usize,
     /// Longest broadcast event name, bytes.
     pub max_event_bytes: usize,
+    /// Most messages per REST request.
+    pub max_rest_messages: usize,
+    /// Longest audit detail kept whole, bytes.
+    pub max_audit_detail_bytes: usize,
     /// Most `postgres_changes` entries per join.
     pub max_changes_per_join: usize,
     /// Longest filter, bytes.
@@ -318,6 +331,12 @@ impl Settings {
                 "--max-event-bytes, --max-name-bytes and --max-filter-bytes must be at least 1",
             );
         }
+        if self.max_rest_messages == 0 {
+            return invalid("--max-rest-messages must be at least 1");
+        }
+        if self.max_audit_detail_bytes < 256 {
+            return invalid("--max-audit-detail-bytes must be at least 256");
+        }
         if self.max_changes_per_join == 0 {
             return invalid("--max-changes-per-join must be at least 1");
         }
@@ -372,6 +391,8 @@ impl Settings {
             max_message_bytes: self.max_message_bytes,
             max_topic_bytes: self.max_topic_bytes,
             max_event_bytes: self.max_event_bytes,
+            max_rest_messages: self.max_rest_messages,
+            max_audit_detail_bytes: self.max_audit_detail_bytes,
             max_changes_per_join: self.max_changes_per_join,
             max_filter_bytes: self.max_filter_bytes,
             max_name_bytes: self.max_name_bytes,
@@ -413,6 +434,8 @@ impl Config {
             max_message_bytes: 3_000_000,
             max_topic_bytes: 1024,
             max_event_bytes: 255,
+            max_rest_messages: 100,
+            max_audit_detail_bytes: 4096,
             max_changes_per_join: 100,
             max_filter_bytes: 8192,
             max_name_bytes: 255,

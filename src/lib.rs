@@ -117,6 +117,7 @@ impl Gateway {
                 audit_retention: config.audit_retention,
                 max_pending_rows: config.registry_max_pending,
                 max_pending_audit: config.audit_max_pending,
+                max_audit_detail_bytes: config.max_audit_detail_bytes,
             },
             &shutdown,
         )

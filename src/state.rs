@@ -56,9 +56,10 @@ impl FromRef<AppState> for rest::RestState {
         rest::RestState {
             hub: state.session.hub.clone(),
             verifier: state.session.verifier.clone(),
-            bounds: rest::NameBounds {
+            bounds: rest::RestBounds {
                 topic: state.config.max_topic_bytes,
                 event: state.config.max_event_bytes,
+                messages: state.config.max_rest_messages,
             },
         }
     }

@@ -616,6 +616,7 @@ async fn one_refused_row_fails_alone_and_its_batch_lands() {
         audit_retention: Duration::from_secs(3600),
         max_pending_rows: 1_000,
         max_pending_audit: 1_000,
+        max_audit_detail_bytes: 4096,
     };
     let registry = Registry::start(pool.clone(), settings, &shutdown)
         .await

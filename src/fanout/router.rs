@@ -51,6 +51,8 @@ pub struct PgChannel {
     pub claims: Arc<Claims>,
     /// Fingerprint of `claims`: equal claims, equal key.
     claims_key: u64,
+    /// No two subscriptions share an id (then routing needs no duplicate check).
+    unique_ids: bool,
     /// Frame text before the payload, written once at subscribe time.
     prefix: String,
     /// Frame text after the payload.
@@ -76,6 +78,10 @@ impl PgChannel {
                 .hash(&mut h);
             h.finish()
         };
+        let unique_ids = {
+            let mut seen = HashSet::with_capacity(subs.len());
+            subs.iter().all(|sub| seen.insert(sub.id))
+        };
         PgChannel {
             key,
             outbound,
@@ -83,6 +89,7 @@ impl PgChannel {
             subs,
             claims,
             claims_key,
+            unique_ids,
             prefix,
             suffix,
         }
@@ -374,18 +381,26 @@ impl Router {
                     continue;
                 }
                 // The ids go into one vector shared by the whole change (no allocation per
-                // recipient); equal ids (identical subscriptions) are listed once.
+                // recipient). Equal ids (identical subscriptions) are listed once: channels whose
+                // ids are all distinct (the usual case) need no check; others use a set, so the
+                // work stays linear in the channel's subscriptions.
                 let start = ids.len();
                 let mut every_column = false;
                 let mut errored = false;
+                let mut listed: Option<HashSet<u32>> = (!channel.unique_ids).then(HashSet::new);
+                let mut cols: Vec<&String> = Vec::new();
                 for sub in &channel.subs {
                     match sub.verdict(change) {
                         Verdict::Skip => {}
                         Verdict::Error => errored = true,
                         Verdict::Deliver => {
-                            every_column |= sub.select.is_none();
-                            if !ids[start..].contains(&sub.id) {
+                            if listed.as_mut().is_none_or(|l| l.insert(sub.id)) {
                                 ids.push(sub.id);
+                            }
+                            match &sub.select {
+                                None => every_column = true,
+                                Some(selected) if !every_column => cols.extend(selected),
+                                Some(_) => {}
                             }
                         }
                     }
@@ -393,8 +408,11 @@ impl Router {
                 let mid = ids.len();
                 if errored {
                     // Subscriptions that get an error entry get it in a frame of their own.
+                    let mut listed: Option<HashSet<u32>> = (!channel.unique_ids).then(HashSet::new);
                     for sub in &channel.subs {
-                        if sub.verdict(change) == Verdict::Error && !ids[mid..].contains(&sub.id) {
+                        if sub.verdict(change) == Verdict::Error
+                            && listed.as_mut().is_none_or(|l| l.insert(sub.id))
+                        {
                             ids.push(sub.id);
                         }
                     }
@@ -408,13 +426,7 @@ impl Router {
                 let select = if every_column {
                     None
                 } else {
-                    let matched = &ids[start..mid];
-                    let mut cols: Vec<String> = channel
-                        .subs
-                        .iter()
-                        .filter(|s| matched.contains(&s.id))
-                        .flat_map(|s| s.select.iter().flatten().cloned())
-                        .collect();
+                    let mut cols: Vec<String> = cols.into_iter().cloned().collect();
                     cols.sort();
                     cols.dedup();
                     Some(cols)
@@ -578,5 +590,39 @@ mod tests {
             both.as_str()
         );
         assert_ne!(both.as_str().as_ptr(), a.as_str().as_ptr());
+    }
+
+    /// Guards the linear dedupe: identical subscriptions are listed once, distinct ones each
+    /// once in join order, and the columns of several selections are united.
+    #[test]
+    fn ids_are_listed_once_in_join_order() {
+        let router = Router::new();
+        let many: Vec<PgSub> = (1..=100).chain([5, 5, 100]).map(sub).collect();
+        let mut c = join(&router, 1, "realtime:room", many);
+        let mut selective = {
+            let mut a = sub(3);
+            a.select = Some(vec!["id".into(), "b".into()]);
+            let mut b = sub(4);
+            b.select = Some(vec!["a".into(), "id".into()]);
+            join(&router, 2, "realtime:sel", vec![a, b])
+        };
+        let mut wakes = Wakes::default();
+        router.route(&change(), 1 << 20, &mut wakes);
+        wakes.wake_all();
+        let frame = text(c.try_recv().unwrap());
+        let expected: Vec<String> = (1..=100).map(|i| i.to_string()).collect();
+        assert!(
+            frame
+                .as_str()
+                .contains(&format!(r#""ids":[{}]"#, expected.join(","))),
+            "{}",
+            frame.as_str()
+        );
+        let frame = text(selective.try_recv().unwrap());
+        assert!(
+            frame.as_str().contains(r#""ids":[3,4]"#),
+            "{}",
+            frame.as_str()
+        );
     }
 }

@@ -117,6 +117,8 @@ pub struct Registry {
     node_id: Arc<str>,
     /// Joins recorded by this node; makes subscription ids unique.
     joins: Arc<AtomicU64>,
+    /// Longest audit detail kept whole, serialized, in bytes.
+    max_detail_bytes: usize,
 }
 
 /// What the writer needs to know.
@@ -136,6 +138,9 @@ pub struct Settings {
     pub max_pending_rows: usize,
     /// Most audit records waiting to be written; the oldest are dropped and counted past it.
     pub max_pending_audit: usize,
+    /// Longest audit detail kept whole, serialized, in bytes; a longer one is recorded as its
+    /// size and a prefix.
+    pub max_audit_detail_bytes: usize,
 }
 
 impl Registry {
@@ -152,6 +157,7 @@ impl Registry {
         store::prepare_node(&pool, &settings).await?;
         let (tx, rx) = mpsc::unbounded_channel();
         let node_id: Arc<str> = Arc::from(settings.node_id.as_str());
+        let max_detail_bytes = settings.max_audit_detail_bytes;
         let check_users = store::users_are_checked(&pool).await?;
         let writer = writer::Writer::new(pool, settings, rx, check_users);
         // On the final tracker: it records what sessions report while they close, and ends
@@ -161,6 +167,7 @@ impl Registry {
             tx,
             node_id,
             joins: Arc::default(),
+            max_detail_bytes,
         })
     }
 
@@ -220,7 +227,7 @@ impl Registry {
             at: Utc::now(),
             user_id,
             remote_addr: remote.map(|a| a.to_string()),
-            detail,
+            detail: bounded_detail(detail, self.max_detail_bytes),
         }));
     }
 
@@ -276,6 +283,22 @@ fn bound_in_place(text: &mut String, max: usize) {
     text.truncate(keep);
 }
 
+/// `detail`, or, when it serializes to more than `max_bytes`, a stand-in saying how large it
+/// was with a prefix of its text (cut at a character boundary): one client's oversized input
+/// never becomes an oversized audit row.
+fn bounded_detail(detail: Value, max_bytes: usize) -> Value {
+    let text = detail.to_string();
+    if text.len() <= max_bytes {
+        return detail;
+    }
+    metrics::counter!("gateway_registry_audit_truncated_total").increment(1);
+    let mut cut = (max_bytes / 2).min(text.len());
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    serde_json::json!({"truncated": true, "bytes": text.len(), "prefix": &text[..cut]})
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,6 +320,20 @@ mod tests {
         assert!(odd.chars().skip(1).all(|c| c == 'ü'));
     }
 
+    /// Guards the audit bound: a detail over it becomes its size and a prefix, cut at a
+    /// character boundary; one within it is kept whole.
+    #[test]
+    fn oversized_audit_details_are_bounded() {
+        let small = serde_json::json!({"channel": "room"});
+        assert_eq!(bounded_detail(small.clone(), 256), small);
+        let big = serde_json::json!({"channel": "é".repeat(1000)});
+        let bounded = bounded_detail(big.clone(), 256);
+        assert_eq!(bounded["truncated"], true);
+        assert_eq!(bounded["bytes"], big.to_string().len());
+        let prefix = bounded["prefix"].as_str().unwrap();
+        assert!(prefix.len() <= 128 && big.to_string().starts_with(prefix));
+    }
+
     #[test]
     fn subscription_ids_differ_for_reused_and_missing_join_refs() {
         let (tx, _rx) = mpsc::unbounded_channel();
@@ -304,6 +341,7 @@ mod tests {
             tx,
             node_id: Arc::from("n"),
             joins: Arc::default(),
+            max_detail_bytes: 4096,
         };
         let conn = Uuid::nil();
         let a = registry.subscription_id(conn, Some("1"));

@@ -6,11 +6,12 @@
 use proptest::prelude::*;
 use serde_json::{Map, Value};
 
-use super::{batch_messages, Message, NameBounds};
+use super::{batch_messages, Message, RestBounds};
 
-const BOUNDS: NameBounds = NameBounds {
+const BOUNDS: RestBounds = RestBounds {
     topic: 24,
     event: 12,
+    messages: 1000,
 };
 
 /// JSON without floats (whose text `serde_json` may shorten), so a value's text is its

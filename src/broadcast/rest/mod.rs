@@ -40,20 +40,23 @@ pub struct RestState {
     /// Verifies request tokens.
     pub verifier: Verifier,
     /// Longest topic and event name accepted.
-    pub bounds: NameBounds,
+    pub bounds: RestBounds,
 }
 
-/// Longest topic and event name a REST message may carry, in bytes (`--max-topic-bytes`,
-/// `--max-event-bytes`); longer ones are refused with 422.
+/// What one REST request may carry: the longest topic and event name, in bytes
+/// (`--max-topic-bytes`, `--max-event-bytes`), and the most messages in one batch
+/// (`--max-rest-messages`); more is refused with 422.
 #[derive(Debug, Clone, Copy)]
-pub struct NameBounds {
+pub struct RestBounds {
     /// Longest topic.
     pub topic: usize,
     /// Longest event name.
     pub event: usize,
+    /// Most messages in one batch.
+    pub messages: usize,
 }
 
-impl NameBounds {
+impl RestBounds {
     fn check(self, topic: &str, event: &str) -> Result<(), Error> {
         if topic.len() > self.topic {
             return Err(Error::Invalid(format!(
@@ -177,7 +180,7 @@ fn object(raw: &RawValue) -> Option<Fields<'_>> {
 
 /// Validates a batch body: each message becomes `(topic, private, message)`. Each payload is
 /// kept as the text of the body (docs/protocol.md 7.1): only the other fields are read.
-fn batch_messages(body: &[u8], bounds: NameBounds) -> Result<Vec<(String, bool, Message)>, Error> {
+fn batch_messages(body: &[u8], bounds: RestBounds) -> Result<Vec<(String, bool, Message)>, Error> {
     let invalid = |m: &str| Error::Invalid(m.to_owned());
     let body: &RawValue =
         serde_json::from_slice(body).map_err(|_| invalid("the body is not valid json"))?;
@@ -185,6 +188,12 @@ fn batch_messages(body: &[u8], bounds: NameBounds) -> Result<Vec<(String, bool, 
         .and_then(|body| body.get("messages").copied())
         .and_then(|m| serde_json::from_str::<Vec<&RawValue>>(m.get()).ok())
         .ok_or_else(|| invalid("messages must be a list"))?;
+    if messages.len() > bounds.messages {
+        return Err(Error::Invalid(format!(
+            "at most {} messages per request",
+            bounds.messages
+        )));
+    }
     let mut out = Vec::with_capacity(messages.len());
     for (i, m) in messages.iter().enumerate() {
         let Some(m) = object(m) else {
@@ -288,9 +297,10 @@ mod proptests;
 mod tests {
     use super::*;
 
-    const BOUNDS: NameBounds = NameBounds {
+    const BOUNDS: RestBounds = RestBounds {
         topic: 16,
         event: 8,
+        messages: 3,
     };
 
     /// Guards the REST bounds: an over-long topic or event is refused with 422 and its reason.
@@ -313,6 +323,13 @@ mod tests {
             assert!(e.to_string().contains(reason), "{e}");
             assert_eq!(status_code(&e), StatusCode::UNPROCESSABLE_ENTITY);
         }
+        let one = json!({"topic": "t", "event": "e", "payload": {}});
+        let four = json!({ "messages": vec![one; 4] });
+        let e = batch_messages(four.to_string().as_bytes(), BOUNDS).unwrap_err();
+        assert!(
+            e.to_string().contains("at most 3 messages per request"),
+            "{e}"
+        );
         let ok = json!({"messages": [{"topic": "realtime:".to_owned() + &"t".repeat(16),
                                       "event": "e".repeat(8), "payload": {}}]});
         assert!(batch_messages(ok.to_string().as_bytes(), BOUNDS).is_ok());
