@@ -139,6 +139,20 @@ pub struct Settings {
     #[arg(long, env = "MAX_AUDIT_DETAIL_BYTES", default_value_t = 4096)]
     pub max_audit_detail_bytes: usize,
 
+    /// Most presence entries one channel may hold, across all nodes (a track past it gets the
+    /// error reply `Channel presence limit reached`).
+    #[arg(long, env = "MAX_PRESENCE_PER_CHANNEL", default_value_t = 10_000)]
+    pub max_presence_per_channel: usize,
+
+    /// Most bytes of tracked presence payloads one channel may hold, across all nodes.
+    #[arg(long, env = "MAX_PRESENCE_BYTES_PER_CHANNEL", default_value_t = 16 * 1024 * 1024)]
+    pub max_presence_bytes_per_channel: usize,
+
+    /// Most filter conditions that compile a pattern (`like`, `ilike`, `match`, `imatch`) one
+    /// connection's subscriptions may hold (more are refused with a `system` error).
+    #[arg(long, env = "MAX_PATTERNS_PER_CONNECTION", default_value_t = 50)]
+    pub max_patterns_per_connection: usize,
+
     /// Most `postgres_changes` entries one join may carry (more are refused with
     /// `InvalidPostgresChangesParams`).
     #[arg(long, env = "MAX_CHANGES_PER_JOIN", default_value_t = 100)]
@@ -252,6 +266,12 @@ pub struct Config {
     pub max_rest_messages: usize,
     /// Longest audit detail kept whole, bytes.
     pub max_audit_detail_bytes: usize,
+    /// Most presence entries per channel.
+    pub max_presence_per_channel: usize,
+    /// Most presence bytes per channel.
+    pub max_presence_bytes_per_channel: usize,
+    /// Most pattern conditions per connection.
+    pub max_patterns_per_connection: usize,
     /// Most `postgres_changes` entries per join.
     pub max_changes_per_join: usize,
     /// Longest filter, bytes.
@@ -337,6 +357,11 @@ impl Settings {
         if self.max_audit_detail_bytes < 256 {
             return invalid("--max-audit-detail-bytes must be at least 256");
         }
+        if self.max_presence_per_channel == 0 || self.max_presence_bytes_per_channel == 0 {
+            return invalid(
+                "--max-presence-per-channel and --max-presence-bytes-per-channel must be at least 1",
+            );
+        }
         if self.max_changes_per_join == 0 {
             return invalid("--max-changes-per-join must be at least 1");
         }
@@ -393,6 +418,9 @@ impl Settings {
             max_event_bytes: self.max_event_bytes,
             max_rest_messages: self.max_rest_messages,
             max_audit_detail_bytes: self.max_audit_detail_bytes,
+            max_presence_per_channel: self.max_presence_per_channel,
+            max_presence_bytes_per_channel: self.max_presence_bytes_per_channel,
+            max_patterns_per_connection: self.max_patterns_per_connection,
             max_changes_per_join: self.max_changes_per_join,
             max_filter_bytes: self.max_filter_bytes,
             max_name_bytes: self.max_name_bytes,
@@ -436,6 +464,9 @@ impl Config {
             max_event_bytes: 255,
             max_rest_messages: 100,
             max_audit_detail_bytes: 4096,
+            max_presence_per_channel: 10_000,
+            max_presence_bytes_per_channel: 16 * 1024 * 1024,
+            max_patterns_per_connection: 50,
             max_changes_per_join: 100,
             max_filter_bytes: 8192,
             max_name_bytes: 255,

@@ -127,6 +127,10 @@ impl Gateway {
             broadcast::Settings {
                 node_id: config.node_id.clone(),
                 max_message_bytes: config.max_message_bytes,
+                presence_bounds: presence::Bounds {
+                    entries: config.max_presence_per_channel,
+                    bytes: config.max_presence_bytes_per_channel,
+                },
                 stale_timeout: config.heartbeat_timeout,
                 maintenance_interval: config.heartbeat_interval,
             },

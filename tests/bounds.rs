@@ -245,3 +245,116 @@ async fn join_floods_do_not_amplify_into_database_load() {
     bystander_is_served(&db, &mut bystander, "after the flood").await;
     gw.stop().await.unwrap();
 }
+
+/// Sends a presence track on `topic` and returns its reply payload.
+async fn track(c: &mut WsClient, topic: &str, payload: Value) -> Value {
+    let r = c
+        .send(
+            Some("1"),
+            topic,
+            "presence",
+            json!({"type": "presence", "event": "track", "payload": payload}),
+        )
+        .await;
+    loop {
+        let m = c.expect_event(topic, "phx_reply").await;
+        if m.msg_ref.as_deref() == Some(r.as_str()) {
+            return m.payload;
+        }
+    }
+}
+
+/// A channel holds at most `--max-presence-per-channel` entries and
+/// `--max-presence-bytes-per-channel` bytes of presence: a track past either gets an error
+/// reply; members already tracked can still update, and room comes back as they leave.
+#[tokio::test]
+async fn a_channels_presence_is_bounded() {
+    let db = TestDb::new().await;
+    let gw = TestGateway::start_with(&db, |c| {
+        c.max_presence_per_channel = 2;
+        c.max_presence_bytes_per_channel = 4096;
+    })
+    .await;
+    let mut members = Vec::new();
+    for _ in 0..3 {
+        let mut c = WsClient::anon(&gw).await;
+        let reply = c
+            .join("realtime:lobby", json!({"presence": {"enabled": true}}))
+            .await;
+        assert_eq!(reply["status"], "ok");
+        members.push(c);
+    }
+    let full = json!({"status": "error", "response": {"reason": "Channel presence limit reached"}});
+    assert_eq!(
+        track(&mut members[0], "realtime:lobby", json!({"n": 0})).await["status"],
+        "ok"
+    );
+    assert_eq!(
+        track(&mut members[1], "realtime:lobby", json!({"n": 1})).await["status"],
+        "ok"
+    );
+    assert_eq!(
+        track(&mut members[2], "realtime:lobby", json!({"n": 2})).await,
+        full
+    );
+    // An update of a tracked member is not a new entry.
+    assert_eq!(
+        track(&mut members[1], "realtime:lobby", json!({"n": 11})).await["status"],
+        "ok"
+    );
+    // Too many bytes, even with room for an entry.
+    let r = members[0]
+        .send(
+            Some("1"),
+            "realtime:lobby",
+            "presence",
+            json!({"type": "presence", "event": "untrack"}),
+        )
+        .await;
+    loop {
+        let m = members[0].expect_event("realtime:lobby", "phx_reply").await;
+        if m.msg_ref.as_deref() == Some(r.as_str()) {
+            break;
+        }
+    }
+    let big = json!({"blob": "b".repeat(5000)});
+    assert_eq!(track(&mut members[2], "realtime:lobby", big).await, full);
+    assert_eq!(
+        track(&mut members[2], "realtime:lobby", json!({"n": 2})).await["status"],
+        "ok"
+    );
+    gw.stop().await.unwrap();
+}
+
+/// The regex work one connection may ask for is bounded: pattern conditions (`like`,
+/// `ilike`, `match`, `imatch`) past `--max-patterns-per-connection` are refused with a
+/// `system` error; another connection has a budget of its own.
+#[tokio::test]
+async fn pattern_filters_per_connection_are_bounded() {
+    let db = TestDb::new().await;
+    realtime_table(&db, "feed", "label text").await;
+    let gw = TestGateway::start_with(&db, |c| c.max_patterns_per_connection = 3).await;
+    let entry = |pattern: &str| json!({"event": "*", "schema": "public", "table": "feed", "filter": format!("label=like.{pattern}")});
+    let mut c = WsClient::anon(&gw).await;
+    c.subscribe("realtime:a", json!([entry("a%"), entry("b%")]))
+        .await;
+    let reply = c
+        .join(
+            "realtime:b",
+            json!({"postgres_changes": [entry("c%"), entry("d%")]}),
+        )
+        .await;
+    assert_eq!(reply["status"], "ok");
+    let system = c.expect_event("realtime:b", "system").await;
+    assert_eq!(system.payload["status"], "error");
+    assert_eq!(
+        system.payload["message"],
+        "Too many pattern filters (like, ilike, match, imatch) on this connection: at most 3"
+    );
+    c.subscribe("realtime:c", json!([entry("c%")])).await;
+    let mut other = WsClient::anon(&gw).await;
+    other
+        .subscribe("realtime:a", json!([entry("a%"), entry("b%"), entry("c%")]))
+        .await;
+    gw.stop().await.unwrap();
+}

@@ -81,6 +81,10 @@ pub enum Error {
     /// A REST request that does not have the documented shape.
     #[error("invalid broadcast request: {0}")]
     Invalid(String),
+    /// The channel holds as much presence as `--max-presence-per-channel` and
+    /// `--max-presence-bytes-per-channel` allow.
+    #[error("the channel's presence is full")]
+    PresenceFull,
     /// A REST request without a valid token.
     #[error("broadcast request not authorized")]
     Unauthorized(#[source] crate::auth::Error),
@@ -93,6 +97,8 @@ pub struct Settings {
     pub node_id: String,
     /// Largest broadcast or tracked presence payload, in bytes.
     pub max_message_bytes: usize,
+    /// How much presence one channel may hold.
+    pub presence_bounds: presence::Bounds,
     /// A node silent this long is lost: its presence is removed.
     pub stale_timeout: Duration,
     /// How often lost nodes' presence and old bus rows are pruned, and each node audits its
@@ -166,6 +172,7 @@ struct Shared {
     topics: DashMap<Arc<str>, Arc<Topic>>,
     publisher: publisher::Publisher,
     max_message_bytes: usize,
+    presence_bounds: presence::Bounds,
     stats: Stats,
 }
 
@@ -216,6 +223,7 @@ impl Hub {
                 topics: DashMap::new(),
                 publisher,
                 max_message_bytes: settings.max_message_bytes,
+                presence_bounds: settings.presence_bounds,
                 stats: Stats::default(),
             }),
         };
@@ -344,6 +352,10 @@ impl Hub {
             .or_insert_with(|| Arc::new(Topic::new(name)))
             .clone();
         let mut state = lock(&topic.presence);
+        if !state.admits(conn, key, size, self.shared.presence_bounds) {
+            metrics::counter!("gateway_presence_refused_total").increment(1);
+            return Err(Error::PresenceFull);
+        }
         if let Some(diff) = state.track(conn, &self.shared.node, key, payload) {
             self.presence_diff(&topic, &diff);
             self.shared.publisher.presence(name, &diff);

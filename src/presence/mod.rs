@@ -56,6 +56,8 @@ pub struct Entry {
     seq: u64,
     /// Held by a membership of this node.
     local: bool,
+    /// Serialized size of `meta`, for the channel's presence bound.
+    size: usize,
 }
 
 /// A presence row as stored or carried over the bus: `(phx_ref, key, meta)`.
@@ -97,10 +99,21 @@ struct Local {
     payload: Map<String, Value>,
 }
 
+/// How much presence one channel may hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds {
+    /// Most entries.
+    pub entries: usize,
+    /// Most bytes of tracked payloads and keys, summed.
+    pub bytes: usize,
+}
+
 /// One topic's presence, cluster-wide.
 #[derive(Debug, Default)]
 pub struct State {
     entries: HashMap<String, Entry>,
+    /// Serialized size of every entry's `meta`, summed.
+    bytes: usize,
     /// Entries held by memberships of this node, by connection.
     local: HashMap<ConnId, Local>,
     next_seq: u64,
@@ -129,7 +142,7 @@ impl State {
                 return None;
             }
             let old_ref = old.phx_ref.clone();
-            if let Some(old) = self.entries.remove(&old_ref) {
+            if let Some(old) = self.remove(&old_ref) {
                 diff.leaves.push(old);
             }
             meta.insert("phx_ref_prev".to_owned(), Value::from(old_ref));
@@ -151,7 +164,7 @@ impl State {
     /// Removes the local membership's entry, if it has one.
     pub fn untrack(&mut self, owner: ConnId) -> Option<Diff> {
         let local = self.local.remove(&owner)?;
-        let entry = self.entries.remove(&local.phx_ref)?;
+        let entry = self.remove(&local.phx_ref)?;
         Some(Diff {
             joins: Vec::new(),
             leaves: vec![entry],
@@ -174,7 +187,7 @@ impl State {
             if self.is_local(phx_ref) {
                 continue;
             }
-            if let Some(entry) = self.entries.remove(phx_ref) {
+            if let Some(entry) = self.remove(phx_ref) {
                 diff.leaves.push(entry);
             }
         }
@@ -199,7 +212,7 @@ impl State {
             .map(|e| e.phx_ref.clone())
             .collect();
         for phx_ref in gone {
-            if let Some(entry) = self.entries.remove(&phx_ref) {
+            if let Some(entry) = self.remove(&phx_ref) {
                 diff.leaves.push(entry);
             }
         }
@@ -255,6 +268,7 @@ impl State {
         local: bool,
     ) -> Entry {
         self.next_seq += 1;
+        let size = serde_json::to_string(&meta).map_or(0, |m| m.len()) + key.len();
         let entry = Entry {
             phx_ref: phx_ref.clone(),
             key,
@@ -262,9 +276,32 @@ impl State {
             node,
             seq: self.next_seq,
             local,
+            size,
         };
-        self.entries.insert(phx_ref, entry.clone());
+        self.bytes += size;
+        if let Some(old) = self.entries.insert(phx_ref, entry.clone()) {
+            self.bytes -= old.size;
+        }
         entry
+    }
+
+    fn remove(&mut self, phx_ref: &str) -> Option<Entry> {
+        let entry = self.entries.remove(phx_ref)?;
+        self.bytes -= entry.size;
+        Some(entry)
+    }
+
+    /// Whether the local membership of `owner` may track `payload` of `size` bytes under
+    /// `key` within `bounds` (entries and bytes of the whole channel, every node's included).
+    /// A membership replacing its own entry is judged without the entry it replaces.
+    pub fn admits(&self, owner: ConnId, key: &str, size: usize, bounds: Bounds) -> bool {
+        let replaced = self
+            .local
+            .get(&owner)
+            .and_then(|l| self.entries.get(&l.phx_ref));
+        let entries = self.entries.len() - usize::from(replaced.is_some());
+        let bytes = self.bytes - replaced.map_or(0, |e| e.size);
+        entries < bounds.entries && bytes + size + key.len() <= bounds.bytes
     }
 }
 

@@ -21,6 +21,9 @@ use crate::protocol::{self, Inbound, InboundPayload, RawJson};
 const TOO_LARGE: &str = "payload_size_exceeded";
 /// Reply reason of a track whose payload is not an object (docs/protocol.md 9.1).
 const NOT_A_MAP: &str = "Presence track payload must be a map";
+/// Reply reason of a track refused because the channel's presence is full (docs/protocol.md
+/// 9.3, `--max-presence-per-channel`, `--max-presence-bytes-per-channel`).
+const PRESENCE_FULL: &str = "Channel presence limit reached";
 /// Reply reason of a track over `--max-message-bytes` (docs/protocol.md 9.3).
 const TRACK_TOO_LARGE: &str = "Track message size exceeded";
 
@@ -160,6 +163,9 @@ impl Session {
                     }
                     Err(Error::TooLarge { .. }) => {
                         self.reply(jr, r, topic, "error", json!({"reason": TRACK_TOO_LARGE}));
+                    }
+                    Err(Error::PresenceFull) => {
+                        self.reply(jr, r, topic, "error", json!({"reason": PRESENCE_FULL}));
                     }
                     Err(e) => {
                         let reason = e.to_string();

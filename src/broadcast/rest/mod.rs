@@ -270,6 +270,7 @@ pub fn status_code(e: &Error) -> StatusCode {
         Error::Unauthorized(_) => StatusCode::UNAUTHORIZED,
         Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         Error::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        Error::PresenceFull => StatusCode::TOO_MANY_REQUESTS,
     }
 }
 

@@ -16,8 +16,9 @@ use super::types::{is_orderable, takes_patterns, Column, Kind, SqlType, TextKind
 use super::value::{key_cmp, Key};
 
 /// Compiled-program size limit for LIKE patterns and regexes: generous for any real pattern,
-/// small enough that one subscription cannot make the gateway allocate without bound.
-const REGEX_SIZE_LIMIT: usize = 1 << 20;
+/// small enough that one subscription cannot make the gateway allocate without bound (the
+/// number of patterns one connection may hold is bounded by the session).
+const REGEX_SIZE_LIMIT: usize = 256 * 1024;
 
 /// A [`Filter`] typed against a table's columns, ready to test rows. Cheap to clone and
 /// `Send + Sync`; [`BoundFilter::default`] has no conditions and matches every row.
@@ -27,6 +28,15 @@ pub struct BoundFilter {
 }
 
 impl BoundFilter {
+    /// How many conditions compile a pattern (`like`, `ilike`, `match`, `imatch`): the regex
+    /// work a subscription asks for.
+    pub fn patterns(&self) -> usize {
+        self.conditions
+            .iter()
+            .filter(|c| matches!(c.test, Test::Pattern(_)))
+            .count()
+    }
+
     /// Whether the record (an object shaped like `to_jsonb(row)`; for DELETE the old row)
     /// satisfies every condition. A missing key is NULL. Never panics.
     pub fn matches(&self, record: &Map<String, Value>) -> bool {

@@ -311,6 +311,7 @@ impl Session {
         } else {
             Some(subscription::resolve(&config.changes, &self.services.catalog).await)
         };
+        let resolved = resolved.map(|r| r.and_then(|subs| self.within_pattern_budget(subs)));
         if config.wait_for_changes {
             if let Some(Err(e)) = &resolved {
                 self.join_error(jr, r, &topic, &Refusal::of_resolve(e));
@@ -370,6 +371,27 @@ impl Session {
                 Err(Refusal::Token(e.join_reason()))
             }
         }
+    }
+
+    /// `subs`, unless with them the connection's subscriptions would hold more pattern
+    /// conditions (`like`, `ilike`, `match`, `imatch`) than `--max-patterns-per-connection`.
+    fn within_pattern_budget(&self, subs: Vec<PgSub>) -> Result<Vec<PgSub>, Resolve> {
+        let count = |subs: &[PgSub]| -> usize {
+            subs.iter()
+                .filter_map(|s| s.filter.as_ref())
+                .map(|f| f.patterns())
+                .sum()
+        };
+        let held: usize = self.channels.values().map(|j| count(&j.subs)).sum();
+        let limit = self.services.config.max_patterns_per_connection;
+        if held + count(&subs) > limit {
+            metrics::counter!("gateway_session_bounds_refused_total").increment(1);
+            return Err(Resolve::Invalid(format!(
+                "Too many pattern filters (like, ilike, match, imatch) on this connection: at \
+                 most {limit}"
+            )));
+        }
+        Ok(subs)
     }
 
     /// Writes the join's registry row (off the message path); returns its id.
