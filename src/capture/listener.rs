@@ -178,7 +178,7 @@ impl Listener {
             match start_cursor(&self.pool).await {
                 Ok(c) => break c,
                 Err(e) => {
-                    tracing::warn!(error = %e, "cannot read the outbox position; retrying");
+                    tracing::warn!(error = %crate::error::chain(&e), "cannot read the outbox position; retrying");
                     if backoff.wait(&shutdown).await {
                         return;
                     }
@@ -190,7 +190,7 @@ impl Listener {
         let listen_pool = match listen_pool(&self.settings.database_url) {
             Ok(p) => p,
             Err(e) => {
-                tracing::error!(error = %e, "invalid database url for the listener");
+                tracing::error!(error = %crate::error::chain(&e), "invalid database url for the listener");
                 return;
             }
         };
@@ -225,7 +225,7 @@ impl Listener {
                         self.forward(BusMessage::Gap);
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "listener cannot connect; retrying");
+                        tracing::warn!(error = %crate::error::chain(&e), "listener cannot connect; retrying");
                         listen_retry_at = tokio::time::Instant::now() + listen_backoff.next();
                     }
                 }
@@ -239,7 +239,7 @@ impl Listener {
                         read_backoff = Backoff::new();
                     }
                     Err(e) => {
-                        tracing::warn!(error = %e, "cannot read the outbox; retrying");
+                        tracing::warn!(error = %crate::error::chain(&e), "cannot read the outbox; retrying");
                         metrics::counter!("gateway_listener_read_errors_total").increment(1);
                         bell_rang |= rang;
                         follow_up = false;
