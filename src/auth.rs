@@ -197,7 +197,8 @@ pub fn sign(
     )
 }
 
-fn now_secs() -> i64 {
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))

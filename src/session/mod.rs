@@ -261,9 +261,14 @@ impl Session {
             let deadline = channelless_since
                 .filter(|_| !join_timeout.is_zero())
                 .map(|since| since + join_timeout);
+            let expiry = self.next_expiry();
             let message = tokio::select! {
                 biased;
                 () = token.cancelled() => return,
+                () = sleep_until(expiry) => {
+                    self.expire_channels();
+                    continue;
+                }
                 () = sleep_until(deadline) => {
                     tracing::debug!("closing a socket without channels");
                     metrics::counter!("gateway_session_channelless_closed_total").increment(1);
@@ -295,6 +300,46 @@ impl Session {
                 (true, None) => Some(tokio::time::Instant::now()),
                 (true, since) => since,
             };
+        }
+    }
+
+    /// When the first joined channel's token expires (docs/protocol.md 8.2).
+    fn next_expiry(&self) -> Option<tokio::time::Instant> {
+        let exp = self.channels.values().map(|j| j.claims.exp).min()?;
+        let left = u64::try_from(exp.saturating_sub(crate::auth::now_secs())).unwrap_or(0);
+        // A token valid for longer than a year is re-checked yearly (and never overflows).
+        let left = Duration::from_secs(left.min(365 * 24 * 3600));
+        Some(tokio::time::Instant::now() + left)
+    }
+
+    /// Ends every channel whose token has expired: a `system` error with a machine-readable
+    /// `reason` (`token_expired`), then `phx_close`; the registry row ends `token_expired`.
+    fn expire_channels(&mut self) {
+        let now = crate::auth::now_secs();
+        let expired: Vec<String> = self
+            .channels
+            .iter()
+            .filter(|(_, j)| j.claims.exp <= now)
+            .map(|(topic, _)| topic.clone())
+            .collect();
+        for topic in expired {
+            let Some(joined) = self.leave(&topic, "token_expired") else {
+                continue;
+            };
+            let ago = now - joined.claims.exp;
+            metrics::counter!("gateway_session_tokens_expired_total").increment(1);
+            self.services.registry.audit(
+                "token_expired",
+                joined.claims.user_id(),
+                Some(self.params.peer),
+                json!({"channel": joined.name, "expired_s_ago": ago}),
+            );
+            let jr = joined.join_ref.as_deref();
+            let system = json!({"extension": "system", "status": "error",
+                                "message": format!("Token has expired {ago} seconds ago"),
+                                "reason": "token_expired", "channel": joined.name});
+            self.push_json(jr, None, &topic, "system", &system);
+            self.push_json(jr, jr, &topic, "phx_close", &json!({}));
         }
     }
 

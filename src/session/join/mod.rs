@@ -356,6 +356,19 @@ impl Session {
             .as_deref()
             .filter(|t| !t.starts_with("sb_") && *t != self.params.apikey);
         let Some(token) = token else {
+            // The socket's token was checked at connect; it may have expired since.
+            let left = self.params.claims.seconds_left();
+            if left <= 0 {
+                let e = crate::auth::Error::Expired(left.unsigned_abs());
+                metrics::counter!("gateway_session_auth_failures_total").increment(1);
+                self.services.registry.audit(
+                    "auth_failed",
+                    self.params.claims.user_id(),
+                    Some(self.params.peer),
+                    json!({"stage": "join", "channel": name, "reason": e.to_string()}),
+                );
+                return Err(Refusal::Token(e.join_reason()));
+            }
             return Ok((Arc::clone(&self.params.claims), None));
         };
         match self.services.verifier.verify(token) {
