@@ -225,6 +225,17 @@ pub struct Settings {
     /// Log format; the level comes from RUST_LOG (default `info`).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,
+
+    /// Whether `/metrics` asks for a credential (`Authorization: Bearer` with a `service_role`
+    /// JWT or the --admin-token); default `false`, open as before. `/health` and `/ready` stay
+    /// open.
+    #[arg(long, env = "METRICS_AUTH", default_value_t = false, action = clap::ArgAction::Set)]
+    pub metrics_auth: bool,
+
+    /// Static bearer token accepted, besides `service_role` JWTs, by the operator endpoints that
+    /// ask for a credential (at least 16 characters; unset by default).
+    #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
 }
 
 /// Checked settings, shared read-only by every part of the gateway.
@@ -304,6 +315,10 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Log format.
     pub log_format: LogFormat,
+    /// Whether `/metrics` asks for a credential.
+    pub metrics_auth: bool,
+    /// Static admin bearer token.
+    pub admin_token: Option<String>,
 }
 
 impl Settings {
@@ -380,6 +395,9 @@ impl Settings {
         if self.change_retention < Duration::from_secs(1) {
             return invalid("--change-retention must be at least 1s");
         }
+        if matches!(&self.admin_token, Some(t) if t.trim().len() < 16) {
+            return invalid("--admin-token must be at least 16 characters");
+        }
         if matches!(&self.jwt_secret, Some(s) if s.len() < 16) {
             return invalid("--jwt-secret must be at least 16 characters");
         }
@@ -437,6 +455,8 @@ impl Settings {
             db_pool_size: self.db_pool_size,
             shutdown_timeout: self.shutdown_timeout,
             log_format: self.log_format,
+            metrics_auth: self.metrics_auth,
+            admin_token: self.admin_token.map(|t| t.trim().to_owned()),
         })
     }
 }
@@ -483,6 +503,8 @@ impl Config {
             db_pool_size: 8,
             shutdown_timeout: Duration::from_secs(10),
             log_format: LogFormat::Text,
+            metrics_auth: false,
+            admin_token: None,
         };
         let mut config = settings
             .check()
@@ -532,6 +554,8 @@ mod tests {
         assert_eq!(c.heartbeat_interval, Duration::from_secs(30));
         assert_eq!(c.heartbeat_timeout, Duration::from_secs(60));
         assert!(c.database_url.is_none());
+        assert!(!c.metrics_auth);
+        assert!(c.admin_token.is_none());
     }
 
     #[test]
@@ -556,6 +580,8 @@ mod tests {
             e.contains("DATABASE_URL) is required when EMBEDDED_DB=false"),
             "{e}"
         );
+        let e = parse(&["--admin-token", "short"]).unwrap_err();
+        assert!(e.contains("--admin-token must be at least 16"), "{e}");
         let e = parse(&["--listen", "nowhere"]).unwrap_err();
         assert!(e.contains("--listen"), "{e}");
     }

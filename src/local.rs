@@ -1,9 +1,13 @@
 //! Local mode: with no `DATABASE_URL`, a private PostgreSQL cluster under the data folder, a
 //! generated JWT secret kept beside it, and ready-to-use `anon` and `service_role` keys.
+//!
+//! The cluster accepts loopback TCP connections only with its superuser's password
+//! (`scram-sha-256`), generated on first start and kept in `<data dir>/pg_password` (mode 0600);
+//! the database URL the gateway prints carries it. It has no Unix socket.
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use rand::RngCore;
@@ -64,12 +68,16 @@ pub async fn prepare(config: &mut Config) -> Result<(Option<LocalCluster>, Keys)
     let mut guard = None;
     if config.database_url.is_none() {
         let pgdata = config.data_dir.join("pg");
+        let password = load_or_create_secret(&config.data_dir, "pg_password")?;
         let cluster = tokio::task::spawn_blocking(move || -> Result<Running, Error> {
-            let cluster = Cluster::new(&pgdata).map_err(|e| Error::Pg(e.into()))?;
+            let mut cluster = Cluster::new(&pgdata).map_err(|e| Error::Pg(e.into()))?;
             if !cluster.is_initialized() {
                 tracing::info!(pgdata = %cluster.pgdata().display(), "creating the embedded postgres cluster");
             }
             cluster.init().map_err(|e| Error::Pg(e.into()))?;
+            cluster
+                .require_password(&password)
+                .map_err(|e| Error::Pg(e.into()))?;
             cluster
                 .start(&Tuning::default())
                 .map_err(|e| Error::Pg(e.into()))
@@ -77,14 +85,18 @@ pub async fn prepare(config: &mut Config) -> Result<(Option<LocalCluster>, Keys)
         .await
         .map_err(|e| Error::Local(std::io::Error::other(e)))??;
         let url = cluster.url("postgres");
-        tracing::info!(database_url = %url, pid = cluster.pid, "embedded postgres started");
+        tracing::info!(
+            port = cluster.port,
+            pid = cluster.pid,
+            "embedded postgres started"
+        );
         config.database_url = Some(url);
         guard = Some(LocalCluster {
             running: Some(cluster),
         });
     }
     if config.jwt_secret.is_none() {
-        config.jwt_secret = Some(load_or_create_secret(&config.data_dir)?);
+        config.jwt_secret = Some(load_or_create_secret(&config.data_dir, "jwt_secret")?);
     }
     let secret = config.jwt_secret.as_deref().unwrap_or_default();
     let sign = |role: &str| {
@@ -98,11 +110,17 @@ pub async fn prepare(config: &mut Config) -> Result<(Option<LocalCluster>, Keys)
     Ok((guard, keys))
 }
 
-fn load_or_create_secret(data_dir: &Path) -> Result<String, Error> {
-    let path: PathBuf = data_dir.join("jwt_secret");
+/// Reads the secret kept in `<data_dir>/<name>` (and tries to make the file private, 0600), or generates
+/// one (64 hex digits) and keeps it there.
+fn load_or_create_secret(data_dir: &Path, name: &str) -> Result<String, Error> {
+    let path: PathBuf = data_dir.join(name);
     if let Ok(text) = fs::read_to_string(&path) {
         let secret = text.trim().to_owned();
         if secret.len() >= 16 {
+            // Best effort on a file that was there: it may be provided read-only.
+            if let Err(e) = fs::set_permissions(&path, fs::Permissions::from_mode(0o600)) {
+                tracing::warn!(path = %path.display(), error = %e, "cannot make the file private");
+            }
             return Ok(secret);
         }
     }
@@ -118,6 +136,8 @@ fn load_or_create_secret(data_dir: &Path) -> Result<String, Error> {
         .open(&path)
         .map_err(Error::Local)?;
     writeln!(file, "{secret}").map_err(Error::Local)?;
-    tracing::info!(path = %path.display(), "generated a jwt secret");
+    // `mode` applies only to a file created here: a file that was there is made private too.
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).map_err(Error::Local)?;
+    tracing::info!(path = %path.display(), "generated a secret");
     Ok(secret)
 }

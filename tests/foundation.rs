@@ -75,6 +75,8 @@ fn help_documents_every_setting() {
         ("--heartbeat-timeout", "HEARTBEAT_TIMEOUT"),
         ("--node-id", "NODE_ID"),
         ("--data-dir", "DATA_DIR"),
+        ("--metrics-auth", "METRICS_AUTH"),
+        ("--admin-token", "ADMIN_TOKEN"),
     ] {
         assert!(help.contains(flag), "{flag} missing from --help");
         assert!(help.contains(env), "{env} missing from --help");
@@ -136,6 +138,62 @@ fn local_mode_serves_and_stops_its_postgres() {
     for key in &anon_keys {
         assert_eq!(verifier.verify(key).expect("key verifies").role, "anon");
     }
+    std::fs::remove_dir_all(&data_dir).ok();
+}
+
+/// Local mode's cluster does not trust every local user: a loopback connection needs the
+/// generated password, which is kept in a file only its owner can read, and the database URL
+/// the gateway uses (and prints) carries it.
+#[tokio::test]
+async fn local_mode_postgres_requires_its_password() {
+    use std::os::unix::fs::PermissionsExt;
+    let data_dir = common::temp_dir("rg-local-pw");
+    let mut config = realtime_gateway::Config::for_database(
+        "postgres://unused@127.0.0.1/unused".to_owned(),
+        common::JWT_SECRET.to_owned(),
+    );
+    config.database_url = None;
+    config.data_dir = data_dir.clone();
+    let (cluster, _keys) = realtime_gateway::local::prepare(&mut config).await.unwrap();
+    let cluster = cluster.expect("an embedded cluster");
+    let url = config.database_url.clone().unwrap();
+    let password = std::fs::read_to_string(data_dir.join("pg_password")).unwrap();
+    let mode = std::fs::metadata(data_dir.join("pg_password"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "pg_password mode {mode:o}");
+    assert!(
+        url.contains(&format!("postgres:{}@", password.trim())),
+        "{url}"
+    );
+    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+        .await
+        .expect("the URL with the password connects");
+    let one: i32 = sqlx::query_scalar("select 1")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(one, 1);
+    let without = url.replace(&format!(":{}@", password.trim()), "@");
+    assert_ne!(without, url);
+    let refused = <sqlx::PgConnection as sqlx::Connection>::connect(&without).await;
+    let err = refused.expect_err("a connection without the password is refused");
+    assert!(err.to_string().contains("password"), "{err}");
+    let wrong = url.replace(password.trim(), "0123456789abcdef");
+    assert!(<sqlx::PgConnection as sqlx::Connection>::connect(&wrong)
+        .await
+        .is_err());
+    drop(conn);
+    let hba = std::fs::read_to_string(data_dir.join("pg").join("pg_hba.conf")).unwrap();
+    assert!(
+        !hba.lines().any(|l| l.trim_end().ends_with("trust")),
+        "{hba}"
+    );
+    tokio::task::spawn_blocking(move || cluster.stop())
+        .await
+        .unwrap()
+        .unwrap();
     std::fs::remove_dir_all(&data_dir).ok();
 }
 

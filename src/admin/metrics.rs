@@ -9,8 +9,8 @@ use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 
 use axum::extract::State;
-use axum::http::header;
-use axum::response::IntoResponse;
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::state::AppState;
@@ -41,8 +41,17 @@ pub fn resident_bytes() -> Option<u64> {
     Some(pages * page_size)
 }
 
-/// `GET /metrics`.
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+/// `GET /metrics`; with `--metrics-auth`, only for a [`credential`](super::credential).
+pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+    if state.config.metrics_auth {
+        let gate = super::credential::Gate {
+            verifier: &state.session.verifier,
+            admin_token: state.config.admin_token.as_deref(),
+        };
+        if let Err(denied) = gate.check(&headers) {
+            return denied.into_response();
+        }
+    }
     let handle = handle();
     let sessions = state.session.sessions.len();
     metrics::gauge!("gateway_sessions").set(sessions as f64);
@@ -71,4 +80,5 @@ pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         handle.render(),
     )
+        .into_response()
 }

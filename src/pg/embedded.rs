@@ -3,6 +3,10 @@
 //! Used when no `DATABASE_URL` is given (and by the test harness). The cluster lives in a folder
 //! of its own, listens on a free loopback port only (no Unix socket), and runs as an unprivileged
 //! user when the gateway runs as root, because `initdb` and `postgres` refuse to run as root.
+//!
+//! [`Cluster::init`] trusts every loopback connection (the test harness's throwaway clusters);
+//! [`Cluster::require_password`] sets the superuser's password and makes loopback connections
+//! prove it (`scram-sha-256`), so that other local users cannot reach a local-mode cluster.
 
 use std::fs;
 use std::io::Write;
@@ -106,6 +110,8 @@ pub struct Cluster {
     bin_dir: PathBuf,
     /// Owner to run the server as, when the gateway runs as root.
     owner: Option<User>,
+    /// The superuser's password, once [`Cluster::require_password`] has set it.
+    password: Option<String>,
 }
 
 /// A running cluster started by [`Cluster::start`].
@@ -115,13 +121,21 @@ pub struct Running {
     pub port: u16,
     /// Process id of the postmaster.
     pub pid: u32,
+    /// The superuser's password, when the cluster requires one.
+    password: Option<String>,
     child: Option<std::process::Child>,
 }
 
 impl Running {
-    /// URL of database `db` as the superuser `postgres`.
+    /// URL of database `db` as the superuser `postgres`, with its password when it has one.
     pub fn url(&self, db: &str) -> String {
-        url(self.port, db)
+        match &self.password {
+            Some(password) => format!(
+                "postgres://postgres:{password}@127.0.0.1:{}/{db}",
+                self.port
+            ),
+            None => url(self.port, db),
+        }
     }
 
     /// Stops the server (fast shutdown) and waits until it has exited.
@@ -174,6 +188,7 @@ impl Cluster {
             pgdata,
             bin_dir,
             owner,
+            password: None,
         })
     }
 
@@ -231,6 +246,69 @@ impl Cluster {
              host all all ::1/128 trust\n",
         )
         .map_err(io(&hba))?;
+        Ok(())
+    }
+
+    /// Sets the superuser's password to `password` and makes every loopback connection
+    /// authenticate with it (`scram-sha-256`); servers started afterwards by this value report
+    /// URLs that carry it. Run on every start, so that the cluster always agrees with the
+    /// password the caller keeps, and an older cluster that trusted loopback is converted. The
+    /// password must be URL-safe (the caller generates it as hex).
+    ///
+    /// # Errors
+    /// [`Error::Program`] when the password cannot be set, [`Error::Io`] when `pg_hba.conf`
+    /// cannot be written.
+    pub fn require_password(&mut self, password: &str) -> Result<(), Error> {
+        if password.is_empty()
+            || !password
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        {
+            return Err(Error::Program {
+                program: "postgres",
+                detail: "the cluster password must be non-empty and URL-safe".to_owned(),
+            });
+        }
+        self.stop_leftover()?;
+        // Single-user mode: no server listens meanwhile, and it needs no authentication.
+        let mut child = self
+            .command("postgres")
+            .arg("--single")
+            .arg("-D")
+            .arg(&self.pgdata)
+            .args(["-c", "password_encryption=scram-sha-256"])
+            .args(["-c", "unix_socket_directories="])
+            .arg("postgres")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(io(&self.bin_dir))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            writeln!(stdin, "alter role postgres password '{password}';")
+                .map_err(io(&self.pgdata))?;
+        }
+        let output = child.wait_with_output().map_err(io(&self.pgdata))?;
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        if !output.status.success() || said.contains("ERROR") || said.contains("FATAL") {
+            return Err(Error::Program {
+                program: "postgres --single",
+                detail: said.trim().to_owned(),
+            });
+        }
+        let hba = self.pgdata.join("pg_hba.conf");
+        fs::write(
+            &hba,
+            "# written by realtime-gateway: loopback only, with the superuser's password\n\
+             host all all 127.0.0.1/32 scram-sha-256\n\
+             host all all ::1/128 scram-sha-256\n",
+        )
+        .map_err(io(&hba))?;
+        self.password = Some(password.to_owned());
         Ok(())
     }
 
@@ -320,6 +398,7 @@ impl Cluster {
                     return Ok(Running {
                         port,
                         pid: child.id(),
+                        password: self.password.clone(),
                         child: Some(child),
                     });
                 }
