@@ -98,7 +98,7 @@ pub struct Settings {
 
     /// Most frames waiting in one connection's outbound queue; a client that lets it fill is
     /// closed as a slow consumer (close code 4001).
-    #[arg(long, env = "OUTBOUND_QUEUE_FRAMES", default_value_t = 1024)]
+    #[arg(long, env = "OUTBOUND_QUEUE_FRAMES", default_value_t = 16_384)]
     pub outbound_queue_frames: usize,
 
     /// Most bytes waiting in one connection's outbound queue (a single larger frame is still
@@ -176,6 +176,11 @@ pub struct Settings {
     #[arg(long, env = "MAX_PENDING_CONNECTIONS", default_value_t = 1024)]
     pub max_pending_connections: usize,
 
+    /// Most connections in their HTTP phase from one client address (the socket peer); more
+    /// are closed at once.
+    #[arg(long, env = "MAX_PENDING_PER_ADDRESS", default_value_t = 512)]
+    pub max_pending_per_address: usize,
+
     /// A WebSocket that has no channel joined for this long is closed with code 4003 (e.g.
     /// `60s`; `0s` turns it off).
     #[arg(long, env = "JOIN_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
@@ -198,6 +203,11 @@ pub struct Settings {
     /// has read them (e.g. `10m`).
     #[arg(long, env = "CHANGE_RETENTION", default_value = "10m", value_parser = parse_duration)]
     pub change_retention: Duration,
+
+    /// Closed rows of the subscription registry are kept this long (e.g. `7days`), then
+    /// deleted.
+    #[arg(long, env = "REGISTRY_RETENTION", default_value = "7days", value_parser = parse_duration)]
+    pub registry_retention: Duration,
 
     /// Audit-log rows are kept this long (e.g. `30days`).
     #[arg(long, env = "AUDIT_RETENTION", default_value = "30days", value_parser = parse_duration)]
@@ -293,6 +303,8 @@ pub struct Config {
     pub http_header_timeout: Duration,
     /// Bound on connections in their HTTP phase.
     pub max_pending_connections: usize,
+    /// The same bound per client address.
+    pub max_pending_per_address: usize,
     /// A socket without channels is closed after this long (zero: never).
     pub join_timeout: Duration,
     /// Delay before join errors.
@@ -305,6 +317,8 @@ pub struct Config {
     pub change_retention: Duration,
     /// Audit-log retention.
     pub audit_retention: Duration,
+    /// Closed registry rows' retention.
+    pub registry_retention: Duration,
     /// Bound of pending registry rows.
     pub registry_max_pending: usize,
     /// Bound of pending audit records.
@@ -383,6 +397,9 @@ impl Settings {
         if self.http_header_timeout.is_zero() {
             return invalid("--http-header-timeout must be greater than zero");
         }
+        if self.max_pending_per_address == 0 {
+            return invalid("--max-pending-per-address must be at least 1");
+        }
         if self.max_pending_connections == 0 {
             return invalid("--max-pending-connections must be at least 1");
         }
@@ -444,12 +461,14 @@ impl Settings {
             max_name_bytes: self.max_name_bytes,
             http_header_timeout: self.http_header_timeout,
             max_pending_connections: self.max_pending_connections,
+            max_pending_per_address: self.max_pending_per_address,
             join_timeout: self.join_timeout,
             join_error_delay: self.join_error_delay,
             connect_error_delay: self.connect_error_delay,
             change_poll_interval: self.change_poll_interval,
             change_retention: self.change_retention,
             audit_retention: self.audit_retention,
+            registry_retention: self.registry_retention,
             registry_max_pending: self.registry_max_pending,
             audit_max_pending: self.audit_max_pending,
             db_pool_size: self.db_pool_size,
@@ -475,7 +494,7 @@ impl Config {
             data_dir: PathBuf::from(".data"),
             embedded_db: false,
             max_channels_per_connection: 100,
-            outbound_queue_frames: 1024,
+            outbound_queue_frames: 16_384,
             outbound_queue_bytes: 8 * 1024 * 1024,
             max_change_bytes: 1024 * 1024,
             max_frame_bytes: 5_000_000,
@@ -492,12 +511,14 @@ impl Config {
             max_name_bytes: 255,
             http_header_timeout: Duration::from_secs(10),
             max_pending_connections: 1024,
+            max_pending_per_address: 512,
             join_timeout: Duration::from_secs(60),
             join_error_delay: Duration::from_secs(5),
             connect_error_delay: Duration::from_secs(2),
             change_poll_interval: Duration::from_millis(50),
             change_retention: Duration::from_secs(600),
             audit_retention: Duration::from_secs(30 * 24 * 3600),
+            registry_retention: Duration::from_secs(7 * 24 * 3600),
             registry_max_pending: 100_000,
             audit_max_pending: 100_000,
             db_pool_size: 8,

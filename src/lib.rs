@@ -115,6 +115,7 @@ impl Gateway {
                 max_connections: config.max_connections,
                 stale_timeout: config.heartbeat_timeout,
                 audit_retention: config.audit_retention,
+                registry_retention: config.registry_retention,
                 max_pending_rows: config.registry_max_pending,
                 max_pending_audit: config.audit_max_pending,
                 max_audit_detail_bytes: config.max_audit_detail_bytes,
@@ -213,6 +214,7 @@ impl Gateway {
         let settings = http::serve::Settings {
             header_timeout: config.http_header_timeout,
             max_pending: config.max_pending_connections,
+            max_pending_per_address: config.max_pending_per_address,
         };
         http::serve::run(listener, app, shutdown.clone(), settings).await;
         // The accept loop only returns once shutdown was triggered; make sure every task heard

@@ -99,6 +99,29 @@ async fn oversized_joins_are_refused_and_others_keep_being_served() {
         reply["response"]["reason"],
         "InvalidJoinPayload: filter is longer than 8192 bytes"
     );
+    // A field other than `filter` cannot carry megabytes either: the whole entry is bounded.
+    let reply = c
+        .join(
+            "realtime:long-table",
+            json!({"postgres_changes": [{"event": "*", "schema": "public",
+                                         "table": "t".repeat(20_000)}]}),
+        )
+        .await;
+    assert_eq!(
+        reply["response"]["reason"],
+        "InvalidJoinPayload: postgres_changes entry is longer than 9216 bytes"
+    );
+    // Refs are echoed and kept: a long one is a malformed frame.
+    c.send_text(&format!(
+        r#"["{}","1","realtime:refs","phx_join",{{}}]"#,
+        "r".repeat(300)
+    ))
+    .await;
+    let m = c.expect_event("phoenix", "phx_reply").await;
+    assert_eq!(
+        m.payload["response"]["reason"],
+        "malformed frame: frame field join_ref is longer than 255 bytes"
+    );
     let reply = c
         .join(
             "realtime:long-component",

@@ -617,6 +617,7 @@ async fn one_refused_row_fails_alone_and_its_batch_lands() {
         max_pending_rows: 1_000,
         max_pending_audit: 1_000,
         max_audit_detail_bytes: 4096,
+        registry_retention: Duration::from_secs(7 * 24 * 3600),
     };
     let registry = Registry::start(pool.clone(), settings, &shutdown)
         .await

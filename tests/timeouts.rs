@@ -101,6 +101,28 @@ async fn connections_in_their_http_phase_are_bounded() {
     gw.stop().await.unwrap();
 }
 
+/// One address holds at most `--max-pending-per-address` places of the HTTP phase.
+#[tokio::test]
+async fn one_address_cannot_take_every_http_place() {
+    let db = TestDb::new().await;
+    let gw = TestGateway::start_with(&db, |c| {
+        c.http_header_timeout = Duration::from_secs(60);
+        c.max_pending_connections = 100;
+        c.max_pending_per_address = 3;
+    })
+    .await;
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        stalled.push(half_head(&gw).await);
+    }
+    let mut extra = half_head(&gw).await;
+    assert!(closed_by_server(&mut extra, Duration::from_secs(10)).await);
+    for tcp in &mut stalled {
+        assert!(!closed_by_server(tcp, Duration::from_millis(50)).await);
+    }
+    gw.stop().await.unwrap();
+}
+
 /// A socket that joins nothing within `--join-timeout` is closed with 4003; one that joined is
 /// not.
 #[tokio::test]

@@ -16,7 +16,7 @@
 //! removes this node's presence rows (other nodes see their leaves).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -32,6 +32,9 @@ use crate::shutdown::Shutdown;
 const MAX_BATCH: usize = 512;
 /// Most items kept while the database is unreachable.
 pub const MAX_PENDING: usize = 100_000;
+/// Most bytes of broadcast envelopes waiting to be published; further broadcasts are not
+/// relayed to other nodes (they still reach this node's members) until the backlog drains.
+pub const MAX_PENDING_BYTES: usize = 64 * 1024 * 1024;
 /// Longest wait between retries of a failed batch.
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// How long shutdown may spend flushing and retiring.
@@ -44,6 +47,8 @@ pub struct Publisher {
     node: Arc<str>,
     /// Makes every notification distinct (identical ones in one transaction are folded).
     seq: Arc<AtomicU64>,
+    /// Bytes of envelopes queued and not yet published (the channel and the task's backlog).
+    queued_bytes: Arc<AtomicUsize>,
 }
 
 impl Publisher {
@@ -54,6 +59,7 @@ impl Publisher {
             tx,
             node,
             seq: Arc::default(),
+            queued_bytes: Arc::default(),
         };
         (publisher, rx)
     }
@@ -63,12 +69,34 @@ impl Publisher {
     }
 
     fn queue(&self, item: Item) {
+        self.queued_bytes.fetch_add(item.size(), Ordering::Relaxed);
         // The task lives until shutdown; after that there is no one left to tell.
         let _queued = self.tx.send(item);
     }
 
+    /// Whether a broadcast of `bytes` more fits [`MAX_PENDING_BYTES`]. A flood of broadcasts
+    /// faster than the database takes them is refused here, one broadcast at a time, instead of
+    /// growing memory or dropping what others queued.
+    fn has_room(&self, bytes: usize) -> bool {
+        self.queued_bytes.load(Ordering::Relaxed) + bytes <= MAX_PENDING_BYTES
+    }
+
+    /// Forgets `bytes` of published (or dropped) envelopes.
+    fn published(&self, bytes: usize) {
+        self.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
     /// Publishes a broadcast to channel `name`.
     pub fn broadcast(&self, name: &str, message: &Message) {
+        if !self.has_room(message.size()) {
+            metrics::counter!("gateway_bus_dropped_total").increment(1);
+            metrics::counter!("gateway_bus_refused_total").increment(1);
+            tracing::debug!(
+                channel = name,
+                "bus backlog full: broadcast not relayed to other nodes"
+            );
+            return;
+        }
         let seq = self.next_seq();
         let envelope = match message {
             Message::Json(json) => envelope::broadcast_envelope(&self.node, seq, name, json),
@@ -138,12 +166,13 @@ pub async fn run(
         }
         if pending.len() > MAX_PENDING {
             let dropped = pending.len();
+            publisher.published(pending.iter().map(Item::size).sum());
             pending.clear();
             pending.push_back(Item::Reassert);
             metrics::counter!("gateway_bus_dropped_total").increment(dropped as u64);
             tracing::warn!(
                 dropped,
-                "bus backlog dropped while the database is unreachable"
+                "bus backlog over its bound: dropped, presence reasserted"
             );
         }
         metrics::gauge!("gateway_bus_pending").set(pending.len() as f64);
@@ -159,6 +188,7 @@ pub async fn run(
         .await
         {
             Ok(()) => {
+                publisher.published(batch.iter().map(Item::size).sum());
                 metrics::counter!("gateway_bus_published_total").increment(n as u64);
                 backoff = Duration::from_millis(100);
             }

@@ -79,6 +79,16 @@ pub enum Item {
     Reassert,
 }
 
+impl Item {
+    /// Bytes of its envelope (what the publisher's backlog bound counts).
+    pub fn size(&self) -> usize {
+        match self {
+            Item::Notify(envelope) | Item::Presence { envelope, .. } => envelope.len(),
+            Item::Reassert => 0,
+        }
+    }
+}
+
 /// Publishes `batch` in one transaction. `local_rows` gives this node's presence rows for a
 /// `reassert`.
 ///

@@ -7,6 +7,8 @@
 //!   (accepted, and neither upgraded to a WebSocket nor closed); past that, new connections
 //!   are closed at once and counted in `gateway_http_pending_refused_total`. Upgraded
 //!   WebSockets do not count: the connection cap governs them.
+//! - At most `--max-pending-per-address` of them may come from one client address, so one
+//!   source that holds half-sent heads (slowloris) cannot take all the places.
 //! - Accept errors (out of file descriptors) are logged and retried after a short pause
 //!   instead of ending the server.
 //!
@@ -37,11 +39,48 @@ pub struct Settings {
     pub header_timeout: Duration,
     /// Most connections in their HTTP phase at once.
     pub max_pending: usize,
+    /// Most of them from one client address.
+    pub max_pending_per_address: usize,
+}
+
+/// Connections in their HTTP phase, by client address.
+#[derive(Debug, Default)]
+struct PerAddress(std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>);
+
+impl PerAddress {
+    /// Takes a place for `addr` unless it holds `max` already.
+    fn take(&self, addr: std::net::IpAddr, max: usize) -> bool {
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let held = map.entry(addr).or_insert(0);
+        if *held >= max {
+            return false;
+        }
+        *held += 1;
+        true
+    }
+
+    /// Gives `addr`'s place back.
+    fn give_back(&self, addr: std::net::IpAddr) {
+        let mut map = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(held) = map.get_mut(&addr) {
+            *held -= 1;
+            if *held == 0 {
+                map.remove(&addr);
+            }
+        }
+    }
 }
 
 /// Accepts connections on `listener` and serves `app` on each until `shutdown` is triggered.
 pub async fn run(listener: TcpListener, app: Router, shutdown: Shutdown, settings: Settings) {
     let pending = Arc::new(Semaphore::new(settings.max_pending));
+    let per_address = Arc::new(PerAddress::default());
     loop {
         let accepted = tokio::select! {
             biased;
@@ -65,6 +104,13 @@ pub async fn run(listener: TcpListener, app: Router, shutdown: Shutdown, setting
             drop(tcp);
             continue;
         };
+        if !per_address.take(peer.ip(), settings.max_pending_per_address) {
+            metrics::counter!("gateway_http_pending_refused_total").increment(1);
+            tracing::debug!(peer = %peer, "connection refused: too many in their http phase from this address");
+            drop(tcp);
+            continue;
+        }
+        let places = Arc::clone(&per_address);
         // Frames are small and batched by the writer: Nagle's algorithm would only hold them.
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
@@ -99,6 +145,7 @@ pub async fn run(listener: TcpListener, app: Router, shutdown: Shutdown, setting
                 }
             }
             // The HTTP phase is over: upgraded (the session runs in its own task) or closed.
+            places.give_back(peer.ip());
             drop(permit);
         });
     }

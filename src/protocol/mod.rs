@@ -53,6 +53,9 @@ const V1_NULL_REF_SUFFIX: &str = ",\"ref\":null}";
 /// What `frame_suffix` returns for every vsn 2 frame.
 const V2_SUFFIX: &str = "]";
 
+/// Longest `ref` or `join_ref` accepted (clients send short counters).
+pub const MAX_REF_BYTES: usize = 255;
+
 /// Errors from decoding or encoding a frame.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -83,6 +86,10 @@ pub enum Error {
     /// `ref` or `join_ref` is neither a string, a number nor null.
     #[error("frame field {0} is not a string, number or null")]
     BadRef(&'static str),
+    /// `ref` or `join_ref` is longer than [`MAX_REF_BYTES`]: refs are echoed and kept with a
+    /// channel, so their size is bounded.
+    #[error("frame field {0} is longer than 255 bytes")]
+    RefTooLong(&'static str),
     /// A binary frame ends before the lengths in its header say it should.
     #[error("binary frame truncated")]
     Truncated,

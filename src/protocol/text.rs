@@ -231,6 +231,10 @@ fn take_ref(raw: Option<&RawValue>, field: &'static str) -> Result<Option<String
     let Some(raw) = raw else {
         return Ok(None);
     };
+    // The raw text bounds the decoded one (escapes only shorten it).
+    if raw.get().len() > super::MAX_REF_BYTES + 2 {
+        return Err(Error::RefTooLong(field));
+    }
     match raw.get().as_bytes().first() {
         Some(b'n') => Ok(None),
         Some(b'"') => serde_json::from_str(raw.get())

@@ -134,6 +134,8 @@ pub struct Settings {
     pub stale_timeout: Duration,
     /// Audit rows older than this are pruned.
     pub audit_retention: Duration,
+    /// Closed registry rows older than this are pruned.
+    pub registry_retention: Duration,
     /// Most registry rows (joins and ends) waiting to be written; more are dropped and counted.
     pub max_pending_rows: usize,
     /// Most audit records waiting to be written; the oldest are dropped and counted past it.

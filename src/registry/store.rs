@@ -394,6 +394,16 @@ pub(super) async fn tick(
     .bind(settings.audit_retention.as_secs_f64())
     .execute(&mut *tx)
     .await?;
+    sqlx::query(
+        "delete from public.realtime_subscription_registry \
+         where id in (select id from public.realtime_subscription_registry \
+                      where not is_active \
+                        and closed_at < now() - make_interval(secs => $1) \
+                      order by closed_at limit 10000)",
+    )
+    .bind(settings.registry_retention.as_secs_f64())
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(TickState {
         node_row_missing,

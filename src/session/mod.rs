@@ -284,9 +284,11 @@ impl Session {
                         Err(e) => self.malformed(&e),
                     }
                 }
+                Some(Ok(Message::Binary(_))) if self.params.vsn != Vsn::V2 => {
+                    self.malformed(&"binary frames need vsn 2.0.0");
+                }
                 Some(Ok(Message::Binary(bytes))) => match protocol::decode_binary_bytes(&bytes) {
-                    Ok(inbound) if self.params.vsn == Vsn::V2 => self.dispatch(inbound).await,
-                    Ok(_) => self.malformed(&"binary frames need vsn 2.0.0"),
+                    Ok(inbound) => self.dispatch(inbound).await,
                     Err(e) => self.malformed(&e),
                 },
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}

@@ -204,8 +204,13 @@ fn batch_messages(body: &[u8], bounds: RestBounds) -> Result<Vec<(String, bool, 
         let Some(topic) = field("topic").and_then(string).filter(|t| !t.is_empty()) else {
             return Err(Error::Invalid(format!("messages[{i}].topic is required")));
         };
-        let Some(event) = field("event").and_then(string) else {
+        let Some(event) = field("event") else {
             return Err(Error::Invalid(format!("messages[{i}].event is required")));
+        };
+        let Some(event) = string(event) else {
+            return Err(Error::Invalid(format!(
+                "messages[{i}].event must be a string"
+            )));
         };
         let Some(payload) = field("payload") else {
             return Err(Error::Invalid(format!("messages[{i}].payload is required")));
@@ -213,7 +218,8 @@ fn batch_messages(body: &[u8], bounds: RestBounds) -> Result<Vec<(String, bool, 
         let private = match field("private").map(|v| serde_json::from_str::<Value>(v.get())) {
             None => false,
             Some(Ok(Value::Bool(b))) => b,
-            Some(Ok(Value::String(s))) => s.eq_ignore_ascii_case("true"),
+            Some(Ok(Value::String(s))) if s.eq_ignore_ascii_case("true") => true,
+            Some(Ok(Value::String(s))) if s.eq_ignore_ascii_case("false") => false,
             Some(_) => {
                 return Err(Error::Invalid(format!(
                     "messages[{i}].private must be a boolean"

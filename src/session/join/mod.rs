@@ -16,6 +16,10 @@ use crate::fanout::subscription::{self, PgSub, Requested, Resolve};
 use crate::outbound::Frame;
 use crate::protocol::{self, Inbound, InboundPayload};
 
+/// What a `postgres_changes` entry may hold besides its filter (event, schema, table,
+/// select), in bytes.
+const ENTRY_OVERHEAD_BYTES: usize = 1024;
+
 /// Text of a refusal caused by the database being unreachable.
 const UNABLE_TO_CONNECT: &str =
     "UnableToConnectToProject: Realtime was unable to connect to the project database";
@@ -141,6 +145,13 @@ impl JoinConfig {
         {
             return too_long("filter", bounds.filter_bytes);
         }
+        // Every entry is kept for the channel's life (and echoed): bounded whole, whatever its
+        // fields hold.
+        let entry_bytes = bounds.filter_bytes + ENTRY_OVERHEAD_BYTES;
+        let entry_len = |r: &Requested| Value::Object(r.raw.clone()).to_string().len();
+        if self.changes.iter().any(|r| entry_len(r) > entry_bytes) {
+            return too_long("postgres_changes entry", entry_bytes);
+        }
         if self
             .component
             .as_ref()
@@ -227,6 +238,14 @@ impl Refusal {
             Resolve::Invalid(m) => Refusal::InvalidChanges(m.clone()),
             Resolve::Database(_) => Refusal::DatabaseUnavailable,
         }
+    }
+
+    /// Whether the join was over a configured bound (answered at once, not after the delay).
+    pub fn is_bound(&self) -> bool {
+        matches!(
+            self,
+            Refusal::TooLong { .. } | Refusal::TooManyChanges { .. }
+        )
     }
 
     /// The `reason` of the error reply.
@@ -498,7 +517,13 @@ impl Session {
             "phx_reply",
             &payload,
         );
-        let delay = self.services.config.join_error_delay;
+        // The delay slows clients that retry; a join over a bound is no retry storm of a real
+        // client, and holding its (large) reply for the delay would only cost memory.
+        let delay = if refusal.is_bound() {
+            std::time::Duration::ZERO
+        } else {
+            self.services.config.join_error_delay
+        };
         let outbound = self.outbound.clone();
         if delay.is_zero() {
             let _pushed = outbound.push(Frame::from(text));
