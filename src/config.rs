@@ -246,6 +246,109 @@ pub struct Settings {
     /// ask for a credential (at least 16 characters; unset by default).
     #[arg(long, env = "ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Failed authentications (bad or expired token at upgrade or join) one client address may
+    /// have within --auth-failure-window, counted across every node on the database; past it the
+    /// address's upgrades are refused with 429 until the window ends (default 5; 0 turns it off).
+    #[arg(long, env = "MAX_AUTH_FAILURES", default_value_t = 5)]
+    pub max_auth_failures: u32,
+
+    /// The window of --max-auth-failures, from an address's first failure in it (e.g. `5m`).
+    #[arg(long, env = "AUTH_FAILURE_WINDOW", default_value = "5m", value_parser = parse_duration)]
+    pub auth_failure_window: Duration,
+
+    /// Most open WebSocket connections from one client address on this node; more are refused
+    /// with 429 (connections, default 0: no limit).
+    #[arg(long, env = "MAX_CONNECTIONS_PER_ADDR", default_value_t = 0)]
+    pub max_connections_per_addr: u32,
+
+    /// Most open WebSocket connections of one user (`sub` claim) on this node; more are refused
+    /// with 429 (connections, default 0: no limit).
+    #[arg(long, env = "MAX_CONNECTIONS_PER_USER", default_value_t = 0)]
+    pub max_connections_per_user: u32,
+
+    /// Joins one connection may send per second, sustained (token bucket; default 100; 0 turns
+    /// it off). Over it a join gets `ClientJoinRateLimitReached: Too many joins per second`.
+    #[arg(long, env = "JOINS_PER_SECOND", default_value_t = 100)]
+    pub joins_per_second: u32,
+
+    /// Joins one connection may send in a burst (bucket size, default 100).
+    #[arg(long, env = "JOIN_BURST", default_value_t = 100)]
+    pub join_burst: u32,
+
+    /// Client events (broadcast pushes, presence track/untrack) one connection may send per
+    /// second, sustained (token bucket; default 1000; 0 turns it off). Over it an event gets the
+    /// error reply `Too many messages per second` and is not relayed.
+    #[arg(long, env = "EVENTS_PER_SECOND", default_value_t = 1000)]
+    pub events_per_second: u32,
+
+    /// Client events one connection may send in a burst (bucket size, default 1000).
+    #[arg(long, env = "EVENT_BURST", default_value_t = 1000)]
+    pub event_burst: u32,
+
+    /// Proxies whose `X-Forwarded-For` is believed: comma-separated IPs or CIDRs (e.g.
+    /// `10.0.0.0/8,127.0.0.1`; default none). The client address is then the right-most
+    /// address of the header that is not a trusted proxy.
+    #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', value_parser = Cidr::parse)]
+    pub trusted_proxies: Vec<Cidr>,
+}
+
+/// An IP network (`10.0.0.0/8`) or a single address (`127.0.0.1`, `::1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    /// The network address.
+    pub addr: std::net::IpAddr,
+    /// Prefix length in bits.
+    pub prefix: u8,
+}
+
+impl Cidr {
+    /// Parses `ip` or `ip/prefix`.
+    ///
+    /// # Errors
+    /// When the address or prefix is not valid.
+    pub fn parse(text: &str) -> Result<Cidr, String> {
+        let text = text.trim();
+        let (ip, prefix) = match text.split_once('/') {
+            Some((ip, p)) => (ip, Some(p)),
+            None => (text, None),
+        };
+        let addr: std::net::IpAddr = ip
+            .parse()
+            .map_err(|_| format!("`{text}` is not an IP address or CIDR"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => match p.parse::<u8>() {
+                Ok(p) if p <= max => p,
+                _ => return Err(format!("`{text}` has an invalid prefix length")),
+            },
+        };
+        Ok(Cidr { addr, prefix })
+    }
+
+    /// Whether `ip` is in the network.
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr;
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        let (net, ip, bits) = match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(i)) => (
+                u128::from(u32::from(n)) << 96,
+                u128::from(u32::from(i)) << 96,
+                self.prefix,
+            ),
+            (IpAddr::V6(n), IpAddr::V6(i)) => (u128::from(n), u128::from(i), self.prefix),
+            _ => return false,
+        };
+        let mask = if bits == 0 {
+            0
+        } else {
+            u128::MAX << (128 - u32::from(bits))
+        };
+        net & mask == ip & mask
+    }
 }
 
 /// Checked settings, shared read-only by every part of the gateway.
@@ -333,6 +436,24 @@ pub struct Config {
     pub metrics_auth: bool,
     /// Static admin bearer token.
     pub admin_token: Option<String>,
+    /// Failed authentications per address per window (0: off).
+    pub max_auth_failures: u32,
+    /// Window of the failed-authentication limit.
+    pub auth_failure_window: Duration,
+    /// Connections per address on this node (0: off).
+    pub max_connections_per_addr: u32,
+    /// Connections per user on this node (0: off).
+    pub max_connections_per_user: u32,
+    /// Joins per second per connection (0: off).
+    pub joins_per_second: u32,
+    /// Join burst per connection.
+    pub join_burst: u32,
+    /// Client events per second per connection (0: off).
+    pub events_per_second: u32,
+    /// Client event burst per connection.
+    pub event_burst: u32,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<Cidr>,
 }
 
 impl Settings {
@@ -429,6 +550,14 @@ impl Settings {
                 return invalid("--database-url must start with postgres:// or postgresql://");
             }
         }
+        if self.auth_failure_window < Duration::from_millis(100) {
+            return invalid("--auth-failure-window must be at least 100ms");
+        }
+        if (self.joins_per_second > 0 && self.join_burst == 0)
+            || (self.events_per_second > 0 && self.event_burst == 0)
+        {
+            return invalid("--join-burst and --event-burst must be at least 1");
+        }
         let node_id = match self.node_id {
             Some(id) if id.trim().is_empty() => return invalid("--node-id must not be empty"),
             Some(id) => id,
@@ -476,6 +605,15 @@ impl Settings {
             log_format: self.log_format,
             metrics_auth: self.metrics_auth,
             admin_token: self.admin_token.map(|t| t.trim().to_owned()),
+            max_auth_failures: self.max_auth_failures,
+            auth_failure_window: self.auth_failure_window,
+            max_connections_per_addr: self.max_connections_per_addr,
+            max_connections_per_user: self.max_connections_per_user,
+            joins_per_second: self.joins_per_second,
+            join_burst: self.join_burst,
+            events_per_second: self.events_per_second,
+            event_burst: self.event_burst,
+            trusted_proxies: self.trusted_proxies,
         })
     }
 }
@@ -526,6 +664,15 @@ impl Config {
             log_format: LogFormat::Text,
             metrics_auth: false,
             admin_token: None,
+            max_auth_failures: 5,
+            auth_failure_window: Duration::from_secs(300),
+            max_connections_per_addr: 0,
+            max_connections_per_user: 0,
+            joins_per_second: 100,
+            join_burst: 100,
+            events_per_second: 1000,
+            event_burst: 1000,
+            trusted_proxies: Vec::new(),
         };
         let mut config = settings
             .check()
@@ -577,6 +724,22 @@ mod tests {
         assert!(c.database_url.is_none());
         assert!(!c.metrics_auth);
         assert!(c.admin_token.is_none());
+        assert_eq!(c.max_auth_failures, 5);
+        assert_eq!(c.auth_failure_window, Duration::from_secs(300));
+        assert!(c.trusted_proxies.is_empty());
+    }
+
+    #[test]
+    fn trusted_proxies_are_ips_or_cidrs() {
+        let c = parse(&["--trusted-proxies", "10.0.0.0/8,127.0.0.1,::1"]).unwrap();
+        assert_eq!(c.trusted_proxies.len(), 3);
+        let net = c.trusted_proxies[0];
+        assert!(net.contains("10.1.2.3".parse().unwrap()));
+        assert!(!net.contains("11.0.0.1".parse().unwrap()));
+        assert!(c.trusted_proxies[1].contains("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(c.trusted_proxies[2].contains("::1".parse().unwrap()));
+        assert!(parse(&["--trusted-proxies", "10.0.0.0/33"]).is_err());
+        assert!(parse(&["--trusted-proxies", "proxy"]).is_err());
     }
 
     #[test]

@@ -61,6 +61,8 @@ impl FromRef<AppState> for rest::RestState {
                 event: state.config.max_event_bytes,
                 messages: state.config.max_rest_messages,
             },
+            clients: Arc::clone(&state.session.limits.clients),
+            registry: state.session.registry.clone(),
         }
     }
 }

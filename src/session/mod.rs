@@ -34,6 +34,7 @@ use crate::config::Config;
 use crate::conn::ConnId;
 use crate::fanout::router::{ChannelKey, Router};
 use crate::fanout::subscription;
+use crate::limits::rate::{self, TokenBucket};
 use crate::limits::{ConnectionPermit, Limits};
 use crate::outbound::{self, Frame, Outbound};
 use crate::pg::catalog::Catalog;
@@ -65,6 +66,9 @@ pub struct Services {
     /// Live sessions of this node.
     pub sessions: Sessions,
 }
+
+/// Reply reason of a broadcast or presence push over `--events-per-second`.
+const TOO_MANY_EVENTS: &str = "Too many messages per second";
 
 /// How long a close frame may take to reach a client.
 const CLOSE_PATIENCE: Duration = Duration::from_secs(5);
@@ -118,6 +122,12 @@ pub struct Session {
     queue: Option<outbound::Receiver>,
     /// Joined channels; boxed, so the map's empty buckets stay small.
     channels: HashMap<String, Box<Joined>>,
+    /// Joins per second ([`crate::limits::rate`]).
+    join_rate: TokenBucket,
+    /// Client events per second.
+    event_rate: TokenBucket,
+    /// When a rate refusal of this connection was last audited.
+    rate_audited: Option<tokio::time::Instant>,
     _permit: ConnectionPermit,
 }
 
@@ -146,6 +156,9 @@ impl Session {
             closing: AtomicBool::new(false),
         });
         services.sessions.insert(id, Arc::clone(&handle));
+        let config = &services.config;
+        let join_rate = TokenBucket::new(config.joins_per_second, config.join_burst);
+        let event_rate = TokenBucket::new(config.events_per_second, config.event_burst);
         Session {
             services,
             params,
@@ -154,6 +167,9 @@ impl Session {
             outbound,
             queue: Some(queue),
             channels: HashMap::new(),
+            join_rate,
+            event_rate,
+            rate_audited: None,
             _permit: permit,
         }
     }
@@ -367,6 +383,12 @@ impl Session {
             }
             // Boxed: a join's state (database and catalog calls) lives only while it runs,
             // not in every idle session's future.
+            (topic, "phx_join") if !self.join_rate.take() => {
+                let topic = topic.to_owned();
+                self.rate_limited("joins", &topic);
+                let refusal = join::Refusal::JoinRateLimited;
+                self.join_error(msg.join_ref, msg.msg_ref, &topic, &refusal);
+            }
             (_, "phx_join") => Box::pin(self.join(msg)).await,
             (topic, "phx_leave") => {
                 let topic = topic.to_owned();
@@ -381,6 +403,11 @@ impl Session {
                 self.reply(jr, r, &topic, "error", json!({"reason": "unmatched topic"}));
             }
             (_, "access_token") => Box::pin(self.access_token(msg)).await,
+            (topic, "broadcast" | "presence") if !self.event_rate.take() => {
+                let topic = topic.to_owned();
+                self.rate_limited("events", &topic);
+                self.reply(jr, r, &topic, "error", json!({"reason": TOO_MANY_EVENTS}));
+            }
             (_, "broadcast") => self.broadcast(msg),
             (_, "presence") => self.presence(msg),
             (topic, event) => {
@@ -395,6 +422,32 @@ impl Session {
                     );
                 }
             }
+        }
+    }
+
+    /// Counts a refusal by a per-connection rate and audits it (at most once a minute per
+    /// connection).
+    fn rate_limited(&mut self, kind: &'static str, topic: &str) {
+        crate::limits::client::count_refusal(kind);
+        let now = tokio::time::Instant::now();
+        if rate::audit_due(&mut self.rate_audited, now) {
+            let (per_second, burst) = match kind {
+                "joins" => (
+                    self.services.config.joins_per_second,
+                    self.services.config.join_burst,
+                ),
+                _ => (
+                    self.services.config.events_per_second,
+                    self.services.config.event_burst,
+                ),
+            };
+            self.services.registry.audit(
+                "rate_limited",
+                self.handle.user_id,
+                Some(self.params.peer),
+                json!({"kind": kind, "connection_id": self.params.connection_id, "topic": topic,
+                       "per_second": per_second, "burst": burst}),
+            );
         }
     }
 

@@ -15,6 +15,7 @@ use axum::Json;
 use serde_json::json;
 
 use super::{Services, Session, SessionParams};
+use crate::limits::client::{self, Refused};
 use crate::protocol::Vsn;
 
 /// Initial read buffer of a socket. Client frames are small (heartbeats, joins, pushes); a
@@ -33,6 +34,9 @@ pub async fn handler(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
+    let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    let clients = &state.limits.clients;
+    let peer = clients.client_addr(peer, forwarded);
     if state.shutdown.is_triggered() {
         return refuse(
             &state,
@@ -40,6 +44,14 @@ pub async fn handler(
             "Realtime is restarting, please standby",
         )
         .await;
+    }
+    match clients.is_blocked(peer.ip()).await {
+        Ok(false) => {}
+        Ok(true) => return auth_failures_refused(&state, peer).await,
+        Err(e) => {
+            // Not known to be blocked: admitted (the connection cap still asks the database).
+            tracing::warn!(peer = %peer, error = %e, "cannot check failed authentications");
+        }
     }
     let apikey = headers
         .get("x-api-key")
@@ -58,6 +70,13 @@ pub async fn handler(
                 Some(peer),
                 json!({"stage": "connect", "reason": e.to_string()}),
             );
+            match clients.record_failure(peer.ip()).await {
+                Ok(true) => return auth_failures_refused(&state, peer).await,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::warn!(peer = %peer, error = %e, "cannot count a failed authentication");
+                }
+            }
             return refuse(&state, StatusCode::UNAUTHORIZED, &e.handshake_text()).await;
         }
     };
@@ -65,8 +84,27 @@ pub async fn handler(
         Ok(vsn) => vsn,
         Err(_) => return StatusCode::FORBIDDEN.into_response(),
     };
+    let guard = match clients.admit(peer.ip(), claims.user_id()) {
+        Ok(guard) => guard,
+        Err(refused) => {
+            let (kind, text, limit) = match refused {
+                Refused::PerAddr => (
+                    "connections_per_addr",
+                    client::PER_ADDR_TEXT,
+                    state.config.max_connections_per_addr,
+                ),
+                Refused::PerUser => (
+                    "connections_per_user",
+                    client::PER_USER_TEXT,
+                    state.config.max_connections_per_user,
+                ),
+            };
+            let detail = json!({"kind": kind, "limit": limit});
+            return rate_limited(&state, kind, claims.user_id(), peer, text, detail).await;
+        }
+    };
     let connection_id = uuid::Uuid::new_v4();
-    let permit = match state.limits.acquire_connection(connection_id).await {
+    let mut permit = match state.limits.acquire_connection(connection_id).await {
         Ok(Some(permit)) => permit,
         Ok(None) => {
             metrics::counter!("gateway_limits_refused_total").increment(1);
@@ -104,6 +142,7 @@ pub async fn handler(
             return response;
         }
     };
+    permit.hold(guard);
     let params = SessionParams {
         connection_id,
         vsn,
@@ -130,6 +169,39 @@ pub async fn handler(
             // task (a second task per connection would cost memory for nothing).
             tracker.track("session", session.run(socket))
         })
+}
+
+/// Refuses an upgrade from an address blocked for failed authentications.
+async fn auth_failures_refused(state: &Services, peer: std::net::SocketAddr) -> Response {
+    let clients = &state.limits.clients;
+    let detail = json!({"kind": "auth_failures", "limit": clients.max_failures(),
+                        "window_s": clients.window().as_secs_f64()});
+    rate_limited(
+        state,
+        "auth_failures",
+        None,
+        peer,
+        client::AUTH_FAILURES_TEXT,
+        detail,
+    )
+    .await
+}
+
+/// Refuses an upgrade with 429: counted by `kind`, audited `rate_limited` with `detail`.
+async fn rate_limited(
+    state: &Services,
+    kind: &'static str,
+    user: Option<uuid::Uuid>,
+    peer: std::net::SocketAddr,
+    text: &str,
+    detail: serde_json::Value,
+) -> Response {
+    client::count_refusal(kind);
+    tracing::debug!(peer = %peer, kind, "upgrade refused: rate limited");
+    state
+        .registry
+        .audit("rate_limited", user, Some(peer), detail);
+    refuse(state, StatusCode::TOO_MANY_REQUESTS, text).await
 }
 
 /// Answers a refused upgrade after the connect-error delay.

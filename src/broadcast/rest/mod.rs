@@ -17,10 +17,11 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, FromRef, Path, Query, State};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRef, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -30,7 +31,9 @@ use serde_json::{json, Value};
 
 use super::{Error, Hub, Message};
 use crate::auth::Verifier;
+use crate::limits::client::{self, ClientLimits};
 use crate::protocol::RawJson;
+use crate::registry::Registry;
 
 /// What the REST handlers use.
 #[derive(Debug, Clone)]
@@ -41,6 +44,10 @@ pub struct RestState {
     pub verifier: Verifier,
     /// Longest topic and event name accepted.
     pub bounds: RestBounds,
+    /// Failed authentications per client address (a refused token counts).
+    pub clients: Arc<ClientLimits>,
+    /// Where rate refusals are audited.
+    pub registry: Registry,
 }
 
 /// What one REST request may carry: the longest topic and event name, in bytes
@@ -92,29 +99,39 @@ where
 }
 
 /// `POST /api/broadcast`.
-async fn batch(State(state): State<RestState>, headers: HeaderMap, body: Bytes) -> Response {
-    let result = authorize(&state, &headers)
-        .and_then(|()| batch_messages(&body, state.bounds))
-        .and_then(|messages| {
-            for (_, _, message) in &messages {
-                check_size(&state, message)?;
-            }
-            for (topic, private, message) in &messages {
-                state.hub.send(topic, *private, None, message)?;
-            }
-            Ok(messages.len())
-        });
+async fn batch(
+    State(state): State<RestState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(refused) = admit(&state, peer, &headers).await {
+        return refused;
+    }
+    let result = batch_messages(&body, state.bounds).and_then(|messages| {
+        for (_, _, message) in &messages {
+            check_size(&state, message)?;
+        }
+        for (topic, private, message) in &messages {
+            state.hub.send(topic, *private, None, message)?;
+        }
+        Ok(messages.len())
+    });
     respond(result)
 }
 
 /// `POST /api/broadcast/<topic>/events/<event>`.
 async fn single(
     State(state): State<RestState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Path((topic, event)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if let Err(refused) = admit(&state, peer, &headers).await {
+        return refused;
+    }
     let private = query
         .get("private")
         .is_some_and(|p| p.eq_ignore_ascii_case("true"));
@@ -122,7 +139,7 @@ async fn single(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/octet-stream"));
-    let result = authorize(&state, &headers).and_then(|()| {
+    let result = (|| {
         if topic.is_empty() || event.is_empty() {
             return Err(Error::Invalid("topic and event are required".to_owned()));
         }
@@ -141,8 +158,42 @@ async fn single(
         let topic = topic.strip_prefix("realtime:").unwrap_or(&topic);
         state.hub.send(topic, private, None, &message)?;
         Ok(1)
-    });
+    })();
     respond(result)
+}
+
+/// Checks the token of a request from `peer` (or the client it forwards for): a refused token
+/// counts as a failed authentication of the client address; an address this node knows is
+/// blocked, or whose failure is over the limit, is refused with 429 (docs/protocol.md 10).
+/// `Err` is the response to answer.
+async fn admit(state: &RestState, peer: SocketAddr, headers: &HeaderMap) -> Result<(), Response> {
+    let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+    let addr = state.clients.client_addr(peer, forwarded);
+    if state.clients.is_known_blocked(addr.ip()) {
+        return Err(too_many_failures(state, addr));
+    }
+    let Err(e) = authorize(state, headers) else {
+        return Ok(());
+    };
+    match state.clients.record_failure(addr.ip()).await {
+        Ok(true) => return Err(too_many_failures(state, addr)),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(peer = %addr, error = %e, "cannot count a failed authentication"),
+    }
+    Err(respond(Err(e)))
+}
+
+/// A 429 for an address blocked for failed authentications: counted and audited.
+fn too_many_failures(state: &RestState, addr: SocketAddr) -> Response {
+    client::count_refusal("auth_failures");
+    let detail = json!({"kind": "auth_failures", "stage": "rest",
+                        "limit": state.clients.max_failures(),
+                        "window_s": state.clients.window().as_secs_f64()});
+    state
+        .registry
+        .audit("rate_limited", None, Some(addr), detail);
+    let body = json!({ "message": client::AUTH_FAILURES_TEXT });
+    (StatusCode::TOO_MANY_REQUESTS, Json(body)).into_response()
 }
 
 /// Checks the token of a REST request (docs/protocol.md 7.3).

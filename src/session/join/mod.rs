@@ -228,6 +228,8 @@ pub enum Refusal {
         /// The bound.
         limit: usize,
     },
+    /// The connection is over `--joins-per-second`.
+    JoinRateLimited,
 }
 
 impl Refusal {
@@ -268,6 +270,9 @@ impl Refusal {
             Refusal::TooManyChanges { limit } => format!(
                 "InvalidPostgresChangesParams: at most {limit} postgres_changes entries per join"
             ),
+            Refusal::JoinRateLimited => {
+                "ClientJoinRateLimitReached: Too many joins per second".to_owned()
+            }
         }
     }
 }
@@ -400,9 +405,24 @@ impl Session {
                     Some(self.params.peer),
                     json!({"stage": "join", "channel": name, "reason": e.to_string()}),
                 );
+                self.count_auth_failure();
                 Err(Refusal::Token(e.join_reason()))
             }
         }
+    }
+
+    /// Counts a failed authentication of this connection's address (in the background: the
+    /// join is refused anyway; a later upgrade from a blocked address is refused with 429).
+    fn count_auth_failure(&self) {
+        let clients = std::sync::Arc::clone(&self.services.limits.clients);
+        let addr = self.params.peer.ip();
+        self.services
+            .shutdown
+            .spawn("auth_failure_count", async move {
+                if let Err(e) = clients.record_failure(addr).await {
+                    tracing::warn!(error = %e, "cannot count a failed authentication");
+                }
+            });
     }
 
     /// `subs`, unless with them the connection's subscriptions would hold more pattern
@@ -505,7 +525,13 @@ impl Session {
     }
 
     /// A join error reply, sent after the join-error delay without holding up the session.
-    fn join_error(&self, jr: Option<String>, r: Option<String>, topic: &str, refusal: &Refusal) {
+    pub(super) fn join_error(
+        &self,
+        jr: Option<String>,
+        r: Option<String>,
+        topic: &str,
+        refusal: &Refusal,
+    ) {
         metrics::counter!("gateway_session_join_errors_total").increment(1);
         let payload =
             json!({"status": "error", "response": {"reason": refusal.reason()}}).to_string();

@@ -9,6 +9,13 @@
 //! costs the database one round trip per batch rather than one per connection. A node that dies has its slots freed by
 //! the other nodes once it is stale. Each reaper tick audits a `cap_warning` while 90 % or more
 //! of the slots are taken.
+//!
+//! The per-client limits ([`client`]: failed authentications per address, across nodes;
+//! connections per address and per user) and the per-connection rates ([`rate`]: joins and
+//! client events) live in the submodules.
+
+pub mod client;
+pub mod rate;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -43,6 +50,8 @@ pub struct Limits {
     registry: Registry,
     /// Most channels one connection may join.
     pub max_channels_per_connection: usize,
+    /// Limits per client address and user.
+    pub clients: Arc<client::ClientLimits>,
 }
 
 /// An upgrade waiting for a slot.
@@ -59,6 +68,14 @@ pub struct ConnectionPermit {
     connection: Uuid,
     registry: Registry,
     in_use: Arc<AtomicUsize>,
+    client: Option<client::ClientGuard>,
+}
+
+impl ConnectionPermit {
+    /// Holds the connection's per-client counts for as long as the slot.
+    pub fn hold(&mut self, guard: client::ClientGuard) {
+        self.client = Some(guard);
+    }
 }
 
 impl Drop for ConnectionPermit {
@@ -77,8 +94,14 @@ impl Limits {
         registry: Registry,
         max_connections: u32,
         max_channels: usize,
+        clients: client::ClientLimits,
         shutdown: &Shutdown,
     ) -> Limits {
+        let clients = Arc::new(clients);
+        shutdown.spawn(
+            "auth_failure_pruner",
+            prune_auth_failures(Arc::clone(&clients), shutdown.clone()),
+        );
         let (requests, queue) = mpsc::unbounded_channel();
         let taker = take_slots(pool, registry.clone(), max_connections, queue);
         let stop = shutdown.clone();
@@ -94,6 +117,7 @@ impl Limits {
             in_use: Arc::default(),
             registry,
             max_channels_per_connection: max_channels,
+            clients,
         }
     }
 
@@ -119,6 +143,7 @@ impl Limits {
             connection,
             registry: self.registry.clone(),
             in_use: Arc::clone(&self.in_use),
+            client: None,
         }))
     }
 
@@ -130,6 +155,24 @@ impl Limits {
     /// The cluster-wide cap.
     pub fn max_connections(&self) -> u32 {
         self.max_connections
+    }
+}
+
+/// Deletes the failed-authentication windows that are over, once per window (between 1 s and
+/// 1 min), until shutdown.
+async fn prune_auth_failures(clients: Arc<client::ClientLimits>, shutdown: Shutdown) {
+    let period = clients.window().clamp(
+        std::time::Duration::from_secs(1),
+        std::time::Duration::from_secs(60),
+    );
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(period) => {}
+        }
+        if let Err(e) = clients.prune().await {
+            tracing::debug!(error = %e, "cannot prune failed authentications");
+        }
     }
 }
 

@@ -1,0 +1,329 @@
+//! Rate limits (docs/protocol.md 10): failed authentications per client address across nodes,
+//! connections per address, joins and client events per connection, and the client address
+//! from `X-Forwarded-For` behind a trusted proxy (every test client is 127.0.0.1, the trusted
+//! proxy, so the header gives each one its own address).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, token, TestDb, TestGateway, WsClient};
+use realtime_gateway::config::Cidr;
+use serde_json::json;
+use tokio_tungstenite::tungstenite;
+
+/// Settings every gateway here shares: 127.0.0.1 is a trusted proxy.
+fn behind_proxy(config: &mut realtime_gateway::Config) {
+    config.trusted_proxies = vec![Cidr::parse("127.0.0.1").unwrap()];
+}
+
+/// Upgrades to `gw` with `apikey` as the client at `addr`; `Err((status, body))` when refused.
+async fn upgrade(gw: &TestGateway, apikey: &str, addr: &str) -> Result<WsClient, (u16, String)> {
+    use tungstenite::client::IntoClientRequest;
+    let mut request = gw.ws_url(apikey, "2.0.0").into_client_request().unwrap();
+    request
+        .headers_mut()
+        .insert("x-forwarded-for", addr.parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((ws, _)) => Ok(WsClient::from_stream(ws)),
+        Err(tungstenite::Error::Http(response)) => {
+            let body = response.body().clone().unwrap_or_default();
+            Err((
+                response.status().as_u16(),
+                String::from_utf8_lossy(&body).into_owned(),
+            ))
+        }
+        Err(e) => panic!("upgrade failed: {e}"),
+    }
+}
+
+/// A token signed with the wrong secret.
+fn bad_token() -> String {
+    realtime_gateway::auth::sign("not-the-secret-of-the-test-gateway", "anon", None, 3600).unwrap()
+}
+
+const BLOCKED: &str = r#"{"error":"Too many failed authentication attempts"}"#;
+
+/// How many `rate_limited` audit records of `kind` the database holds.
+async fn audited(db: &TestDb, kind: &str) -> i64 {
+    let pool = db.pool().await;
+    let count: i64 = sqlx::query_scalar(
+        "select count(*) from realtime.audit_log \
+          where kind = 'rate_limited' and detail->>'kind' = $1",
+    )
+    .bind(kind)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    count
+}
+
+#[tokio::test]
+async fn failed_authentications_are_limited_per_address_across_nodes() {
+    let db = TestDb::new().await;
+    let a = TestGateway::start_with(&db, behind_proxy).await;
+    let b = TestGateway::start_with(&db, behind_proxy).await;
+    let bad = bad_token();
+    // Five failures from 10.0.0.1, spread over both nodes: each an ordinary 401.
+    for gw in [&a, &b, &a, &b, &a] {
+        let (status, _) = upgrade(gw, &bad, "10.0.0.1").await.err().unwrap();
+        assert_eq!(status, 401);
+    }
+    // The sixth attempt is refused on either node, even with a good token.
+    for gw in [&b, &a] {
+        let refused = upgrade(gw, &bad, "10.0.0.1").await.err().unwrap();
+        assert_eq!(refused, (429, BLOCKED.to_owned()));
+    }
+    let good = token("anon", None);
+    let refused = upgrade(&b, &good, "10.0.0.1").await.err().unwrap();
+    assert_eq!(refused, (429, BLOCKED.to_owned()));
+    // Another address is not affected, on either node.
+    for gw in [&a, &b] {
+        let mut client = upgrade(gw, &good, "10.0.0.2").await.expect("admitted");
+        let reply = client.join("realtime:room", json!({})).await;
+        assert_eq!(reply["status"], "ok", "{reply}");
+    }
+    let (status, _) = upgrade(&a, &bad, "10.0.0.2").await.err().unwrap();
+    assert_eq!(status, 401, "one failure of another address is a 401");
+    eventually(Duration::from_secs(10), "refusals audited", || async {
+        audited(&db, "auth_failures").await >= 3
+    })
+    .await;
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_blocked_address_is_admitted_after_the_window() {
+    let db = TestDb::new().await;
+    let gw = TestGateway::start_with(&db, |c| {
+        behind_proxy(c);
+        c.max_auth_failures = 2;
+        c.auth_failure_window = Duration::from_secs(1);
+    })
+    .await;
+    let bad = bad_token();
+    for _ in 0..2 {
+        let (status, _) = upgrade(&gw, &bad, "10.0.1.1").await.err().unwrap();
+        assert_eq!(status, 401);
+    }
+    let good = token("anon", None);
+    let refused = upgrade(&gw, &good, "10.0.1.1").await.err().unwrap();
+    assert_eq!(refused, (429, BLOCKED.to_owned()));
+    // The window (1 s from the first failure) passes: admitted again.
+    let gw_ref = &gw;
+    let good_ref = &good;
+    eventually(
+        Duration::from_secs(10),
+        "admitted after the window",
+        || async move { upgrade(gw_ref, good_ref, "10.0.1.1").await.is_ok() },
+    )
+    .await;
+    // And a new window starts with the next failure: a 401, not a 429.
+    let (status, _) = upgrade(&gw, &bad, "10.0.1.1").await.err().unwrap();
+    assert_eq!(status, 401);
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn connections_per_address_are_capped() {
+    let db = TestDb::new().await;
+    let gw = TestGateway::start_with(&db, |c| {
+        behind_proxy(c);
+        c.max_connections_per_addr = 2;
+    })
+    .await;
+    let good = token("anon", None);
+    let first = upgrade(&gw, &good, "10.0.2.1").await.expect("first");
+    let _second = upgrade(&gw, &good, "10.0.2.1").await.expect("second");
+    let refused = upgrade(&gw, &good, "10.0.2.1").await.err().unwrap();
+    assert_eq!(
+        refused,
+        (
+            429,
+            r#"{"error":"Too many connections from this address"}"#.to_owned()
+        )
+    );
+    let _other = upgrade(&gw, &good, "10.0.2.2")
+        .await
+        .expect("another address");
+    drop(first);
+    let good_ref = &good;
+    let gw_ref = &gw;
+    eventually(
+        Duration::from_secs(10),
+        "a freed place is reused",
+        || async move { upgrade(gw_ref, good_ref, "10.0.2.1").await.is_ok() },
+    )
+    .await;
+    eventually(Duration::from_secs(10), "refusal audited", || async {
+        audited(&db, "connections_per_addr").await >= 1
+    })
+    .await;
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn joins_over_the_rate_get_the_documented_error() {
+    let db = TestDb::new().await;
+    let gw = TestGateway::start_with(&db, |c| {
+        c.joins_per_second = 1;
+        c.join_burst = 2;
+    })
+    .await;
+    let mut client = WsClient::anon(&gw).await;
+    for i in 0..4 {
+        let topic = format!("realtime:room{i}");
+        client.send(Some("1"), &topic, "phx_join", json!({})).await;
+    }
+    let mut reasons = Vec::new();
+    while reasons.len() < 4 {
+        let m = client.next().await.expect("a reply");
+        if m.event == "phx_reply" {
+            reasons.push(m.payload["response"]["reason"].clone());
+        }
+    }
+    let limited = json!("ClientJoinRateLimitReached: Too many joins per second");
+    assert!(reasons[..2].iter().all(|r| r.is_null()), "{reasons:?}");
+    assert!(reasons.contains(&limited), "{reasons:?}");
+    // Another connection has its own bucket.
+    let mut other = WsClient::anon(&gw).await;
+    let reply = other.join("realtime:room0", json!({})).await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    eventually(Duration::from_secs(10), "refusal audited", || async {
+        audited(&db, "joins").await == 1
+    })
+    .await;
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn events_over_the_rate_get_an_error_and_are_not_relayed() {
+    let db = TestDb::new().await;
+    let gw = TestGateway::start_with(&db, |c| {
+        c.events_per_second = 1;
+        c.event_burst = 2;
+    })
+    .await;
+    let config = json!({"broadcast": {"ack": true, "self": true}});
+    let mut sender = WsClient::anon(&gw).await;
+    let mut listener = WsClient::anon(&gw).await;
+    assert_eq!(
+        sender.join("realtime:room", config.clone()).await["status"],
+        "ok"
+    );
+    assert_eq!(listener.join("realtime:room", config).await["status"], "ok");
+    let payload = json!({"type": "broadcast", "event": "msg", "payload": {}});
+    let mut refs = Vec::new();
+    for _ in 0..4 {
+        refs.push(
+            sender
+                .send(Some("1"), "realtime:room", "broadcast", payload.clone())
+                .await,
+        );
+    }
+    let mut statuses = Vec::new();
+    while statuses.len() < 4 {
+        let m = sender.next().await.expect("a frame");
+        if m.event == "phx_reply" {
+            assert_eq!(m.msg_ref.as_deref(), Some(refs[statuses.len()].as_str()));
+            statuses.push(m.payload.clone());
+        }
+    }
+    let ok = statuses.iter().filter(|s| s["status"] == "ok").count();
+    assert!((2..4).contains(&ok), "{statuses:?}");
+    let refused = statuses.iter().find(|s| s["status"] == "error").unwrap();
+    assert_eq!(
+        refused["response"]["reason"],
+        "Too many messages per second"
+    );
+    // The listener's own bucket is full: its broadcast, after the sender's, is relayed and
+    // marks the end of what the sender's pushes relayed.
+    let marker = json!({"type": "broadcast", "event": "marker", "payload": {}});
+    listener
+        .send(Some("1"), "realtime:room", "broadcast", marker)
+        .await;
+    let mut relayed = 0;
+    loop {
+        let m = listener.next().await.expect("a frame");
+        if m.event != "broadcast" {
+            continue;
+        }
+        if m.payload["event"] == "marker" {
+            break;
+        }
+        relayed += 1;
+    }
+    assert_eq!(relayed, ok, "refused pushes are not relayed");
+    eventually(Duration::from_secs(10), "refusal audited once", || async {
+        audited(&db, "events").await == 1
+    })
+    .await;
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn failed_rest_authentications_count_for_the_address() {
+    let db = TestDb::new().await;
+    let gw = TestGateway::start_with(&db, behind_proxy).await;
+    let body = r#"{"messages":[]}"#;
+    let post = |addr: &'static str, key: &'static str| {
+        let headers = [
+            ("x-forwarded-for", addr),
+            ("apikey", key),
+            ("content-type", "application/json"),
+        ];
+        async move {
+            common::http_request(gw.addr, "POST", "/api/broadcast", &headers, body)
+                .await
+                .unwrap()
+        }
+    };
+    for _ in 0..5 {
+        assert_eq!(post("10.0.3.1", "not-a-jwt").await.0, 401);
+    }
+    let (status, text) = post("10.0.3.1", "not-a-jwt").await;
+    assert_eq!(status, 429);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&text).unwrap(),
+        json!({"message": "Too many failed authentication attempts"})
+    );
+    // The address's upgrades are refused too; another address is served.
+    let good = token("anon", None);
+    let refused = upgrade(&gw, &good, "10.0.3.1").await.err().unwrap();
+    assert_eq!(refused, (429, BLOCKED.to_owned()));
+    assert_eq!(post("10.0.3.2", "not-a-jwt").await.0, 401);
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn failed_join_tokens_count_for_the_address() {
+    let db = TestDb::new().await;
+    let gw = TestGateway::start_with(&db, behind_proxy).await;
+    let good = token("anon", None);
+    let mut client = upgrade(&gw, &good, "10.0.4.1").await.expect("admitted");
+    for i in 0..5 {
+        let topic = format!("realtime:room{i}");
+        let r = client
+            .send(
+                Some("1"),
+                &topic,
+                "phx_join",
+                json!({"access_token": "not-a-jwt"}),
+            )
+            .await;
+        let reply = client.expect_event(&topic, "phx_reply").await;
+        assert_eq!(reply.msg_ref.as_deref(), Some(r.as_str()));
+        assert_eq!(reply.payload["status"], "error");
+    }
+    // The failures are counted in the background; then the address is blocked.
+    let (gw_ref, good_ref) = (&gw, &good);
+    eventually(Duration::from_secs(10), "address blocked", || async move {
+        upgrade(gw_ref, good_ref, "10.0.4.1").await.is_err()
+    })
+    .await;
+    let refused = upgrade(&gw, &good, "10.0.4.1").await.err().unwrap();
+    assert_eq!(refused, (429, BLOCKED.to_owned()));
+    gw.stop().await.unwrap();
+}
