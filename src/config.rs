@@ -153,6 +153,11 @@ pub struct Settings {
     #[arg(long, env = "MAX_PATTERNS_PER_CONNECTION", default_value_t = 50)]
     pub max_patterns_per_connection: usize,
 
+    /// Most bytes of presence one connection may track across all its channels (a track past
+    /// it gets the error reply `Connection presence limit reached`).
+    #[arg(long, env = "MAX_PRESENCE_BYTES_PER_CONNECTION", default_value_t = 4 * 1024 * 1024)]
+    pub max_presence_bytes_per_connection: usize,
+
     /// Most `postgres_changes` entries one join may carry (more are refused with
     /// `InvalidPostgresChangesParams`).
     #[arg(long, env = "MAX_CHANGES_PER_JOIN", default_value_t = 100)]
@@ -396,6 +401,8 @@ pub struct Config {
     pub max_presence_bytes_per_channel: usize,
     /// Most pattern conditions per connection.
     pub max_patterns_per_connection: usize,
+    /// Most presence bytes per connection.
+    pub max_presence_bytes_per_connection: usize,
     /// Most `postgres_changes` entries per join.
     pub max_changes_per_join: usize,
     /// Longest filter, bytes.
@@ -585,6 +592,7 @@ impl Settings {
             max_presence_per_channel: self.max_presence_per_channel,
             max_presence_bytes_per_channel: self.max_presence_bytes_per_channel,
             max_patterns_per_connection: self.max_patterns_per_connection,
+            max_presence_bytes_per_connection: self.max_presence_bytes_per_connection,
             max_changes_per_join: self.max_changes_per_join,
             max_filter_bytes: self.max_filter_bytes,
             max_name_bytes: self.max_name_bytes,
@@ -644,6 +652,7 @@ impl Config {
             max_presence_per_channel: 10_000,
             max_presence_bytes_per_channel: 16 * 1024 * 1024,
             max_patterns_per_connection: 50,
+            max_presence_bytes_per_connection: 4 * 1024 * 1024,
             max_changes_per_join: 100,
             max_filter_bytes: 8192,
             max_name_bytes: 255,

@@ -381,3 +381,48 @@ async fn pattern_filters_per_connection_are_bounded() {
         .await;
     gw.stop().await.unwrap();
 }
+
+/// What one connection tracks across all its channels is bounded by
+/// `--max-presence-bytes-per-connection`.
+#[tokio::test]
+async fn a_connections_presence_is_bounded_across_its_channels() {
+    let db = TestDb::new().await;
+    let gw = TestGateway::start_with(&db, |c| c.max_presence_bytes_per_connection = 200).await;
+    let mut c = WsClient::anon(&gw).await;
+    for topic in ["realtime:p1", "realtime:p2"] {
+        let reply = c
+            .join(topic, json!({"presence": {"key": "k", "enabled": true}}))
+            .await;
+        assert_eq!(reply["status"], "ok");
+    }
+    let payload = json!({"blob": "x".repeat(120)});
+    assert_eq!(
+        track(&mut c, "realtime:p1", payload.clone()).await["status"],
+        "ok"
+    );
+    assert_eq!(
+        track(&mut c, "realtime:p2", payload.clone()).await,
+        json!({"status": "error", "response": {"reason": "Connection presence limit reached"}})
+    );
+    // Replacing what a channel tracks is judged without what it replaces.
+    assert_eq!(
+        track(&mut c, "realtime:p1", json!({"blob": "y".repeat(120)})).await["status"],
+        "ok"
+    );
+    let r = c
+        .send(
+            Some("1"),
+            "realtime:p1",
+            "presence",
+            json!({"type": "presence", "event": "untrack"}),
+        )
+        .await;
+    loop {
+        let m = c.expect_event("realtime:p1", "phx_reply").await;
+        if m.msg_ref.as_deref() == Some(r.as_str()) {
+            break;
+        }
+    }
+    assert_eq!(track(&mut c, "realtime:p2", payload).await["status"], "ok");
+    gw.stop().await.unwrap();
+}

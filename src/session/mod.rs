@@ -109,6 +109,8 @@ struct Joined {
     registry_id: uuid::Uuid,
     /// Broadcast and presence settings of the join config ([`relay`]).
     hub: Membership,
+    /// Bytes of the presence payload this membership tracks (0 when none).
+    tracked_bytes: usize,
 }
 
 /// One connection's session task.

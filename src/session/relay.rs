@@ -24,6 +24,9 @@ const NOT_A_MAP: &str = "Presence track payload must be a map";
 /// Reply reason of a track refused because the channel's presence is full (docs/protocol.md
 /// 9.3, `--max-presence-per-channel`, `--max-presence-bytes-per-channel`).
 const PRESENCE_FULL: &str = "Channel presence limit reached";
+/// Reply reason of a track that would bring the connection's tracked presence, across its
+/// channels, over `--max-presence-bytes-per-connection`.
+const CONNECTION_PRESENCE_FULL: &str = "Connection presence limit reached";
 /// Reply reason of a track over `--max-message-bytes` (docs/protocol.md 9.3).
 const TRACK_TOO_LARGE: &str = "Track message size exceeded";
 
@@ -146,8 +149,31 @@ impl Session {
                     self.reply(jr, r, topic, "error", json!({"reason": NOT_A_MAP}));
                     return;
                 };
+                // What this connection tracks across all its channels is bounded too.
+                let size = serde_json::to_string(&tracked).map_or(0, |t| t.len()) + key.len();
+                let elsewhere: usize = self
+                    .channels
+                    .iter()
+                    .filter(|(t, _)| t.as_str() != topic)
+                    .map(|(_, j)| j.tracked_bytes)
+                    .sum();
+                let limit = self.services.config.max_presence_bytes_per_connection;
+                if elsewhere + size > limit {
+                    metrics::counter!("gateway_presence_refused_total").increment(1);
+                    self.reply(
+                        jr,
+                        r,
+                        topic,
+                        "error",
+                        json!({"reason": CONNECTION_PRESENCE_FULL}),
+                    );
+                    return;
+                }
                 match self.services.hub.track(&name, self.id, &key, tracked) {
                     Ok(()) => {
+                        if let Some(joined) = self.channels.get_mut(topic) {
+                            joined.tracked_bytes = size;
+                        }
                         self.reply(jr, r, topic, "ok", json!({}));
                         // A track enables presence for a membership that did not ask at join:
                         // it gets the state now, or it would never see who was there before.
@@ -175,6 +201,9 @@ impl Session {
             }
             Some("untrack") => {
                 self.services.hub.untrack(&name, self.id);
+                if let Some(joined) = self.channels.get_mut(topic) {
+                    joined.tracked_bytes = 0;
+                }
                 self.reply(jr, r, topic, "ok", json!({}));
             }
             _ => self.reply(

@@ -355,6 +355,7 @@ impl Session {
                 subs: Vec::new(),
                 registry_id,
                 hub: membership,
+                tracked_bytes: 0,
             }),
         );
         self.join_hub(&topic);
