@@ -101,7 +101,8 @@ fn expected(m: &Value) -> Option<(String, bool, String)> {
     let private = match field("private") {
         None => false,
         Some(Value::Bool(b)) => *b,
-        Some(Value::String(s)) => s.eq_ignore_ascii_case("true"),
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("true") => true,
+        Some(Value::String(s)) if s.eq_ignore_ascii_case("false") => false,
         Some(_) => return None,
     };
     let meta = match field("id") {
