@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+pub mod jwt;
+
 /// Settings that cannot be accepted, found by [`Settings::check`].
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -64,6 +66,10 @@ pub struct Settings {
     /// mode one is generated and kept under --data-dir when unset.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
+
+    /// JWKS and audience settings.
+    #[command(flatten)]
+    pub jwt: jwt::JwtSettings,
 
     /// Most open WebSocket connections, counted over every gateway node sharing the database.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 200)]
@@ -365,6 +371,8 @@ pub struct Config {
     pub listen: SocketAddr,
     /// JWT secret, if given (embedded mode may generate one).
     pub jwt_secret: Option<String>,
+    /// JWKS source and required audience, checked.
+    pub jwt: jwt::JwtSettings,
     /// Connection cap across all nodes.
     pub max_connections: u32,
     /// Reaper and heartbeat-flush period.
@@ -546,6 +554,7 @@ impl Settings {
         if matches!(&self.jwt_secret, Some(s) if s.len() < 16) {
             return invalid("--jwt-secret must be at least 16 characters");
         }
+        self.jwt.check().map_err(|m| Error::Invalid(m.to_owned()))?;
         if self.database_url.is_none() && !self.embedded_db {
             return invalid("--database-url (DATABASE_URL) is required when EMBEDDED_DB=false");
         }
@@ -574,6 +583,7 @@ impl Settings {
             database_url: self.database_url,
             listen: self.listen,
             jwt_secret: self.jwt_secret,
+            jwt: self.jwt,
             max_connections: self.max_connections,
             heartbeat_interval: self.heartbeat_interval,
             heartbeat_timeout: self.heartbeat_timeout,
@@ -633,6 +643,7 @@ impl Config {
             database_url: Some(database_url),
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             jwt_secret: Some(jwt_secret),
+            jwt: jwt::JwtSettings::default(),
             max_connections: 200,
             heartbeat_interval: Duration::from_secs(30),
             heartbeat_timeout: Duration::from_secs(60),

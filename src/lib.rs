@@ -100,6 +100,7 @@ impl Gateway {
             )
             .into());
         };
+        let verifier = verifier(&config, secret, &shutdown).await?;
         pg::migrate(url).await?;
         // Counters recorded from here on are exported at /metrics.
         admin::metrics::handle();
@@ -139,7 +140,7 @@ impl Gateway {
         );
         let services = Arc::new(session::Services {
             config: Arc::clone(&config),
-            verifier: Verifier::new(secret),
+            verifier,
             limits: limits::Limits::new(
                 pool.clone(),
                 registry.clone(),
@@ -229,6 +230,24 @@ impl Gateway {
         tracing::info!("stopped");
         Ok(())
     }
+}
+
+/// The token verifier of `config`: the shared secret, the audience, and the JWKS, read now and
+/// re-read on `shutdown`'s tracker.
+async fn verifier(config: &Config, secret: &str, shutdown: &Shutdown) -> Result<Verifier, Error> {
+    let verifier = Verifier::new(secret).with_audience(config.jwt.jwt_audience.as_deref());
+    let Some(source) = &config.jwt.jwks else {
+        return Ok(verifier);
+    };
+    let jwks = auth::jwks::Jwks::load(source, auth::jwks::REFETCH_MIN_INTERVAL)
+        .await
+        .map_err(|e| config::Error::Invalid(format!("--jwks: {e}")))?;
+    tracing::info!(source = %source, keys = jwks.len(), "JWKS loaded");
+    shutdown.spawn(
+        "jwks_refresh",
+        Arc::clone(&jwks).run(auth::jwks::REFRESH_INTERVAL, shutdown.child_token()),
+    );
+    Ok(verifier.with_jwks(jwks))
 }
 
 /// Runs the gateway on `listener` until `shutdown` is triggered ([`Gateway::start`], then

@@ -2,10 +2,16 @@
 //!
 //! The socket's `apikey`, each channel's `access_token` and the REST `Authorization` header are
 //! all verified here the same way (docs/protocol.md section 8.1). The refusal texts are the ones the
-//! Supabase clients know (sections 1.2 and 5.3). Only HS256/384/512 with the shared secret for now;
-//! a JWKS-backed verifier can slot in behind [`Verifier`].
+//! Supabase clients know (sections 1.2 and 5.3). HS256/384/512 tokens are verified with the
+//! shared secret; RS256/ES256 tokens with a key of the configured JWKS ([`jwks`]), never with the
+//! secret.
+
+pub mod jwks;
+#[cfg(test)]
+mod jwks_tests;
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -32,6 +38,12 @@ pub enum Error {
     /// `exp` is in the past by this many seconds.
     #[error("Token has expired {0} seconds ago")]
     Expired(u64),
+    /// `nbf` is in the future (or not a number).
+    #[error("Token is not valid yet")]
+    NotYetValid,
+    /// An audience is configured and `aud` does not name it.
+    #[error("Token audience is not accepted")]
+    WrongAudience,
 }
 
 impl Error {
@@ -48,7 +60,11 @@ impl Error {
         let code = match self {
             Error::Malformed | Error::Missing => "MalformedJWT",
             Error::BadSignature => "JwtSignatureError",
-            Error::MissingClaims | Error::InvalidExpiry | Error::Expired(_) => "InvalidJWTToken",
+            Error::MissingClaims
+            | Error::InvalidExpiry
+            | Error::Expired(_)
+            | Error::NotYetValid
+            | Error::WrongAudience => "InvalidJWTToken",
         };
         format!("{code}: {self}")
     }
@@ -84,11 +100,13 @@ impl Claims {
     }
 }
 
-/// Verifies tokens signed with the gateway's secret.
+/// Verifies tokens signed with the gateway's secret, or with a key of its JWKS.
 #[derive(Clone)]
 pub struct Verifier {
     key: DecodingKey,
     validation: Validation,
+    audience: Option<Arc<str>>,
+    jwks: Option<Arc<jwks::Jwks>>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -109,7 +127,26 @@ impl Verifier {
         Verifier {
             key: DecodingKey::from_secret(secret.as_bytes()),
             validation,
+            audience: None,
+            jwks: None,
         }
+    }
+
+    /// Also requires `aud` (a string, or an array of strings) to name `audience`, when given.
+    pub fn with_audience(mut self, audience: Option<&str>) -> Verifier {
+        self.audience = audience.map(Arc::from);
+        self
+    }
+
+    /// Also accepts RS256/ES256 tokens signed with a key of `jwks`.
+    pub fn with_jwks(mut self, jwks: Arc<jwks::Jwks>) -> Verifier {
+        self.jwks = Some(jwks);
+        self
+    }
+
+    /// The key set RS256/ES256 tokens are verified with, if any.
+    pub fn jwks(&self) -> Option<&Arc<jwks::Jwks>> {
+        self.jwks.as_ref()
     }
 
     /// Verifies `token` (whitespace removed and percent-decoded first, as upstream does).
@@ -121,10 +158,28 @@ impl Verifier {
         if token.is_empty() {
             return Err(Error::Missing);
         }
+        let (alg, kid) = peek_header(&token)?;
+        let asymmetric;
+        let (key, validation) = match alg.as_str() {
+            "HS256" | "HS384" | "HS512" => (&self.key, &self.validation),
+            "RS256" | "ES256" => {
+                let alg = if alg == "RS256" {
+                    Algorithm::RS256
+                } else {
+                    Algorithm::ES256
+                };
+                let jwks = self.jwks.as_ref().ok_or(Error::BadSignature)?;
+                let found = jwks.find(kid.as_deref(), alg).ok_or(Error::BadSignature)?;
+                let mut validation = self.validation.clone();
+                validation.algorithms = vec![found.alg];
+                asymmetric = (found.key, validation);
+                (&asymmetric.0, &asymmetric.1)
+            }
+            // `none` and every algorithm not configured.
+            _ => return Err(Error::BadSignature),
+        };
         let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
-            &token,
-            &self.key,
-            &self.validation,
+            &token, key, validation,
         )
         .map_err(|e| match e.kind() {
             jsonwebtoken::errors::ErrorKind::InvalidSignature
@@ -150,6 +205,23 @@ impl Verifier {
         let now = now_secs();
         if exp <= now {
             return Err(Error::Expired(u64::try_from(now - exp).unwrap_or(0)));
+        }
+        if let Some(nbf) = claims.get("nbf") {
+            match nbf.as_f64() {
+                Some(nbf) if nbf.floor() as i64 <= now => {}
+                _ => return Err(Error::NotYetValid),
+            }
+        }
+        if let Some(audience) = &self.audience {
+            let named = |v: &serde_json::Value| v.as_str() == Some(audience);
+            let ok = match claims.get("aud") {
+                Some(serde_json::Value::Array(list)) => list.iter().any(named),
+                Some(one) => named(one),
+                None => false,
+            };
+            if !ok {
+                return Err(Error::WrongAudience);
+            }
         }
         let sub = claims
             .get("sub")
@@ -203,6 +275,31 @@ pub fn now_secs() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+/// The `alg` and `kid` of a token's header, read before any key is chosen.
+fn peek_header(token: &str) -> Result<(String, Option<String>), Error> {
+    use base64::Engine as _;
+    let mut parts = token.split('.');
+    let (Some(header), Some(_), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(Error::Malformed);
+    };
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(header.trim_end_matches('='))
+        .map_err(|_| Error::Malformed)?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&bytes).map_err(|_| Error::Malformed)?;
+    let alg = header
+        .get("alg")
+        .and_then(|a| a.as_str())
+        .ok_or(Error::Malformed)?;
+    let kid = header
+        .get("kid")
+        .and_then(|k| k.as_str())
+        .map(str::to_owned);
+    Ok((alg.to_owned(), kid))
 }
 
 /// Removes whitespace and decodes `%XX` escapes.

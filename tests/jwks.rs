@@ -1,0 +1,141 @@
+//! RS256/ES256 tokens verified with a JWKS served over HTTP: the WebSocket upgrade accepts an
+//! RS256 token, refuses one with an unknown `kid` (which asks for one re-read), and HS256 with
+//! the shared secret keeps working; an unreadable JWKS fails the start.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{eventually, token, TestDb, TestGateway, WsClient};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const JWKS: &str = include_str!("fixtures/jwks/jwks.json");
+const RSA: &str = include_str!("fixtures/jwks/rsa_private.pem");
+
+/// Serves `JWKS` on 127.0.0.1:0 to any GET; returns its URL and the number of requests served.
+async fn serve_jwks() -> (String, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/.well-known/jwks.json",
+        listener.local_addr().unwrap()
+    );
+    let served = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&served);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let count = Arc::clone(&count);
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                count.fetch_add(1, Ordering::SeqCst);
+                let answer = format!(
+                    "HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{JWKS}",
+                    JWKS.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    (url, served)
+}
+
+fn rs256(kid: &str) -> String {
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some(kid.to_owned());
+    let claims = json!({
+        "role": "authenticated",
+        "aud": "authenticated",
+        "exp": realtime_gateway::auth::now_secs() + 60,
+    });
+    let key = EncodingKey::from_rsa_pem(RSA.as_bytes()).unwrap();
+    jsonwebtoken::encode(&header, &claims, &key).unwrap()
+}
+
+async fn refusal(gw: &TestGateway, key: &str) -> (u16, serde_json::Value) {
+    let err = tokio_tungstenite::connect_async(gw.ws_url(key, "2.0.0"))
+        .await
+        .unwrap_err();
+    let tokio_tungstenite::tungstenite::Error::Http(response) = err else {
+        panic!("expected an http refusal, got {err}");
+    };
+    let body = serde_json::from_slice(response.body().as_deref().unwrap_or_default()).unwrap();
+    (response.status().as_u16(), body)
+}
+
+#[tokio::test]
+async fn an_rs256_token_from_the_jwks_url_upgrades_and_joins() {
+    let (url, served) = serve_jwks().await;
+    let db = TestDb::new().await;
+    let gw = TestGateway::start_with(&db, |c| {
+        c.jwt.jwks = Some(url);
+        c.jwt.jwt_audience = Some("authenticated".to_owned());
+        c.max_auth_failures = 0;
+    })
+    .await;
+    assert_eq!(served.load(Ordering::SeqCst), 1, "read once at start");
+
+    let mut c = WsClient::connect(&gw.ws_url(&rs256("rsa-test-1"), "2.0.0")).await;
+    let reply = c.join("realtime:jwks", json!({})).await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+
+    // An unknown kid is refused at once and asks for one re-read; a second one within the
+    // minute does not ask again.
+    for _ in 0..2 {
+        let (status, body) = refusal(&gw, &rs256("rotated-away")).await;
+        assert_eq!(status, 401);
+        assert_eq!(body, json!({"error": "Failed to validate JWT signature"}));
+    }
+    eventually(Duration::from_secs(10), "one re-read", || {
+        let served = Arc::clone(&served);
+        async move { served.load(Ordering::SeqCst) == 2 }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        served.load(Ordering::SeqCst),
+        2,
+        "at most one re-read a minute"
+    );
+
+    // HS256 with the shared secret still works, but the audience is now required.
+    let (status, body) = refusal(&gw, &token("anon", None)).await;
+    assert_eq!(status, 401);
+    assert_eq!(body, json!({"error": "Token audience is not accepted"}));
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn hs256_keeps_working_with_a_jwks_file() {
+    let db = TestDb::new().await;
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/jwks/jwks.json");
+    let gw = TestGateway::start_with(&db, |c| c.jwt.jwks = Some(path.to_owned())).await;
+    let mut c = WsClient::anon(&gw).await;
+    let reply = c.join("realtime:hs", json!({})).await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    let mut c = WsClient::connect(&gw.ws_url(&rs256("rsa-test-1"), "2.0.0")).await;
+    let reply = c.join("realtime:rs", json!({})).await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    gw.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_unreadable_jwks_fails_the_start() {
+    let db = TestDb::new().await;
+    let mut config =
+        realtime_gateway::Config::for_database(db.url.clone(), common::JWT_SECRET.to_owned());
+    config.jwt.jwks = Some("/nonexistent/jwks.json".to_owned());
+    let err = realtime_gateway::Gateway::start(Arc::new(config), realtime_gateway::Shutdown::new())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("--jwks"), "{err}");
+}
