@@ -102,6 +102,20 @@ async fn vsn_1_speaks_json_objects() {
     let v: serde_json::Value = serde_json::from_str(frame.to_text().unwrap()).unwrap();
     assert_eq!(v["ref"], serde_json::Value::Null);
     assert!(v.as_object().unwrap().contains_key("ref"));
+    // A binary frame, well formed or not, gets the vsn error, not a decoding one.
+    for frame in [vec![0u8], vec![3, 1, 1, 14, 2, 0, 1]] {
+        ws.send(tokio_tungstenite::tungstenite::Message::Binary(
+            frame.into(),
+        ))
+        .await
+        .unwrap();
+        let reply = ws.next().await.unwrap().unwrap();
+        let v: serde_json::Value = serde_json::from_str(reply.to_text().unwrap()).unwrap();
+        assert_eq!(
+            v["payload"]["response"]["reason"],
+            "malformed frame: binary frames need vsn 2.0.0"
+        );
+    }
     gw.stop().await.unwrap();
 }
 

@@ -49,17 +49,25 @@ pub struct Publisher {
     seq: Arc<AtomicU64>,
     /// Bytes of envelopes queued and not yet published (the channel and the task's backlog).
     queued_bytes: Arc<AtomicUsize>,
+    /// Most bytes of broadcasts waiting ([`MAX_PENDING_BYTES`]).
+    max_bytes: usize,
 }
 
 impl Publisher {
     /// A publisher for `node` and the queue its task drains.
     pub fn channel(node: Arc<str>) -> (Publisher, mpsc::UnboundedReceiver<Item>) {
+        Publisher::bounded(node, MAX_PENDING_BYTES)
+    }
+
+    /// As [`Publisher::channel`], with room for `max_bytes` of broadcasts.
+    fn bounded(node: Arc<str>, max_bytes: usize) -> (Publisher, mpsc::UnboundedReceiver<Item>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let publisher = Publisher {
             tx,
             node,
             seq: Arc::default(),
             queued_bytes: Arc::default(),
+            max_bytes,
         };
         (publisher, rx)
     }
@@ -78,7 +86,7 @@ impl Publisher {
     /// faster than the database takes them is refused here, one broadcast at a time, instead of
     /// growing memory or dropping what others queued.
     fn has_room(&self, bytes: usize) -> bool {
-        self.queued_bytes.load(Ordering::Relaxed) + bytes <= MAX_PENDING_BYTES
+        self.queued_bytes.load(Ordering::Relaxed) + bytes <= self.max_bytes
     }
 
     /// Forgets `bytes` of published (or dropped) envelopes.
@@ -230,5 +238,28 @@ pub async fn run(
         Ok(Ok(())) => tracing::debug!("presence retired"),
         Ok(Err(e)) => tracing::warn!(error = %e, "cannot retire this node's presence"),
         Err(_) => tracing::warn!("retiring this node's presence timed out"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: a flood of broadcasts grew the publisher's backlog without bound, then
+    /// dropped everyone's backlog at once. Past the byte bound, the flood's own broadcasts are
+    /// refused one by one, and room comes back as the backlog is published.
+    #[test]
+    fn broadcasts_past_the_byte_bound_are_refused_alone() {
+        let (publisher, mut rx) = Publisher::bounded(Arc::from("n"), 100);
+        let message = Message::Json(Arc::from(r#"{"type":"broadcast","event":"e","payload":1}"#));
+        publisher.broadcast("room", &message);
+        publisher.broadcast("room", &message);
+        assert!(rx.try_recv().is_ok());
+        assert!(rx.try_recv().is_err(), "the second did not fit");
+        let queued = publisher.queued_bytes.load(Ordering::Relaxed);
+        assert!(queued > 0 && queued <= 100);
+        publisher.published(queued);
+        publisher.broadcast("room", &message);
+        assert!(rx.try_recv().is_ok(), "room came back once published");
     }
 }

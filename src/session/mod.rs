@@ -275,30 +275,53 @@ impl Session {
         let join_timeout = self.services.config.join_timeout;
         // Since when the socket has had no channel (it has none at connect).
         let mut channelless_since = Some(tokio::time::Instant::now());
+        let mut expiry = self.next_expiry();
+        // One timer for both deadlines, reset only when the earlier of them moves (not per
+        // message).
+        let never = tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
+        let wake = tokio::time::sleep_until(never);
+        tokio::pin!(wake);
         loop {
-            let deadline = channelless_since
+            let channelless = channelless_since
                 .filter(|_| !join_timeout.is_zero())
                 .map(|since| since + join_timeout);
-            let expiry = self.next_expiry();
+            let next = [expiry, channelless]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(never);
+            if wake.deadline() != next {
+                wake.as_mut().reset(next);
+            }
             let message = tokio::select! {
                 biased;
                 () = token.cancelled() => return,
-                () = sleep_until(expiry) => {
-                    self.expire_channels();
+                () = &mut wake => {
+                    let now = tokio::time::Instant::now();
+                    if expiry.is_some_and(|at| at <= now) {
+                        self.expire_channels();
+                        expiry = self.next_expiry();
+                    } else if channelless.is_some_and(|at| at <= now) {
+                        tracing::debug!("closing a socket without channels");
+                        metrics::counter!("gateway_session_channelless_closed_total").increment(1);
+                        self.handle.close(SessionEnd::NoChannel);
+                        return;
+                    }
+                    channelless_since = self.channelless_since(channelless_since);
                     continue;
-                }
-                () = sleep_until(deadline) => {
-                    tracing::debug!("closing a socket without channels");
-                    metrics::counter!("gateway_session_channelless_closed_total").increment(1);
-                    self.handle.close(SessionEnd::NoChannel);
-                    return;
                 }
                 message = stream.next() => message,
             };
             match message {
                 Some(Ok(Message::Text(text))) => {
                     match protocol::decode_text(self.params.vsn, text.as_str()) {
-                        Ok(inbound) => self.dispatch(inbound).await,
+                        Ok(inbound) => {
+                            let tokens_change = changes_channels(&inbound);
+                            self.dispatch(inbound).await;
+                            if tokens_change {
+                                expiry = self.next_expiry();
+                            }
+                        }
                         Err(e) => self.malformed(&e),
                     }
                 }
@@ -306,7 +329,13 @@ impl Session {
                     self.malformed(&"binary frames need vsn 2.0.0");
                 }
                 Some(Ok(Message::Binary(bytes))) => match protocol::decode_binary_bytes(&bytes) {
-                    Ok(inbound) => self.dispatch(inbound).await,
+                    Ok(inbound) => {
+                        let tokens_change = changes_channels(&inbound);
+                        self.dispatch(inbound).await;
+                        if tokens_change {
+                            expiry = self.next_expiry();
+                        }
+                    }
                     Err(e) => self.malformed(&e),
                 },
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
@@ -315,11 +344,19 @@ impl Session {
                     return;
                 }
             }
-            channelless_since = match (self.channels.is_empty(), channelless_since) {
-                (false, _) => None,
-                (true, None) => Some(tokio::time::Instant::now()),
-                (true, since) => since,
-            };
+            channelless_since = self.channelless_since(channelless_since);
+        }
+    }
+
+    /// Since when the socket has had no channel, given what it was before the last event.
+    fn channelless_since(
+        &self,
+        before: Option<tokio::time::Instant>,
+    ) -> Option<tokio::time::Instant> {
+        match (self.channels.is_empty(), before) {
+            (false, _) => None,
+            (true, None) => Some(tokio::time::Instant::now()),
+            (true, since) => since,
         }
     }
 
@@ -529,10 +566,10 @@ impl Session {
     }
 }
 
-/// Completes at `deadline`, or never without one.
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
+/// Whether handling `msg` can add, remove or re-token channels (and so move the first expiry).
+fn changes_channels(msg: &Inbound) -> bool {
+    matches!(
+        msg.event.as_str(),
+        "phx_join" | "phx_leave" | "access_token"
+    )
 }
