@@ -33,9 +33,7 @@ use sqlx::postgres::PgRow;
 
 use super::decode::{self, ChangeRow};
 use super::maintenance;
-use super::outbox::{
-    fetch_page, fits, parse_snapshot, read_row, start_cursor, transient, Cursor, Part,
-};
+use super::outbox::{fetch_page, fits, parse_snapshot, read_row, start_cursor, Cursor, Part};
 use crate::change::{BusMessage, ChangeEvent};
 use crate::fanout::router::{Router, Wakes};
 use crate::pg::catalog::Catalog;
@@ -550,7 +548,7 @@ impl Listener {
                 tracing::debug!(relid, "change of a dropped table skipped");
                 return Ok(None);
             }
-            Err(e) if transient(&e) => return Err(e),
+            Err(e) if e.is_transient() => return Err(e),
             Err(e) => {
                 return self
                     .undeliverable(
@@ -567,7 +565,7 @@ impl Listener {
                 match self.catalog.refresh(relid).await {
                     Ok(Some(fresh)) => decoded = decode::decode(change.clone(), fresh),
                     Ok(None) => {}
-                    Err(e) if transient(&e) => return Err(e),
+                    Err(e) if e.is_transient() => return Err(e),
                     Err(e) => {
                         tracing::warn!(error = %crate::error::chain(&e), "cannot refresh a table")
                     }
@@ -591,7 +589,7 @@ impl Listener {
         metrics::counter!("gateway_decode_errors_total").increment(1);
         let table = match self.catalog.table(change.relid).await {
             Ok(table) => table,
-            Err(e) if transient(&e) => return Err(e),
+            Err(e) if e.is_transient() => return Err(e),
             Err(_) => None,
         };
         tracing::warn!(

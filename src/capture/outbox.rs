@@ -1,7 +1,6 @@
 //! The outbox's reads: where a read starts ([`start_cursor`]), one page of a read's part
-//! ([`fetch_page`]), an outbox row's columns ([`read_row`]), and which failures mean the
-//! database is unreachable ([`transient`]). The listener ([`super::listener`]) drives them;
-//! its module header explains the snapshot arithmetic.
+//! ([`fetch_page`]) and an outbox row's columns ([`read_row`]). The listener
+//! ([`super::listener`]) drives them; its module header explains the snapshot arithmetic.
 
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
@@ -89,31 +88,6 @@ pub(super) fn read_row(row: &PgRow, id: i64, relid: u32) -> Result<ChangeRow, sq
         record: row.try_get("record")?,
         old_record: row.try_get("old_record")?,
     })
-}
-
-/// Whether `e` says the database cannot be reached right now (retry), rather than that one
-/// row or table is bad (skip it).
-pub(super) fn transient(e: &Error) -> bool {
-    let Error::Sqlx(e) = e else {
-        return false;
-    };
-    match e {
-        sqlx::Error::Database(db) => {
-            // Connection exceptions, resources, operator intervention, rollbacks, locks.
-            db.code().is_some_and(|c| {
-                ["08", "53", "57", "40", "55"]
-                    .iter()
-                    .any(|k| c.starts_with(k))
-            })
-        }
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => true,
-        _ => false,
-    }
 }
 
 /// The position to start from: everything committed before now counts as delivered.

@@ -37,6 +37,57 @@ pub enum Error {
     Embedded(#[from] embedded::Error),
 }
 
+impl Error {
+    /// The database's own error, when the database answered.
+    pub fn database_error(&self) -> Option<&(dyn sqlx::error::DatabaseError + 'static)> {
+        match self {
+            Error::Sqlx(sqlx::Error::Database(db)) => Some(db.as_ref()),
+            _ => None,
+        }
+    }
+
+    /// The SQLSTATE of the database's answer, if it answered.
+    pub fn sqlstate(&self) -> Option<String> {
+        self.database_error()
+            .and_then(|db| db.code().map(|c| c.into_owned()))
+    }
+
+    /// Whether the database refused the data of the rows written (so other rows may succeed)
+    /// rather than the statement or the connection: data exceptions (class 22), integrity
+    /// constraint violations (23) and program limits such as an oversized index row (54).
+    pub fn is_row_error(&self) -> bool {
+        self.sqlstate().is_some_and(|code| is_row_sqlstate(&code))
+    }
+
+    /// Whether the database cannot be reached right now (retry later), rather than refusing
+    /// what was asked: connection exceptions, insufficient resources, operator intervention,
+    /// rollbacks and lock failures, I/O and pool errors.
+    pub fn is_transient(&self) -> bool {
+        let Error::Sqlx(e) = self else {
+            return false;
+        };
+        match e {
+            sqlx::Error::Database(db) => db.code().is_some_and(|c| {
+                ["08", "53", "57", "40", "55"]
+                    .iter()
+                    .any(|k| c.starts_with(k))
+            }),
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            _ => false,
+        }
+    }
+}
+
+/// Whether SQLSTATE `code` is a row's fault (see [`Error::is_row_error`]).
+pub fn is_row_sqlstate(code: &str) -> bool {
+    matches!(code.get(..2), Some("22" | "23" | "54"))
+}
+
 /// Parses `url` into connect options tagged with `application_name`.
 ///
 /// # Errors

@@ -1,7 +1,7 @@
 //! Writing a batch so that one bad row cannot block the others.
 //!
 //! [`write_split`] writes a batch in one statement; when the database refuses it for something a
-//! row carries (a constraint, an oversized value: [`is_row_error`]), the batch is halved and each
+//! row carries (a constraint, an oversized value: [`crate::pg::Error::is_row_error`]), the batch is halved and each
 //! half written on its own, down to single rows. A row that still fails is handed back to the
 //! caller (which audits and counts it) and the rest land: `k` bad rows among `n` cost about
 //! `2·k·log2(n)` extra statements. An error that is not about a row (the database is down, the
@@ -85,33 +85,6 @@ where
         }
     }
     written
-}
-
-/// Whether a database error is about the rows written (so another chunk may succeed) rather
-/// than the database or the statement: data exceptions (class 22), integrity constraint
-/// violations (23) and program limits such as an oversized index row (54).
-pub(super) fn is_row_error(error: &crate::pg::Error) -> bool {
-    sqlstate(error).is_some_and(|code| is_row_sqlstate(&code))
-}
-
-/// Whether SQLSTATE `code` is a row's fault (see [`is_row_error`]).
-pub(super) fn is_row_sqlstate(code: &str) -> bool {
-    matches!(code.get(..2), Some("22" | "23" | "54"))
-}
-
-/// The SQLSTATE of a database error, if the database answered.
-pub(super) fn sqlstate(error: &crate::pg::Error) -> Option<String> {
-    database_error(error).and_then(|db| db.code().map(|c| c.into_owned()))
-}
-
-/// The database's own error, if the database answered.
-pub(super) fn database_error(
-    error: &crate::pg::Error,
-) -> Option<&(dyn sqlx::error::DatabaseError + 'static)> {
-    match error {
-        crate::pg::Error::Sqlx(sqlx::Error::Database(db)) => Some(db.as_ref()),
-        _ => None,
-    }
 }
 
 pub(super) use crate::error::chain;
@@ -221,13 +194,13 @@ mod tests {
     #[test]
     fn row_errors_are_classes_22_23_54() {
         for code in ["23505", "23503", "23514", "22001", "22P02", "54000"] {
-            assert!(is_row_sqlstate(code), "{code}");
+            assert!(crate::pg::is_row_sqlstate(code), "{code}");
         }
         for code in ["08006", "57P01", "53300", "40001", "42P01", "", "2"] {
-            assert!(!is_row_sqlstate(code), "{code}");
+            assert!(!crate::pg::is_row_sqlstate(code), "{code}");
         }
         let down = crate::pg::Error::Sqlx(sqlx::Error::PoolTimedOut);
-        assert!(!is_row_error(&down));
+        assert!(!down.is_row_error());
     }
 
     #[test]

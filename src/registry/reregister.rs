@@ -15,7 +15,7 @@ use std::collections::{HashMap, HashSet};
 
 use uuid::Uuid;
 
-use super::batch::{self, write_split, Write};
+use super::batch::{write_split, Write};
 use super::live::{reclaim, Live};
 use super::{store, JoinRow, RowEnd, Settings};
 use crate::pg::Error;
@@ -117,7 +117,7 @@ pub(super) async fn reregister(
     let written = write_split(
         "registry re-registration",
         rows,
-        batch::is_row_error,
+        crate::pg::Error::is_row_error,
         |chunk| -> Write<'_, Error> {
             let (pool, node) = (pool.clone(), node.to_owned());
             Box::pin(

@@ -348,7 +348,7 @@ impl Writer {
         write_split(
             "registry insert",
             rows,
-            batch::is_row_error,
+            crate::pg::Error::is_row_error,
             |chunk| -> Write<'_, Error> {
                 let (pool, node) = (pool.clone(), node.clone());
                 Box::pin(async move {
@@ -376,7 +376,7 @@ impl Writer {
             let written = write_split(
                 "registry update",
                 chunk,
-                batch::is_row_error,
+                crate::pg::Error::is_row_error,
                 |chunk| -> Write<'_, Error> {
                     let pool = pool.clone();
                     Box::pin(async move { store::close_rows(&pool, chunk).await })
@@ -400,7 +400,7 @@ impl Writer {
             let written = write_split(
                 "audit insert",
                 chunk,
-                batch::is_row_error,
+                crate::pg::Error::is_row_error,
                 |chunk| -> Write<'_, Error> {
                     let (pool, node) = (pool.clone(), node.clone());
                     Box::pin(async move { store::append_audit(&pool, &node, chunk).await })
@@ -486,10 +486,10 @@ impl Writer {
     /// A row the database refused on its own: logged, counted and audited, not retried.
     fn row_failed(&mut self, write: &'static str, error: &Error, mut detail: serde_json::Value) {
         metrics::counter!("gateway_registry_rows_failed_total", "write" => write).increment(1);
-        let db = batch::database_error(error);
+        let db = error.database_error();
         detail["write"] = json!(write);
         detail["error"] = json!(db.map_or_else(|| chain(error), |db| db.message().to_owned()));
-        detail["sqlstate"] = json!(batch::sqlstate(error));
+        detail["sqlstate"] = json!(error.sqlstate());
         detail["constraint"] = json!(constraint(error));
         tracing::warn!(%detail, "registry {write} of one row failed: {}", chain(error));
         self.push_audit(AuditRecord {
@@ -518,7 +518,7 @@ fn chunks<T>(mut rows: Vec<T>) -> Vec<Vec<T>> {
 
 /// The constraint a database error names, if any.
 fn constraint(error: &Error) -> Option<&str> {
-    batch::database_error(error).and_then(|db| db.constraint())
+    error.database_error().and_then(|db| db.constraint())
 }
 
 /// What identifies a registry row in the audit log (the channel name cut to 100 bytes).
