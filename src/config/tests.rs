@@ -1,0 +1,70 @@
+use super::*;
+use clap::{CommandFactory, FromArgMatches};
+
+fn parse(args: &[&str]) -> Result<Config, String> {
+    let mut argv = vec!["realtime-gateway"];
+    argv.extend_from_slice(args);
+    // Ignore the environment so a DATABASE_URL set for the test run does not leak in.
+    let command = Cli::command().mut_args(|a| a.env(None::<&str>));
+    let matches = command
+        .try_get_matches_from(argv)
+        .map_err(|e| e.to_string())?;
+    let cli = Cli::from_arg_matches(&matches).map_err(|e| e.to_string())?;
+    cli.settings.check().map_err(|e| e.to_string())
+}
+
+#[test]
+fn defaults_are_the_documented_ones() {
+    let c = parse(&[]).expect("defaults");
+    assert_eq!(c.listen.to_string(), "127.0.0.1:4000");
+    assert_eq!(c.max_connections, 200);
+    assert_eq!(c.heartbeat_interval, Duration::from_secs(30));
+    assert_eq!(c.heartbeat_timeout, Duration::from_secs(60));
+    assert!(c.database_url.is_none());
+    assert!(!c.metrics_auth);
+    assert!(c.admin_token.is_none());
+    assert_eq!(c.max_auth_failures, 5);
+    assert_eq!(c.auth_failure_window, Duration::from_secs(300));
+    assert!(c.trusted_proxies.is_empty());
+}
+
+#[test]
+fn trusted_proxies_are_ips_or_cidrs() {
+    let c = parse(&["--trusted-proxies", "10.0.0.0/8,127.0.0.1,::1"]).unwrap();
+    assert_eq!(c.trusted_proxies.len(), 3);
+    let net = c.trusted_proxies[0];
+    assert!(net.contains("10.1.2.3".parse().unwrap()));
+    assert!(!net.contains("11.0.0.1".parse().unwrap()));
+    assert!(c.trusted_proxies[1].contains("::ffff:127.0.0.1".parse().unwrap()));
+    assert!(c.trusted_proxies[2].contains("::1".parse().unwrap()));
+    assert!(parse(&["--trusted-proxies", "10.0.0.0/33"]).is_err());
+    assert!(parse(&["--trusted-proxies", "proxy"]).is_err());
+}
+
+#[test]
+fn durations_read_like_30s_and_500ms() {
+    let c = parse(&["--heartbeat-interval", "500ms", "--heartbeat-timeout", "2s"]).unwrap();
+    assert_eq!(c.heartbeat_interval, Duration::from_millis(500));
+    assert_eq!(c.heartbeat_timeout, Duration::from_secs(2));
+}
+
+#[test]
+fn bad_settings_fail_with_a_clear_message() {
+    let e = parse(&["--heartbeat-interval", "soon"]).unwrap_err();
+    assert!(e.contains("write durations like"), "{e}");
+    let e = parse(&["--heartbeat-interval", "60s", "--heartbeat-timeout", "30s"]).unwrap_err();
+    assert!(e.contains("--heartbeat-timeout must be longer"), "{e}");
+    let e = parse(&["--max-connections", "0"]).unwrap_err();
+    assert!(e.contains("--max-connections must be at least 1"), "{e}");
+    let e = parse(&["--database-url", "postgres://x@127.0.0.1/db"]).unwrap_err();
+    assert!(e.contains("JWT_SECRET"), "{e}");
+    let e = parse(&["--embedded-db", "false"]).unwrap_err();
+    assert!(
+        e.contains("DATABASE_URL) is required when EMBEDDED_DB=false"),
+        "{e}"
+    );
+    let e = parse(&["--admin-token", "short"]).unwrap_err();
+    assert!(e.contains("--admin-token must be at least 16"), "{e}");
+    let e = parse(&["--listen", "nowhere"]).unwrap_err();
+    assert!(e.contains("--listen"), "{e}");
+}
