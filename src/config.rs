@@ -213,6 +213,11 @@ pub struct Settings {
     #[arg(long, env = "CHANGE_POLL_INTERVAL", default_value = "50ms", value_parser = parse_duration)]
     pub change_poll_interval: Duration,
 
+    /// Longest a row-level security check of one page of changes may take; past it the page's
+    /// changes reach `service_role` subscribers only, the others get an error entry (e.g. `5s`).
+    #[arg(long, env = "RLS_CHECK_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+    pub rls_check_timeout: Duration,
+
     /// Captured changes are kept in the outbox at least this long, and until every live node
     /// has read them (e.g. `10m`).
     #[arg(long, env = "CHANGE_RETENTION", default_value = "10m", value_parser = parse_duration)]
@@ -375,6 +380,8 @@ pub struct Config {
     pub connect_error_delay: Duration,
     /// Outbox poll period.
     pub change_poll_interval: Duration,
+    /// Bound on one page's row-level security check.
+    pub rls_check_timeout: Duration,
     /// Outbox retention.
     pub change_retention: Duration,
     /// Audit-log retention.
@@ -486,6 +493,9 @@ impl Settings {
         if self.join_error_delay >= Duration::from_secs(10) {
             return invalid("--join-error-delay must stay below the clients' 10s join timeout");
         }
+        if self.rls_check_timeout.is_zero() {
+            return invalid("--rls-check-timeout must be greater than zero");
+        }
         if self.change_poll_interval.is_zero() {
             return invalid("--change-poll-interval must be greater than zero");
         }
@@ -557,6 +567,7 @@ impl Settings {
             join_error_delay: self.join_error_delay,
             connect_error_delay: self.connect_error_delay,
             change_poll_interval: self.change_poll_interval,
+            rls_check_timeout: self.rls_check_timeout,
             change_retention: self.change_retention,
             audit_retention: self.audit_retention,
             registry_retention: self.registry_retention,
@@ -618,6 +629,7 @@ impl Config {
             join_error_delay: Duration::from_secs(5),
             connect_error_delay: Duration::from_secs(2),
             change_poll_interval: Duration::from_millis(50),
+            rls_check_timeout: Duration::from_secs(5),
             change_retention: Duration::from_secs(600),
             audit_retention: Duration::from_secs(30 * 24 * 3600),
             registry_retention: Duration::from_secs(7 * 24 * 3600),

@@ -175,6 +175,8 @@ impl Gateway {
             pool.clone(),
             catalog,
             router,
+            fanout::visibility::Visibility::connect(url, config.rls_check_timeout)?
+                .with_audit(services.registry.clone()),
             listener_status,
         )
         .with_bus(bus)

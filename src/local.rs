@@ -69,9 +69,10 @@ pub async fn prepare(config: &mut Config) -> Result<(Option<LocalCluster>, Keys)
     if config.database_url.is_none() {
         let pgdata = config.data_dir.join("pg");
         let password = load_or_create_secret(&config.data_dir, "pg_password")?;
-        let cluster = tokio::task::spawn_blocking(move || -> Result<Running, Error> {
+        let (cluster, created) = tokio::task::spawn_blocking(move || -> Result<(Running, bool), Error> {
             let mut cluster = Cluster::new(&pgdata).map_err(|e| Error::Pg(e.into()))?;
-            if !cluster.is_initialized() {
+            let created = !cluster.is_initialized();
+            if created {
                 tracing::info!(pgdata = %cluster.pgdata().display(), "creating the embedded postgres cluster");
             }
             cluster.init().map_err(|e| Error::Pg(e.into()))?;
@@ -80,11 +81,15 @@ pub async fn prepare(config: &mut Config) -> Result<(Option<LocalCluster>, Keys)
                 .map_err(|e| Error::Pg(e.into()))?;
             cluster
                 .start(&Tuning::default())
+                .map(|running| (running, created))
                 .map_err(|e| Error::Pg(e.into()))
         })
         .await
         .map_err(|e| Error::Local(std::io::Error::other(e)))??;
         let url = cluster.url("postgres");
+        if created {
+            grant_like_supabase(&url).await?;
+        }
         tracing::info!(
             port = cluster.port,
             pid = cluster.pid,
@@ -108,6 +113,28 @@ pub async fn prepare(config: &mut Config) -> Result<(Option<LocalCluster>, Keys)
         service_role: sign("service_role")?,
     };
     Ok((guard, keys))
+}
+
+/// On a new local cluster, tables later created in `public` may be read by `anon`,
+/// `authenticated` and `service_role`, as on a new Supabase project: Postgres Changes then
+/// reach every role until row-level security or a `revoke` says otherwise. A database of
+/// one's own (`DATABASE_URL`) is never changed like this.
+async fn grant_like_supabase(url: &str) -> Result<(), Error> {
+    crate::pg::migrate(url).await.map_err(Error::Pg)?;
+    let options =
+        crate::pg::connect_options(url, crate::pg::APPLICATION_NAME).map_err(Error::Pg)?;
+    let mut conn = crate::pg::connect_with_retry(&options, std::time::Duration::from_secs(30))
+        .await
+        .map_err(Error::Pg)?;
+    sqlx::query(
+        "alter default privileges in schema public \
+         grant select on tables to anon, authenticated, service_role",
+    )
+    .execute(&mut conn)
+    .await
+    .map_err(|e| Error::Pg(e.into()))?;
+    sqlx::Connection::close(conn).await.ok();
+    Ok(())
 }
 
 /// Reads the secret kept in `<data_dir>/<name>` (and tries to make the file private, 0600), or generates

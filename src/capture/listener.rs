@@ -36,6 +36,7 @@ use super::maintenance;
 use super::outbox::{fetch_page, fits, parse_snapshot, read_row, start_cursor, Cursor, Part};
 use crate::change::{BusMessage, ChangeEvent};
 use crate::fanout::router::{Router, Wakes};
+use crate::fanout::visibility::Visibility;
 use crate::pg::catalog::Catalog;
 use crate::pg::Error;
 use crate::registry::Registry;
@@ -102,6 +103,8 @@ pub struct Listener {
     pool: PgPool,
     catalog: Arc<Catalog>,
     router: Arc<Router>,
+    /// Row-level security: who may see which change.
+    visibility: Visibility,
     status: Arc<Status>,
     audit: Option<Registry>,
     /// Records this node's read position for the pruner.
@@ -115,6 +118,7 @@ impl Listener {
         pool: PgPool,
         catalog: Arc<Catalog>,
         router: Arc<Router>,
+        visibility: Visibility,
         status: Arc<Status>,
     ) -> Listener {
         let position = maintenance::Position::new(pool.clone(), settings.node_id.clone());
@@ -125,6 +129,7 @@ impl Listener {
             pool,
             catalog,
             router,
+            visibility,
             status,
             audit: None,
         }
@@ -474,8 +479,8 @@ impl Listener {
         }
     }
 
-    /// Decodes and routes one page (skipping ids in `routed`, adding the ones it routes);
-    /// returns its last id.
+    /// Decodes one page, asks row-level security about it once, and routes it (skipping ids
+    /// in `routed`, adding the ones it routes); returns its last id.
     async fn deliver(
         &self,
         rows: Vec<PgRow>,
@@ -483,10 +488,8 @@ impl Listener {
         routed: &mut std::collections::HashSet<i64>,
     ) -> Result<Option<i64>, Error> {
         let mut last = None;
-        // Writers are woken once per page (and every so many deliveries within a big one), so
-        // a writer that keeps up writes all of a page's frames for its socket in one flush.
-        let mut wakes = Wakes::default();
-        let mut since_wake = 0usize;
+        let mut events = Vec::with_capacity(rows.len());
+        let mut taken = Vec::with_capacity(rows.len());
         for row in rows {
             let id: i64 = row.try_get("id")?;
             last = Some(id);
@@ -494,19 +497,35 @@ impl Listener {
             if !routed.insert(id) {
                 continue; // routed by an attempt that failed later
             }
-            let event = match self.event(&row, id).await {
-                Ok(Some(event)) => event,
-                Ok(None) => continue,
+            taken.push(id);
+            match self.event(&row, id).await {
+                Ok(Some(event)) => events.push(event),
+                Ok(None) => {}
                 Err(e) => {
                     // The database is unreachable, not the row bad: the read is retried, and
-                    // this row with it.
-                    routed.remove(&id);
+                    // this page's rows with it.
+                    for id in &taken {
+                        routed.remove(id);
+                    }
                     return Err(e);
                 }
-            };
-            let routed = self
-                .router
-                .route(&event, self.settings.max_change_bytes, &mut wakes);
+            }
+        }
+        let decisions = self
+            .visibility
+            .decide(&events, |event| self.router.claim_sets(event))
+            .await;
+        // Writers are woken once per page (and every so many deliveries within a big one), so
+        // a writer that keeps up writes all of a page's frames for its socket in one flush.
+        let mut wakes = Wakes::default();
+        let mut since_wake = 0usize;
+        for (i, event) in events.iter().enumerate() {
+            let routed = self.router.route(
+                event,
+                decisions.sight(i),
+                self.settings.max_change_bytes,
+                &mut wakes,
+            );
             since_wake += routed.delivered;
             if since_wake >= WAKE_EVERY_DELIVERIES {
                 wakes.wake_all();

@@ -16,14 +16,46 @@ use crate::change::{ChangeEvent, Op, RawRow};
 /// Values kept in a change over the size limit are at most this long (serialized).
 const TRUNCATED_VALUE_MAX: usize = 64;
 
+/// What one recipient may see of a change: its column selection and what row-level security
+/// allows.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct View<'a> {
+    /// Selected columns (the primary key is added), or every column.
+    pub select: Option<&'a [String]>,
+    /// The columns the recipient's role may select, or every column. Columns outside it never
+    /// appear, the primary key included.
+    pub allowed: Option<&'a [String]>,
+    /// The old version of an updated row was not visible to the recipient: `old_record` keeps
+    /// only its primary key, whatever the replica identity.
+    pub old_hidden: bool,
+}
+
 /// Serializes the delivery `data` object, restricted to `select` columns (plus the primary
 /// key) when given. Record values are copied as PostgreSQL wrote them, byte for byte.
 pub fn body(change: &ChangeEvent, select: Option<&[String]>, max_bytes: usize) -> String {
+    body_for(
+        change,
+        View {
+            select,
+            ..View::default()
+        },
+        max_bytes,
+    )
+}
+
+/// [`body`] as `view` shows it.
+pub fn body_for(change: &ChangeEvent, view: View<'_>, max_bytes: usize) -> String {
     let table = &change.table;
+    let View {
+        select,
+        allowed,
+        old_hidden,
+    } = view;
     let keep = |name: &str| {
-        select.is_none_or(|cols| {
-            cols.iter().any(|c| c == name) || table.primary_key.iter().any(|k| k == name)
-        })
+        allowed.is_none_or(|cols| cols.iter().any(|c| c == name))
+            && select.is_none_or(|cols| {
+                cols.iter().any(|c| c == name) || table.primary_key.iter().any(|k| k == name)
+            })
     };
     let mut errors: Vec<&str> = Vec::new();
     if let Some(reason) = &change.undeliverable {
@@ -47,7 +79,7 @@ pub fn body(change: &ChangeEvent, select: Option<&[String]>, max_bytes: usize) -
     };
     let old_record = match (change.op, &change.old_raw, no_key) {
         (Op::Update | Op::Delete, Some(o), false) => {
-            Some((o, project(o, !table.replica_identity_full)))
+            Some((o, project(o, old_hidden || !table.replica_identity_full)))
         }
         _ => None,
     };
@@ -133,6 +165,19 @@ pub const FILTER_GAP: &str =
 /// The `data` object of an error entry for `change`: the change's table, type and time, empty
 /// records, and `errors` listing `reason` (the change's own, or [`FILTER_GAP`]).
 pub fn error_body(change: &ChangeEvent) -> String {
+    error_body_with(
+        change,
+        change
+            .undeliverable
+            .clone()
+            .unwrap_or_else(|| FILTER_GAP.to_owned()),
+        None,
+    )
+}
+
+/// The `data` object of an error entry for `change` saying `reason`, listing the `allowed`
+/// columns (every column when `None`).
+pub fn error_body_with(change: &ChangeEvent, reason: String, allowed: Option<&[String]>) -> String {
     let entry = ChangeEvent {
         id: change.id,
         table: std::sync::Arc::clone(&change.table),
@@ -143,14 +188,16 @@ pub fn error_body(change: &ChangeEvent) -> String {
         record_raw: None,
         old_raw: None,
         filter_gap: false,
-        undeliverable: Some(
-            change
-                .undeliverable
-                .clone()
-                .unwrap_or_else(|| FILTER_GAP.to_owned()),
-        ),
+        undeliverable: Some(reason),
     };
-    body(&entry, None, usize::MAX)
+    body_for(
+        &entry,
+        View {
+            allowed,
+            ..View::default()
+        },
+        usize::MAX,
+    )
 }
 
 /// Appends `s` as a JSON string.

@@ -3,9 +3,12 @@
 //! [`subscription`] turns a join's `postgres_changes` entries into validated subscriptions,
 //! [`filter`] evaluates their row filters, [`router`] indexes channels by table and pushes
 //! each change's frame into the matching connections' queues, and [`encode`] writes a change's
-//! delivery body (column selection included) once for all of them.
+//! delivery body (column selection included) once for all of them. [`visibility`] asks the
+//! database, once per page of changes, which subscribers' claims may see which row
+//! (row-level security), and the router delivers accordingly.
 
 pub mod encode;
 pub mod filter;
 pub mod router;
 pub mod subscription;
+pub mod visibility;

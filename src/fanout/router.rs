@@ -16,8 +16,9 @@ use std::sync::Arc;
 
 use dashmap::DashMap;
 
-use super::encode;
+use super::encode::{self, View};
 use super::subscription::{PgSub, Verdict};
+use super::visibility::{self, ClaimSet, Decision, Sight};
 use crate::auth::Claims;
 use crate::change::ChangeEvent;
 use crate::conn::ConnId;
@@ -49,8 +50,12 @@ pub struct PgChannel {
     pub subs: Vec<PgSub>,
     /// The channel token's claims (row-level security groups deliveries by them).
     pub claims: Arc<Claims>,
-    /// Fingerprint of `claims`: equal claims, equal key.
+    /// `claims` as JSON, as row-level security checks see them.
+    claims_json: Arc<str>,
+    /// Fingerprint of `claims_json`: equal claims, equal key.
     claims_key: u64,
+    /// The role checks run as: the `role` claim, `anon` when empty.
+    role: Arc<str>,
     /// No two subscriptions share an id (then routing needs no duplicate check).
     unique_ids: bool,
     /// Frame text before the payload, written once at subscribe time.
@@ -70,14 +75,18 @@ impl PgChannel {
     ) -> PgChannel {
         let prefix = protocol::frame_prefix(vsn, None, None, &key.topic, "postgres_changes");
         let suffix = protocol::frame_suffix(vsn, None).into_owned();
+        let claims_json: Arc<str> = Arc::from(serde_json::to_string(&*claims).unwrap_or_default());
         let claims_key = {
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
-            serde_json::to_string(&*claims)
-                .unwrap_or_default()
-                .hash(&mut h);
+            claims_json.hash(&mut h);
             h.finish()
         };
+        let role = Arc::from(if claims.role.is_empty() {
+            "anon"
+        } else {
+            claims.role.as_str()
+        });
         let unique_ids = {
             let mut seen = HashSet::with_capacity(subs.len());
             subs.iter().all(|sub| seen.insert(sub.id))
@@ -88,7 +97,9 @@ impl PgChannel {
             vsn,
             subs,
             claims,
+            claims_json,
             claims_key,
+            role,
             unique_ids,
             prefix,
             suffix,
@@ -279,17 +290,34 @@ impl Router {
     pub fn route(
         &self,
         change: &ChangeEvent,
+        sight: Sight<'_>,
         max_change_bytes: usize,
         wakes: &mut Wakes,
     ) -> Routed {
         let (deliveries, ids) = self.collect(change);
         let mut tally = Tally::default();
         // The whole body is encoded once, when the first recipient needs it; each distinct
-        // column selection once more.
+        // view (column selection, allowed columns, old row hidden) once more.
         let mut whole: Option<Arc<str>> = None;
-        let mut error: Option<Arc<str>> = None;
-        let mut bodies: HashMap<&[String], Arc<str>> = HashMap::new();
+        let mut errors: HashMap<(&str, Option<&[String]>), Arc<str>> = HashMap::new();
+        let mut bodies: HashMap<View<'_>, Arc<str>> = HashMap::new();
+        let mut hidden = 0u64;
         for group in authorize(&deliveries) {
+            let Some((first, ..)) = group.first() else {
+                continue;
+            };
+            let (allowed, old_hidden) =
+                match sight.decide(first.claims_key, &first.claims_json, &first.role) {
+                    Decision::Hide => {
+                        hidden += group.len() as u64;
+                        continue;
+                    }
+                    Decision::Error => (None, None),
+                    Decision::Show {
+                        columns,
+                        old_hidden,
+                    } => (columns.as_deref(), Some(*old_hidden)),
+                };
             // Channels of one topic and serializer whose matching subscriptions are the same
             // get the same bytes: the frame is written once and shared (a reference count per
             // recipient, no copy). Recipients of one frame usually come one after another, so
@@ -297,11 +325,20 @@ impl Router {
             let mut frames: HashMap<FrameKey<'_>, Frame> = HashMap::new();
             let mut last: Option<(FrameKey<'_>, Frame)> = None;
             for (channel, range, select, is_error) in group {
+                // The reason of an error entry, when this delivery is one.
+                let reason = match old_hidden {
+                    None => Some(visibility::CHECK_FAILED),
+                    Some(_) if *is_error => Some(""),
+                    Some(_) if filters_hidden(channel, &ids[range.clone()], allowed) => {
+                        Some(visibility::FILTER_NOT_ALLOWED)
+                    }
+                    Some(_) => None,
+                };
                 let key = (
                     channel.prefix.as_str(),
                     &ids[range.clone()],
                     select.as_deref(),
-                    *is_error,
+                    reason,
                 );
                 let frame = match &last {
                     Some((last_key, frame)) if *last_key == key => frame.clone(),
@@ -309,22 +346,46 @@ impl Router {
                         let frame = frames
                             .entry(key)
                             .or_insert_with(|| {
-                                let body = match key.2 {
-                                    _ if key.3 => Arc::clone(error.get_or_insert_with(|| {
-                                        Arc::from(encode::error_body(change))
-                                    })),
-                                    None => Arc::clone(whole.get_or_insert_with(|| {
-                                        Arc::from(encode::body(change, None, max_change_bytes))
-                                    })),
-                                    Some(cols) => {
-                                        Arc::clone(bodies.entry(cols).or_insert_with(|| {
-                                            Arc::from(encode::body(
-                                                change,
-                                                Some(cols),
-                                                max_change_bytes,
-                                            ))
+                                let view = View {
+                                    select: key.2,
+                                    allowed,
+                                    old_hidden: old_hidden.unwrap_or(false),
+                                };
+                                let body = match key.3 {
+                                    Some(reason) => {
+                                        // A failed check lists no column: which ones the role
+                                        // may see is unknown.
+                                        let allowed = match old_hidden {
+                                            None => Some(&[][..]),
+                                            Some(_) => allowed,
+                                        };
+                                        let entry = errors.entry((reason, allowed));
+                                        Arc::clone(entry.or_insert_with(|| {
+                                            Arc::from(if reason.is_empty() {
+                                                encode::error_body_with(
+                                                    change,
+                                                    change.undeliverable.clone().unwrap_or_else(
+                                                        || encode::FILTER_GAP.to_owned(),
+                                                    ),
+                                                    allowed,
+                                                )
+                                            } else {
+                                                encode::error_body_with(
+                                                    change,
+                                                    reason.to_owned(),
+                                                    allowed,
+                                                )
+                                            })
                                         }))
                                     }
+                                    None if view == View::default() => {
+                                        Arc::clone(whole.get_or_insert_with(|| {
+                                            Arc::from(encode::body(change, None, max_change_bytes))
+                                        }))
+                                    }
+                                    None => Arc::clone(bodies.entry(view).or_insert_with(|| {
+                                        Arc::from(encode::body_for(change, view, max_change_bytes))
+                                    })),
                                 };
                                 Frame::from(channel.frame(key.1, &body))
                             })
@@ -339,6 +400,9 @@ impl Router {
             }
         }
         self.stats.changes.fetch_add(1, Ordering::Relaxed);
+        if hidden > 0 {
+            metrics::counter!("gateway_router_rls_hidden_total").increment(hidden);
+        }
         self.stats
             .delivered
             .fetch_add(tally.delivered, Ordering::Relaxed);
@@ -355,18 +419,35 @@ impl Router {
         }
     }
 
+    /// The distinct claim sets of the channels subscribed to `change`'s table, `service_role`
+    /// left out (it sees every change unchecked): whom row-level security has to ask about.
+    pub fn claim_sets(&self, change: &ChangeEvent) -> Vec<ClaimSet> {
+        let maps: Vec<Arc<DashMap<ChannelKey, Arc<PgChannel>>>> = lookups(change)
+            .iter()
+            .filter_map(|k| self.by_table.get(k).map(|m| Arc::clone(m.value())))
+            .collect();
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for map in maps {
+            for entry in map.iter() {
+                let channel = entry.value();
+                if &*channel.role != visibility::SERVICE_ROLE && seen.insert(channel.claims_key) {
+                    out.push(ClaimSet {
+                        key: channel.claims_key,
+                        json: Arc::clone(&channel.claims_json),
+                        role: Arc::clone(&channel.role),
+                    });
+                }
+            }
+        }
+        out
+    }
+
     /// Step 1: the channels with at least one matching subscription, each once, with the ids
     /// of its matching subscriptions (a range of the returned ids) and the column selection
     /// they share.
     fn collect(&self, change: &ChangeEvent) -> (Vec<Delivery>, Vec<u32>) {
-        let schema = change.table.schema.clone();
-        let name = change.table.name.clone();
-        let lookups = [
-            (schema.clone(), name),
-            (schema, "*".to_owned()),
-            ("*".to_owned(), "*".to_owned()),
-        ];
-        let maps: Vec<Arc<DashMap<ChannelKey, Arc<PgChannel>>>> = lookups
+        let maps: Vec<Arc<DashMap<ChannelKey, Arc<PgChannel>>>> = lookups(change)
             .iter()
             .filter_map(|k| self.by_table.get(k).map(|m| Arc::clone(m.value())))
             .collect();
@@ -438,9 +519,38 @@ impl Router {
     }
 }
 
-/// What makes two channels' frames for one change identical: the frame prefix (topic and
-/// serializer), the ids listed, and the column selection.
-type FrameKey<'a> = (&'a str, &'a [u32], Option<&'a [String]>, bool);
+/// The index keys a change's channels are found under: its table, its schema's `*`, `*.*`.
+fn lookups(change: &ChangeEvent) -> [TableKey; 3] {
+    let schema = change.table.schema.clone();
+    [
+        (schema.clone(), change.table.name.clone()),
+        (schema, "*".to_owned()),
+        ("*".to_owned(), "*".to_owned()),
+    ]
+}
+
+/// What makes two channels' frames for one change identical within one claim set: the frame
+/// prefix (topic and serializer), the ids listed, the column selection, and the reason of an
+/// error entry (empty: the change's own).
+type FrameKey<'a> = (
+    &'a str,
+    &'a [u32],
+    Option<&'a [String]>,
+    Option<&'static str>,
+);
+
+/// Whether a subscription among `ids` of `channel` filters on a column outside `allowed`.
+fn filters_hidden(channel: &PgChannel, ids: &[u32], allowed: Option<&[String]>) -> bool {
+    let Some(allowed) = allowed else {
+        return false;
+    };
+    channel
+        .subs
+        .iter()
+        .filter(|sub| ids.contains(&sub.id))
+        .filter_map(|sub| sub.filter.as_ref())
+        .any(|filter| filter.columns().any(|c| !allowed.iter().any(|a| a == c)))
+}
 
 /// A channel, where the ids of its matching subscriptions are, their column selection, and
 /// whether the frame is an error entry.
@@ -560,10 +670,10 @@ mod tests {
         let mut other_topic = join(&router, 3, "realtime:hall", vec![sub(7)]);
         let mut other_ids = join(&router, 4, "realtime:room", vec![sub(7), sub(9)]);
         let mut wakes = Wakes::default();
-        let routed = router.route(&change(), 1 << 20, &mut wakes);
+        let routed = router.route(&change(), Sight::everything(), 1 << 20, &mut wakes);
         assert_eq!(routed.delivered, 4);
         assert_eq!(wakes.len(), 4, "each queue once");
-        router.route(&change(), 1 << 20, &mut wakes);
+        router.route(&change(), Sight::everything(), 1 << 20, &mut wakes);
         assert_eq!(wakes.len(), 4, "still each queue once");
         wakes.wake_all();
         assert!(wakes.is_empty());
@@ -607,7 +717,7 @@ mod tests {
             join(&router, 2, "realtime:sel", vec![a, b])
         };
         let mut wakes = Wakes::default();
-        router.route(&change(), 1 << 20, &mut wakes);
+        router.route(&change(), Sight::everything(), 1 << 20, &mut wakes);
         wakes.wake_all();
         let frame = text(c.try_recv().unwrap());
         let expected: Vec<String> = (1..=100).map(|i| i.to_string()).collect();

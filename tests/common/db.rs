@@ -57,6 +57,19 @@ impl TestDb {
             realtime_gateway::pg::migrate(&format!("{server}/{building}"))
                 .await
                 .expect("migrate the template");
+            // As on a new Supabase project: tables the tests create in `public` may be read by
+            // Supabase's roles; tests of privileges revoke what they test.
+            let mut migrated = PgConnection::connect(&format!("{server}/{building}"))
+                .await
+                .unwrap();
+            sqlx::query(
+                "alter default privileges in schema public \
+                 grant select on tables to anon, authenticated, service_role",
+            )
+            .execute(&mut migrated)
+            .await
+            .unwrap();
+            migrated.close().await.ok();
             sqlx::query(&format!("alter database {building} rename to {template}"))
                 .execute(&mut conn)
                 .await

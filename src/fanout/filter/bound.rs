@@ -45,6 +45,11 @@ impl BoundFilter {
             .all(|condition| condition.matches(record))
     }
 
+    /// The columns the conditions test.
+    pub fn columns(&self) -> impl Iterator<Item = &str> {
+        self.conditions.iter().map(|c| c.column.as_str())
+    }
+
     /// Whether the filter has no conditions (it then matches every row).
     pub fn is_empty(&self) -> bool {
         self.conditions.is_empty()

@@ -1,0 +1,181 @@
+-- row-level security for postgres changes: realtime.visible_rows decides, for a page of
+-- captured changes and the distinct claim sets subscribed to their tables, which claim set may
+-- see which row, with postgresql's own rules, evaluated over the row as it was captured:
+--
+-- * the claim set's role must have select on the table (or on some of its columns: the columns
+--   it may select are returned, and nothing else is delivered) and usage on its schema;
+-- * a role that is a superuser, has bypassrls, or owns the table (unless row security is
+--   forced) sees every row, as does every role when the table does not have row security on;
+-- * otherwise a row is visible when at least one permissive select (or all) policy that
+--   applies to the role passes and every restrictive one does; no permissive policy, no row.
+--
+-- policies are evaluated as written, under `set local role <role>` with `request.jwt.claims`
+-- set to the claim set, over `jsonb_populate_record(null::<table>, <captured row>)` aliased as
+-- the table: a later update or delete of the row does not change who sees a change, and
+-- functions such as auth.uid() read the subscriber's claims. a claim set whose check raises
+-- is retried row by row, so one failing row gets an error and the others their verdict.
+--
+-- request: {"claims": [{"role": text, "claims": text}, ...],
+--           "tables": [{"relid": oid, "claims": [claim index, ...], "rows": [jsonb, ...]}, ...]}
+-- answer, indices 0-based:
+-- * one row per table and claim set, r null: visible true (every row, no row check), false
+--   (no row) or null (rows answered one by one below); columns = what the role may select,
+--   null for every column; error = why nothing could be decided (then nothing is visible).
+-- * per visible row: (t, c, r, true, null, null); per row whose check raised:
+--   (t, c, r, null, null, error). rows not listed are not visible.
+--
+-- not security definer: `set role` is checked against the session user, the gateway's login,
+-- which must be a member of every role a token can name. the search path puts pg_catalog
+-- first and public next, as a query of the role would see functions called by policies.
+
+create or replace function realtime.visible_rows(request jsonb)
+returns table (t int, c int, r int, visible boolean, columns text[], error text)
+language plpgsql
+volatile
+set search_path = pg_catalog, public
+as $$
+#variable_conflict use_column
+declare
+    tab jsonb;
+    tab_i int := -1;
+    claim_i int;
+    claim jsonb;
+    role_name text;
+    rel record;
+    who record;
+    cols text[];
+    permissive text;
+    restrictive text;
+    check_sql text;
+    seen int[];
+    row_i int;
+    row_ok boolean;
+    saved_role text := current_setting('role');
+    saved_claims text := current_setting('request.jwt.claims', true);
+begin
+    for tab in select value from jsonb_array_elements(request -> 'tables') loop
+        tab_i := tab_i + 1;
+        select cl.relname, ns.nspname, cl.relrowsecurity, cl.relforcerowsecurity, cl.relowner
+        into rel
+        from pg_class cl join pg_namespace ns on ns.oid = cl.relnamespace
+        where cl.oid = (tab ->> 'relid')::oid;
+        for claim_i in select value::int from jsonb_array_elements_text(tab -> 'claims') loop
+            claim := request -> 'claims' -> claim_i;
+            role_name := claim ->> 'role';
+            t := tab_i; c := claim_i; r := null; visible := null; columns := null; error := null;
+            if rel.relname is null then
+                error := 'the table no longer exists';
+                return next;
+                continue;
+            end if;
+            select ro.rolsuper, ro.rolbypassrls into who from pg_roles ro where ro.rolname = role_name;
+            if not found then
+                error := format('role %s does not exist', quote_ident(role_name));
+                return next;
+                continue;
+            end if;
+            if not has_schema_privilege(role_name, rel.nspname, 'USAGE') then
+                visible := false;
+                return next;
+                continue;
+            end if;
+            if not has_table_privilege(role_name, (tab ->> 'relid')::oid, 'SELECT') then
+                select array_agg(a.attname::text order by a.attnum) into cols
+                from pg_attribute a
+                where a.attrelid = (tab ->> 'relid')::oid and a.attnum > 0 and not a.attisdropped
+                  and has_column_privilege(role_name, (tab ->> 'relid')::oid, a.attnum, 'SELECT');
+                if cols is null then
+                    visible := false;
+                    return next;
+                    continue;
+                end if;
+                columns := cols;
+            end if;
+            if who.rolsuper or who.rolbypassrls or not rel.relrowsecurity
+                or (not rel.relforcerowsecurity and pg_has_role(role_name, rel.relowner, 'USAGE'))
+            then
+                visible := true;
+                return next;
+                continue;
+            end if;
+            select
+                coalesce(string_agg('(' || q || ')', ' or ') filter (where pol.polpermissive), 'false'),
+                coalesce(string_agg('(' || q || ')', ' and ') filter (where not pol.polpermissive), 'true')
+            into permissive, restrictive
+            from pg_policy pol,
+                 lateral (select pg_get_expr(pol.polqual, pol.polrelid) as q) e
+            where pol.polrelid = (tab ->> 'relid')::oid
+              and pol.polcmd in ('r', '*')
+              and e.q is not null
+              and (pol.polroles = '{0}'
+                   or exists (select 1 from unnest(pol.polroles) pr
+                              where pr <> 0 and pg_has_role(role_name, pr, 'USAGE')));
+            -- the table-level answer: rows follow one by one.
+            return next;
+            check_sql := format(
+                'select coalesce(array_agg((x.i - 1)::int), ''{}'') '
+                'from jsonb_array_elements($1) with ordinality as x(rec, i), '
+                'lateral jsonb_populate_record(null::%I.%I, x.rec) as %I '
+                'where (%s) and (%s)',
+                rel.nspname, rel.relname, rel.relname, permissive, restrictive);
+            begin
+                perform set_config('role', role_name, true);
+                perform set_config('request.jwt.claims', claim ->> 'claims', true);
+                execute check_sql using tab -> 'rows' into seen;
+                perform set_config('role', saved_role, true);
+                perform set_config('request.jwt.claims', coalesce(saved_claims, ''), true);
+            exception when others then
+                seen := null;
+            end;
+            if seen is not null then
+                foreach row_i in array seen loop
+                    r := row_i; visible := true; columns := null; error := null;
+                    return next;
+                end loop;
+                continue;
+            end if;
+            -- some row made the check raise: each row on its own.
+            for row_i in 0 .. jsonb_array_length(tab -> 'rows') - 1 loop
+                r := row_i; visible := null; columns := null; error := null;
+                begin
+                    perform set_config('role', role_name, true);
+                    perform set_config('request.jwt.claims', claim ->> 'claims', true);
+                    execute check_sql using jsonb_build_array(tab -> 'rows' -> row_i) into seen;
+                    perform set_config('role', saved_role, true);
+                    perform set_config('request.jwt.claims', coalesce(saved_claims, ''), true);
+                    if cardinality(seen) > 0 then
+                        visible := true;
+                        return next;
+                    end if;
+                exception when others then
+                    error := sqlerrm;
+                    return next;
+                end;
+            end loop;
+        end loop;
+    end loop;
+end
+$$;
+
+revoke all on function realtime.visible_rows(jsonb) from public;
+
+-- the gateway's login switches to the roles tokens name: make it a member of supabase's roles
+-- when it is not a superuser (a superuser may switch to any role).
+do $members$
+declare
+    r text;
+begin
+    if (select rolsuper from pg_roles where rolname = current_user) then
+        return;
+    end if;
+    foreach r in array array['anon', 'authenticated', 'service_role'] loop
+        continue when not exists (select 1 from pg_roles where rolname = r);
+        continue when pg_has_role(current_user, r, 'MEMBER');
+        begin
+            execute format('grant %I to %I', r, current_user);
+        exception when insufficient_privilege or invalid_grant_operation then
+            raise notice 'realtime-gateway: % may not become a member of %; grant it so tokens of that role receive changes', current_user, r;
+        end;
+    end loop;
+end
+$members$;

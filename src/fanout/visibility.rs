@@ -1,0 +1,556 @@
+//! Stage 3, step 2 of routing: who may see a change (row-level security on Postgres Changes).
+//!
+//! Before a page of changes is routed, [`Visibility::decide`] asks the database once which of
+//! the distinct claim sets subscribed to each change's table may see it, with PostgreSQL's own
+//! rules (table and column privileges, `BYPASSRLS`, owners, permissive and restrictive `SELECT`
+//! policies): `realtime.visible_rows` (migrations/0013) evaluates every applicable policy under
+//! the claim set's role and `request.jwt.claims`, over the row as it was captured. The router
+//! then looks each group of recipients' [`Decision`] up through a [`Sight`]: the change, the
+//! change with fewer columns, an error entry, or nothing.
+//!
+//! Closed by default: a claim set the database gave no answer for sees nothing, and when the
+//! check itself fails every claim set but `service_role` gets an error entry in place of the
+//! change. Error entries never carry the database's message (a failing cast could quote a value
+//! of a row the subscriber may not see); the log and the audit record do.
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{PgPool, Row};
+
+use crate::change::{ChangeEvent, Op, RawRow};
+use crate::registry::Registry;
+
+/// The role whose subscribers see every change unchecked, as Supabase's service key does.
+pub const SERVICE_ROLE: &str = "service_role";
+
+/// Reason of the error entry a claim set gets when its check failed.
+pub const CHECK_FAILED: &str =
+    "Error 500: Internal Server Error, the row-level security check of this change failed";
+
+/// Reason of the error entry of a subscription whose filter tests a column its role may not
+/// select (answering it would tell the column's value).
+pub const FILTER_NOT_ALLOWED: &str =
+    "Error 403: Forbidden, the filter tests a column this role may not select";
+
+/// What one group of recipients (one claim set) gets of one change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// The change, limited to `columns` (every column when `None`); `old_hidden` when the old
+    /// version of an updated row was not visible (its `old_record` keeps only the key).
+    Show {
+        /// The columns the role may select.
+        columns: Option<Arc<[String]>>,
+        /// The old row version was not visible.
+        old_hidden: bool,
+    },
+    /// Nothing.
+    Hide,
+    /// An error entry in place of the change.
+    Error,
+}
+
+static SHOW_ALL: Decision = Decision::Show {
+    columns: None,
+    old_hidden: false,
+};
+static HIDE: Decision = Decision::Hide;
+
+/// The decisions of one page of changes, by change (its index in the page) and claim set.
+#[derive(Debug, Default)]
+pub struct Decisions {
+    by_change: Vec<HashMap<u64, (Arc<str>, Decision)>>,
+}
+
+impl Decisions {
+    /// The decisions that apply to the page's `index`-th change.
+    pub fn sight(&self, index: usize) -> Sight<'_> {
+        Sight {
+            decided: self.by_change.get(index),
+            everything: false,
+        }
+    }
+}
+
+/// The decisions that apply to one change.
+#[derive(Debug, Clone, Copy)]
+pub struct Sight<'a> {
+    decided: Option<&'a HashMap<u64, (Arc<str>, Decision)>>,
+    everything: bool,
+}
+
+impl<'a> Sight<'a> {
+    /// Shows every change to everyone: for tests of the routing alone.
+    #[cfg(test)]
+    pub fn everything() -> Sight<'static> {
+        Sight {
+            decided: None,
+            everything: true,
+        }
+    }
+
+    /// What the claim set (`key` its fingerprint, `claims` its JSON, `role` its role) gets.
+    /// `service_role` sees everything; a claim set without an answer sees nothing.
+    pub fn decide(&self, key: u64, claims: &str, role: &str) -> &'a Decision {
+        if self.everything || role == SERVICE_ROLE {
+            return &SHOW_ALL;
+        }
+        match self.decided.and_then(|m| m.get(&key)) {
+            // The fingerprint is a hash: equal claims are confirmed, never assumed.
+            Some((json, decision)) if &**json == claims => decision,
+            _ => &HIDE,
+        }
+    }
+}
+
+/// One claim set subscribed to a table: its fingerprint, its JSON and its role.
+#[derive(Debug, Clone)]
+pub struct ClaimSet {
+    /// Fingerprint of the claims.
+    pub key: u64,
+    /// The claims as JSON (what `request.jwt.claims` is set to).
+    pub json: Arc<str>,
+    /// The role checks run as.
+    pub role: Arc<str>,
+}
+
+/// Asks the database which claim set may see which change.
+#[derive(Debug, Clone)]
+pub struct Visibility {
+    pool: PgPool,
+    audit: Option<Registry>,
+}
+
+impl Visibility {
+    /// A checker with its own connection to `url` (so a slow policy never waits behind other
+    /// work), each check bounded by `timeout`.
+    ///
+    /// # Errors
+    /// When the URL is malformed.
+    pub fn connect(url: &str, timeout: Duration) -> Result<Visibility, crate::pg::Error> {
+        let millis = timeout.as_millis().max(1).to_string();
+        let options = crate::pg::connect_options(url, crate::pg::APPLICATION_NAME)?
+            .options([("statement_timeout", millis.as_str())]);
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .acquire_timeout(timeout)
+            .idle_timeout(Duration::from_secs(300))
+            .connect_lazy_with(options);
+        Ok(Visibility { pool, audit: None })
+    }
+
+    /// Audits failed checks to `registry`.
+    pub fn with_audit(mut self, registry: Registry) -> Visibility {
+        self.audit = Some(registry);
+        self
+    }
+
+    /// Decides every change of a page for the claim sets `subscribed` returns for its table
+    /// (`service_role` left out by the caller). One query for the whole page.
+    pub async fn decide(
+        &self,
+        changes: &[ChangeEvent],
+        mut subscribed: impl FnMut(&ChangeEvent) -> Vec<ClaimSet>,
+    ) -> Decisions {
+        let mut request = Request::default();
+        let mut places: Vec<Option<Place>> = Vec::with_capacity(changes.len());
+        for change in changes {
+            let claim_sets = subscribed(change);
+            if claim_sets.is_empty() {
+                places.push(None);
+                continue;
+            }
+            places.push(Some(request.add(change, claim_sets)));
+        }
+        if request.tables.is_empty() {
+            return Decisions::default();
+        }
+        let started = Instant::now();
+        let answer = self.ask(&request).await;
+        metrics::histogram!("gateway_router_rls_check_seconds")
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("gateway_router_rls_checks_total").increment(request.checks);
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(e) => {
+                metrics::counter!("gateway_router_rls_failures_total").increment(1);
+                tracing::warn!(error = %crate::error::chain(&e),
+                    "row-level security check failed; the page's changes go to service_role only");
+                self.audit_failure(&request, None, &crate::error::chain(&e));
+                Answer::default()
+            }
+        };
+        let failed = answer.tables.is_empty();
+        let mut by_change = Vec::with_capacity(changes.len());
+        for place in places {
+            let mut decided = HashMap::new();
+            if let Some(place) = place {
+                let table = &request.tables[place.table];
+                for &claim in &table.claims {
+                    let set = &request.claims[claim];
+                    let decision = if failed {
+                        Decision::Error
+                    } else {
+                        answer.decide(place, claim)
+                    };
+                    if decision == Decision::Error && !failed {
+                        metrics::counter!("gateway_router_rls_errors_total").increment(1);
+                    }
+                    decided.insert(set.key, (Arc::clone(&set.json), decision));
+                }
+            }
+            by_change.push(decided);
+        }
+        // One audit record per table and claim set, however many of its rows failed.
+        let mut audited = std::collections::HashSet::new();
+        for (t, c, reason) in &answer.errors {
+            if audited.insert((*t, *c)) {
+                self.audit_failure(&request, Some((*t, *c)), reason);
+            }
+        }
+        Decisions { by_change }
+    }
+
+    async fn ask(&self, request: &Request) -> Result<Answer, crate::pg::Error> {
+        let rows = sqlx::query(
+            "select t, c, r, visible, columns, error from realtime.visible_rows($1::text::jsonb)",
+        )
+        .bind(request.to_json())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut answer = Answer::default();
+        for row in rows {
+            let t = index(row.try_get::<i32, _>("t")?);
+            let c = index(row.try_get::<i32, _>("c")?);
+            let r: Option<i32> = row.try_get("r")?;
+            let visible: Option<bool> = row.try_get("visible")?;
+            let error: Option<String> = row.try_get("error")?;
+            match r {
+                None => {
+                    let columns: Option<Vec<String>> = row.try_get("columns")?;
+                    let verdict = match (&error, visible) {
+                        (Some(_), _) => TableVerdict::Error,
+                        (None, Some(true)) => TableVerdict::All,
+                        (None, Some(false)) => TableVerdict::None,
+                        (None, None) => TableVerdict::Rows,
+                    };
+                    if let Some(reason) = error {
+                        answer.errors.push((t, c, reason));
+                    }
+                    answer
+                        .tables
+                        .insert((t, c), (verdict, columns.map(Arc::from)));
+                }
+                Some(r) => {
+                    let r = index(r);
+                    if let Some(reason) = error {
+                        answer.rows.insert((t, c, r), false);
+                        answer.errors.push((t, c, reason));
+                    } else if visible == Some(true) {
+                        answer.rows.insert((t, c, r), true);
+                    }
+                }
+            }
+        }
+        Ok(answer)
+    }
+
+    /// Audits a failed check: of one table and claim set, or (`None`) of the whole page.
+    fn audit_failure(&self, request: &Request, at: Option<(usize, usize)>, reason: &str) {
+        let Some(audit) = &self.audit else {
+            return;
+        };
+        let (relid, role) = match at {
+            Some((t, c)) => (
+                request.tables.get(t).map(|t| t.relid),
+                request.claims.get(c).map(|c| c.role.to_string()),
+            ),
+            None => (None, None),
+        };
+        audit.audit(
+            "rls_check_failed",
+            None,
+            None,
+            serde_json::json!({"relid": relid, "role": role, "reason": reason}),
+        );
+    }
+}
+
+fn index(i: i32) -> usize {
+    usize::try_from(i).unwrap_or(usize::MAX)
+}
+
+/// Where a change's rows are in the request: its table, its row, and for an update whose old
+/// version is delivered in full, the old row.
+#[derive(Debug, Clone, Copy)]
+struct Place {
+    table: usize,
+    row: Option<usize>,
+    old: Option<usize>,
+}
+
+#[derive(Debug)]
+struct TableRequest {
+    relid: u32,
+    claims: Vec<usize>,
+    rows: Vec<String>,
+}
+
+/// The request to `realtime.visible_rows`: distinct claim sets, and per table the claim sets
+/// subscribed to it and the rows to check.
+#[derive(Debug, Default)]
+struct Request {
+    claims: Vec<ClaimSet>,
+    claim_index: HashMap<u64, usize>,
+    tables: Vec<TableRequest>,
+    table_index: HashMap<u32, usize>,
+    /// Row checks asked for (rows × claim sets).
+    checks: u64,
+}
+
+impl Request {
+    fn add(&mut self, change: &ChangeEvent, claim_sets: Vec<ClaimSet>) -> Place {
+        let relid = change.table.relid;
+        let table = *self.table_index.entry(relid).or_insert_with(|| {
+            self.tables.push(TableRequest {
+                relid,
+                claims: Vec::new(),
+                rows: Vec::new(),
+            });
+            self.tables.len() - 1
+        });
+        for set in claim_sets {
+            let next = self.claims.len();
+            let claim = *self.claim_index.entry(set.key).or_insert(next);
+            if claim == next {
+                self.claims.push(set);
+            }
+            if !self.tables[table].claims.contains(&claim) {
+                self.tables[table].claims.push(claim);
+            }
+        }
+        let mut push = |raw: &RawRow| {
+            let rows = &mut self.tables[table].rows;
+            rows.push(row_json(raw));
+            rows.len() - 1
+        };
+        let (row, old) = if change.undeliverable.is_some() {
+            // An error entry carries no row: the table's privileges alone decide.
+            (None, None)
+        } else {
+            match change.op {
+                Op::Insert => (change.record_raw.as_ref().map(&mut push), None),
+                Op::Update => {
+                    let row = change.record_raw.as_ref().map(&mut push);
+                    let old = change
+                        .old_raw
+                        .as_ref()
+                        .filter(|_| change.table.replica_identity_full)
+                        .map(&mut push);
+                    (row, old)
+                }
+                Op::Delete => (change.old_raw.as_ref().map(&mut push), None),
+            }
+        };
+        self.checks += (u64::from(row.is_some()) + u64::from(old.is_some()))
+            * self.tables[table].claims.len() as u64;
+        Place { table, row, old }
+    }
+
+    fn to_json(&self) -> String {
+        let mut out = String::from("{\"claims\":[");
+        for (i, set) in self.claims.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let _ = write!(
+                out,
+                "{{\"role\":{},\"claims\":{}}}",
+                serde_json::Value::from(&*set.role),
+                serde_json::Value::from(&*set.json)
+            );
+        }
+        out.push_str("],\"tables\":[");
+        for (i, table) in self.tables.iter().enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let _ = write!(
+                out,
+                "{{\"relid\":{},\"claims\":{:?},\"rows\":[{}]}}",
+                table.relid,
+                table.claims,
+                table.rows.join(",")
+            );
+        }
+        out.push_str("]}");
+        out
+    }
+}
+
+/// A captured row as a JSON object, its values as PostgreSQL wrote them.
+fn row_json(raw: &RawRow) -> String {
+    let mut out = String::from("{");
+    for (i, (name, value)) in raw.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let _ = write!(
+            out,
+            "{}:{}",
+            serde_json::Value::from(name.as_str()),
+            value.get()
+        );
+    }
+    out.push('}');
+    out
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TableVerdict {
+    All,
+    None,
+    Rows,
+    Error,
+}
+
+/// A table's verdict for a claim set, and the columns the role may select.
+type TableAnswer = (TableVerdict, Option<Arc<[String]>>);
+
+/// What `realtime.visible_rows` answered.
+#[derive(Debug, Default)]
+struct Answer {
+    tables: HashMap<(usize, usize), TableAnswer>,
+    /// Visible rows (`true`) and rows whose check raised (`false`).
+    rows: HashMap<(usize, usize, usize), bool>,
+    errors: Vec<(usize, usize, String)>,
+}
+
+impl Answer {
+    fn decide(&self, place: Place, claim: usize) -> Decision {
+        let Some((verdict, columns)) = self.tables.get(&(place.table, claim)) else {
+            return Decision::Error;
+        };
+        let show = |old_hidden| Decision::Show {
+            columns: columns.clone(),
+            old_hidden,
+        };
+        match verdict {
+            TableVerdict::Error => Decision::Error,
+            TableVerdict::None => Decision::Hide,
+            TableVerdict::All => show(false),
+            TableVerdict::Rows => {
+                let Some(row) = place.row else {
+                    return show(false);
+                };
+                match self.rows.get(&(place.table, claim, row)) {
+                    Some(true) => {
+                        let old_visible = place.old.is_none_or(|old| {
+                            self.rows.get(&(place.table, claim, old)) == Some(&true)
+                        });
+                        show(!old_visible)
+                    }
+                    Some(false) => Decision::Error,
+                    None => Decision::Hide,
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answer() -> Answer {
+        let mut a = Answer::default();
+        a.tables.insert((0, 0), (TableVerdict::Rows, None));
+        a.tables.insert(
+            (0, 1),
+            (TableVerdict::All, Some(Arc::from(vec!["id".to_owned()]))),
+        );
+        a.tables.insert((0, 2), (TableVerdict::None, None));
+        a.tables.insert((0, 3), (TableVerdict::Error, None));
+        a.rows.insert((0, 0, 0), true);
+        a.rows.insert((0, 0, 2), false);
+        a.rows.insert((0, 0, 3), true);
+        a
+    }
+
+    fn place(row: Option<usize>, old: Option<usize>) -> Place {
+        Place { table: 0, row, old }
+    }
+
+    #[test]
+    fn rows_are_shown_only_when_listed_visible() {
+        let a = answer();
+        let shown = Decision::Show {
+            columns: None,
+            old_hidden: false,
+        };
+        assert_eq!(a.decide(place(Some(0), None), 0), shown);
+        assert_eq!(a.decide(place(Some(1), None), 0), Decision::Hide);
+        assert_eq!(a.decide(place(Some(2), None), 0), Decision::Error);
+        // An update whose old version was not visible: shown, old row hidden.
+        assert_eq!(
+            a.decide(place(Some(0), Some(1)), 0),
+            Decision::Show {
+                columns: None,
+                old_hidden: true
+            }
+        );
+        assert_eq!(a.decide(place(Some(0), Some(3)), 0), shown);
+    }
+
+    #[test]
+    fn table_verdicts_and_missing_answers() {
+        let a = answer();
+        assert!(matches!(
+            a.decide(place(Some(1), None), 1),
+            Decision::Show { columns: Some(c), .. } if *c == ["id".to_owned()]
+        ));
+        assert_eq!(a.decide(place(Some(0), None), 2), Decision::Hide);
+        assert_eq!(a.decide(place(Some(0), None), 3), Decision::Error);
+        // No answer for a claim set: closed.
+        assert_eq!(a.decide(place(Some(0), None), 9), Decision::Error);
+    }
+
+    #[test]
+    fn service_role_sees_all_and_unknown_claims_see_nothing() {
+        let decisions = Decisions::default();
+        let sight = decisions.sight(0);
+        assert!(matches!(
+            sight.decide(1, "{}", SERVICE_ROLE),
+            Decision::Show { columns: None, .. }
+        ));
+        assert_eq!(sight.decide(1, "{}", "anon"), &Decision::Hide);
+        let mut one = HashMap::new();
+        one.insert(7, (Arc::from("{\"a\":1}"), Decision::Error));
+        let decisions = Decisions {
+            by_change: vec![one],
+        };
+        let sight = decisions.sight(0);
+        assert_eq!(sight.decide(7, "{\"a\":1}", "anon"), &Decision::Error);
+        // Same fingerprint, other claims: never taken for the other's decision.
+        assert_eq!(sight.decide(7, "{\"a\":2}", "anon"), &Decision::Hide);
+    }
+
+    #[test]
+    fn rows_are_sent_as_written() {
+        let raw: RawRow = vec![
+            (
+                "n".into(),
+                serde_json::value::RawValue::from_string("1.50".into()).unwrap(),
+            ),
+            (
+                "q\"uote".into(),
+                serde_json::value::RawValue::from_string("{\"x\": [1]}".into()).unwrap(),
+            ),
+        ];
+        assert_eq!(row_json(&raw), r#"{"n":1.50,"q\"uote":{"x": [1]}}"#);
+    }
+}

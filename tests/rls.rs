@@ -1,0 +1,362 @@
+//! Row-level security on Postgres Changes: who receives which change of a table with policies,
+//! column privileges and failing checks, against a real PostgreSQL and raw WebSocket clients.
+//!
+//! "Nothing else arrived" is shown without waiting: after the writes under test, a row is
+//! inserted into an unprotected table every client also subscribes to, and since changes are
+//! delivered in commit order, that marker must be the next thing each client receives.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, realtime_table, token, TestDb, TestGateway, WsClient};
+use serde_json::{json, Value};
+
+const A: &str = "aaaaaaaa-0000-4000-8000-000000000001";
+const B: &str = "bbbbbbbb-0000-4000-8000-000000000002";
+const C: &str = "cccccccc-0000-4000-8000-000000000003";
+
+async fn sql(db: &TestDb, statements: &[&str]) {
+    let mut conn = db.connect().await;
+    for s in statements {
+        sqlx::query(s)
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("{s}: {e}"));
+    }
+}
+
+/// `notes` with a Supabase-style owner policy for `authenticated` and `secret` readable by no
+/// one but the owner of the table; `markers` unprotected.
+async fn protected_tables(db: &TestDb) {
+    realtime_table(db, "notes", "user_id uuid, body text, secret text").await;
+    realtime_table(db, "markers", "label text").await;
+    sql(
+        db,
+        &[
+            "alter table notes replica identity full",
+            "alter table notes enable row level security",
+            "create policy own_notes on notes for select to authenticated \
+             using (user_id = auth.uid())",
+            "revoke select on notes from authenticated",
+            "grant select (id, user_id, body) on notes to authenticated",
+        ],
+    )
+    .await;
+}
+
+async fn client(gw: &TestGateway, role: &str, sub: Option<&str>) -> WsClient {
+    WsClient::connect(&gw.ws_url(&token(role, sub), "2.0.0")).await
+}
+
+async fn watch(c: &mut WsClient, notes: Value) {
+    c.subscribe(
+        "realtime:watch",
+        json!([notes, {"event": "INSERT", "schema": "public", "table": "markers"}]),
+    )
+    .await;
+}
+
+/// The data of each change received up to the marker labelled `label`, which ends the list.
+async fn until_marker(c: &mut WsClient, label: &str) -> Vec<Value> {
+    let mut seen = Vec::new();
+    loop {
+        let m = c.expect_event("realtime:watch", "postgres_changes").await;
+        let data = m.payload["data"].clone();
+        if data["table"] == "markers" {
+            assert_eq!(data["record"]["label"], label, "markers arrive in order");
+            return seen;
+        }
+        seen.push(data);
+    }
+}
+
+fn summary(changes: &[Value]) -> Vec<(String, Value)> {
+    changes
+        .iter()
+        .map(|d| {
+            let row = if d["type"] == "DELETE" {
+                &d["old_record"]
+            } else {
+                &d["record"]
+            };
+            (d["type"].as_str().unwrap().to_owned(), row["body"].clone())
+        })
+        .collect()
+}
+
+/// Two users each receive exactly their own inserts, updates and deletes, once; anon nothing;
+/// service_role everything; a column the role may not select never appears.
+#[tokio::test]
+async fn each_user_receives_only_their_own_rows() {
+    let db = TestDb::new().await;
+    protected_tables(&db).await;
+    let gw = TestGateway::start(&db).await;
+    let star = json!({"event": "*", "schema": "public", "table": "notes"});
+    let mut a = client(&gw, "authenticated", Some(A)).await;
+    let mut b = client(&gw, "authenticated", Some(B)).await;
+    let mut anon = client(&gw, "anon", None).await;
+    let mut service = client(&gw, "service_role", None).await;
+    watch(&mut a, star.clone()).await;
+    watch(&mut b, star.clone()).await;
+    watch(&mut anon, json!({"event": "*", "schema": "*"})).await;
+    watch(&mut service, star).await;
+
+    sql(
+        &db,
+        &[
+            &format!("insert into notes (user_id, body, secret) values ('{A}', 'a1', 'sa')"),
+            &format!("insert into notes (user_id, body, secret) values ('{B}', 'b1', 'sb')"),
+            "update notes set body = 'a2' where body = 'a1'",
+            "update notes set body = 'b2' where body = 'b1'",
+            "delete from notes where body = 'a2'",
+            "delete from notes where body = 'b2'",
+            "insert into markers (label) values ('end')",
+        ],
+    )
+    .await;
+
+    let mine = |x: &str| {
+        vec![
+            ("INSERT".to_owned(), json!(format!("{x}1"))),
+            ("UPDATE".to_owned(), json!(format!("{x}2"))),
+            ("DELETE".to_owned(), json!(format!("{x}2"))),
+        ]
+    };
+    let got_a = until_marker(&mut a, "end").await;
+    assert_eq!(summary(&got_a), mine("a"));
+    let got_b = until_marker(&mut b, "end").await;
+    assert_eq!(summary(&got_b), mine("b"));
+    for data in got_a.iter().chain(&got_b) {
+        let text = data.to_string();
+        assert!(!text.contains("secret"), "revoked column shown: {text}");
+        assert!(
+            !text.contains("\"sa\"") && !text.contains("\"sb\""),
+            "{text}"
+        );
+        assert_eq!(data["errors"], Value::Null, "{text}");
+    }
+    // Under replica identity full the old row of an update the user could see is whole (but
+    // for the revoked column).
+    assert_eq!(
+        got_a[1]["old_record"],
+        json!({"id": 1, "user_id": A, "body": "a1"})
+    );
+    assert!(until_marker(&mut anon, "end").await.is_empty());
+    let all = until_marker(&mut service, "end").await;
+    assert_eq!(all.len(), 6);
+    assert_eq!(
+        all[0]["record"]["secret"], "sa",
+        "service_role sees every column"
+    );
+}
+
+/// A row handed from one user to another: the new owner gets the update without the old
+/// version's values, the old owner gets nothing; visibility follows the captured row, so a
+/// later delete does not change who received the earlier changes.
+#[tokio::test]
+async fn visibility_is_decided_on_the_row_as_captured() {
+    let db = TestDb::new().await;
+    protected_tables(&db).await;
+    let gw = TestGateway::start(&db).await;
+    let star = json!({"event": "*", "schema": "public", "table": "notes"});
+    let mut a = client(&gw, "authenticated", Some(A)).await;
+    let mut b = client(&gw, "authenticated", Some(B)).await;
+    watch(&mut a, star.clone()).await;
+    watch(&mut b, star).await;
+    // One transaction: the rows are gone before the gateway reads the changes.
+    sql(
+        &db,
+        &[
+            "begin",
+            &format!("insert into notes (user_id, body) values ('{A}', 'private to a')"),
+            &format!("update notes set user_id = '{B}', body = 'now b''s' where id = 1"),
+            "delete from notes",
+            "commit",
+            "insert into markers (label) values ('end')",
+        ],
+    )
+    .await;
+    let got_a = until_marker(&mut a, "end").await;
+    assert_eq!(
+        summary(&got_a),
+        vec![("INSERT".into(), json!("private to a"))]
+    );
+    let got_b = until_marker(&mut b, "end").await;
+    assert_eq!(
+        summary(&got_b),
+        vec![
+            ("UPDATE".into(), json!("now b's")),
+            ("DELETE".into(), json!("now b's")),
+        ]
+    );
+    assert_eq!(
+        got_b[0]["old_record"],
+        json!({"id": 1}),
+        "the old version was a's: only its key is shown"
+    );
+}
+
+/// A policy that raises for one claim set gives that claim set an error entry (without the
+/// database's message) and an audit record; the others keep receiving.
+#[tokio::test]
+async fn a_failing_check_costs_only_its_own_claim_set() {
+    let db = TestDb::new().await;
+    protected_tables(&db).await;
+    sql(
+        &db,
+        &[&format!(
+            "create policy fragile on notes as restrictive for select to authenticated \
+             using (case when auth.uid() = '{C}' \
+                    then length(body) / (length(body) - length(body)) > 0 else true end)"
+        )],
+    )
+    .await;
+    let gw = TestGateway::start(&db).await;
+    let star = json!({"event": "*", "schema": "public", "table": "notes"});
+    let mut a = client(&gw, "authenticated", Some(A)).await;
+    let mut c = client(&gw, "authenticated", Some(C)).await;
+    watch(&mut a, star.clone()).await;
+    watch(&mut c, star).await;
+    sql(
+        &db,
+        &[
+            &format!("insert into notes (user_id, body) values ('{A}', 'a1')"),
+            &format!("insert into notes (user_id, body) values ('{C}', 'c1')"),
+            "insert into markers (label) values ('end')",
+        ],
+    )
+    .await;
+    assert_eq!(
+        summary(&until_marker(&mut a, "end").await),
+        vec![("INSERT".into(), json!("a1"))]
+    );
+    // The owner policy fails first for a's row, so only c's own row reaches the policy
+    // that raises.
+    let got_c = until_marker(&mut c, "end").await;
+    assert_eq!(got_c.len(), 1, "an error entry for c's row: {got_c:?}");
+    for entry in &got_c {
+        assert_eq!(entry["record"], json!({}), "{entry}");
+        assert_eq!(entry["columns"], json!([]), "no column names: {entry}");
+        let errors = entry["errors"].to_string();
+        assert!(errors.contains("row-level security"), "{errors}");
+        assert!(!errors.contains("division"), "no database text: {errors}");
+    }
+    let pool = db.pool().await;
+    eventually(Duration::from_secs(10), "the failure audited", || {
+        let pool = pool.clone();
+        async move {
+            sqlx::query_scalar::<_, i64>(
+                "select count(*) from realtime.audit_log where kind = 'rls_check_failed' \
+                 and detail->>'reason' like '%division by zero%'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+                > 0
+        }
+    })
+    .await;
+}
+
+/// Closed by default: while the check cannot run at all, only service_role receives; the
+/// others get error entries, never the rows. A role the database does not know gets errors.
+#[tokio::test]
+async fn an_unavailable_check_delivers_to_service_role_only() {
+    let db = TestDb::new().await;
+    protected_tables(&db).await;
+    let gw = TestGateway::start(&db).await;
+    let star = json!({"event": "*", "schema": "public", "table": "notes"});
+    let mut a = client(&gw, "authenticated", Some(A)).await;
+    let mut stranger = client(&gw, "no_such_role", Some(B)).await;
+    let mut service = client(&gw, "service_role", None).await;
+    watch(&mut a, star.clone()).await;
+    watch(&mut stranger, star.clone()).await;
+    watch(&mut service, star).await;
+    sql(
+        &db,
+        &[
+            &format!("insert into notes (user_id, body) values ('{B}', 'b1')"),
+            "insert into markers (label) values ('one')",
+        ],
+    )
+    .await;
+    assert!(until_marker(&mut a, "one").await.is_empty());
+    // A role the database does not know: error entries for both tables, no row.
+    for table in ["notes", "markers"] {
+        let m = stranger
+            .expect_event("realtime:watch", "postgres_changes")
+            .await;
+        let data = &m.payload["data"];
+        assert_eq!(
+            (&data["table"], &data["record"]),
+            (&json!(table), &json!({}))
+        );
+        assert!(data["errors"].to_string().contains("row-level security"));
+    }
+    assert_eq!(until_marker(&mut service, "one").await.len(), 1);
+
+    sql(&db, &["drop function realtime.visible_rows(jsonb)"]).await;
+    sql(
+        &db,
+        &[
+            &format!("insert into notes (user_id, body) values ('{A}', 'a1')"),
+            "insert into markers (label) values ('two')",
+        ],
+    )
+    .await;
+    // Error entries in place of both changes, not the rows.
+    for table in ["notes", "markers"] {
+        let m = a.expect_event("realtime:watch", "postgres_changes").await;
+        let data = &m.payload["data"];
+        assert_eq!(
+            (&data["table"], &data["record"]),
+            (&json!(table), &json!({}))
+        );
+    }
+    let all = until_marker(&mut service, "two").await;
+    assert_eq!(summary(&all), vec![("INSERT".into(), json!("a1"))]);
+}
+
+/// A filter on a column the role may not select would answer questions about its values: the
+/// subscription gets an error entry; a filter on a readable column works.
+#[tokio::test]
+async fn filters_on_unreadable_columns_are_refused() {
+    let db = TestDb::new().await;
+    protected_tables(&db).await;
+    let gw = TestGateway::start(&db).await;
+    let mut a = client(&gw, "authenticated", Some(A)).await;
+    a.subscribe(
+        "realtime:probe",
+        json!([{"event": "INSERT", "schema": "public", "table": "notes", "filter": "secret=eq.x"}]),
+    )
+    .await;
+    a.subscribe(
+        "realtime:watch",
+        json!([{"event": "INSERT", "schema": "public", "table": "notes", "filter": "body=eq.hi"}]),
+    )
+    .await;
+    sql(
+        &db,
+        &[&format!(
+            "insert into notes (user_id, body, secret) values ('{A}', 'hi', 'x')"
+        )],
+    )
+    .await;
+    let mut got = std::collections::BTreeMap::new();
+    while got.len() < 2 {
+        let m = a.next().await.expect("open");
+        if m.event == "postgres_changes" {
+            got.insert(m.topic.clone(), m.payload["data"].clone());
+        }
+    }
+    let probe = &got["realtime:probe"];
+    assert!(probe["errors"].to_string().contains("filter"), "{probe}");
+    assert_eq!(probe["record"], json!({}));
+    let watch = &got["realtime:watch"];
+    assert_eq!(watch["errors"], Value::Null, "{watch}");
+    assert_eq!(
+        watch["record"],
+        json!({"id": 1, "user_id": A, "body": "hi"})
+    );
+}
