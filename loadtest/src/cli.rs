@@ -25,6 +25,10 @@ pub(crate) enum Scenario {
     Seed,
     /// --clients subscribers of one table, changes at --rate: deliveries/s and latency.
     Fanout,
+    /// Fan-out through row-level security: --clients subscribers in --claim-sets distinct
+    /// users on a table whose policy is `owner = auth.uid() or owner is null`, every row
+    /// visible to all of them, so each claim set's check runs on every change.
+    Rls,
     /// More clients than the gateway's cap, all at once: exactly --cap admitted, the rest
     /// refused with 429 "Too many connected users".
     Cap,
@@ -47,6 +51,7 @@ impl Scenario {
         match self {
             Scenario::Seed => "seed",
             Scenario::Fanout => "fanout",
+            Scenario::Rls => "rls",
             Scenario::Cap => "cap",
             Scenario::Churn => "churn",
             Scenario::Soak => "soak",
@@ -134,6 +139,10 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 200)]
     pub(crate) cap: usize,
 
+    /// Distinct users (claim sets) the rls scenario's clients are spread over.
+    #[arg(long, default_value_t = 50)]
+    pub(crate) claim_sets: usize,
+
     /// Concurrent writer connections of the capture scenario.
     #[arg(long, default_value_t = 16)]
     pub(crate) writers: usize,
@@ -203,6 +212,8 @@ pub(crate) struct Plan {
     pub(crate) cap: usize,
     /// Capture writers.
     pub(crate) writers: usize,
+    /// Distinct users of the rls scenario.
+    pub(crate) claim_sets: usize,
     /// Soak kill period.
     pub(crate) kill_listener_every: Duration,
     /// Writer's synchronous_commit.
@@ -226,7 +237,7 @@ impl Args {
         let s = self.scenario;
         let clients = self.clients.unwrap_or(match s {
             Seed => 180,
-            Fanout => 1000,
+            Fanout | Rls => 1000,
             Cap => self.cap + 50,
             Churn | Capture => 0,
             Soak => 200,
@@ -241,6 +252,7 @@ impl Args {
         let rate = self.rate.unwrap_or(match s {
             Seed | Soak => 50,
             Fanout => 1000,
+            Rls => 50,
             _ => 0,
         });
         let connect_rate = self.connect_rate.unwrap_or(match s {
@@ -286,7 +298,10 @@ impl Args {
         if self.jwt_secret.len() < 16 {
             bail!("--jwt-secret (JWT_SECRET) must be the gateway's secret (16+ characters)");
         }
-        let needs_db = matches!(s, Seed | Fanout | Soak | Capture | Churn | Idle);
+        if self.claim_sets == 0 || self.claim_sets > 100_000 {
+            bail!("--claim-sets must be between 1 and 100000");
+        }
+        let needs_db = matches!(s, Seed | Fanout | Rls | Soak | Capture | Churn | Idle);
         if needs_db && self.database_url.is_none() {
             bail!(
                 "--database-url (DATABASE_URL) is required for the {} scenario",
@@ -313,6 +328,7 @@ impl Args {
             gateway_pid: self.gateway_pid,
             cap: self.cap,
             writers: self.writers,
+            claim_sets: self.claim_sets,
             kill_listener_every: self.kill_listener_every,
             synchronous_commit: self.synchronous_commit,
             drain: self.drain,

@@ -63,6 +63,13 @@ pub(crate) async fn prepare_table(
     .execute(&mut *conn)
     .await
     .with_context(|| format!("create table public.{table}"))?;
+    // The load tester's clients use `anon` tokens: the table must be theirs to read.
+    sqlx::query(&format!(
+        "grant select on public.{table} to anon, authenticated"
+    ))
+    .execute(&mut *conn)
+    .await
+    .with_context(|| format!("grant select on public.{table} to anon"))?;
     let published: bool = sqlx::query_scalar(
         "select exists (select 1 from pg_publication_tables \
          where pubname = 'supabase_realtime' and schemaname = 'public' and tablename = $1)",

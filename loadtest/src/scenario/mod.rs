@@ -47,6 +47,9 @@ pub(crate) struct Run {
     pub(crate) rec: Arc<Recorder>,
     /// The clients' key (role anon), signed with the gateway's secret.
     pub(crate) token: Arc<str>,
+    /// Channel tokens of the rls scenario's users (role authenticated, one `sub` each);
+    /// client `i` joins with token `i % len`. Empty otherwise: channels use the socket's key.
+    pub(crate) channel_tokens: Arc<[Arc<str>]>,
     /// Run id written into every row, so rows of other runs are told apart.
     pub(crate) run_id: i64,
     /// The gateway's CPU seconds when the run started (its figure is cumulative).
@@ -87,6 +90,22 @@ impl Run {
         let ttl = i64::try_from(plan.duration.as_secs()).unwrap_or(i64::MAX / 2) + TOKEN_SLACK_S;
         let token = realtime_gateway::auth::sign(&plan.jwt_secret, "anon", None, ttl)
             .map_err(|e| anyhow::anyhow!("sign the client key: {e}"))?;
+        let channel_tokens: Vec<Arc<str>> = if plan.scenario == Scenario::Rls {
+            (0..plan.claim_sets)
+                .map(|i| {
+                    realtime_gateway::auth::sign(
+                        &plan.jwt_secret,
+                        "authenticated",
+                        Some(&rls_user(i)),
+                        ttl,
+                    )
+                    .map(Arc::from)
+                    .map_err(|e| anyhow::anyhow!("sign a user's key: {e}"))
+                })
+                .collect::<anyhow::Result<_>>()?
+        } else {
+            Vec::new()
+        };
         let probe = Probe::new(
             target.clone(),
             plan.gateway_pid,
@@ -101,6 +120,7 @@ impl Run {
             probe,
             rec: Arc::new(Recorder::new()),
             token: Arc::from(token),
+            channel_tokens: Arc::from(channel_tokens),
             run_id,
             gateway_cpu_start,
             postgres_cpu_start,
@@ -112,7 +132,9 @@ impl Run {
         self.target.wait_ready(READY_PATIENCE).await?;
         let sampler = Sampler::spawn(self);
         let report = match self.plan.scenario {
-            Scenario::Seed | Scenario::Fanout | Scenario::Soak => stream::run(self).await,
+            Scenario::Seed | Scenario::Fanout | Scenario::Rls | Scenario::Soak => {
+                stream::run(self).await
+            }
             Scenario::Idle => idle::run(self).await,
             Scenario::Cap => cap::run(self).await,
             Scenario::Churn => churn::run(self).await,
@@ -182,6 +204,7 @@ impl Population {
             url: run.target.websocket_url(&run.token),
             rec: Arc::clone(&run.rec),
             token: Arc::clone(&run.token),
+            channel_tokens: Arc::clone(&run.channel_tokens),
             run_id: run.run_id,
             heartbeat: run.plan.heartbeat_interval,
             behaviour,
@@ -256,6 +279,7 @@ struct ClientCtx {
     url: String,
     rec: Arc<Recorder>,
     token: Arc<str>,
+    channel_tokens: Arc<[Arc<str>]>,
     run_id: i64,
     heartbeat: Duration,
     behaviour: Behaviour,
@@ -287,7 +311,10 @@ impl ClientCtx {
             topic,
             changes: self.behaviour.changes,
             presence_key: self.behaviour.presence.then(|| user.clone()),
-            token: Arc::clone(&self.token),
+            token: match self.channel_tokens.len() {
+                0 => Arc::clone(&self.token),
+                n => Arc::clone(&self.channel_tokens[index % n]),
+            },
         };
         let joined = client.join(&spec, rec).await;
         if let Err(e) = &joined {
@@ -334,8 +361,35 @@ pub(crate) async fn prepare_events_table(run: &Run) -> anyhow::Result<()> {
         .ok_or_else(|| anyhow::anyhow!("--database-url is required"))?;
     let mut setup = crate::writer::connect(url, "setup").await?;
     crate::writer::prepare_table(&mut setup, client::EVENTS_TABLE, true).await?;
+    let table = client::EVENTS_TABLE;
+    let statements: Vec<String> = if run.plan.scenario == Scenario::Rls {
+        vec![
+            format!("alter table public.{table} add column if not exists owner uuid"),
+            format!("drop policy if exists loadtest_owner on public.{table}"),
+            format!(
+                "create policy loadtest_owner on public.{table} for select to authenticated \
+                 using (owner = auth.uid() or owner is null)"
+            ),
+            format!("alter table public.{table} enable row level security"),
+        ]
+    } else {
+        vec![format!(
+            "alter table public.{table} disable row level security"
+        )]
+    };
+    for statement in &statements {
+        sqlx::query(statement)
+            .execute(&mut setup)
+            .await
+            .map_err(|e| anyhow::anyhow!("{statement}: {e}"))?;
+    }
     sqlx::Connection::close(setup).await?;
     Ok(())
+}
+
+/// The `sub` of the rls scenario's user `i`.
+fn rls_user(i: usize) -> String {
+    format!("00000000-0000-4000-8000-{i:012x}")
 }
 
 /// Counts a failed connection attempt: an HTTP refusal or an error.

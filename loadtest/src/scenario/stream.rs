@@ -1,4 +1,4 @@
-//! `seed`, `fanout` and `soak`: subscribers of the events table and a paced writer.
+//! `seed`, `fanout`, `rls` and `soak`: subscribers of the events table and a paced writer.
 //!
 //! Every client joins and is confirmed subscribed before the first row is written, so each of
 //! them must receive every row: expected = rows written × subscribed clients. `soak` also
@@ -74,6 +74,7 @@ pub(super) async fn run(run: &Run) -> anyhow::Result<Report> {
     }
     let stop_writer = CancellationToken::new();
     let killer = (plan.scenario == Scenario::Soak).then(|| spawn_killer(run, stop_writer.clone()));
+    let checks_before = RlsChecks::read(run).await;
     let write_start = run.rec.clock.elapsed();
     let report = writer::spawn_thread(
         writer::Params {
@@ -163,6 +164,7 @@ pub(super) async fn run(run: &Run) -> anyhow::Result<Report> {
         "bell_latency_ms": bell_latency,
         "listener_kills": kills.kills,
         "listener_kill_errors": kills.errors,
+        "rls_check": RlsChecks::between(checks_before, RlsChecks::read(run).await),
     });
     out.failures = delivery_failures(run, &out, false);
     if subscribed < plan.clients as u64 {
@@ -187,6 +189,48 @@ pub(super) async fn run(run: &Run) -> anyhow::Result<Report> {
     }
     out.targets = targets(run, &out);
     Ok(out)
+}
+
+/// The gateway's row-level security checks so far, from its metrics.
+#[derive(Debug, Default, Clone, Copy)]
+struct RlsChecks {
+    /// Check queries (one per page of changes).
+    queries: f64,
+    /// Seconds spent in them.
+    seconds: f64,
+    /// Row checks asked for (rows × claim sets).
+    row_checks: f64,
+}
+
+impl RlsChecks {
+    async fn read(run: &Run) -> Option<RlsChecks> {
+        let p = &run.probe;
+        Some(RlsChecks {
+            queries: p.metric("gateway_router_rls_check_seconds_count").await?,
+            seconds: p.metric("gateway_router_rls_check_seconds_sum").await?,
+            row_checks: p
+                .metric("gateway_router_rls_checks_total")
+                .await
+                .unwrap_or(0.0),
+        })
+    }
+
+    /// What happened between `before` and `self`: queries, milliseconds per query and
+    /// microseconds per row check (null when the gateway reported no checks).
+    fn between(before: Option<RlsChecks>, after: Option<RlsChecks>) -> serde_json::Value {
+        let (Some(now), before) = (after, before.unwrap_or_default()) else {
+            return json!(null);
+        };
+        let queries = now.queries - before.queries;
+        let seconds = now.seconds - before.seconds;
+        let rows = now.row_checks - before.row_checks;
+        json!({
+            "queries": queries,
+            "row_checks": rows,
+            "ms_per_query": (queries > 0.0).then(|| (seconds * 1e6 / queries).round() / 1e3),
+            "us_per_row_check": (rows > 0.0).then(|| (seconds * 1e7 / rows).round() / 10.0),
+        })
+    }
 }
 
 /// Listener kills of a soak run.
@@ -268,6 +312,19 @@ fn targets(run: &Run, out: &Report) -> Vec<(String, serde_json::Value, bool)> {
                 "p99 <= 120 ms".to_owned(),
                 json!(q(0.99)),
                 le(q(0.99), 120.0),
+            ));
+        }
+        Scenario::Rls => {
+            let rate = out.expected as f64 / out.delivery_window_s.max(f64::EPSILON);
+            t.push((
+                ">= 40000 deliveries/s".to_owned(),
+                json!(rate.round()),
+                rate >= 40_000.0,
+            ));
+            t.push((
+                "p99 <= 100 ms".to_owned(),
+                json!(q(0.99)),
+                le(q(0.99), 100.0),
             ));
         }
         Scenario::Fanout => {
