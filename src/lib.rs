@@ -155,6 +155,10 @@ impl Gateway {
             hub,
             shutdown: shutdown.clone(),
             sessions: session::Sessions::default(),
+            authorizer: auth::channel::Authorizer::new(
+                pool.clone(),
+                config.private.authorization_timeout,
+            ),
         });
         let state = AppState::new(state::Handles {
             config: Arc::clone(&config),
