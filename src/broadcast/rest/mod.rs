@@ -11,7 +11,8 @@
 //! header. Each message goes to the [`Hub`](super::Hub) like a client broadcast without a
 //! sender (every member gets it, on every node). Answers: 202 with an empty body once the
 //! messages are handed to the hub; 401 `{"message":"Unauthorized"}`; 413 when a payload is over
-//! `--max-message-bytes`; 422 when the body does not have the documented shape. The status of
+//! `--max-message-bytes`; 422 when the body does not have the documented shape; 403 (503)
+//! when a `private` message's topic refuses (cannot check) the caller's token ([`private`]). The status of
 //! each refusal comes from [`status_code`], the one mapping of broadcast errors to statuses. The socket's query string (`apikey`,
 //! `vsn`) that clients leave on the URL is ignored.
 
