@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod cidr;
 pub mod jwt;
+pub mod private;
 
 pub use cidr::Cidr;
 
@@ -73,6 +74,10 @@ pub struct Settings {
     /// JWKS and audience settings.
     #[command(flatten)]
     pub jwt: jwt::JwtSettings,
+
+    /// Private channels.
+    #[command(flatten)]
+    pub private: private::PrivateSettings,
 
     /// Most open WebSocket connections, counted over every gateway node sharing the database.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 200)]
@@ -322,6 +327,8 @@ pub struct Config {
     pub jwt_secret: Option<String>,
     /// JWKS source and required audience, checked.
     pub jwt: jwt::JwtSettings,
+    /// Private channels: public joins refused or not, the authorization timeout.
+    pub private: private::PrivateSettings,
     /// Connection cap across all nodes.
     pub max_connections: u32,
     /// Reaper and heartbeat-flush period.
@@ -509,6 +516,9 @@ impl Settings {
             return invalid("--jwt-secret must be at least 16 characters");
         }
         self.jwt.check().map_err(|m| Error::Invalid(m.to_owned()))?;
+        self.private
+            .check()
+            .map_err(|m| Error::Invalid(m.to_owned()))?;
         if self.database_url.is_none() && !self.embedded_db {
             return invalid("--database-url (DATABASE_URL) is required when EMBEDDED_DB=false");
         }
@@ -538,6 +548,7 @@ impl Settings {
             listen: self.listen,
             jwt_secret: self.jwt_secret,
             jwt: self.jwt,
+            private: self.private,
             max_connections: self.max_connections,
             heartbeat_interval: self.heartbeat_interval,
             heartbeat_timeout: self.heartbeat_timeout,
@@ -599,6 +610,7 @@ impl Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             jwt_secret: Some(jwt_secret),
             jwt: jwt::JwtSettings::default(),
+            private: private::PrivateSettings::default(),
             max_connections: 200,
             heartbeat_interval: Duration::from_secs(30),
             heartbeat_timeout: Duration::from_secs(60),

@@ -42,7 +42,9 @@
 //! - [`broadcast`] and [`presence`]: the hub, the cluster bus and its wire format, REST.
 //! - [`registry`]: the subscription registry and audit log, written off the message path.
 //!   [`reaper`]: closes silent sessions and heartbeats the registry. [`limits`]: connection
-//!   and channel caps. [`auth`]: JWT verification. [`admin`]: health, readiness, metrics.
+//!   and channel caps. [`auth`]: JWT verification, and
+//!   private channels' rights from the policies on `realtime.messages` (`auth::channel`).
+//!   [`admin`]: health, readiness, metrics.
 //! - [`pg`]: pool, migrations, catalog, embedded cluster. [`local`]: local mode.
 //!   [`config`]: settings, checked once. [`telemetry`]: logging. [`shutdown`]: the one signal
 //!   every task hears, and the tracker every task is spawned on. [`state`]: shared handles.
@@ -155,6 +157,10 @@ impl Gateway {
             hub,
             shutdown: shutdown.clone(),
             sessions: session::Sessions::default(),
+            authorizer: auth::channel::Authorizer::new(
+                pool.clone(),
+                config.private.authorization_timeout,
+            ),
         });
         let state = AppState::new(state::Handles {
             config: Arc::clone(&config),

@@ -63,6 +63,7 @@ impl FromRef<AppState> for rest::RestState {
             },
             clients: Arc::clone(&state.session.limits.clients),
             registry: state.session.registry.clone(),
+            authorizer: state.session.authorizer.clone(),
         }
     }
 }

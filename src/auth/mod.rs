@@ -6,6 +6,7 @@
 //! shared secret; RS256/ES256 tokens with a key of the configured JWKS ([`jwks`]), never with the
 //! secret.
 
+pub mod channel;
 pub mod jwks;
 #[cfg(test)]
 mod jwks_tests;

@@ -239,7 +239,7 @@ impl Receiver {
             Envelope::Broadcast { n, t, x, m } => {
                 if *n != *self.node {
                     let message = Message::Json(m.into_arc());
-                    self.hub.deliver_remote(&t, x, &message);
+                    self.hub.deliver_remote(&relayed_key(&t, x), &message);
                 }
             }
             Envelope::Binary {
@@ -262,7 +262,7 @@ impl Receiver {
                     meta: meta.map(RawJson::into_arc),
                     payload: payload.into(),
                 };
-                self.hub.deliver_remote(&t, x, &message);
+                self.hub.deliver_remote(&relayed_key(&t, x), &message);
             }
             Envelope::Presence { n, t, j, l } => {
                 if *n != *self.node {
@@ -330,8 +330,19 @@ impl Receiver {
             self.seen_cap = (self.seen.len() * 2).max(4096);
         }
         let message = Message::Json(Arc::from(db_message(id, event, payload)));
-        self.hub.deliver_remote(name, private, &message);
+        self.hub
+            .deliver_remote(&super::channel_key(name, private), &message);
         true
+    }
+}
+
+/// The hub key of a relayed broadcast: nodes send the key itself as `t`; `x` (private) is set
+/// is never set by this version; when set, `t` is a bare channel name.
+fn relayed_key(t: &str, private: bool) -> std::borrow::Cow<'_, str> {
+    if private {
+        super::channel_key(t, true)
+    } else {
+        std::borrow::Cow::Borrowed(t)
     }
 }
 

@@ -31,19 +31,24 @@
 //! `realtime.presence_prune` first ([`bus::run_maintenance`]). See [`envelope`] for the message
 //! formats and [`store`] for the SQL.
 //!
-//! Private channels are refused at join (docs/protocol.md 7.5), so messages addressed to private
-//! channels (`private: true` over REST, `realtime.send`'s default) reach no one and are counted
-//! in `gateway_broadcast_private_dropped_total`.
+//! A private channel and the public channel of the same name are two channels (docs/protocol.md
+//! 7.5): the hub keys every channel by [`channel_key`], which keeps them apart, and a member of a
+//! private channel receives broadcasts and presence diffs only when its token may read them
+//! ([`Member::reads_broadcast`], [`Member::reads_presence`], decided by `auth::channel` before it
+//! joins). Who may send is decided before a message reaches the hub.
 //!
 //! Lock order, never reversed: a `topics` shard, then a topic's `presence`, then its `members`.
 //! No lock is held across an `.await`.
 
 pub mod bus;
 pub mod envelope;
+#[cfg(test)]
+mod key_proptests;
 pub mod publisher;
 pub mod rest;
 pub mod store;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
@@ -88,6 +93,12 @@ pub enum Error {
     /// A REST request without a valid token.
     #[error("broadcast request not authorized")]
     Unauthorized(#[source] crate::auth::Error),
+    /// A REST message to a private channel the token may not send to (docs/protocol.md 7.5).
+    #[error("Unauthorized: You do not have permissions to write to this Channel topic: {0}")]
+    Forbidden(String),
+    /// A REST message to a private channel whose policies the database did not evaluate.
+    #[error("Realtime was unable to connect to the project database")]
+    AuthorizationUnavailable,
 }
 
 /// What the hub needs to know.
@@ -144,6 +155,39 @@ pub struct Member {
     pub vsn: Vsn,
     /// `broadcast.self`: whether it receives its own broadcasts.
     pub self_broadcast: bool,
+    /// Whether it receives broadcasts (always on a public channel; on a private one, when its
+    /// token may read them).
+    pub reads_broadcast: bool,
+    /// Whether it receives presence diffs (likewise).
+    pub reads_presence: bool,
+}
+
+/// Marks a private channel's key, and escapes a public name that starts with it.
+const KEY_MARK: char = '\u{1}';
+/// Prefix of a private channel's key.
+const PRIVATE_KEY: &str = "\u{1}private:";
+/// Prefix of the key of a public channel whose name starts with [`KEY_MARK`].
+const ESCAPED_KEY: &str = "\u{1}public:";
+
+/// The hub's key of channel `name`: the name itself for a public channel (escaped when it
+/// starts with the mark), the name behind a private prefix for a private one. Distinct
+/// (name, private) pairs never share a key, so a public channel never hears a private one.
+/// The key is what the cluster bus and `realtime.presences` carry.
+pub fn channel_key(name: &str, private: bool) -> Cow<'_, str> {
+    if private {
+        Cow::Owned(format!("{PRIVATE_KEY}{name}"))
+    } else if name.starts_with(KEY_MARK) {
+        Cow::Owned(format!("{ESCAPED_KEY}{name}"))
+    } else {
+        Cow::Borrowed(name)
+    }
+}
+
+/// The channel name of a hub key (the inverse of [`channel_key`]).
+pub fn channel_name(key: &str) -> &str {
+    key.strip_prefix(PRIVATE_KEY)
+        .or_else(|| key.strip_prefix(ESCAPED_KEY))
+        .unwrap_or(key)
 }
 
 /// Counters of what the hub did.
@@ -189,9 +233,9 @@ struct Topic {
 }
 
 impl Topic {
-    fn new(name: &str) -> Topic {
+    fn new(key: &str) -> Topic {
         Topic {
-            topic: Arc::from(format!("realtime:{name}")),
+            topic: Arc::from(format!("realtime:{}", channel_name(key))),
             members: RwLock::default(),
             presence: Mutex::default(),
         }
@@ -317,13 +361,9 @@ impl Hub {
                 limit: self.shared.max_message_bytes,
             });
         }
-        if private {
-            metrics::counter!("gateway_broadcast_private_dropped_total").increment(1);
-            tracing::debug!(channel = %name, "broadcast to a private channel dropped");
-            return Ok(0);
-        }
-        let delivered = self.deliver(name, from, message);
-        self.shared.publisher.broadcast(name, message);
+        let key = channel_key(name, private);
+        let delivered = self.deliver(&key, from, message);
+        self.shared.publisher.broadcast(&key, message);
         Ok(delivered)
     }
 
@@ -416,6 +456,13 @@ impl Hub {
             if from == Some(member.conn) && !member.self_broadcast {
                 continue;
             }
+            let reads = match event {
+                BROADCAST_EVENT => member.reads_broadcast,
+                _ => member.reads_presence,
+            };
+            if !reads {
+                continue;
+            }
             let slot = match member.vsn {
                 Vsn::V1 => 0,
                 Vsn::V2 => 1,
@@ -441,13 +488,10 @@ impl Hub {
 
     // ---- the bus side -----------------------------------------------------------------------
 
-    /// A broadcast from another node (or the database): every local member gets it.
-    fn deliver_remote(&self, name: &str, private: bool, message: &Message) {
-        if private {
-            metrics::counter!("gateway_broadcast_private_dropped_total").increment(1);
-            return;
-        }
-        self.deliver(name, None, message);
+    /// A broadcast from another node (or the database) to the channel of hub key `key`: every
+    /// local member that may read it gets it.
+    fn deliver_remote(&self, key: &str, message: &Message) {
+        self.deliver(key, None, message);
     }
 
     /// A presence diff another node published.

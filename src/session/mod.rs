@@ -13,6 +13,7 @@ pub mod join;
 pub mod upgrade;
 pub mod writer;
 
+mod private;
 mod relay;
 
 use std::collections::HashMap;
@@ -65,6 +66,8 @@ pub struct Services {
     pub shutdown: Shutdown,
     /// Live sessions of this node.
     pub sessions: Sessions,
+    /// Private channels' row-level-security checks.
+    pub authorizer: crate::auth::channel::Authorizer,
 }
 
 /// Reply reason of a broadcast or presence push over `--events-per-second`.
@@ -111,6 +114,10 @@ struct Joined {
     hub: Membership,
     /// Bytes of the presence payload this membership tracks (0 when none).
     tracked_bytes: usize,
+    /// A private channel's rights ([`private`]); `None` for a public channel.
+    private: Option<crate::auth::channel::Rights>,
+    /// Sends refused for want of a right, not audited yet.
+    denied: private::DeniedSends,
 }
 
 /// One connection's session task.
@@ -495,7 +502,7 @@ impl Session {
     fn leave(&mut self, topic: &str, reason: crate::registry::CloseReason) -> Option<Box<Joined>> {
         let joined = self.channels.remove(topic)?;
         self.services.registry.left(joined.registry_id, reason);
-        self.services.hub.leave(&joined.name, self.id);
+        self.services.hub.leave(&joined.hub_key(), self.id);
         if joined.has_changes {
             self.services.router.unsubscribe(&ChannelKey {
                 conn: self.id,
@@ -524,6 +531,9 @@ impl Session {
         match self.services.verifier.verify(token) {
             Ok(claims) => {
                 let claims = Arc::new(claims);
+                if !self.recheck_private(&topic, &claims).await {
+                    return;
+                }
                 let Some(joined) = self.channels.get_mut(&topic) else {
                     return;
                 };

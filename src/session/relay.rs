@@ -12,8 +12,9 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
+use super::private::Denied;
 use super::Session;
-use crate::broadcast::{Error, Member, Message};
+use crate::broadcast::{self, Error, Message};
 use crate::outbound::Frame;
 use crate::protocol::{self, Inbound, InboundPayload, RawJson};
 
@@ -36,15 +37,9 @@ impl Session {
         let Some(joined) = self.channels.get(topic) else {
             return;
         };
-        self.services.hub.join(
-            &joined.name,
-            Member {
-                conn: self.id,
-                outbound: self.outbound.clone(),
-                vsn: self.params.vsn,
-                self_broadcast: joined.hub.self_broadcast,
-            },
-        );
+        self.services
+            .hub
+            .join(&joined.hub_key(), self.hub_member(joined));
     }
 
     /// Pushes `presence_state` to the membership of `topic` if it enabled presence.
@@ -52,8 +47,8 @@ impl Session {
         let Some(joined) = self.channels.get(topic) else {
             return;
         };
-        if joined.hub.presence_enabled {
-            let state = self.services.hub.presence_state(&joined.name);
+        if joined.hub.presence_enabled && joined.rights().read_presence {
+            let state = self.services.hub.presence_state(&joined.hub_key());
             self.push_raw(
                 joined.join_ref.as_deref(),
                 None,
@@ -66,7 +61,16 @@ impl Session {
 
     /// A `broadcast` push on a joined channel: relayed to the channel; answered only when the
     /// membership asked for acks.
-    pub(super) fn broadcast(&self, msg: Inbound) {
+    pub(super) fn broadcast(&mut self, msg: Inbound) {
+        if !self.may_send(&msg.topic, Denied::Broadcast) {
+            let ack = self.channels.get(&msg.topic).filter(|j| j.hub.ack);
+            if let Some(joined) = ack {
+                let (jr, r) = (msg.join_ref.as_deref(), msg.msg_ref.as_deref());
+                let reason = Denied::Broadcast.reason(&joined.name);
+                self.reply(jr, r, &msg.topic, "error", json!({ "reason": reason }));
+            }
+            return;
+        }
         let Some(joined) = self.channels.get(&msg.topic) else {
             return;
         };
@@ -96,10 +100,12 @@ impl Session {
                 payload: b.payload,
             },
         };
-        let sent = self
-            .services
-            .hub
-            .send(&joined.name, false, Some(self.id), &message);
+        let sent = self.services.hub.send(
+            &joined.name,
+            joined.private.is_some(),
+            Some(self.id),
+            &message,
+        );
         if let Err(e) = &sent {
             tracing::debug!(topic = %msg.topic, error = %e, "broadcast refused");
         }
@@ -119,8 +125,11 @@ impl Session {
         let Some(joined) = self.channels.get(topic) else {
             return;
         };
-        let (name, key) = (joined.name.clone(), joined.hub.presence_key.clone());
-        let join_ref = joined.join_ref.clone();
+        let (name, key) = (
+            joined.hub_key().into_owned(),
+            joined.hub.presence_key.clone(),
+        );
+        let (join_ref, reads_presence) = (joined.join_ref.clone(), joined.rights().read_presence);
         let payload = match &msg.payload {
             InboundPayload::Json(Value::Object(p)) => p,
             _ => {
@@ -149,6 +158,11 @@ impl Session {
                     self.reply(jr, r, topic, "error", json!({"reason": NOT_A_MAP}));
                     return;
                 };
+                if !self.may_send(topic, Denied::Track) {
+                    let reason = Denied::Track.reason(broadcast::channel_name(&name));
+                    self.reply(jr, r, topic, "error", json!({ "reason": reason }));
+                    return;
+                }
                 // What this connection tracks across all its channels is bounded too.
                 let size = serde_json::to_string(&tracked).map_or(0, |t| t.len()) + key.len();
                 let elsewhere: usize = self
@@ -181,7 +195,7 @@ impl Session {
                             .channels
                             .get_mut(topic)
                             .is_some_and(|j| !std::mem::replace(&mut j.hub.presence_enabled, true));
-                        if first {
+                        if first && reads_presence {
                             let state = self.services.hub.presence_state(&name);
                             let jr = join_ref.as_deref();
                             self.push_raw(jr, None, topic, "presence_state", &state);

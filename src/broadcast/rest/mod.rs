@@ -11,7 +11,8 @@
 //! header. Each message goes to the [`Hub`](super::Hub) like a client broadcast without a
 //! sender (every member gets it, on every node). Answers: 202 with an empty body once the
 //! messages are handed to the hub; 401 `{"message":"Unauthorized"}`; 413 when a payload is over
-//! `--max-message-bytes`; 422 when the body does not have the documented shape. The status of
+//! `--max-message-bytes`; 422 when the body does not have the documented shape; 403 (503)
+//! when a `private` message's topic refuses (cannot check) the caller's token ([`private`]). The status of
 //! each refusal comes from [`status_code`], the one mapping of broadcast errors to statuses. The socket's query string (`apikey`,
 //! `vsn`) that clients leave on the URL is ignored.
 
@@ -30,7 +31,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 use super::{Error, Hub, Message};
-use crate::auth::Verifier;
+use crate::auth::{Claims, Verifier};
 use crate::limits::client::{self, ClientLimits};
 use crate::protocol::RawJson;
 use crate::registry::Registry;
@@ -48,6 +49,8 @@ pub struct RestState {
     pub clients: Arc<ClientLimits>,
     /// Where rate refusals are audited.
     pub registry: Registry,
+    /// Authorizes messages to private channels ([`private`]).
+    pub authorizer: crate::auth::channel::Authorizer,
 }
 
 /// What one REST request may carry: the longest topic and event name, in bytes
@@ -105,18 +108,30 @@ async fn batch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(refused) = admit(&state, peer, &headers).await {
-        return refused;
-    }
-    let result = batch_messages(&body, state.bounds).and_then(|messages| {
+    let (claims, addr) = match admit(&state, peer, &headers).await {
+        Ok(admitted) => admitted,
+        Err(refused) => return refused,
+    };
+    let checked = batch_messages(&body, state.bounds).and_then(|messages| {
         for (_, _, message) in &messages {
             check_size(&state, message)?;
         }
+        Ok(messages)
+    });
+    let messages = match checked {
+        Ok(messages) => messages,
+        Err(e) => return respond(Err(e)),
+    };
+    let private = messages.iter().filter(|m| m.1).map(|m| m.0.as_str());
+    if let Err(e) = private::authorize(&state, &claims, addr, private).await {
+        return respond(Err(e));
+    }
+    let result = (|| {
         for (topic, private, message) in &messages {
             state.hub.send(topic, *private, None, message)?;
         }
         Ok(messages.len())
-    });
+    })();
     respond(result)
 }
 
@@ -129,9 +144,10 @@ async fn single(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(refused) = admit(&state, peer, &headers).await {
-        return refused;
-    }
+    let (claims, addr) = match admit(&state, peer, &headers).await {
+        Ok(admitted) => admitted,
+        Err(refused) => return refused,
+    };
     let private = query
         .get("private")
         .is_some_and(|p| p.eq_ignore_ascii_case("true"));
@@ -139,7 +155,7 @@ async fn single(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.starts_with("application/octet-stream"));
-    let result = (|| {
+    let checked = (|| {
         if topic.is_empty() || event.is_empty() {
             return Err(Error::Invalid("topic and event are required".to_owned()));
         }
@@ -155,25 +171,39 @@ async fn single(
                 .map_err(|_| Error::Invalid("the body is not valid json".to_owned()))?;
             json_message(&event, payload.as_str(), None)
         };
-        let topic = topic.strip_prefix("realtime:").unwrap_or(&topic);
-        state.hub.send(topic, private, None, &message)?;
-        Ok(1)
+        check_size(&state, &message)?;
+        Ok(message)
     })();
-    respond(result)
+    let message = match checked {
+        Ok(message) => message,
+        Err(e) => return respond(Err(e)),
+    };
+    let topic = topic.strip_prefix("realtime:").unwrap_or(&topic);
+    if private {
+        if let Err(e) = private::authorize(&state, &claims, addr, [topic]).await {
+            return respond(Err(e));
+        }
+    }
+    respond(state.hub.send(topic, private, None, &message).map(|_| 1))
 }
 
 /// Checks the token of a request from `peer` (or the client it forwards for): a refused token
 /// counts as a failed authentication of the client address; an address this node knows is
 /// blocked, or whose failure is over the limit, is refused with 429 (docs/protocol.md 10).
-/// `Err` is the response to answer.
-async fn admit(state: &RestState, peer: SocketAddr, headers: &HeaderMap) -> Result<(), Response> {
+/// `Ok` holds the token's claims and the client address; `Err` is the response to answer.
+async fn admit(
+    state: &RestState,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+) -> Result<(Claims, SocketAddr), Response> {
     let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
     let addr = state.clients.client_addr(peer, forwarded);
     if state.clients.is_known_blocked(addr.ip()) {
         return Err(too_many_failures(state, addr));
     }
-    let Err(e) = authorize(state, headers) else {
-        return Ok(());
+    let e = match authorize(state, headers) {
+        Ok(claims) => return Ok((claims, addr)),
+        Err(e) => e,
     };
     match state.clients.record_failure(addr.ip()).await {
         Ok(true) => return Err(too_many_failures(state, addr)),
@@ -197,7 +227,7 @@ fn too_many_failures(state: &RestState, addr: SocketAddr) -> Response {
 }
 
 /// Checks the token of a REST request (docs/protocol.md 7.3).
-fn authorize(state: &RestState, headers: &HeaderMap) -> Result<(), Error> {
+fn authorize(state: &RestState, headers: &HeaderMap) -> Result<Claims, Error> {
     let header = |name: header::HeaderName| {
         headers
             .get(name)
@@ -214,11 +244,7 @@ fn authorize(state: &RestState, headers: &HeaderMap) -> Result<(), Error> {
     let token = bearer
         .or_else(|| header(header::HeaderName::from_static("apikey")))
         .unwrap_or_default();
-    state
-        .verifier
-        .verify(token)
-        .map(|_claims| ())
-        .map_err(Error::Unauthorized)
+    state.verifier.verify(token).map_err(Error::Unauthorized)
 }
 
 /// A JSON object's members as slices of its text; the last of a repeated key counts.
@@ -328,6 +354,8 @@ pub fn status_code(e: &Error) -> StatusCode {
         Error::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
         Error::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
         Error::PresenceFull => StatusCode::TOO_MANY_REQUESTS,
+        Error::Forbidden(_) => StatusCode::FORBIDDEN,
+        Error::AuthorizationUnavailable => StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
@@ -348,6 +376,8 @@ fn respond(result: Result<usize, Error>) -> Response {
         }
     }
 }
+
+mod private;
 
 #[cfg(test)]
 mod proptests;

@@ -205,11 +205,13 @@ pub enum Refusal {
     TooManyChannels,
     /// The channel token was refused; the reason text comes from the verifier.
     Token(String),
-    /// A private channel: not authorized.
+    /// A private channel its token may not read (or whose policies raised).
     Private {
         /// The channel name.
         name: String,
     },
+    /// A public channel while `--private-channels-only` is set.
+    PrivateOnly,
     /// `wait` was asked and a subscription names no published table.
     NotEnabled(String),
     /// `wait` was asked and a subscription is invalid.
@@ -261,6 +263,9 @@ impl Refusal {
             Refusal::Private { name } => format!(
                 "Unauthorized: You do not have permissions to read from this Channel topic: {name}"
             ),
+            Refusal::PrivateOnly => {
+                "PrivateOnly: This project only allows private channels".to_owned()
+            }
             Refusal::NotEnabled(m) => format!("RealtimeDisabledForConfiguration: {m}"),
             Refusal::InvalidChanges(m) => format!("InvalidPostgresChangesParams: {m}"),
             Refusal::DatabaseUnavailable => UNABLE_TO_CONNECT.to_owned(),
@@ -325,10 +330,13 @@ impl Session {
                 return;
             }
         };
-        if config.private {
-            self.join_error(jr, r, &topic, &Refusal::Private { name });
-            return;
-        }
+        let private = match self.private_access(&config, &name, &claims).await {
+            Ok(private) => private,
+            Err(refusal) => {
+                self.join_error(jr, r, &topic, &refusal);
+                return;
+            }
+        };
         let echo: Vec<Value> = config.changes.iter().map(Requested::echo).collect();
         let resolved = if config.changes.is_empty() {
             None
@@ -356,6 +364,8 @@ impl Session {
                 registry_id,
                 hub: membership,
                 tracked_bytes: 0,
+                private,
+                denied: Default::default(),
             }),
         );
         self.join_hub(&topic);
