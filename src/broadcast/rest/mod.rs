@@ -46,7 +46,7 @@ pub struct RestState {
     pub bounds: RestBounds,
     /// Failed authentications per client address (a refused token counts).
     pub clients: Arc<ClientLimits>,
-    /// Where rate refusals are audited.
+    /// Where rate and token refusals are audited.
     pub registry: Registry,
 }
 
@@ -175,6 +175,10 @@ async fn admit(state: &RestState, peer: SocketAddr, headers: &HeaderMap) -> Resu
     let Err(e) = authorize(state, headers) else {
         return Ok(());
     };
+    if let Error::Unauthorized(refused) = &e {
+        let detail = json!({"message": refused.to_string()});
+        (state.registry).auth_refused("rest", refused.reason(), None, Some(addr), detail);
+    }
     match state.clients.record_failure(addr.ip()).await {
         Ok(true) => return Err(too_many_failures(state, addr)),
         Ok(false) => {}
