@@ -59,13 +59,10 @@ pub async fn metrics(
             let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
             let peer = state.session.limits.clients.client_addr(peer, forwarded);
             let detail = serde_json::json!({"endpoint": "/metrics", "message": denied.message()});
-            (state.session.registry).auth_refused(
-                "admin",
-                denied.reason(),
-                None,
-                Some(peer),
-                detail,
-            );
+            state
+                .session
+                .registry
+                .auth_refused("admin", denied.reason(), None, Some(peer), detail);
             return denied.into_response();
         }
     }

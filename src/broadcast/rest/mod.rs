@@ -177,7 +177,9 @@ async fn admit(state: &RestState, peer: SocketAddr, headers: &HeaderMap) -> Resu
     };
     if let Error::Unauthorized(refused) = &e {
         let detail = json!({"message": refused.to_string()});
-        (state.registry).auth_refused("rest", refused.reason(), None, Some(addr), detail);
+        state
+            .registry
+            .auth_refused("rest", refused.reason(), None, Some(addr), detail);
     }
     match state.clients.record_failure(addr.ip()).await {
         Ok(true) => return Err(too_many_failures(state, addr)),
