@@ -102,7 +102,7 @@ impl Gateway {
             )
             .into());
         };
-        let verifier = verifier(&config, secret, &shutdown).await?;
+        let verifier = verifier(&config, secret).await?;
         pg::migrate(url).await?;
         // Counters recorded from here on are exported at /metrics.
         admin::metrics::handle();
@@ -126,6 +126,7 @@ impl Gateway {
             &shutdown,
         )
         .await?;
+        spawn_jwks_refresh(&verifier, &registry, &shutdown);
         let (hub, bus) = broadcast::Hub::start(
             pool.clone(),
             broadcast::Settings {
@@ -240,22 +241,36 @@ impl Gateway {
     }
 }
 
-/// The token verifier of `config`: the shared secret, the audience, and the JWKS, read now and
-/// re-read on `shutdown`'s tracker.
-async fn verifier(config: &Config, secret: &str, shutdown: &Shutdown) -> Result<Verifier, Error> {
+/// The token verifier of `config`: the shared secret, the audience, and the JWKS, read now
+/// ([`spawn_jwks_refresh`] re-reads it).
+async fn verifier(config: &Config, secret: &str) -> Result<Verifier, Error> {
     let verifier = Verifier::new(secret).with_audience(config.jwt.jwt_audience.as_deref());
     let Some(source) = &config.jwt.jwks else {
         return Ok(verifier);
     };
-    let jwks = auth::jwks::Jwks::load(source, auth::jwks::REFETCH_MIN_INTERVAL)
+    let ca_file = config.jwt.jwks_ca_file.as_deref();
+    let jwks = auth::jwks::Jwks::load(source, auth::jwks::REFETCH_MIN_INTERVAL, ca_file)
         .await
         .map_err(|e| config::Error::Invalid(format!("--jwks: {e}")))?;
     tracing::info!(source = %source, keys = jwks.len(), "JWKS loaded");
+    Ok(verifier.with_jwks(jwks))
+}
+
+/// Re-reads the JWKS of `verifier`, if it has one, on `shutdown`'s tracker; a failed re-read is
+/// audited (`jwks_refresh_failed`).
+fn spawn_jwks_refresh(verifier: &Verifier, registry: &registry::Registry, shutdown: &Shutdown) {
+    let Some(jwks) = verifier.jwks() else {
+        return;
+    };
+    let registry = registry.clone();
+    let failed = move |e: &auth::jwks::LoadError| {
+        let detail = serde_json::json!({"source": e.source_name, "error": e.reason});
+        registry.audit("jwks_refresh_failed", None, None, detail);
+    };
     shutdown.spawn(
         "jwks_refresh",
-        Arc::clone(&jwks).run(auth::jwks::REFRESH_INTERVAL, shutdown.child_token()),
+        Arc::clone(jwks).run(auth::jwks::REFRESH_INTERVAL, shutdown.child_token(), failed),
     );
-    Ok(verifier.with_jwks(jwks))
 }
 
 /// Runs the gateway on `listener` until `shutdown` is triggered ([`Gateway::start`], then

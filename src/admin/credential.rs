@@ -9,28 +9,39 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use crate::auth::Verifier;
+use crate::auth::{self, Verifier};
 
 /// The role a JWT must carry to be accepted.
 pub const ADMIN_ROLE: &str = "service_role";
 
 /// Why a request was refused; answered as 401 with `{"error":"unauthorized","message":..}`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Denied {
     /// No `Authorization: Bearer` header.
     Missing,
-    /// A credential that is neither the admin token nor a valid `service_role` JWT.
-    Invalid,
+    /// A credential that is neither the admin token nor a valid JWT: why the JWT was refused.
+    Invalid(auth::Error),
     /// A valid JWT of another role.
     WrongRole,
 }
 
 impl Denied {
-    fn message(self) -> &'static str {
+    /// The text of the 401 body's `message`.
+    pub fn message(&self) -> &'static str {
         match self {
             Denied::Missing => "an `Authorization: Bearer` credential is required",
-            Denied::Invalid => "the credential is not accepted",
+            Denied::Invalid(_) => "the credential is not accepted",
             Denied::WrongRole => "the token's role is not service_role",
+        }
+    }
+
+    /// A machine-readable name of the refusal for the audit log (`credential_missing`,
+    /// `role_not_allowed`, or the token's own, e.g. `token_expired`, `bad_signature`).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Denied::Missing => "credential_missing",
+            Denied::Invalid(e) => e.reason(),
+            Denied::WrongRole => "role_not_allowed",
         }
     }
 }
@@ -71,7 +82,7 @@ impl Gate<'_> {
         match self.verifier.verify(presented) {
             Ok(claims) if claims.role == ADMIN_ROLE => Ok(()),
             Ok(_) => Err(Denied::WrongRole),
-            Err(_) => Err(Denied::Invalid),
+            Err(e) => Err(Denied::Invalid(e)),
         }
     }
 }
@@ -129,7 +140,9 @@ mod tests {
             gate.check(&headers("Basic static-admin-token")),
             Err(Denied::Missing)
         );
-        assert_eq!(gate.check(&headers("Bearer wrong")), Err(Denied::Invalid));
+        let wrong = gate.check(&headers("Bearer wrong")).unwrap_err();
+        assert_eq!(wrong, Denied::Invalid(crate::auth::Error::Malformed));
+        assert_eq!(wrong.reason(), "malformed");
         let service = crate::auth::sign(secret, "service_role", None, 60).unwrap();
         assert_eq!(gate.check(&headers(&format!("Bearer {service}"))), Ok(()));
         let anon = crate::auth::sign(secret, "anon", None, 60).unwrap();
@@ -137,10 +150,15 @@ mod tests {
             gate.check(&headers(&format!("Bearer {anon}"))),
             Err(Denied::WrongRole)
         );
+        assert_eq!(Denied::WrongRole.reason(), "role_not_allowed");
         let expired = crate::auth::sign(secret, "service_role", None, -60).unwrap();
-        assert_eq!(
-            gate.check(&headers(&format!("Bearer {expired}"))),
-            Err(Denied::Invalid)
-        );
+        let denied = gate
+            .check(&headers(&format!("Bearer {expired}")))
+            .unwrap_err();
+        assert!(matches!(
+            denied,
+            Denied::Invalid(crate::auth::Error::Expired(_))
+        ));
+        assert_eq!(denied.reason(), "token_expired");
     }
 }

@@ -8,7 +8,9 @@
 use std::sync::atomic::Ordering;
 use std::sync::OnceLock;
 
-use axum::extract::State;
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -41,14 +43,26 @@ pub fn resident_bytes() -> Option<u64> {
     Some(pages * page_size)
 }
 
-/// `GET /metrics`; with `--metrics-auth`, only for a [`credential`](super::credential).
-pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Response {
+/// `GET /metrics`; with `--metrics-auth`, only for a [`credential`](super::credential); a
+/// refusal is audited (`auth_refused`, stage `admin`).
+pub async fn metrics(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Response {
     if state.config.metrics_auth {
         let gate = super::credential::Gate {
             verifier: &state.session.verifier,
             admin_token: state.config.admin_token.as_deref(),
         };
         if let Err(denied) = gate.check(&headers) {
+            let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
+            let peer = state.session.limits.clients.client_addr(peer, forwarded);
+            let detail = serde_json::json!({"endpoint": "/metrics", "message": denied.message()});
+            state
+                .session
+                .registry
+                .auth_refused("admin", denied.reason(), None, Some(peer), detail);
             return denied.into_response();
         }
     }

@@ -1,4 +1,5 @@
-//! Public keys for RS256/ES256 tokens: a JWKS read from a file or an `http://` URL.
+//! Public keys for RS256/ES256 tokens: a JWKS read from a file or an `http://` or `https://`
+//! URL ([`super::fetch`]).
 //!
 //! The key set is kept in memory behind a lock that is only held to clone an `Arc`, so
 //! verification stays synchronous. [`Jwks::run`] re-reads it in the background every
@@ -6,22 +7,21 @@
 //! `min_refetch` (a minute in the gateway); the token that asked is refused, not held.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
+
+use super::Error;
 
 /// How often the key set is re-read in the background.
 pub const REFRESH_INTERVAL: Duration = Duration::from_secs(600);
 /// The shortest time between two re-reads asked for by unknown `kid`s.
 pub const REFETCH_MIN_INTERVAL: Duration = Duration::from_secs(60);
-/// The largest JWKS document read.
-const MAX_BYTES: u64 = 1024 * 1024;
 /// How long one HTTP fetch may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -52,7 +52,7 @@ struct Keys {
 #[derive(Debug, Clone)]
 enum Source {
     File(PathBuf),
-    Http { authority: String, path: String },
+    Http(super::fetch::Url),
     Fixed(String),
 }
 
@@ -77,22 +77,24 @@ impl std::fmt::Debug for Jwks {
 }
 
 impl Jwks {
-    /// Reads the JWKS at `source` (a file path or an `http://` URL).
+    /// Reads the JWKS at `source` (a file path, or an `http://` or `https://` URL; an
+    /// `https://` server must present a certificate of a well-known CA or of `ca_file`).
     ///
     /// # Errors
-    /// When it cannot be read or parsed, or holds no RS256/ES256 key.
-    pub async fn load(source: &str, min_refetch: Duration) -> Result<Arc<Jwks>, LoadError> {
-        let parsed = if let Some(rest) = source.strip_prefix("http://") {
-            let (authority, path) = match rest.find('/') {
-                Some(i) => (&rest[..i], &rest[i..]),
-                None => (rest, "/"),
-            };
-            Source::Http {
-                authority: authority.to_owned(),
-                path: path.to_owned(),
-            }
-        } else {
-            Source::File(PathBuf::from(source))
+    /// When it cannot be read or parsed, or holds no RS256/ES256 key, or `ca_file` cannot be
+    /// read.
+    pub async fn load(
+        source: &str,
+        min_refetch: Duration,
+        ca_file: Option<&Path>,
+    ) -> Result<Arc<Jwks>, LoadError> {
+        let url = super::fetch::Url::parse(source, ca_file).map_err(|reason| LoadError {
+            source_name: source.to_owned(),
+            reason,
+        })?;
+        let parsed = match url {
+            Some(url) => Source::Http(url),
+            None => Source::File(PathBuf::from(source)),
         };
         let jwks = Jwks::with_source(parsed, source.to_owned(), min_refetch);
         jwks.refresh().await?;
@@ -132,20 +134,28 @@ impl Jwks {
 
     /// The key a token with header `kid` and `alg` is verified with: the key with that `kid`,
     /// or the only key when the token names none. An unknown `kid` asks for a re-read.
-    pub(crate) fn find(&self, kid: Option<&str>, alg: Algorithm) -> Option<Key> {
+    ///
+    /// # Errors
+    /// [`Error::UnknownKid`], or [`Error::NoMatchingKey`] when the key is for another algorithm
+    /// or the token names none and there are several.
+    pub(crate) fn find(&self, kid: Option<&str>, alg: Algorithm) -> Result<Key, Error> {
         let keys = self.read();
         let key = match kid {
             Some(kid) => match keys.by_kid.get(kid) {
                 Some(key) => key.clone(),
                 None => {
                     self.request_refetch();
-                    return None;
+                    return Err(Error::UnknownKid);
                 }
             },
             None if keys.all.len() == 1 => keys.all[0].clone(),
-            None => return None,
+            None => return Err(Error::NoMatchingKey),
         };
-        (key.alg == alg).then_some(key)
+        if key.alg == alg {
+            Ok(key)
+        } else {
+            Err(Error::NoMatchingKey)
+        }
     }
 
     /// Wakes [`Jwks::run`] unless a re-read was asked for less than `min_refetch` ago.
@@ -184,12 +194,10 @@ impl Jwks {
             Source::File(path) => tokio::fs::read_to_string(path)
                 .await
                 .map_err(|e| self.error(e.to_string()))?,
-            Source::Http { authority, path } => {
-                tokio::time::timeout(FETCH_TIMEOUT, http_get(authority, path))
-                    .await
-                    .map_err(|_| self.error("timed out".to_owned()))?
-                    .map_err(|e| self.error(e))?
-            }
+            Source::Http(url) => tokio::time::timeout(FETCH_TIMEOUT, url.get())
+                .await
+                .map_err(|_| self.error("timed out".to_owned()))?
+                .map_err(|e| self.error(e))?,
             Source::Fixed(json) => json.clone(),
         };
         let keys = self.parse(&text)?;
@@ -197,8 +205,15 @@ impl Jwks {
         Ok(())
     }
 
-    /// Re-reads every `every`, and when woken by an unknown `kid`, until `stop` is cancelled.
-    pub async fn run(self: Arc<Self>, every: Duration, stop: CancellationToken) {
+    /// Re-reads every `every`, and when woken by an unknown `kid`, until `stop` is cancelled;
+    /// a failed re-read is counted (`gateway_auth_jwks_failures_total`) and handed to
+    /// `failed` (the gateway audits it), and the keys in memory stay.
+    pub async fn run(
+        self: Arc<Self>,
+        every: Duration,
+        stop: CancellationToken,
+        failed: impl Fn(&LoadError) + Send,
+    ) {
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
@@ -207,7 +222,11 @@ impl Jwks {
             }
             match self.refresh().await {
                 Ok(()) => tracing::debug!(keys = self.len(), "JWKS re-read"),
-                Err(e) => tracing::warn!(error = %e, "JWKS re-read failed; keeping the keys"),
+                Err(e) => {
+                    metrics::counter!("gateway_auth_jwks_failures_total").increment(1);
+                    tracing::warn!(error = %e, "JWKS re-read failed; keeping the keys");
+                    failed(&e);
+                }
             }
         }
     }
@@ -261,52 +280,4 @@ fn usable(jwk: &Jwk) -> Option<Key> {
     }
     let key = DecodingKey::from_jwk(jwk).ok()?;
     Some(Key { alg, key })
-}
-
-/// A plain HTTP/1.0 GET (no chunked bodies, no redirects); the body of a 200 answer.
-async fn http_get(authority: &str, path: &str) -> Result<String, String> {
-    let has_port = authority
-        .rsplit_once(':')
-        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        && !authority.ends_with(']');
-    let addr = if has_port {
-        authority.to_owned()
-    } else {
-        format!("{authority}:80")
-    };
-    let mut stream = tokio::net::TcpStream::connect(&addr)
-        .await
-        .map_err(|e| e.to_string())?;
-    let request = format!(
-        "GET {path} HTTP/1.0\r\nHost: {authority}\r\nAccept: application/json\r\n\
-         Connection: close\r\n\r\n"
-    );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let mut raw = Vec::new();
-    stream
-        .take(MAX_BYTES + 1)
-        .read_to_end(&mut raw)
-        .await
-        .map_err(|e| e.to_string())?;
-    if raw.len() as u64 > MAX_BYTES {
-        return Err(format!("answer longer than {MAX_BYTES} bytes"));
-    }
-    let text = String::from_utf8(raw).map_err(|_| "answer is not UTF-8".to_owned())?;
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| "incomplete HTTP answer".to_owned())?;
-    let status = head.split_whitespace().nth(1).unwrap_or("");
-    if status != "200" {
-        return Err(format!("HTTP status {status}"));
-    }
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        return Err("chunked answers are not supported".to_owned());
-    }
-    Ok(body.to_owned())
 }

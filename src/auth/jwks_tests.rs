@@ -60,20 +60,29 @@ fn hs256_with_the_secret_still_works_beside_the_jwks() {
 }
 
 #[test]
-fn a_kid_of_another_family_or_no_jwks_is_a_bad_signature() {
+fn a_kid_of_another_family_or_no_jwks_is_a_signature_failure() {
     let (v, _) = verifier(Duration::from_secs(60));
     // An RS256 token naming the EC key.
     let mixed = signed(Algorithm::RS256, Some("ec-test-1"), RSA, &claims());
-    assert_eq!(v.verify(&mixed).unwrap_err(), Error::BadSignature);
+    assert_eq!(v.verify(&mixed).unwrap_err(), Error::NoMatchingKey);
     // Two keys and no kid: none is chosen.
     let no_kid = signed(Algorithm::RS256, None, RSA, &claims());
-    assert_eq!(v.verify(&no_kid).unwrap_err(), Error::BadSignature);
+    assert_eq!(v.verify(&no_kid).unwrap_err(), Error::NoMatchingKey);
     // Without a JWKS, RS256 is refused (never checked against the secret).
     let rs = signed(Algorithm::RS256, Some("rsa-test-1"), RSA, &claims());
-    assert_eq!(
-        Verifier::new(SECRET).verify(&rs).unwrap_err(),
-        Error::BadSignature
-    );
+    let err = Verifier::new(SECRET).verify(&rs).unwrap_err();
+    assert_eq!(err, Error::AlgNotAllowed);
+    // Every signature failure tells the client the same, and the audit log why.
+    for e in [
+        Error::NoMatchingKey,
+        Error::AlgNotAllowed,
+        Error::UnknownKid,
+    ] {
+        assert_eq!(e.to_string(), Error::BadSignature.to_string());
+        assert_eq!(e.join_reason(), Error::BadSignature.join_reason());
+    }
+    assert_eq!(err.reason(), "alg_not_allowed");
+    assert_eq!(Error::UnknownKid.reason(), "unknown_kid");
 }
 
 #[test]
@@ -97,8 +106,8 @@ fn a_wrong_signature_is_refused() {
 fn an_unknown_kid_is_refused_and_asks_for_one_refetch_a_minute() {
     let (v, jwks) = verifier(Duration::from_secs(60));
     let unknown = signed(Algorithm::RS256, Some("rotated-key"), RSA, &claims());
-    assert_eq!(v.verify(&unknown).unwrap_err(), Error::BadSignature);
-    assert_eq!(v.verify(&unknown).unwrap_err(), Error::BadSignature);
+    assert_eq!(v.verify(&unknown).unwrap_err(), Error::UnknownKid);
+    assert_eq!(v.verify(&unknown).unwrap_err(), Error::UnknownKid);
     assert_eq!(jwks.refetch_requests(), 1);
     // With no minimum interval every unknown kid asks again.
     let (v, jwks) = verifier(Duration::ZERO);
@@ -109,7 +118,7 @@ fn an_unknown_kid_is_refused_and_asks_for_one_refetch_a_minute() {
 }
 
 #[test]
-fn alg_none_and_unconfigured_algorithms_are_bad_signatures() {
+fn alg_none_and_unconfigured_algorithms_are_not_allowed() {
     use base64::Engine as _;
     let b64 = |v: serde_json::Value| {
         base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
@@ -119,9 +128,9 @@ fn alg_none_and_unconfigured_algorithms_are_bad_signatures() {
     for alg in ["none", "None", "RS384", "PS256", "EdDSA"] {
         let head = b64(serde_json::json!({"alg": alg, "typ": "JWT"}));
         let token = format!("{head}.{body}.");
-        assert_eq!(v.verify(&token).unwrap_err(), Error::BadSignature, "{alg}");
+        assert_eq!(v.verify(&token).unwrap_err(), Error::AlgNotAllowed, "{alg}");
         let token = format!("{head}.{body}.c2ln");
-        assert_eq!(v.verify(&token).unwrap_err(), Error::BadSignature, "{alg}");
+        assert_eq!(v.verify(&token).unwrap_err(), Error::AlgNotAllowed, "{alg}");
     }
 }
 
@@ -177,8 +186,10 @@ fn a_jwks_without_usable_keys_is_refused() {
 #[tokio::test]
 async fn load_reads_a_file_and_fails_fast_on_a_missing_one() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/jwks/jwks.json");
-    let jwks = Jwks::load(path, Duration::from_secs(60)).await.unwrap();
+    let jwks = Jwks::load(path, Duration::from_secs(60), None)
+        .await
+        .unwrap();
     assert_eq!(jwks.len(), 2);
-    let missing = Jwks::load("/nonexistent/jwks.json", Duration::ZERO).await;
+    let missing = Jwks::load("/nonexistent/jwks.json", Duration::ZERO, None).await;
     assert!(missing.is_err());
 }

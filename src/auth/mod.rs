@@ -7,6 +7,7 @@
 //! secret.
 
 pub mod channel;
+mod fetch;
 pub mod jwks;
 #[cfg(test)]
 mod jwks_tests;
@@ -27,9 +28,19 @@ pub enum Error {
     /// Not three base64url parts with JSON header and claims.
     #[error("The token provided is not a valid JWT")]
     Malformed,
-    /// Signature does not verify with the secret (or an algorithm we do not accept).
+    /// Signature does not verify with the key the header chose.
     #[error("Failed to validate JWT signature")]
     BadSignature,
+    /// The header's `alg` is `none` or not configured (RS256/ES256 without a JWKS included).
+    #[error("Failed to validate JWT signature")]
+    AlgNotAllowed,
+    /// The header's `kid` is not in the JWKS (which is then re-read, at most once a minute).
+    #[error("Failed to validate JWT signature")]
+    UnknownKid,
+    /// No JWKS key fits: the `kid`'s key is of another algorithm, or there is no `kid` and the
+    /// JWKS has several keys.
+    #[error("Failed to validate JWT signature")]
+    NoMatchingKey,
     /// `role` or `exp` missing.
     #[error("Fields `role` and `exp` are required in JWT")]
     MissingClaims,
@@ -56,11 +67,32 @@ impl Error {
         }
     }
 
+    /// A machine-readable name of the refusal, for the audit log and metrics (several refusals
+    /// share one client text, e.g. every signature failure): never the token itself.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Missing => "token_missing",
+            Error::Malformed => "malformed",
+            Error::BadSignature => "bad_signature",
+            Error::AlgNotAllowed => "alg_not_allowed",
+            Error::UnknownKid => "unknown_kid",
+            Error::NoMatchingKey => "no_matching_key",
+            Error::MissingClaims => "missing_claims",
+            Error::InvalidExpiry => "invalid_expiry",
+            Error::Expired(_) => "token_expired",
+            Error::NotYetValid => "not_yet_valid",
+            Error::WrongAudience => "wrong_audience",
+        }
+    }
+
     /// The `reason` of a refused join (docs/protocol.md 5.3): `<Code>: <message>`.
     pub fn join_reason(&self) -> String {
         let code = match self {
             Error::Malformed | Error::Missing => "MalformedJWT",
-            Error::BadSignature => "JwtSignatureError",
+            Error::BadSignature
+            | Error::AlgNotAllowed
+            | Error::UnknownKid
+            | Error::NoMatchingKey => "JwtSignatureError",
             Error::MissingClaims
             | Error::InvalidExpiry
             | Error::Expired(_)
@@ -169,15 +201,15 @@ impl Verifier {
                 } else {
                     Algorithm::ES256
                 };
-                let jwks = self.jwks.as_ref().ok_or(Error::BadSignature)?;
-                let found = jwks.find(kid.as_deref(), alg).ok_or(Error::BadSignature)?;
+                let jwks = self.jwks.as_ref().ok_or(Error::AlgNotAllowed)?;
+                let found = jwks.find(kid.as_deref(), alg)?;
                 let mut validation = self.validation.clone();
                 validation.algorithms = vec![found.alg];
                 asymmetric = (found.key, validation);
                 (&asymmetric.0, &asymmetric.1)
             }
             // `none` and every algorithm not configured.
-            _ => return Err(Error::BadSignature),
+            _ => return Err(Error::AlgNotAllowed),
         };
         let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
             &token, key, validation,

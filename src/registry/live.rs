@@ -38,6 +38,13 @@ impl Live {
         self.rows.insert(row.id, row.clone());
     }
 
+    /// A channel's token now names `user_id`.
+    pub(super) fn user_changed(&mut self, id: Uuid, user_id: Option<Uuid>) {
+        if let Some(row) = self.rows.get_mut(&id) {
+            row.user_id = user_id;
+        }
+    }
+
     /// A channel ended.
     pub(super) fn left(&mut self, id: Uuid) {
         self.rows.remove(&id);

@@ -74,7 +74,7 @@ pub struct JoinRow {
 /// An audit-log record.
 #[derive(Debug, Clone)]
 pub struct AuditRecord {
-    /// `cap_refused`, `cap_warning`, `reaped`, `slow_consumer`, `node_lost`, `auth_failed`, ...
+    /// `cap_refused`, `cap_warning`, `reaped`, `slow_consumer`, `node_lost`, `auth_refused`, ...
     pub kind: &'static str,
     /// When it happened.
     pub at: DateTime<Utc>,
@@ -103,6 +103,11 @@ enum Event {
         connection: Uuid,
     },
     Audit(AuditRecord),
+    /// The user of an open row changed (a channel's new token names another `sub`).
+    User {
+        id: Uuid,
+        user_id: Option<Uuid>,
+    },
     Tick {
         heartbeats: Vec<Uuid>,
         done: oneshot::Sender<Vec<Uuid>>,
@@ -231,6 +236,38 @@ impl Registry {
             remote_addr: remote.map(|a| a.to_string()),
             detail: bounded_detail(detail, self.max_detail_bytes),
         }));
+    }
+
+    /// Audits and counts a refused token or credential: an `auth_refused` record whose detail
+    /// is `detail` (an object: the channel, the client's message, ...) with `stage` (`connect`,
+    /// `join`, `access_token`, `rest`, `admin`) and a machine-readable `reason` (`token_expired`,
+    /// `bad_signature`, `unknown_kid`, ...), and `gateway_auth_refused_total{stage, reason}`.
+    /// Callers never put the token itself in `detail`. Like every audit record it waits in the
+    /// writer's bounded queue (`--audit-max-pending`, oldest dropped first), so a flood of bad
+    /// tokens costs bounded memory.
+    pub fn auth_refused(
+        &self,
+        stage: &'static str,
+        reason: &'static str,
+        user_id: Option<Uuid>,
+        remote: Option<SocketAddr>,
+        mut detail: Value,
+    ) {
+        metrics::counter!("gateway_auth_refused_total", "stage" => stage, "reason" => reason)
+            .increment(1);
+        if let Value::Object(map) = &mut detail {
+            map.insert("stage".to_owned(), Value::from(stage));
+            map.insert("reason".to_owned(), Value::from(reason));
+        } else {
+            detail = serde_json::json!({"stage": stage, "reason": reason, "detail": detail});
+        }
+        self.audit("auth_refused", user_id, remote, detail);
+    }
+
+    /// Records that the open row `id` now acts for `user_id` (its channel took a token of
+    /// another `sub`): `claimed_user_id` and `user_id` are rewritten as at a join.
+    pub fn user_changed(&self, id: Uuid, user_id: Option<Uuid>) {
+        self.send(Event::User { id, user_id });
     }
 
     /// Writes the heartbeats of `connections` and this node's own heartbeat, and cleans up

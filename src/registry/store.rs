@@ -130,6 +130,36 @@ pub(super) async fn users_are_checked(pool: &PgPool) -> Result<bool, Error> {
     .await?)
 }
 
+/// Sets the user of open registry rows, `(row id, user)`, as [`insert_rows`] does at a join:
+/// `claimed_user_id` always, `user_id` (with `check_users`) only when `auth.users` knows it.
+///
+/// # Errors
+/// When the database cannot be reached.
+pub(super) async fn set_users(
+    pool: &PgPool,
+    users: &[(Uuid, Option<Uuid>)],
+    check_users: bool,
+) -> Result<(), Error> {
+    let ids: Vec<Uuid> = users.iter().map(|(id, _)| *id).collect();
+    let subs: Vec<Option<Uuid>> = users.iter().map(|(_, u)| *u).collect();
+    let user = if check_users {
+        "(select a.id from auth.users a where a.id = u.user_id)"
+    } else {
+        "u.user_id"
+    };
+    sqlx::query(&format!(
+        "update public.realtime_subscription_registry r \
+         set user_id = {user}, claimed_user_id = u.user_id \
+         from unnest($1::uuid[], $2::uuid[]) as u(id, user_id) \
+         where r.id = u.id and r.is_active"
+    ))
+    .bind(&ids)
+    .bind(&subs)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 /// Inserts registry rows in one statement (its own transaction). The JWT's `sub` is always kept
 /// in `claimed_user_id`; with `check_users`, `user_id` is set only when `auth.users` has that
 /// user (null otherwise), so an unknown user cannot violate the foreign key. With `reactivate`

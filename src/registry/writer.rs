@@ -40,6 +40,8 @@ struct Pending {
     inserts: HashMap<Uuid, (JoinRow, RowEnd)>,
     /// Ends of rows already inserted.
     closes: HashMap<Uuid, RowClose>,
+    /// New users of rows already inserted (the last one reported wins).
+    users: HashMap<Uuid, Option<Uuid>>,
     /// Slots to free.
     releases: Vec<(i32, Uuid)>,
     /// Audit records to append, oldest first.
@@ -50,12 +52,13 @@ impl Pending {
     fn is_empty(&self) -> bool {
         self.inserts.is_empty()
             && self.closes.is_empty()
+            && self.users.is_empty()
             && self.releases.is_empty()
             && self.audit.is_empty()
     }
 
     fn rows(&self) -> usize {
-        self.inserts.len() + self.closes.len()
+        self.inserts.len() + self.closes.len() + self.users.len()
     }
 }
 
@@ -248,6 +251,22 @@ impl Writer {
             }
             Event::Acquired { slot, connection } => self.live.slot_taken(slot, connection),
             Event::Audit(record) => self.push_audit(record),
+            Event::User { id, user_id } => {
+                self.live.user_changed(id, user_id);
+                if let Some(entry) = self.pending.inserts.get_mut(&id) {
+                    entry.0.user_id = user_id;
+                } else if self.pending.closes.contains_key(&id) {
+                    // Already ended: its user no longer matters.
+                } else if !self.pending.users.contains_key(&id) && self.pending.rows() >= bound {
+                    self.rows_overflow.drop_one(
+                        "registry rows",
+                        bound,
+                        "gateway_registry_rows_dropped_total",
+                    );
+                } else {
+                    self.pending.users.insert(id, user_id);
+                }
+            }
             Event::Tick { done, .. } => {
                 let _answered = done.send(Vec::new());
             }
@@ -275,6 +294,7 @@ impl Writer {
     async fn flush(&mut self) -> bool {
         let releases = self.flush_releases().await;
         let inserts = self.flush_inserts().await;
+        let users = self.flush_users().await;
         let closes = self.flush_closes().await;
         let audit = self.flush_audit().await;
         self.rows_overflow.settle(
@@ -287,7 +307,27 @@ impl Writer {
             self.pending.audit.len(),
             self.settings.max_pending_audit,
         );
-        releases && inserts && closes && audit
+        releases && inserts && users && closes && audit
+    }
+
+    /// Rewrites the users of rows whose channel took another `sub`'s token; kept for a retry
+    /// when the database cannot be reached.
+    async fn flush_users(&mut self) -> bool {
+        if self.pending.users.is_empty() {
+            return true;
+        }
+        let users: Vec<(Uuid, Option<Uuid>)> =
+            self.pending.users.iter().map(|(id, u)| (*id, *u)).collect();
+        match store::set_users(&self.pool, &users, self.check_users).await {
+            Ok(()) => {
+                self.pending.users.clear();
+                true
+            }
+            Err(e) => {
+                tracing::warn!("registry user update failed: {}; will retry", chain(&e));
+                false
+            }
+        }
     }
 
     async fn flush_releases(&mut self) -> bool {

@@ -537,6 +537,7 @@ impl Session {
                 let Some(joined) = self.channels.get_mut(&topic) else {
                     return;
                 };
+                identity_changed(&self.services, self.params.peer, joined, &claims);
                 joined.claims = Arc::clone(&claims);
                 joined.token = Some(token.to_owned());
                 if joined.has_changes {
@@ -545,6 +546,12 @@ impl Session {
                 }
             }
             Err(e) => {
+                let (services, peer) = (&self.services, Some(self.params.peer));
+                let detail = json!({"channel": joined.name, "message": e.to_string()});
+                let user = joined.claims.user_id();
+                services
+                    .registry
+                    .auth_refused("access_token", e.reason(), user, peer, detail);
                 if let Some(joined) = self.leave(&topic, "token_expired") {
                     let jr = joined.join_ref.as_deref();
                     let system = json!({"extension": "system", "status": "error",
@@ -573,6 +580,30 @@ impl Session {
             protocol::encode_text(self.params.vsn, jr, r, topic, event, &payload.to_string());
         // A full queue closes the session as a slow consumer; nothing more to do here.
         let _pushed = self.outbound.push(Frame::from(text));
+    }
+}
+
+/// A channel's new token names another `sub` or `role` than its old one: audited as
+/// `token_identity_changed` (sub and role are no secrets), counted, and the registry row takes
+/// the new user. The caller then re-registers the subscriptions with the new claims.
+fn identity_changed(services: &Services, peer: SocketAddr, joined: &Joined, new: &Claims) {
+    let old = &joined.claims;
+    if old.sub == new.sub && old.role == new.role {
+        return;
+    }
+    metrics::counter!("gateway_session_identity_changes_total").increment(1);
+    tracing::debug!(channel = %joined.name, "channel token names another identity");
+    services.registry.audit(
+        "token_identity_changed",
+        new.user_id(),
+        Some(peer),
+        json!({"channel": joined.name, "old_sub": old.sub, "new_sub": new.sub,
+               "old_role": old.role, "new_role": new.role}),
+    );
+    if old.user_id() != new.user_id() {
+        services
+            .registry
+            .user_changed(joined.registry_id, new.user_id());
     }
 }
 

@@ -64,12 +64,10 @@ pub async fn handler(
         Err(e) => {
             metrics::counter!("gateway_session_auth_failures_total").increment(1);
             tracing::debug!(peer = %peer, error = %e, "upgrade refused: bad apikey");
-            state.registry.audit(
-                "auth_failed",
-                None,
-                Some(peer),
-                json!({"stage": "connect", "reason": e.to_string()}),
-            );
+            let detail = json!({"message": e.to_string()});
+            state
+                .registry
+                .auth_refused("connect", e.reason(), None, Some(peer), detail);
             match clients.record_failure(peer.ip()).await {
                 Ok(true) => return auth_failures_refused(&state, peer).await,
                 Ok(false) => {}

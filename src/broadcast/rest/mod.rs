@@ -47,7 +47,7 @@ pub struct RestState {
     pub bounds: RestBounds,
     /// Failed authentications per client address (a refused token counts).
     pub clients: Arc<ClientLimits>,
-    /// Where rate refusals are audited.
+    /// Where rate and token refusals are audited.
     pub registry: Registry,
     /// Authorizes messages to private channels ([`private`]).
     pub authorizer: crate::auth::channel::Authorizer,
@@ -205,6 +205,12 @@ async fn admit(
         Ok(claims) => return Ok((claims, addr)),
         Err(e) => e,
     };
+    if let Error::Unauthorized(refused) = &e {
+        let detail = json!({"message": refused.to_string()});
+        state
+            .registry
+            .auth_refused("rest", refused.reason(), None, Some(addr), detail);
+    }
     match state.clients.record_failure(addr.ip()).await {
         Ok(true) => return Err(too_many_failures(state, addr)),
         Ok(false) => {}

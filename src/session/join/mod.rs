@@ -396,11 +396,12 @@ impl Session {
             if left <= 0 {
                 let e = crate::auth::Error::Expired(left.unsigned_abs());
                 metrics::counter!("gateway_session_auth_failures_total").increment(1);
-                self.services.registry.audit(
-                    "auth_failed",
+                self.services.registry.auth_refused(
+                    "join",
+                    e.reason(),
                     self.params.claims.user_id(),
                     Some(self.params.peer),
-                    json!({"stage": "join", "channel": name, "reason": e.to_string()}),
+                    json!({"channel": name, "message": e.to_string()}),
                 );
                 return Err(Refusal::Token(e.join_reason()));
             }
@@ -410,11 +411,12 @@ impl Session {
             Ok(claims) => Ok((Arc::new(claims), Some(token.to_owned()))),
             Err(e) => {
                 metrics::counter!("gateway_session_auth_failures_total").increment(1);
-                self.services.registry.audit(
-                    "auth_failed",
+                self.services.registry.auth_refused(
+                    "join",
+                    e.reason(),
                     None,
                     Some(self.params.peer),
-                    json!({"stage": "join", "channel": name, "reason": e.to_string()}),
+                    json!({"channel": name, "message": e.to_string()}),
                 );
                 self.count_auth_failure();
                 Err(Refusal::Token(e.join_reason()))
