@@ -280,13 +280,13 @@ pub struct Settings {
     #[arg(long, env = "AUTH_FAILURE_WINDOW", default_value = "5m", value_parser = parse_duration)]
     pub auth_failure_window: Duration,
 
-    /// Most open WebSocket connections from one client address on this node; more are refused
-    /// with 429 (connections, default 0: no limit).
+    /// Most open WebSocket connections from one client address across every node sharing the
+    /// database; more are refused with 429 (connections, default 0: no limit).
     #[arg(long, env = "MAX_CONNECTIONS_PER_ADDR", default_value_t = 0)]
     pub max_connections_per_addr: u32,
 
-    /// Most open WebSocket connections of one user (`sub` claim) on this node; more are refused
-    /// with 429 (connections, default 0: no limit).
+    /// Most open WebSocket connections of one user (`sub` claim) across every node sharing the
+    /// database; more are refused with 429 (connections, default 0: no limit).
     #[arg(long, env = "MAX_CONNECTIONS_PER_USER", default_value_t = 0)]
     pub max_connections_per_user: u32,
 
@@ -413,9 +413,9 @@ pub struct Config {
     pub max_auth_failures: u32,
     /// Window of the failed-authentication limit.
     pub auth_failure_window: Duration,
-    /// Connections per address on this node (0: off).
+    /// Connections per address across the cluster (0: off).
     pub max_connections_per_addr: u32,
-    /// Connections per user on this node (0: off).
+    /// Connections per user across the cluster (0: off).
     pub max_connections_per_user: u32,
     /// Joins per second per connection (0: off).
     pub joins_per_second: u32,

@@ -327,3 +327,60 @@ async fn failed_join_tokens_count_for_the_address() {
     assert_eq!(refused, (429, BLOCKED.to_owned()));
     gw.stop().await.unwrap();
 }
+
+/// Connections per address and per user are counted across every node of the database: the
+/// limit's connections spread over two nodes leave no room on either.
+#[tokio::test]
+async fn connections_per_address_and_user_are_capped_across_nodes() {
+    let db = TestDb::new().await;
+    let limits = |c: &mut realtime_gateway::Config| {
+        behind_proxy(c);
+        c.max_connections_per_addr = 2;
+        c.max_connections_per_user = 2;
+    };
+    let a = TestGateway::start_with(&db, limits).await;
+    let b = TestGateway::start_with(&db, limits).await;
+    let anon = token("anon", None);
+    let first = upgrade(&a, &anon, "10.0.3.1").await.expect("first, on a");
+    let _second = upgrade(&b, &anon, "10.0.3.1").await.expect("second, on b");
+    for gw in [&a, &b] {
+        let refused = upgrade(gw, &anon, "10.0.3.1").await.err().unwrap();
+        assert_eq!(
+            refused,
+            (
+                429,
+                r#"{"error":"Too many connections from this address"}"#.to_owned()
+            )
+        );
+    }
+    let user = token(
+        "authenticated",
+        Some("dddddddd-0000-4000-8000-000000000004"),
+    );
+    let _u1 = upgrade(&a, &user, "10.0.4.1").await.expect("user on a");
+    let _u2 = upgrade(&b, &user, "10.0.4.2").await.expect("user on b");
+    let refused = upgrade(&b, &user, "10.0.4.3").await.err().unwrap();
+    assert_eq!(
+        refused,
+        (
+            429,
+            r#"{"error":"Too many connections for this user"}"#.to_owned()
+        )
+    );
+    // A connection closed on one node makes room on the other.
+    drop(first);
+    let (b_ref, anon_ref) = (&b, &anon);
+    eventually(
+        Duration::from_secs(10),
+        "the freed place is taken on the other node",
+        || async move { upgrade(b_ref, anon_ref, "10.0.3.1").await.is_ok() },
+    )
+    .await;
+    eventually(Duration::from_secs(10), "refusals audited", || async {
+        audited(&db, "connections_per_addr").await >= 2
+            && audited(&db, "connections_per_user").await >= 1
+    })
+    .await;
+    a.stop().await.unwrap();
+    b.stop().await.unwrap();
+}

@@ -1,6 +1,8 @@
 //! Limits per client: the client address (socket peer, or `X-Forwarded-For` behind trusted
 //! proxies), failed authentications per address (shared by every node through
-//! `realtime.auth_failures`), and open connections per address and per user (this node's).
+//! `realtime.auth_failures`), and open connections per address and per user: this node's own
+//! count refuses at once what the node alone exceeds, and the connection's slot row (migration
+//! 0015) counts the address and user across every node.
 //!
 //! Failed authentications: a fixed window per address, started by its first failure. Each
 //! failure is one upsert that returns the window's count; each upgrade asks one indexed
@@ -196,6 +198,16 @@ impl ClientLimits {
     /// The window of the failed-authentication limit.
     pub fn window(&self) -> Duration {
         self.window
+    }
+
+    /// Connections per address across the cluster (0: off).
+    pub fn max_per_addr(&self) -> u32 {
+        self.max_per_addr
+    }
+
+    /// Connections per user across the cluster (0: off).
+    pub fn max_per_user(&self) -> u32 {
+        self.max_per_user
     }
 
     /// The failed-authentication limit (0: off).

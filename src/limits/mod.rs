@@ -24,7 +24,8 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
-use crate::registry::{store, Registry};
+use crate::registry::store::{self, SlotAnswer};
+use crate::registry::Registry;
 use crate::shutdown::Shutdown;
 
 /// Most upgrades whose slots are taken in one statement.
@@ -58,7 +59,20 @@ pub struct Limits {
 #[derive(Debug)]
 struct Request {
     connection: Uuid,
-    reply: oneshot::Sender<Result<Option<i32>, Error>>,
+    /// The client's address and user, counted across the cluster when a per-client limit is on.
+    client: (std::net::IpAddr, Option<Uuid>),
+    reply: oneshot::Sender<Result<SlotAnswer, Error>>,
+}
+
+/// What an upgrade got.
+#[derive(Debug)]
+pub enum Acquired {
+    /// A slot.
+    Permit(ConnectionPermit),
+    /// None: the cluster is at its cap.
+    Full,
+    /// None: the client's address or user holds its limit of connections across the cluster.
+    Refused(client::Refused),
 }
 
 /// A held connection slot; dropping it frees the slot.
@@ -103,7 +117,8 @@ impl Limits {
             prune_auth_failures(Arc::clone(&clients), shutdown.clone()),
         );
         let (requests, queue) = mpsc::unbounded_channel();
-        let taker = take_slots(pool, registry.clone(), max_connections, queue);
+        let per_client = (clients.max_per_addr(), clients.max_per_user());
+        let taker = take_slots(pool, registry.clone(), max_connections, per_client, queue);
         let stop = shutdown.clone();
         shutdown.spawn("slot_taker", async move {
             tokio::select! {
@@ -121,7 +136,9 @@ impl Limits {
         }
     }
 
-    /// Takes a connection slot for `connection`: `Ok(None)` when the cluster is at its cap.
+    /// Takes a connection slot for `connection` of the client at `addr` (user `user`), unless
+    /// the cluster is at its cap or, with a per-client limit on, the address or user holds its
+    /// limit of connections across the cluster.
     ///
     /// # Errors
     /// When the database cannot be asked (the connection is then refused too: the cap cannot
@@ -129,16 +146,25 @@ impl Limits {
     pub async fn acquire_connection(
         &self,
         connection: Uuid,
-    ) -> Result<Option<ConnectionPermit>, Error> {
+        addr: std::net::IpAddr,
+        user: Option<Uuid>,
+    ) -> Result<Acquired, Error> {
         let (reply, answer) = oneshot::channel();
         self.requests
-            .send(Request { connection, reply })
+            .send(Request {
+                connection,
+                client: (addr, user),
+                reply,
+            })
             .map_err(|_| Error::Stopped)?;
-        let Some(slot) = answer.await.map_err(|_| Error::Stopped)?? else {
-            return Ok(None);
+        let slot = match answer.await.map_err(|_| Error::Stopped)?? {
+            SlotAnswer::Taken(slot) => slot,
+            SlotAnswer::Full => return Ok(Acquired::Full),
+            SlotAnswer::PerAddr => return Ok(Acquired::Refused(client::Refused::PerAddr)),
+            SlotAnswer::PerUser => return Ok(Acquired::Refused(client::Refused::PerUser)),
         };
         self.in_use.fetch_add(1, Ordering::AcqRel);
-        Ok(Some(ConnectionPermit {
+        Ok(Acquired::Permit(ConnectionPermit {
             slot,
             connection,
             registry: self.registry.clone(),
@@ -182,23 +208,56 @@ async fn take_slots(
     pool: PgPool,
     registry: Registry,
     cap: u32,
+    (max_per_addr, max_per_user): (u32, u32),
     mut queue: mpsc::UnboundedReceiver<Request>,
 ) {
     let mut batch: Vec<Request> = Vec::new();
     while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        let connections: Vec<Uuid> = batch.iter().map(|r| r.connection).collect();
-        metrics::histogram!("gateway_limits_slot_batch_size").record(connections.len() as f64);
-        match store::acquire_slots(&pool, registry.node_id(), &connections, cap).await {
-            Ok(taken) => {
-                let slots: std::collections::HashMap<Uuid, i32> =
-                    taken.into_iter().map(|(slot, c)| (c, slot)).collect();
+        metrics::histogram!("gateway_limits_slot_batch_size").record(batch.len() as f64);
+        // Without per-client limits one statement takes the whole batch's slots; with them,
+        // each connection's address and user are counted across the cluster first.
+        let answers = if max_per_addr == 0 && max_per_user == 0 {
+            let connections: Vec<Uuid> = batch.iter().map(|r| r.connection).collect();
+            store::acquire_slots(&pool, registry.node_id(), &connections, cap)
+                .await
+                .map(|taken| {
+                    taken
+                        .into_iter()
+                        .map(|(slot, c)| (c, SlotAnswer::Taken(slot)))
+                        .collect::<std::collections::HashMap<_, _>>()
+                })
+        } else {
+            let clients: Vec<store::ClientSlot> = batch
+                .iter()
+                .map(|r| (r.connection, r.client.0, r.client.1))
+                .collect();
+            store::acquire_slots_limited(
+                &pool,
+                registry.node_id(),
+                &clients,
+                cap,
+                max_per_addr,
+                max_per_user,
+            )
+            .await
+            .map(|answers| answers.into_iter().collect())
+        };
+        match answers {
+            Ok(answers) => {
                 for request in batch.drain(..) {
-                    let slot = slots.get(&request.connection).copied();
+                    let answer = answers
+                        .get(&request.connection)
+                        .copied()
+                        .unwrap_or(SlotAnswer::Full);
+                    let slot = match answer {
+                        SlotAnswer::Taken(slot) => Some(slot),
+                        _ => None,
+                    };
                     if let Some(slot) = slot {
                         // Before any release of it, on the same queue.
                         registry.slot_taken(slot, request.connection);
                     }
-                    if request.reply.send(Ok(slot)).is_err() {
+                    if request.reply.send(Ok(answer)).is_err() {
                         // The upgrade is gone (its client left while waiting): free its slot.
                         if let Some(slot) = slot {
                             registry.release_slot(slot, request.connection);

@@ -114,6 +114,68 @@ pub async fn acquire_slots(
     Ok(taken)
 }
 
+/// One upgrade of a batch under per-client limits: its connection, client address and user.
+pub type ClientSlot = (Uuid, std::net::IpAddr, Option<Uuid>);
+
+/// What a connection of a batch got under per-client limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotAnswer {
+    /// This slot.
+    Taken(i32),
+    /// Every slot is taken.
+    Full,
+    /// Its address holds its limit of slots across the cluster.
+    PerAddr,
+    /// Its user holds its limit of slots across the cluster.
+    PerUser,
+}
+
+/// Takes slots like [`acquire_slots`], counting each connection's address and user across the
+/// cluster first (`realtime.take_slots_limited`, migration 0015): a connection whose address
+/// holds `max_per_addr` slots, or whose user holds `max_per_user` (0: off), gets none.
+///
+/// # Errors
+/// When the database cannot be reached.
+pub async fn acquire_slots_limited(
+    pool: &PgPool,
+    node_id: &str,
+    clients: &[ClientSlot],
+    cap: u32,
+    max_per_addr: u32,
+    max_per_user: u32,
+) -> Result<Vec<(Uuid, SlotAnswer)>, Error> {
+    let cap = i32::try_from(cap).unwrap_or(i32::MAX);
+    let int = |n: u32| i32::try_from(n).unwrap_or(i32::MAX);
+    let conns: Vec<Uuid> = clients.iter().map(|c| c.0).collect();
+    let addrs: Vec<String> = clients.iter().map(|c| c.1.to_string()).collect();
+    let users: Vec<Option<Uuid>> = clients.iter().map(|c| c.2).collect();
+    let rows: Vec<(Uuid, Option<i32>, Option<String>)> = sqlx::query_as(
+        "select conn, taken, refusal from realtime.take_slots_limited($1, $2, $3::text[]::inet[], $4, $5, $6, $7, $8)",
+    )
+    .bind(node_id)
+    .bind(&conns)
+    .bind(&addrs)
+    .bind(&users)
+    .bind(cap)
+    .bind(rand::random_range(1..=cap.max(1)))
+    .bind(int(max_per_addr))
+    .bind(int(max_per_user))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(conn, taken, refusal)| {
+            let answer = match (taken, refusal.as_deref()) {
+                (Some(slot), _) => SlotAnswer::Taken(slot),
+                (None, Some("addr")) => SlotAnswer::PerAddr,
+                (None, Some("user")) => SlotAnswer::PerUser,
+                (None, _) => SlotAnswer::Full,
+            };
+            (conn, answer)
+        })
+        .collect())
+}
+
 /// Whether the registry's `user_id` references `auth.users` (a Supabase-style auth schema was
 /// there when the gateway migrated): its rows then name only users that exist there.
 ///

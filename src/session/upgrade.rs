@@ -16,6 +16,7 @@ use serde_json::json;
 
 use super::{Services, Session, SessionParams};
 use crate::limits::client::{self, Refused};
+use crate::limits::Acquired;
 use crate::protocol::Vsn;
 
 /// Initial read buffer of a socket. Client frames are small (heartbeats, joins, pushes); a
@@ -82,29 +83,42 @@ pub async fn handler(
         Ok(vsn) => vsn,
         Err(_) => return StatusCode::FORBIDDEN.into_response(),
     };
+    // This node's own count refuses at once what it alone already exceeds; the slot then
+    // counts the address and user across the cluster.
+    let refused_client = |refused: Refused| {
+        let (kind, text, limit) = match refused {
+            Refused::PerAddr => (
+                "connections_per_addr",
+                client::PER_ADDR_TEXT,
+                state.config.max_connections_per_addr,
+            ),
+            Refused::PerUser => (
+                "connections_per_user",
+                client::PER_USER_TEXT,
+                state.config.max_connections_per_user,
+            ),
+        };
+        (kind, text, json!({"kind": kind, "limit": limit}))
+    };
     let guard = match clients.admit(peer.ip(), claims.user_id()) {
         Ok(guard) => guard,
         Err(refused) => {
-            let (kind, text, limit) = match refused {
-                Refused::PerAddr => (
-                    "connections_per_addr",
-                    client::PER_ADDR_TEXT,
-                    state.config.max_connections_per_addr,
-                ),
-                Refused::PerUser => (
-                    "connections_per_user",
-                    client::PER_USER_TEXT,
-                    state.config.max_connections_per_user,
-                ),
-            };
-            let detail = json!({"kind": kind, "limit": limit});
+            let (kind, text, detail) = refused_client(refused);
             return rate_limited(&state, kind, claims.user_id(), peer, text, detail).await;
         }
     };
     let connection_id = uuid::Uuid::new_v4();
-    let mut permit = match state.limits.acquire_connection(connection_id).await {
-        Ok(Some(permit)) => permit,
-        Ok(None) => {
+    let acquired = state
+        .limits
+        .acquire_connection(connection_id, peer.ip(), claims.user_id())
+        .await;
+    let mut permit = match acquired {
+        Ok(Acquired::Permit(permit)) => permit,
+        Ok(Acquired::Refused(refused)) => {
+            let (kind, text, detail) = refused_client(refused);
+            return rate_limited(&state, kind, claims.user_id(), peer, text, detail).await;
+        }
+        Ok(Acquired::Full) => {
             metrics::counter!("gateway_limits_refused_total").increment(1);
             tracing::warn!(peer = %peer, "upgrade refused: connection cap reached");
             state.registry.audit(
