@@ -25,14 +25,45 @@
 --   (t, c, r, null, null, error). rows not listed are not visible.
 --
 -- not security definer: `set role` is checked against the session user, the gateway's login,
--- which must be a member of every role a token can name. the search path puts pg_catalog
--- first and public next, as a query of the role would see functions called by policies.
+-- which must be a member of every role a token can name. a role the login is not a member of,
+-- or a superuser role, is refused (an error for that claim set), as postgrest refuses to switch
+-- to it: a token naming `postgres` sees nothing.
+--
+-- the search path is pg_catalog and pg_temp only (pg_temp last, so it never hides a catalog
+-- table; it is never searched for functions): nothing a role creates in `public` can stand in
+-- for a function this body calls. policies are deparsed under the same path, so what they
+-- call outside pg_catalog is written schema-qualified and found. functions policies call that
+-- name objects without a schema should pin their own search_path, as supabase advises.
+
+-- switches the transaction to `role_name` acting with `claims` (json text): the role, and every
+-- setting supabase's auth helpers read (the legacy per-claim ones too, so none left over from
+-- an earlier claim set or a session default can stand in for these claims).
+create or replace function realtime.act_as(role_name text, claims text)
+returns void
+language plpgsql
+-- no set clause: a function's set clause would undo, at its exit, the local settings it makes.
+-- every name is qualified instead.
+as $$
+declare
+    parsed pg_catalog.jsonb := nullif(claims, '')::pg_catalog.jsonb;
+begin
+    perform pg_catalog.set_config('role', role_name, true);
+    perform pg_catalog.set_config('request.jwt.claims', coalesce(claims, ''), true);
+    perform pg_catalog.set_config('request.jwt.claim', '', true);
+    perform pg_catalog.set_config('request.jwt.claim.sub',
+        coalesce(parsed operator(pg_catalog.->>) 'sub', ''), true);
+    perform pg_catalog.set_config('request.jwt.claim.role',
+        coalesce(parsed operator(pg_catalog.->>) 'role', ''), true);
+end
+$$;
+
+revoke all on function realtime.act_as(text, text) from public;
 
 create or replace function realtime.visible_rows(request jsonb)
 returns table (t int, c int, r int, visible boolean, columns text[], error text)
 language plpgsql
 volatile
-set search_path = pg_catalog, public
+set search_path = pg_catalog, pg_temp
 as $$
 #variable_conflict use_column
 declare
@@ -51,7 +82,7 @@ declare
     row_i int;
     row_ok boolean;
     saved_role text := current_setting('role');
-    saved_claims text := current_setting('request.jwt.claims', true);
+    saved_claims text := coalesce(current_setting('request.jwt.claims', true), '');
 begin
     for tab in select value from jsonb_array_elements(request -> 'tables') loop
         tab_i := tab_i + 1;
@@ -74,6 +105,11 @@ begin
                 return next;
                 continue;
             end if;
+            if who.rolsuper or not pg_has_role(session_user, role_name, 'MEMBER') then
+                error := format('tokens may not act as role %s', quote_ident(role_name));
+                return next;
+                continue;
+            end if;
             if not has_schema_privilege(role_name, rel.nspname, 'USAGE') then
                 visible := false;
                 return next;
@@ -91,7 +127,7 @@ begin
                 end if;
                 columns := cols;
             end if;
-            if who.rolsuper or who.rolbypassrls or not rel.relrowsecurity
+            if who.rolbypassrls or not rel.relrowsecurity
                 or (not rel.relforcerowsecurity and pg_has_role(role_name, rel.relowner, 'USAGE'))
             then
                 visible := true;
@@ -112,18 +148,19 @@ begin
                               where pr <> 0 and pg_has_role(role_name, pr, 'USAGE')));
             -- the table-level answer: rows follow one by one.
             return next;
+            -- the row is aliased as the table inside its own subquery, so the policies' column
+            -- names resolve to the row whatever the table's columns are called.
             check_sql := format(
-                'select coalesce(array_agg((x.i - 1)::int), ''{}'') '
-                'from jsonb_array_elements($1) with ordinality as x(rec, i), '
-                'lateral jsonb_populate_record(null::%I.%I, x.rec) as %I '
-                'where (%s) and (%s)',
+                'select coalesce(pg_catalog.array_agg((x.i - 1)::int), ''{}'') '
+                'from pg_catalog.jsonb_array_elements($1) with ordinality as x(rec, i) '
+                'where exists (select from pg_catalog.jsonb_populate_record(null::%I.%I, x.rec) '
+                'as %I where (%s) and (%s))',
                 rel.nspname, rel.relname, rel.relname, permissive, restrictive);
             begin
-                perform set_config('role', role_name, true);
-                perform set_config('request.jwt.claims', claim ->> 'claims', true);
+                perform realtime.act_as(role_name, claim ->> 'claims');
                 execute check_sql using tab -> 'rows' into seen;
-                perform set_config('role', saved_role, true);
-                perform set_config('request.jwt.claims', coalesce(saved_claims, ''), true);
+                perform pg_catalog.set_config('role', saved_role, true);
+                perform realtime.act_as(saved_role, saved_claims);
             exception when others then
                 seen := null;
             end;
@@ -138,11 +175,10 @@ begin
             for row_i in 0 .. jsonb_array_length(tab -> 'rows') - 1 loop
                 r := row_i; visible := null; columns := null; error := null;
                 begin
-                    perform set_config('role', role_name, true);
-                    perform set_config('request.jwt.claims', claim ->> 'claims', true);
+                    perform realtime.act_as(role_name, claim ->> 'claims');
                     execute check_sql using jsonb_build_array(tab -> 'rows' -> row_i) into seen;
-                    perform set_config('role', saved_role, true);
-                    perform set_config('request.jwt.claims', coalesce(saved_claims, ''), true);
+                    perform pg_catalog.set_config('role', saved_role, true);
+                    perform realtime.act_as(saved_role, saved_claims);
                     if cardinality(seen) > 0 then
                         visible := true;
                         return next;

@@ -105,6 +105,7 @@ if [ "$quick" = 1 ]; then
     churn=(churn --connect-rate 100 --duration 5s --settle 20s)
     cap=(cap --cap 50 --clients 80 --duration 2s)
     soak=(soak --clients 20 --rate 20 --duration 20s --kill-listener-every 5s)
+    rls=(rls --clients 100 --rate 20 --duration 5s --claim-sets 10)
     cap_max=50
 else
     seed=(seed)
@@ -115,6 +116,7 @@ else
     churn=(churn --connect-rate 500 --duration 60s --settle 60s)
     cap=(cap --cap 200 --clients 260 --duration 5s)
     soak=(soak --clients 200 --rate 50 --duration 120s --kill-listener-every 20s)
+    rls=(rls --clients 1000 --rate 50 --duration 60s --claim-sets 50)
     cap_max=200
 fi
 
@@ -136,6 +138,7 @@ run_fresh 20000 soak 600 "${soak[@]}"
 run_fresh 20000 churn 600 "${churn[@]}"
 run_fresh "$cap_max" cap 300 "${cap[@]}"
 run_fresh 20000 fanout-1k 600 "${fanout_a[@]}"
+run_fresh 20000 rls 600 "${rls[@]}"
 load_end=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---- the results section -------------------------------------------------------------------
@@ -151,7 +154,7 @@ results="$out/results.md"
     echo
     echo "| scenario | command | clients ok/refused/errors | written | expected / lost / dup / ooo | p50 / p95 / p99 / p99.9 / max ms | deliveries/s | gateway RSS KiB (KiB/conn) | pg conns | pass |"
     echo "|---|---|---|---|---|---|---|---|---|---|"
-    for name in seed fanout-1k fanout-10k idle capture soak churn cap; do
+    for name in seed fanout-1k fanout-10k rls idle capture soak churn cap; do
         f="$out/$name.json"
         if [ ! -s "$f" ]; then
             echo "| $name | \`$(cat "$out/$name.cmd" 2>/dev/null)\` | (no result: see target/bench/$name.err) | | | | | | | |"
@@ -166,7 +169,7 @@ results="$out/results.md"
     echo
     echo "| scenario | target | measured | met |"
     echo "|---|---|---|---|"
-    for name in seed fanout-1k fanout-10k idle capture soak churn cap; do
+    for name in seed fanout-1k fanout-10k rls idle capture soak churn cap; do
         f="$out/$name.json"
         [ -s "$f" ] || continue
         jq -r --arg name "$name" '.targets[] | "| \($name) | \(.name) | \(.value|tostring) | \(if .met then "yes" else "**no**" end) |"' "$f"
@@ -174,7 +177,7 @@ results="$out/results.md"
     echo
     echo "Failures and what the gateway lacks, per scenario:"
     echo
-    for name in seed fanout-1k fanout-10k idle capture soak churn cap; do
+    for name in seed fanout-1k fanout-10k rls idle capture soak churn cap; do
         f="$out/$name.json"
         [ -s "$f" ] || continue
         jq -r --arg name "$name" '
@@ -184,7 +187,7 @@ results="$out/results.md"
     echo
     echo "Scenario details (CPU seconds used during the run, setup rate, writer, PostgreSQL NOTIFY floor):"
     echo
-    for name in seed fanout-1k fanout-10k idle capture soak churn cap; do
+    for name in seed fanout-1k fanout-10k rls idle capture soak churn cap; do
         f="$out/$name.json"
         [ -s "$f" ] || continue
         jq -r --arg name "$name" '"- \($name): over \(.loadtest.elapsed_s) s, cpu seconds: gateway \(.gateway.cpu_s), its PostgreSQL \(.gateway.postgres_cpu_s), loadtest \(.loadtest.cpu_s); detail `\(.detail | del(.phases) | tojson)`"' "$f"

@@ -75,7 +75,7 @@ impl PgChannel {
     ) -> PgChannel {
         let prefix = protocol::frame_prefix(vsn, None, None, &key.topic, "postgres_changes");
         let suffix = protocol::frame_suffix(vsn, None).into_owned();
-        let claims_json: Arc<str> = Arc::from(serde_json::to_string(&*claims).unwrap_or_default());
+        let claims_json = visibility::claims_json(&claims);
         let claims_key = {
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -294,7 +294,7 @@ impl Router {
         max_change_bytes: usize,
         wakes: &mut Wakes,
     ) -> Routed {
-        let (deliveries, ids) = self.collect(change);
+        let (deliveries, ids) = self.collect(change, sight);
         let mut tally = Tally::default();
         // The whole body is encoded once, when the first recipient needs it; each distinct
         // view (column selection, allowed columns, old row hidden) once more.
@@ -329,9 +329,6 @@ impl Router {
                 let reason = match old_hidden {
                     None => Some(visibility::CHECK_FAILED),
                     Some(_) if *is_error => Some(""),
-                    Some(_) if filters_hidden(channel, &ids[range.clone()], allowed) => {
-                        Some(visibility::FILTER_NOT_ALLOWED)
-                    }
                     Some(_) => None,
                 };
                 let key = (
@@ -446,7 +443,15 @@ impl Router {
     /// Step 1: the channels with at least one matching subscription, each once, with the ids
     /// of its matching subscriptions (a range of the returned ids) and the column selection
     /// they share.
-    fn collect(&self, change: &ChangeEvent) -> (Vec<Delivery>, Vec<u32>) {
+    ///
+    /// Where row-level security restricts what a claim set sees, the channel's decision is
+    /// taken here, before filters say anything: a claim set whose check failed gets an error
+    /// entry for every subscription covering the change, whether or not its filter matches (so
+    /// the entry tells nothing of a row it may not see), and a subscription filtering on a
+    /// column its role may not select matches nothing (its answer would tell the column's
+    /// value).
+    fn collect(&self, change: &ChangeEvent, sight: Sight<'_>) -> (Vec<Delivery>, Vec<u32>) {
+        let careful = sight.needs_care();
         let maps: Vec<Arc<DashMap<ChannelKey, Arc<PgChannel>>>> = lookups(change)
             .iter()
             .filter_map(|k| self.by_table.get(k).map(|m| Arc::clone(m.value())))
@@ -466,11 +471,37 @@ impl Router {
                 // ids are all distinct (the usual case) need no check; others use a set, so the
                 // work stays linear in the channel's subscriptions.
                 let start = ids.len();
+                let mut allowed: Option<&[String]> = None;
+                if careful {
+                    match sight.decide(channel.claims_key, &channel.claims_json, &channel.role) {
+                        Decision::Hide => continue,
+                        Decision::Error => {
+                            let mut listed = HashSet::new();
+                            for sub in channel.subs.iter().filter(|s| s.covers(change)) {
+                                if listed.insert(sub.id) {
+                                    ids.push(sub.id);
+                                }
+                            }
+                            if ids.len() > start {
+                                out.push((Arc::clone(channel), start..ids.len(), None, true));
+                            }
+                            continue;
+                        }
+                        Decision::Show { columns, .. } => allowed = columns.as_deref(),
+                    }
+                }
+                let readable = |sub: &PgSub| {
+                    allowed.is_none_or(|allowed| {
+                        sub.filter
+                            .as_ref()
+                            .is_none_or(|f| f.columns().all(|c| allowed.iter().any(|a| a == c)))
+                    })
+                };
                 let mut every_column = false;
                 let mut errored = false;
                 let mut listed: Option<HashSet<u32>> = (!channel.unique_ids).then(HashSet::new);
                 let mut cols: Vec<&String> = Vec::new();
-                for sub in &channel.subs {
+                for sub in channel.subs.iter().filter(|s| readable(s)) {
                     match sub.verdict(change) {
                         Verdict::Skip => {}
                         Verdict::Error => errored = true,
@@ -490,7 +521,7 @@ impl Router {
                 if errored {
                     // Subscriptions that get an error entry get it in a frame of their own.
                     let mut listed: Option<HashSet<u32>> = (!channel.unique_ids).then(HashSet::new);
-                    for sub in &channel.subs {
+                    for sub in channel.subs.iter().filter(|s| readable(s)) {
                         if sub.verdict(change) == Verdict::Error
                             && listed.as_mut().is_none_or(|l| l.insert(sub.id))
                         {
@@ -539,19 +570,6 @@ type FrameKey<'a> = (
     Option<&'static str>,
 );
 
-/// Whether a subscription among `ids` of `channel` filters on a column outside `allowed`.
-fn filters_hidden(channel: &PgChannel, ids: &[u32], allowed: Option<&[String]>) -> bool {
-    let Some(allowed) = allowed else {
-        return false;
-    };
-    channel
-        .subs
-        .iter()
-        .filter(|sub| ids.contains(&sub.id))
-        .filter_map(|sub| sub.filter.as_ref())
-        .any(|filter| filter.columns().any(|c| !allowed.iter().any(|a| a == c)))
-}
-
 /// A channel, where the ids of its matching subscriptions are, their column selection, and
 /// whether the frame is an error entry.
 type Delivery = (
@@ -565,15 +583,21 @@ type Delivery = (
 /// security will check each group's change once with that group's claims and drop the group
 /// (or trim its columns) when the role may not see the row.
 fn authorize(deliveries: &[Delivery]) -> Vec<Vec<&Delivery>> {
-    // The common case, one claim set for every recipient, costs no grouping.
-    let first = deliveries.first().map(|d| d.0.claims_key);
-    if deliveries.iter().all(|d| Some(d.0.claims_key) == first) {
-        return vec![deliveries.iter().collect()];
+    // The common case, one claim set for every recipient, costs no grouping. Claims are
+    // grouped by their text: equal fingerprints are only a hint.
+    let same = |a: &PgChannel, b: &PgChannel| {
+        a.claims_key == b.claims_key
+            && (Arc::ptr_eq(&a.claims_json, &b.claims_json) || a.claims_json == b.claims_json)
+    };
+    if let Some((first, ..)) = deliveries.first() {
+        if deliveries.iter().all(|d| same(&d.0, first)) {
+            return vec![deliveries.iter().collect()];
+        }
     }
-    let mut groups: HashMap<u64, Vec<&Delivery>> = HashMap::new();
+    let mut groups: HashMap<&str, Vec<&Delivery>> = HashMap::new();
     for delivery in deliveries {
         groups
-            .entry(delivery.0.claims_key)
+            .entry(&delivery.0.claims_json)
             .or_default()
             .push(delivery);
     }

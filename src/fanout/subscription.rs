@@ -130,6 +130,14 @@ impl PgSub {
         (self.schema.clone(), self.table.clone())
     }
 
+    /// Whether this subscription is about `change`'s table and operation, whatever its filter
+    /// says.
+    pub fn covers(&self, change: &ChangeEvent) -> bool {
+        self.events.contains(change.op)
+            && (self.schema == "*" || self.schema == change.table.schema)
+            && (self.table == "*" || self.table == change.table.name)
+    }
+
     /// Whether `change` is delivered to this subscription.
     pub fn matches(&self, change: &ChangeEvent) -> bool {
         self.verdict(change) == Verdict::Deliver

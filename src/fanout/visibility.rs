@@ -31,11 +31,6 @@ pub const SERVICE_ROLE: &str = "service_role";
 pub const CHECK_FAILED: &str =
     "Error 500: Internal Server Error, the row-level security check of this change failed";
 
-/// Reason of the error entry of a subscription whose filter tests a column its role may not
-/// select (answering it would tell the column's value).
-pub const FILTER_NOT_ALLOWED: &str =
-    "Error 403: Forbidden, the filter tests a column this role may not select";
-
 /// What one group of recipients (one claim set) gets of one change.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
@@ -59,10 +54,29 @@ static SHOW_ALL: Decision = Decision::Show {
 };
 static HIDE: Decision = Decision::Hide;
 
+/// Claims that differ from token to token of one user without saying anything about who
+/// they are: left out of the claims checks see, so a user's tokens share one claim set.
+const PER_TOKEN_CLAIMS: [&str; 3] = ["exp", "iat", "nbf"];
+
+/// The claims row-level security checks see (`request.jwt.claims`), as JSON: every claim but
+/// `exp`, `iat` and `nbf`.
+pub fn claims_json(claims: &crate::auth::Claims) -> Arc<str> {
+    let mut value = serde_json::to_value(claims).unwrap_or_default();
+    if let Some(map) = value.as_object_mut() {
+        for claim in PER_TOKEN_CLAIMS {
+            map.remove(claim);
+        }
+    }
+    Arc::from(value.to_string())
+}
+
 /// The decisions of one page of changes, by change (its index in the page) and claim set.
 #[derive(Debug, Default)]
 pub struct Decisions {
     by_change: Vec<HashMap<u64, (Arc<str>, Decision)>>,
+    /// Per change: whether some claim set's decision is more than show-or-hide (an error, or
+    /// fewer columns), which the router must know before it evaluates filters.
+    careful: Vec<bool>,
 }
 
 impl Decisions {
@@ -70,6 +84,7 @@ impl Decisions {
     pub fn sight(&self, index: usize) -> Sight<'_> {
         Sight {
             decided: self.by_change.get(index),
+            careful: self.careful.get(index).copied().unwrap_or(false),
             everything: false,
         }
     }
@@ -79,6 +94,7 @@ impl Decisions {
 #[derive(Debug, Clone, Copy)]
 pub struct Sight<'a> {
     decided: Option<&'a HashMap<u64, (Arc<str>, Decision)>>,
+    careful: bool,
     everything: bool,
 }
 
@@ -88,8 +104,15 @@ impl<'a> Sight<'a> {
     pub fn everything() -> Sight<'static> {
         Sight {
             decided: None,
+            careful: false,
             everything: true,
         }
+    }
+
+    /// Whether some claim set gets an error entry or fewer columns: the router then takes each
+    /// channel's decision before evaluating its filters.
+    pub fn needs_care(&self) -> bool {
+        self.careful
     }
 
     /// What the claim set (`key` its fingerprint, `claims` its JSON, `role` its role) gets.
@@ -121,6 +144,8 @@ pub struct ClaimSet {
 #[derive(Debug, Clone)]
 pub struct Visibility {
     pool: PgPool,
+    /// Bound on one check, also on this side (a stalled connection must not hold capture).
+    timeout: Duration,
     audit: Option<Registry>,
 }
 
@@ -140,7 +165,11 @@ impl Visibility {
             .acquire_timeout(timeout)
             .idle_timeout(Duration::from_secs(300))
             .connect_lazy_with(options);
-        Ok(Visibility { pool, audit: None })
+        Ok(Visibility {
+            pool,
+            timeout,
+            audit: None,
+        })
     }
 
     /// Audits failed checks to `registry`.
@@ -186,6 +215,7 @@ impl Visibility {
         };
         let failed = answer.tables.is_empty();
         let mut by_change = Vec::with_capacity(changes.len());
+        let mut careful = Vec::with_capacity(changes.len());
         for place in places {
             let mut decided = HashMap::new();
             if let Some(place) = place {
@@ -203,6 +233,16 @@ impl Visibility {
                     decided.insert(set.key, (Arc::clone(&set.json), decision));
                 }
             }
+            careful.push(decided.values().any(|(_, d)| {
+                matches!(
+                    d,
+                    Decision::Error
+                        | Decision::Show {
+                            columns: Some(_),
+                            ..
+                        }
+                )
+            }));
             by_change.push(decided);
         }
         // One audit record per table and claim set, however many of its rows failed.
@@ -212,16 +252,20 @@ impl Visibility {
                 self.audit_failure(&request, Some((*t, *c)), reason);
             }
         }
-        Decisions { by_change }
+        Decisions { by_change, careful }
     }
 
     async fn ask(&self, request: &Request) -> Result<Answer, crate::pg::Error> {
-        let rows = sqlx::query(
+        let query = sqlx::query(
             "select t, c, r, visible, columns, error from realtime.visible_rows($1::text::jsonb)",
         )
         .bind(request.to_json())
-        .fetch_all(&self.pool)
-        .await?;
+        .fetch_all(&self.pool);
+        // The server's statement timeout ends a slow check; this one ends a stalled connection.
+        let patience = self.timeout + Duration::from_secs(1);
+        let rows = tokio::time::timeout(patience, query)
+            .await
+            .map_err(|_| crate::pg::Error::Timeout(patience))??;
         let mut answer = Answer::default();
         for row in rows {
             let t = index(row.try_get::<i32, _>("t")?);
@@ -444,8 +488,10 @@ impl Answer {
             TableVerdict::None => Decision::Hide,
             TableVerdict::All => show(false),
             TableVerdict::Rows => {
+                // No row to check (an error entry in place of an undeliverable change): not
+                // even that a change happened is shown.
                 let Some(row) = place.row else {
-                    return show(false);
+                    return Decision::Hide;
                 };
                 match self.rows.get(&(place.table, claim, row)) {
                     Some(true) => {
@@ -532,6 +578,7 @@ mod tests {
         one.insert(7, (Arc::from("{\"a\":1}"), Decision::Error));
         let decisions = Decisions {
             by_change: vec![one],
+            careful: vec![true],
         };
         let sight = decisions.sight(0);
         assert_eq!(sight.decide(7, "{\"a\":1}", "anon"), &Decision::Error);

@@ -35,6 +35,9 @@ pub enum Error {
     /// The embedded cluster failed.
     #[error(transparent)]
     Embedded(#[from] embedded::Error),
+    /// No answer in time (the connection may be stalled).
+    #[error("no answer from the database within {0:?}")]
+    Timeout(Duration),
 }
 
 impl Error {
