@@ -59,6 +59,91 @@ $$;
 
 revoke all on function realtime.act_as(text, text) from public;
 
+-- what `role_name` may see of table `relid`, whatever the row: an error (the table is gone,
+-- the role unknown or not one tokens may act as), or visible (true: every row; false: none;
+-- null: rows pass `check_sql`), and the columns the role may select (null: all). asked once per
+-- table and role of a request, however many claim sets share the role.
+create or replace function realtime.table_sight(
+    relid oid,
+    role_name text,
+    out error text,
+    out visible boolean,
+    out columns text[],
+    out check_sql text
+)
+language plpgsql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+#variable_conflict use_column
+declare
+    rel record;
+    who record;
+    permissive text;
+    restrictive text;
+begin
+    select cl.relname, ns.nspname, cl.relrowsecurity, cl.relforcerowsecurity, cl.relowner
+    into rel
+    from pg_class cl join pg_namespace ns on ns.oid = cl.relnamespace
+    where cl.oid = relid;
+    if not found then
+        error := 'the table no longer exists';
+        return;
+    end if;
+    select ro.rolsuper, ro.rolbypassrls into who from pg_roles ro where ro.rolname = role_name;
+    if not found then
+        error := format('role %s does not exist', quote_ident(role_name));
+        return;
+    end if;
+    if who.rolsuper or not pg_has_role(session_user, role_name, 'MEMBER') then
+        error := format('tokens may not act as role %s', quote_ident(role_name));
+        return;
+    end if;
+    if not has_schema_privilege(role_name, rel.nspname, 'USAGE') then
+        visible := false;
+        return;
+    end if;
+    if not has_table_privilege(role_name, relid, 'SELECT') then
+        select array_agg(a.attname::text order by a.attnum) into columns
+        from pg_attribute a
+        where a.attrelid = relid and a.attnum > 0 and not a.attisdropped
+          and has_column_privilege(role_name, relid, a.attnum, 'SELECT');
+        if columns is null then
+            visible := false;
+            return;
+        end if;
+    end if;
+    if who.rolbypassrls or not rel.relrowsecurity
+        or (not rel.relforcerowsecurity and pg_has_role(role_name, rel.relowner, 'USAGE'))
+    then
+        visible := true;
+        return;
+    end if;
+    select
+        coalesce(string_agg('(' || q || ')', ' or ') filter (where pol.polpermissive), 'false'),
+        coalesce(string_agg('(' || q || ')', ' and ') filter (where not pol.polpermissive), 'true')
+    into permissive, restrictive
+    from pg_policy pol,
+         lateral (select pg_get_expr(pol.polqual, pol.polrelid) as q) e
+    where pol.polrelid = relid
+      and pol.polcmd in ('r', '*')
+      and e.q is not null
+      and (pol.polroles = '{0}'
+           or exists (select 1 from unnest(pol.polroles) pr
+                      where pr <> 0 and pg_has_role(role_name, pr, 'USAGE')));
+    -- the row is aliased as the table inside its own subquery, so the policies' column names
+    -- resolve to the row whatever the table's columns are called.
+    check_sql := format(
+        'select coalesce(pg_catalog.array_agg((x.i - 1)::int), ''{}'') '
+        'from pg_catalog.jsonb_array_elements($1) with ordinality as x(rec, i) '
+        'where exists (select from pg_catalog.jsonb_populate_record(null::%I.%I, x.rec) '
+        'as %I where (%s) and (%s))',
+        rel.nspname, rel.relname, rel.relname, permissive, restrictive);
+end
+$$;
+
+revoke all on function realtime.table_sight(oid, text) from public;
+
 create or replace function realtime.visible_rows(request jsonb)
 returns table (t int, c int, r int, visible boolean, columns text[], error text)
 language plpgsql
@@ -72,113 +157,79 @@ declare
     claim_i int;
     claim jsonb;
     role_name text;
-    rel record;
-    who record;
-    cols text[];
-    permissive text;
-    restrictive text;
+    sights jsonb;
+    sight jsonb;
     check_sql text;
+    stmt_name text;
+    rows_text text;
     seen int[];
     row_i int;
-    row_ok boolean;
     saved_role text := current_setting('role');
     saved_claims text := coalesce(current_setting('request.jwt.claims', true), '');
 begin
     for tab in select value from jsonb_array_elements(request -> 'tables') loop
         tab_i := tab_i + 1;
-        select cl.relname, ns.nspname, cl.relrowsecurity, cl.relforcerowsecurity, cl.relowner
-        into rel
-        from pg_class cl join pg_namespace ns on ns.oid = cl.relnamespace
-        where cl.oid = (tab ->> 'relid')::oid;
+        sights := '{}';
+        rows_text := quote_literal(tab -> 'rows');
         for claim_i in select value::int from jsonb_array_elements_text(tab -> 'claims') loop
             claim := request -> 'claims' -> claim_i;
             role_name := claim ->> 'role';
-            t := tab_i; c := claim_i; r := null; visible := null; columns := null; error := null;
-            if rel.relname is null then
-                error := 'the table no longer exists';
-                return next;
-                continue;
-            end if;
-            select ro.rolsuper, ro.rolbypassrls into who from pg_roles ro where ro.rolname = role_name;
-            if not found then
-                error := format('role %s does not exist', quote_ident(role_name));
-                return next;
-                continue;
-            end if;
-            if who.rolsuper or not pg_has_role(session_user, role_name, 'MEMBER') then
-                error := format('tokens may not act as role %s', quote_ident(role_name));
-                return next;
-                continue;
-            end if;
-            if not has_schema_privilege(role_name, rel.nspname, 'USAGE') then
-                visible := false;
-                return next;
-                continue;
-            end if;
-            if not has_table_privilege(role_name, (tab ->> 'relid')::oid, 'SELECT') then
-                select array_agg(a.attname::text order by a.attnum) into cols
-                from pg_attribute a
-                where a.attrelid = (tab ->> 'relid')::oid and a.attnum > 0 and not a.attisdropped
-                  and has_column_privilege(role_name, (tab ->> 'relid')::oid, a.attnum, 'SELECT');
-                if cols is null then
-                    visible := false;
-                    return next;
-                    continue;
+            sight := sights -> role_name;
+            if sight is null then
+                select to_jsonb(s) into sight
+                from realtime.table_sight((tab ->> 'relid')::oid, role_name) s;
+                -- each distinct check is prepared once per connection and its plan reused by
+                -- every claim set (postgresql replans it when a role change matters to it).
+                if sight ->> 'check_sql' is not null then
+                    stmt_name := 'realtime_visible_' || md5(sight ->> 'check_sql');
+                    if not exists (
+                        select from pg_prepared_statements p where p.name = stmt_name
+                    ) then
+                        if (select count(*) from pg_prepared_statements p
+                            where p.name like 'realtime\_visible\_%') >= 256 then
+                            -- policies changed often: start over rather than keep them all.
+                            deallocate all;
+                        end if;
+                        execute format('prepare %I(jsonb) as %s', stmt_name, sight ->> 'check_sql');
+                    end if;
+                    sight := sight || jsonb_build_object('statement', stmt_name);
                 end if;
-                columns := cols;
+                sights := sights || jsonb_build_object(role_name, sight);
             end if;
-            if who.rolbypassrls or not rel.relrowsecurity
-                or (not rel.relforcerowsecurity and pg_has_role(role_name, rel.relowner, 'USAGE'))
-            then
-                visible := true;
-                return next;
-                continue;
-            end if;
-            select
-                coalesce(string_agg('(' || q || ')', ' or ') filter (where pol.polpermissive), 'false'),
-                coalesce(string_agg('(' || q || ')', ' and ') filter (where not pol.polpermissive), 'true')
-            into permissive, restrictive
-            from pg_policy pol,
-                 lateral (select pg_get_expr(pol.polqual, pol.polrelid) as q) e
-            where pol.polrelid = (tab ->> 'relid')::oid
-              and pol.polcmd in ('r', '*')
-              and e.q is not null
-              and (pol.polroles = '{0}'
-                   or exists (select 1 from unnest(pol.polroles) pr
-                              where pr <> 0 and pg_has_role(role_name, pr, 'USAGE')));
-            -- the table-level answer: rows follow one by one.
+            t := tab_i; c := claim_i; r := null;
+            error := sight ->> 'error';
+            visible := (sight ->> 'visible')::boolean;
+            columns := case when jsonb_typeof(sight -> 'columns') = 'array'
+                            then array(select jsonb_array_elements_text(sight -> 'columns'))
+                       end;
+            check_sql := sight ->> 'check_sql';
+            -- the table-level answer; with a check, rows follow one by one.
             return next;
-            -- the row is aliased as the table inside its own subquery, so the policies' column
-            -- names resolve to the row whatever the table's columns are called.
-            check_sql := format(
-                'select coalesce(pg_catalog.array_agg((x.i - 1)::int), ''{}'') '
-                'from pg_catalog.jsonb_array_elements($1) with ordinality as x(rec, i) '
-                'where exists (select from pg_catalog.jsonb_populate_record(null::%I.%I, x.rec) '
-                'as %I where (%s) and (%s))',
-                rel.nspname, rel.relname, rel.relname, permissive, restrictive);
+            continue when check_sql is null;
+            columns := null;
+            stmt_name := sight ->> 'statement';
             begin
                 perform realtime.act_as(role_name, claim ->> 'claims');
-                execute check_sql using tab -> 'rows' into seen;
+                execute format('execute %I(%s)', stmt_name, rows_text) into seen;
                 perform pg_catalog.set_config('role', saved_role, true);
-                perform realtime.act_as(saved_role, saved_claims);
             exception when others then
                 seen := null;
             end;
             if seen is not null then
                 foreach row_i in array seen loop
-                    r := row_i; visible := true; columns := null; error := null;
+                    r := row_i; visible := true; error := null;
                     return next;
                 end loop;
                 continue;
             end if;
             -- some row made the check raise: each row on its own.
             for row_i in 0 .. jsonb_array_length(tab -> 'rows') - 1 loop
-                r := row_i; visible := null; columns := null; error := null;
+                r := row_i; visible := null; error := null;
                 begin
                     perform realtime.act_as(role_name, claim ->> 'claims');
-                    execute check_sql using jsonb_build_array(tab -> 'rows' -> row_i) into seen;
+                    execute format('execute %I(%L)', stmt_name,
+                        jsonb_build_array(tab -> 'rows' -> row_i)) into seen;
                     perform pg_catalog.set_config('role', saved_role, true);
-                    perform realtime.act_as(saved_role, saved_claims);
                     if cardinality(seen) > 0 then
                         visible := true;
                         return next;
@@ -190,6 +241,9 @@ begin
             end loop;
         end loop;
     end loop;
+    -- between claim sets only the role is switched back (catalog reads need the login's); the
+    -- claims settings are restored once, here.
+    perform realtime.act_as(saved_role, saved_claims);
 end
 $$;
 
