@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, token, TestDb, TestGateway, WsClient};
+use common::{eventually, token, GatewayProcess, TestDb, TestGateway, WsClient};
 use realtime_gateway::config::Cidr;
 use serde_json::json;
 use tokio_tungstenite::tungstenite;
@@ -19,8 +19,13 @@ fn behind_proxy(config: &mut realtime_gateway::Config) {
 
 /// Upgrades to `gw` with `apikey` as the client at `addr`; `Err((status, body))` when refused.
 async fn upgrade(gw: &TestGateway, apikey: &str, addr: &str) -> Result<WsClient, (u16, String)> {
+    upgrade_url(&gw.ws_url(apikey, "2.0.0"), addr).await
+}
+
+/// Upgrades to the socket URL `url` as the client at `addr`.
+async fn upgrade_url(url: &str, addr: &str) -> Result<WsClient, (u16, String)> {
     use tungstenite::client::IntoClientRequest;
-    let mut request = gw.ws_url(apikey, "2.0.0").into_client_request().unwrap();
+    let mut request = url.into_client_request().unwrap();
     request
         .headers_mut()
         .insert("x-forwarded-for", addr.parse().unwrap());
@@ -92,6 +97,41 @@ async fn failed_authentications_are_limited_per_address_across_nodes() {
     .await;
     a.stop().await.unwrap();
     b.stop().await.unwrap();
+}
+
+/// The same, with the gateways as two separate processes of the binary.
+#[tokio::test]
+async fn failed_authentications_are_limited_across_gateway_processes() {
+    let db = TestDb::new().await;
+    let env = [("TRUSTED_PROXIES", "127.0.0.1")];
+    let mut a = GatewayProcess::spawn(&db, "node-a", &env).await;
+    let mut b = GatewayProcess::spawn(&db, "node-b", &env).await;
+    let bad = bad_token();
+    for gw in [&a, &b, &a, &b, &a] {
+        let (status, _) = upgrade_url(&gw.ws_url(&bad), "10.0.5.1")
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(status, 401);
+    }
+    let good = token("anon", None);
+    for gw in [&b, &a] {
+        let refused = upgrade_url(&gw.ws_url(&good), "10.0.5.1")
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(
+            refused,
+            (429, BLOCKED.to_owned()),
+            "the 6th attempt, on {}",
+            gw.node_id
+        );
+    }
+    upgrade_url(&b.ws_url(&good), "10.0.5.2")
+        .await
+        .expect("another address is admitted");
+    a.terminate();
+    b.terminate();
 }
 
 #[tokio::test]
