@@ -45,6 +45,19 @@ async fn protected_tables(db: &TestDb) {
     .await;
 }
 
+/// A database with [`protected_tables`] and a gateway on it.
+async fn start() -> (TestDb, TestGateway) {
+    let db = TestDb::new().await;
+    protected_tables(&db).await;
+    let gw = TestGateway::start(&db).await;
+    (db, gw)
+}
+
+/// Every change of `notes`.
+fn star() -> Value {
+    json!({"event": "*", "schema": "public", "table": "notes"})
+}
+
 async fn client(gw: &TestGateway, role: &str, sub: Option<&str>) -> WsClient {
     WsClient::connect(&gw.ws_url(&token(role, sub), "2.0.0")).await
 }
@@ -89,10 +102,8 @@ fn summary(changes: &[Value]) -> Vec<(String, Value)> {
 /// service_role everything; a column the role may not select never appears.
 #[tokio::test]
 async fn each_user_receives_only_their_own_rows() {
-    let db = TestDb::new().await;
-    protected_tables(&db).await;
-    let gw = TestGateway::start(&db).await;
-    let star = json!({"event": "*", "schema": "public", "table": "notes"});
+    let (db, gw) = start().await;
+    let star = star();
     let mut a = client(&gw, "authenticated", Some(A)).await;
     let mut b = client(&gw, "authenticated", Some(B)).await;
     let mut anon = client(&gw, "anon", None).await;
@@ -156,10 +167,8 @@ async fn each_user_receives_only_their_own_rows() {
 /// later delete does not change who received the earlier changes.
 #[tokio::test]
 async fn visibility_is_decided_on_the_row_as_captured() {
-    let db = TestDb::new().await;
-    protected_tables(&db).await;
-    let gw = TestGateway::start(&db).await;
-    let star = json!({"event": "*", "schema": "public", "table": "notes"});
+    let (db, gw) = start().await;
+    let star = star();
     let mut a = client(&gw, "authenticated", Some(A)).await;
     let mut b = client(&gw, "authenticated", Some(B)).await;
     watch(&mut a, star.clone()).await;
@@ -213,7 +222,7 @@ async fn a_failing_check_costs_only_its_own_claim_set() {
     )
     .await;
     let gw = TestGateway::start(&db).await;
-    let star = json!({"event": "*", "schema": "public", "table": "notes"});
+    let star = star();
     let mut a = client(&gw, "authenticated", Some(A)).await;
     let mut c = client(&gw, "authenticated", Some(C)).await;
     watch(&mut a, star.clone()).await;
@@ -277,10 +286,8 @@ async fn a_failing_check_costs_only_its_own_claim_set() {
 /// others get error entries, never the rows. A role the database does not know gets errors.
 #[tokio::test]
 async fn an_unavailable_check_delivers_to_service_role_only() {
-    let db = TestDb::new().await;
-    protected_tables(&db).await;
-    let gw = TestGateway::start(&db).await;
-    let star = json!({"event": "*", "schema": "public", "table": "notes"});
+    let (db, gw) = start().await;
+    let star = star();
     let mut a = client(&gw, "authenticated", Some(A)).await;
     let mut stranger = client(&gw, "no_such_role", Some(B)).await;
     let mut root = client(&gw, "postgres", None).await;
@@ -340,9 +347,7 @@ async fn an_unavailable_check_delivers_to_service_role_only() {
 /// readable column works.
 #[tokio::test]
 async fn filters_on_unreadable_columns_match_nothing() {
-    let db = TestDb::new().await;
-    protected_tables(&db).await;
-    let gw = TestGateway::start(&db).await;
+    let (db, gw) = start().await;
     let mut a = client(&gw, "authenticated", Some(A)).await;
     watch(
         &mut a,
