@@ -27,8 +27,22 @@ pub fn handle() -> &'static PrometheusHandle {
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!("a metrics recorder was already installed; /metrics shows gauges only");
         }
+        super::catalog::register();
         handle
     })
+}
+
+/// Connection slots held on every node, or `None` when the database does not answer within a
+/// second (the scrape then shows the last value).
+async fn cluster_connections(pool: &sqlx::PgPool) -> Option<i64> {
+    let query = sqlx::query_scalar::<_, i64>(
+        "select count(*) from realtime.connection_slots where node_id is not null",
+    )
+    .fetch_one(pool);
+    tokio::time::timeout(std::time::Duration::from_secs(1), query)
+        .await
+        .ok()?
+        .ok()
 }
 
 /// Resident set size of this process in bytes, from `/proc/self/statm`.
@@ -69,10 +83,15 @@ pub async fn metrics(
     let handle = handle();
     let sessions = state.session.sessions.len();
     metrics::gauge!("gateway_sessions").set(sessions as f64);
-    metrics::gauge!("gateway_limits_connections_in_use")
-        .set(state.session.limits.connections_in_use() as f64);
-    metrics::gauge!("gateway_limits_max_connections")
-        .set(f64::from(state.session.limits.max_connections()));
+    let in_use = state.session.limits.connections_in_use() as f64;
+    let cap = f64::from(state.session.limits.max_connections());
+    metrics::gauge!("gateway_limits_connections_in_use").set(in_use);
+    metrics::gauge!("gateway_limits_max_connections").set(cap);
+    metrics::gauge!("gateway_connections", "scope" => "node").set(in_use);
+    metrics::gauge!("gateway_connections_max").set(cap);
+    if let Some(cluster) = cluster_connections(&state.pool).await {
+        metrics::gauge!("gateway_connections", "scope" => "cluster").set(cluster as f64);
+    }
     metrics::gauge!("gateway_router_channels").set(state.session.router.channel_count() as f64);
     let listener_up = state.listener.connected.load(Ordering::Acquire);
     metrics::gauge!("gateway_listener_connected").set(if listener_up { 1.0 } else { 0.0 });

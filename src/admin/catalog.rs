@@ -1,0 +1,124 @@
+//! Every metric the gateway records, with its help text: registered when the gateway starts, so
+//! the first scrape already lists each one (`# HELP`, `# TYPE`, and zero for a counter or gauge
+//! without labels), and a dashboard or an alert built on a name finds it before its first event.
+//!
+//! A metric recorded anywhere in the code must be listed here; `tests/metrics.rs` checks the
+//! source for names that are not.
+
+/// What kind of metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// Only goes up.
+    Counter,
+    /// Goes up and down.
+    Gauge,
+    /// A distribution (rendered as a summary).
+    Histogram,
+}
+
+/// One metric: kind, name, help, and whether it carries labels (then no zero series is made
+/// up front: its label values are not known before its first event).
+pub type Entry = (Kind, &'static str, &'static str, bool);
+
+use Kind::{Counter as C, Gauge as G, Histogram as H};
+
+/// The catalog.
+pub const METRICS: &[Entry] = &[
+    // connections and sessions
+    (G, "gateway_connections", "Open WebSocket connections: scope=\"node\" on this node, scope=\"cluster\" on every node sharing the database.", true),
+    (G, "gateway_connections_max", "The connection cap, across the cluster.", false),
+    (G, "gateway_sessions", "Sessions (open WebSocket connections) on this node.", false),
+    (G, "gateway_session_connected", "Sessions running on this node, counted as they start and end.", false),
+    (G, "gateway_limits_connections_in_use", "Connection slots this node holds.", false),
+    (G, "gateway_limits_max_connections", "The connection cap, across the cluster.", false),
+    (C, "gateway_limits_refused_total", "Upgrades refused because the cluster was at its connection cap.", false),
+    (C, "gateway_limits_unavailable_total", "Upgrades refused because the connection cap could not be checked.", false),
+    (C, "gateway_limits_reclaimed_total", "Connections closed because their slot was reclaimed.", false),
+    (C, "gateway_limits_rate_limited_total", "Requests refused by a rate or per-client limit, by kind.", true),
+    (H, "gateway_limits_slot_batch_size", "Upgrades whose slots were taken in one statement.", false),
+    (C, "gateway_session_auth_failures_total", "Joins refused for their token.", false),
+    (C, "gateway_session_bounds_refused_total", "Joins or pushes refused for exceeding a bound.", false),
+    (C, "gateway_session_channelless_closed_total", "Connections closed for joining no channel in time.", false),
+    (C, "gateway_session_identity_changes_total", "Channel tokens replaced by a token of another user or role.", false),
+    (C, "gateway_session_join_errors_total", "Joins answered with an error.", false),
+    (C, "gateway_session_malformed_frames_total", "Client frames that could not be read.", false),
+    (C, "gateway_session_private_refused_total", "Private-channel joins, sends and tracks refused, by kind and cause.", true),
+    (C, "gateway_session_slow_consumers_total", "Connections closed because their queue was full.", false),
+    (C, "gateway_session_tokens_expired_total", "Channels ended because their token expired.", false),
+    (C, "gateway_auth_refused_total", "Tokens and credentials refused, by stage and reason.", true),
+    (C, "gateway_auth_jwks_failures_total", "JWKS reads that failed.", false),
+    (C, "gateway_http_accept_errors_total", "TCP accepts that failed.", false),
+    (C, "gateway_http_pending_refused_total", "Connections refused while too many were in their HTTP phase.", false),
+    // capture
+    (G, "gateway_listener_connected", "1 while the change listener's connection is up.", false),
+    (G, "gateway_listener_last_change_id", "Outbox id of the last change read.", false),
+    (C, "gateway_listener_reads_total", "Outbox reads.", false),
+    (C, "gateway_listener_changes_total", "Changes read from the outbox.", false),
+    (C, "gateway_listener_read_errors_total", "Outbox reads that failed.", false),
+    (C, "gateway_listener_reconnects_total", "Reconnections of the change listener.", false),
+    (C, "gateway_capture_gaps_total", "Changes found missed (pruned before this node read them).", false),
+    (C, "gateway_capture_pruned_total", "Outbox rows pruned.", false),
+    (C, "gateway_capture_rows_failed_total", "Outbox rows that could not be delivered.", false),
+    (C, "gateway_decode_errors_total", "Outbox rows that could not be decoded.", false),
+    (C, "gateway_catalog_reads_total", "Table descriptions read from the catalog.", false),
+    // fan-out
+    (G, "gateway_router_channels", "Channels with Postgres Changes subscriptions on this node.", false),
+    (C, "gateway_router_deliveries_total", "Postgres Changes frames queued to connections.", false),
+    (C, "gateway_router_dropped_total", "Postgres Changes frames refused by a full or closed queue.", false),
+    (C, "gateway_router_rls_checks_total", "Row-level security row checks asked for (changes x claim sets).", false),
+    (C, "gateway_router_rls_hidden_total", "Deliveries withheld by row-level security.", false),
+    (C, "gateway_router_rls_errors_total", "Error entries sent because a claim set's check raised.", false),
+    (C, "gateway_router_rls_failures_total", "Row-level security checks that could not run at all.", false),
+    (H, "gateway_router_rls_check_seconds", "Duration of one row-level security check query (one page of changes).", false),
+    // broadcast and presence
+    (C, "gateway_broadcast_deliveries_total", "Broadcast and presence frames queued to connections.", false),
+    (C, "gateway_broadcast_dropped_total", "Broadcast and presence frames refused by a full or closed queue.", false),
+    (C, "gateway_broadcast_rest_messages_total", "Messages received through the REST broadcast API.", false),
+    (C, "gateway_broadcast_too_large_total", "Broadcasts refused for their size.", false),
+    (C, "gateway_broadcast_private_refused_total", "REST messages to private topics refused, by cause.", true),
+    (C, "gateway_presence_refused_total", "Presence tracks refused.", false),
+    (G, "gateway_bus_pending", "Cluster-bus messages waiting to be published.", false),
+    (C, "gateway_bus_published_total", "Cluster-bus messages published.", false),
+    (C, "gateway_bus_publish_failures_total", "Cluster-bus publishes that failed.", false),
+    (C, "gateway_bus_received_total", "Cluster-bus messages received.", false),
+    (C, "gateway_bus_malformed_total", "Cluster-bus messages that could not be read.", false),
+    (C, "gateway_bus_dropped_total", "Cluster-bus messages dropped (bound reached).", false),
+    (C, "gateway_bus_refused_total", "Cluster-bus messages refused.", false),
+    (C, "gateway_bus_spilled_total", "Cluster-bus messages carried through the database table.", false),
+    (C, "gateway_bus_gaps_total", "Times the cluster bus may have missed messages.", false),
+    // queues and sockets
+    (G, "gateway_outbound_queued_frames", "Frames waiting in connection queues on this node.", false),
+    (C, "gateway_writer_flushes_total", "Socket flushes.", false),
+    (C, "gateway_writer_frames_total", "Frames written to sockets.", false),
+    // registry, audit, reaper
+    (C, "gateway_registry_rows_failed_total", "Registry or audit rows the database refused, by write.", true),
+    (C, "gateway_registry_write_failures_total", "Registry write batches that failed.", false),
+    (C, "gateway_registry_rows_dropped_total", "Registry writes dropped because the pending bound was reached.", false),
+    (C, "gateway_registry_audit_dropped_total", "Audit records dropped because the pending bound was reached.", false),
+    (C, "gateway_registry_audit_truncated_total", "Audit records whose detail was truncated.", false),
+    (C, "gateway_registry_reregistrations_total", "Times this node re-registered its live rows.", false),
+    (C, "gateway_reaper_reaped_total", "Stale sessions closed by the reaper.", false),
+    // process
+    (G, "gateway_process_resident_memory_bytes", "Resident memory of the gateway process.", false),
+];
+
+/// Registers every metric of [`METRICS`] with the process's recorder.
+pub fn register() {
+    for &(kind, name, help, labelled) in METRICS {
+        match kind {
+            Kind::Counter => {
+                metrics::describe_counter!(name, help);
+                if !labelled {
+                    metrics::counter!(name).increment(0);
+                }
+            }
+            Kind::Gauge => {
+                metrics::describe_gauge!(name, help);
+                if !labelled {
+                    metrics::gauge!(name).increment(0.0);
+                }
+            }
+            Kind::Histogram => metrics::describe_histogram!(name, help),
+        }
+    }
+}
