@@ -9,10 +9,10 @@ use crate::config::LogFormat;
 /// lets tests start several gateways in one process.
 pub fn init(format: LogFormat) {
     // Server notices ("already exists, skipping") are not worth an info line each.
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx::postgres::notice=warn"));
+    let spec =
+        std::env::var("RUST_LOG").unwrap_or_else(|_| "info,sqlx::postgres::notice=warn".into());
     let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(filter(&spec))
         .with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Text => builder.try_init(),
@@ -20,4 +20,27 @@ pub fn init(format: LogFormat) {
     };
     // Already installed (tests): keep the first.
     drop(result);
+}
+
+/// Targets whose detailed levels write what clients send or what the gateway is told, tokens
+/// included (a WebSocket library logs every frame at `trace`, the HTTP stack the request line at
+/// `debug`, the database driver statements with their text): they are held at `info` whatever
+/// `RUST_LOG` asks, so no token, key or secret is ever logged.
+const QUIET: [&str; 4] = [
+    "tungstenite=info",
+    "tokio_tungstenite=info",
+    "hyper=info",
+    "sqlx::query=info",
+];
+
+/// The log filter of `spec` (`RUST_LOG` syntax), with the targets of [`QUIET`] held at `info`.
+/// An unreadable `spec` falls back to `info`.
+pub fn filter(spec: &str) -> EnvFilter {
+    let mut filter = EnvFilter::try_new(spec).unwrap_or_else(|_| EnvFilter::new("info"));
+    for directive in QUIET {
+        if let Ok(directive) = directive.parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
+    filter
 }

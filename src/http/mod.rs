@@ -50,6 +50,18 @@ pub fn router(state: AppState) -> Router {
         .route("/socket/websocket", get(upgrade::handler))
         .merge(rest::routes(max_body))
         // Handlers log their own failures; a 503 from /ready is an answer, not an error.
-        .layer(TraceLayer::new_for_http().on_failure(DefaultOnFailure::new().level(Level::DEBUG)))
+        // Spans name the path only: the query holds the socket's token (`apikey`), which is
+        // never logged, at any level.
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(|request: &axum::http::Request<axum::body::Body>| {
+                    tracing::debug_span!(
+                        "request",
+                        method = %request.method(),
+                        path = %request.uri().path(),
+                    )
+                })
+                .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
+        )
         .with_state(state)
 }
