@@ -378,3 +378,35 @@ async fn filters_on_unreadable_columns_match_nothing() {
         json!({"id": 1, "user_id": A, "body": "hi"})
     );
 }
+
+/// A page of rows larger than one check request is checked in parts: every change gets its
+/// own verdict.
+#[tokio::test]
+async fn pages_of_big_rows_are_checked_in_parts() {
+    let (db, gw) = start().await;
+    let mut a = client(&gw, "authenticated", Some(A)).await;
+    let mut b = client(&gw, "authenticated", Some(B)).await;
+    watch(&mut a, star()).await;
+    watch(&mut b, star()).await;
+    // About 15 MB of rows in one transaction: one page, more than one request.
+    sql(
+        &db,
+        &[
+            "begin",
+            &format!(
+                "insert into notes (user_id, body) \
+                 select '{A}', repeat('x', 5000000) || g from generate_series(1, 3) g"
+            ),
+            "commit",
+            "insert into markers (label) values ('end')",
+        ],
+    )
+    .await;
+    let got = until_marker(&mut a, "end").await;
+    assert_eq!(got.len(), 3, "each of a's rows, once");
+    for data in &got {
+        let errors = data["errors"].to_string();
+        assert!(!errors.contains("row-level security"), "{errors}");
+    }
+    assert!(until_marker(&mut b, "end").await.is_empty());
+}
