@@ -26,8 +26,8 @@
 --
 -- not security definer: `set role` is checked against the session user, the gateway's login,
 -- which must be a member of every role a token can name. a role the login is not a member of,
--- or a superuser role, is refused (an error for that claim set), as postgrest refuses to switch
--- to it: a token naming `postgres` sees nothing.
+-- a superuser role, or the login itself, is refused (an error for that claim set), as
+-- postgrest refuses to switch to it: a token naming `postgres` sees nothing.
 --
 -- the search path is pg_catalog and pg_temp only (pg_temp last, so it never hides a catalog
 -- table; it is never searched for functions): nothing a role creates in `public` can stand in
@@ -95,7 +95,7 @@ begin
         error := format('role %s does not exist', quote_ident(role_name));
         return;
     end if;
-    if who.rolsuper or not pg_has_role(session_user, role_name, 'MEMBER') then
+    if who.rolsuper or role_name = session_user or not pg_has_role(session_user, role_name, 'MEMBER') then
         error := format('tokens may not act as role %s', quote_ident(role_name));
         return;
     end if;

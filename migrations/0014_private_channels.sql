@@ -29,11 +29,15 @@ create table if not exists realtime.messages (
     updated_at timestamptz not null default now()
 );
 
+-- without row-level security the grants below would open every private channel to every
+-- role: a table that cannot be protected stops the migration.
 do $rls$
 begin
     alter table realtime.messages enable row level security;
 exception when insufficient_privilege then
-    raise notice 'realtime-gateway: % may not enable row level security on realtime.messages', current_user;
+    if not (select c.relrowsecurity from pg_class c where c.oid = 'realtime.messages'::regclass) then
+        raise exception 'realtime-gateway: % may not enable row level security on realtime.messages, and it is off', current_user;
+    end if;
 end
 $rls$;
 
@@ -70,6 +74,16 @@ begin
     end loop;
 end
 $grants$;
+
+-- with usage on the schema granted, functions executable by everyone by default become
+-- reachable: the capture reconcile is for the gateway and operators only.
+do $revoke$
+begin
+    revoke all on function realtime.sync_capture(boolean) from public;
+exception when insufficient_privilege then
+    raise notice 'realtime-gateway: % may not revoke realtime.sync_capture from public', current_user;
+end
+$revoke$;
 
 -- realtime.send now inserts as its caller, as supabase's does: a caller subject to row-level
 -- security needs an insert policy on realtime.messages that admits the row (realtime.topic()
@@ -125,6 +139,12 @@ end
 $fn$
     $sql$;
 exception when insufficient_privilege then
+    -- an earlier realtime.send that runs as its owner would let any caller post to private
+    -- topics: keep it only if it runs as its caller.
+    if exists (select from pg_proc p where p.oid = 'realtime.send(jsonb, text, text, boolean)'::regprocedure
+               and p.prosecdef) then
+        raise exception 'realtime-gateway: % may not replace realtime.send, which runs as its owner', current_user;
+    end if;
     raise notice 'realtime-gateway: % may not replace realtime.send', current_user;
 end
 $send$;

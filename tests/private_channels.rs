@@ -113,8 +113,13 @@ async fn a_user_without_the_policy_cannot_join_read_send_or_see_presence() {
         .await;
     assert_eq!(reply["status"], "ok", "{reply}");
 
-    // B (no policy) and anon are refused at join.
-    for key in [user_token(&ub), token("anon", None)] {
+    // B (no policy), anon, and tokens naming a superuser role (which would pass every policy
+    // if the gateway acted as it) are refused at join.
+    for key in [
+        user_token(&ub),
+        token("anon", None),
+        token("postgres", Some(&ua)),
+    ] {
         let mut b = socket(&gw, &key).await;
         let reply = b.join(CHANNEL, json!({"private": true})).await;
         assert_eq!(reply["status"], "error", "{reply}");

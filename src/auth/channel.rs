@@ -175,6 +175,17 @@ async fn probe(
         .await?;
     }
     let role = role_of(claims);
+    // Tokens never act as a superuser, as the gateway's own login, or as a role the login may
+    // not switch to (PostgREST refuses such tokens too): no rights, without a policy asked.
+    let may_act: bool = sqlx::query_scalar(
+        "select exists (select from pg_catalog.pg_roles r where r.rolname = $1 and not r.rolsuper)                 and $1 <> session_user                 and pg_catalog.pg_has_role(session_user, $1, 'MEMBER')",
+    )
+    .bind(role)
+    .fetch_one(&mut **tx)
+    .await?;
+    if !may_act {
+        return Ok(Rights::default());
+    }
     let claims_json = serde_json::to_string(claims).unwrap_or_else(|_| "{}".to_owned());
     let sub = claims.sub.clone().unwrap_or_default();
     sqlx::query(

@@ -42,7 +42,7 @@ pub async fn prepare_node(pool: &PgPool, settings: &Settings) -> Result<(), Erro
     }
     sqlx::query(
         "update realtime.connection_slots set node_id = null, connection_id = null, \
-         taken_at = null where node_id = $1",
+         taken_at = null, client_addr = null, user_id = null where node_id = $1",
     )
     .bind(&settings.node_id)
     .execute(&mut *tx)
@@ -97,7 +97,8 @@ pub async fn acquire_slots(
              wanted as ( \
                  select connection_id, n from unnest($2::uuid[]) with ordinality as w(connection_id, n)) \
              update realtime.connection_slots s \
-             set node_id = $1, connection_id = wanted.connection_id, taken_at = now() \
+             set node_id = $1, connection_id = wanted.connection_id, taken_at = now(), \
+                 client_addr = null, user_id = null \
              from free join wanted using (n) \
              where s.slot = free.slot \
              returning s.slot, s.connection_id",
@@ -332,7 +333,8 @@ pub(super) async fn release_slots(pool: &PgPool, releases: &[(i32, Uuid)]) -> Re
     let conns: Vec<Uuid> = releases.iter().map(|(_, c)| *c).collect();
     sqlx::query(
         "update realtime.connection_slots s \
-         set node_id = null, connection_id = null, taken_at = null \
+         set node_id = null, connection_id = null, taken_at = null, \
+             client_addr = null, user_id = null \
          from unnest($1::int[], $2::uuid[]) as u(slot, conn) \
          where s.slot = u.slot and s.connection_id = u.conn",
     )
@@ -441,7 +443,7 @@ pub(super) async fn tick(
              returning node_id), \
          freed as ( \
              update realtime.connection_slots set node_id = null, connection_id = null, \
-                    taken_at = null \
+                    taken_at = null, client_addr = null, user_id = null \
              where node_id in (select node_id from orphans) \
                 or (node_id is not null \
                     and not exists (select from realtime.nodes n \
@@ -600,7 +602,7 @@ pub(super) async fn retire_node(pool: &PgPool, node_id: &str) -> Result<(), Erro
     .await?;
     sqlx::query(
         "update realtime.connection_slots set node_id = null, connection_id = null, \
-         taken_at = null where node_id = $1",
+         taken_at = null, client_addr = null, user_id = null where node_id = $1",
     )
     .bind(node_id)
     .execute(&mut *tx)

@@ -448,6 +448,12 @@ impl Session {
                 let topic = topic.to_owned();
                 self.reply(jr, r, &topic, "error", json!({"reason": "unmatched topic"}));
             }
+            // Token pushes are never answered; over the rate one is dropped (each may cost the
+            // database a rights check).
+            (topic, "access_token") if !self.event_rate.take() => {
+                let topic = topic.to_owned();
+                self.rate_limited("events", &topic);
+            }
             (_, "access_token") => Box::pin(self.access_token(msg)).await,
             (topic, "broadcast" | "presence") if !self.event_rate.take() => {
                 let topic = topic.to_owned();
