@@ -80,7 +80,7 @@ pub async fn prepare(config: &mut Config) -> Result<(Option<LocalCluster>, Keys)
                 .require_password(&password)
                 .map_err(|e| Error::Pg(e.into()))?;
             cluster
-                .start(&Tuning::default())
+                .start(&Tuning::local())
                 .map(|running| (running, created))
                 .map_err(|e| Error::Pg(e.into()))
         })

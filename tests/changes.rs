@@ -619,3 +619,54 @@ async fn gateway_reconciles_capture_without_the_event_trigger() {
     assert_eq!(m.payload["data"]["record"], json!({"id": 1, "v": "x"}));
     gw.stop().await.unwrap();
 }
+
+/// `commit_timestamp` is when the writer's transaction committed (PostgreSQL records commit
+/// times in the test cluster, as in local mode), not when the row was changed: a transaction
+/// that waits before committing delivers the later time.
+#[tokio::test]
+async fn commit_timestamp_is_the_commit_time() {
+    let db = TestDb::new().await;
+    realtime_table(&db, "slow", "note text").await;
+    let gw = TestGateway::start(&db).await;
+    let mut c = WsClient::anon(&gw).await;
+    c.subscribe(
+        "realtime:slow",
+        json!([{"event": "INSERT", "schema": "public", "table": "slow"}]),
+    )
+    .await;
+    let mut conn = db.connect().await;
+    let tracked: String = sqlx::query_scalar("show track_commit_timestamp")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(tracked, "on", "the test cluster records commit times");
+    for statement in [
+        "begin",
+        "insert into slow (note) values ('late')",
+        "select pg_sleep(0.3)",
+        "commit",
+    ] {
+        sqlx::query(statement).execute(&mut conn).await.unwrap();
+    }
+    let m = c.expect_event("realtime:slow", "postgres_changes").await;
+    let delivered = m.payload["data"]["commit_timestamp"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The database's own record of the commit and of the change, in the wire format.
+    let (committed, captured): (String, String) = sqlx::query_as(
+        "select to_char(pg_xact_commit_timestamp(xid::xid) at time zone 'utc', \
+                        'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
+                to_char(captured_at at time zone 'utc', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') \
+         from realtime.changes where table_name = 'slow'",
+    )
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(delivered, committed);
+    assert!(
+        delivered.as_str() >= captured.as_str() && delivered != captured,
+        "committed {delivered} after the change at {captured}"
+    );
+    gw.stop().await.unwrap();
+}

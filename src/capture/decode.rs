@@ -21,7 +21,8 @@ use crate::pg::catalog::TableInfo;
 pub struct ChangeRow {
     /// Outbox id: capture order.
     pub id: i64,
-    /// When the trigger captured it.
+    /// When its transaction committed (`realtime.commit_time`: where PostgreSQL records commit
+    /// times), else when the trigger captured it. Delivered as `commit_timestamp`.
     pub captured_at: DateTime<Utc>,
     /// Relation id of the table (its root for a partition).
     pub relid: u32,

@@ -383,15 +383,15 @@ impl Listener {
                     null::int8 as relid, null::text as op, null::text as record, \
                     null::text as old_record, pg_current_snapshot()::text as snapshot \
              union all \
-             (select 1, 1, id, captured_at, relid::int8, op, record::text, old_record::text, null \
+             (select 1, 1, id, realtime.commit_time(xid, captured_at), relid::int8, op, record::text, old_record::text, null \
               from realtime.changes \
               where xid = any($2::text[]::xid8[]) and id <= $3 order by xid limit $4) \
              union all \
-             (select 2, 1, id, captured_at, relid::int8, op, record::text, old_record::text, null \
+             (select 2, 1, id, realtime.commit_time(xid, captured_at), relid::int8, op, record::text, old_record::text, null \
               from realtime.changes \
               where xid >= $1::text::xid8 and id <= $3 order by xid limit $4) \
              union all \
-             (select 3, 2, id, captured_at, relid::int8, op, record::text, old_record::text, null \
+             (select 3, 2, id, realtime.commit_time(xid, captured_at), relid::int8, op, record::text, old_record::text, null \
               from realtime.changes where id > $3 order by id limit $4) \
              order by grp, id",
         )

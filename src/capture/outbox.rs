@@ -41,7 +41,8 @@ pub(super) async fn fetch_page(
 ) -> Result<Vec<PgRow>, Error> {
     let query = match part {
         Part::InFlight => sqlx::query(
-            "select id, captured_at, relid::int8 as relid, op, record::text as record, \
+            "select id, realtime.commit_time(xid, captured_at) as captured_at, \
+                    relid::int8 as relid, op, record::text as record, \
                     old_record::text as old_record \
              from realtime.changes \
              where (xid >= $1::text::xid8 or xid = any($2::text[]::xid8[])) \
@@ -54,7 +55,8 @@ pub(super) async fn fetch_page(
         .bind(cursor.max_id)
         .bind(PAGE_ROWS),
         Part::Above => sqlx::query(
-            "select id, captured_at, relid::int8 as relid, op, record::text as record, \
+            "select id, realtime.commit_time(xid, captured_at) as captured_at, \
+                    relid::int8 as relid, op, record::text as record, \
                     old_record::text as old_record \
              from realtime.changes where id > $1 order by id limit $2",
         )

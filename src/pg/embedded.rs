@@ -83,7 +83,14 @@ pub struct Tuning {
 }
 
 impl Tuning {
-    /// Settings for a throwaway test cluster: no durability, many connections.
+    /// Settings of the local-mode cluster: commit times recorded, so deliveries carry them.
+    pub fn local() -> Tuning {
+        Tuning {
+            settings: vec![("track_commit_timestamp".to_owned(), "on".to_owned())],
+        }
+    }
+
+    /// Settings for a throwaway test cluster: no durability, many connections, commit times.
     pub fn for_tests() -> Tuning {
         let pairs = [
             ("fsync", "off"),
@@ -91,6 +98,7 @@ impl Tuning {
             ("full_page_writes", "off"),
             ("max_connections", "500"),
             ("shared_buffers", "128MB"),
+            ("track_commit_timestamp", "on"),
         ];
         Tuning {
             settings: pairs
