@@ -26,13 +26,24 @@ pub struct LocalCluster {
 }
 
 impl LocalCluster {
-    /// Stops the cluster and waits for it to exit.
+    /// Stops the cluster and waits for it to exit (a fast shutdown given 30 s).
     ///
     /// # Errors
     /// When the server does not stop in time.
-    pub fn stop(mut self) -> Result<(), Error> {
+    pub fn stop(self) -> Result<(), Error> {
+        self.stop_within(std::time::Duration::from_secs(30))
+    }
+
+    /// Stops the cluster and waits for it to exit: a fast shutdown given `patience`, then an
+    /// immediate one ([`Running::stop_within`]).
+    ///
+    /// # Errors
+    /// When the server does not stop in time.
+    pub fn stop_within(mut self, patience: std::time::Duration) -> Result<(), Error> {
         match self.running.take() {
-            Some(running) => running.stop().map_err(|e| Error::Pg(e.into())),
+            Some(running) => running
+                .stop_within(patience)
+                .map_err(|e| Error::Pg(e.into())),
             None => Ok(()),
         }
     }

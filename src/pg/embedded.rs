@@ -7,6 +7,12 @@
 //! [`Cluster::init`] trusts every loopback connection (the test harness's throwaway clusters);
 //! [`Cluster::require_password`] sets the superuser's password and makes loopback connections
 //! prove it (`scram-sha-256`), so that other local users cannot reach a local-mode cluster.
+//!
+//! The server runs in a process group of its own: a Ctrl-C in the terminal (which signals the
+//! terminal's whole foreground group) reaches the gateway only, and the gateway stops the server
+//! itself once it has written what it owes the database ([`Running::stop_within`]). A server
+//! left running by a gateway that was killed outright is stopped by the next start on the same
+//! folder ([`Cluster::stop_leftover`]).
 
 use std::fs;
 use std::io::Write;
@@ -142,8 +148,21 @@ impl Running {
     ///
     /// # Errors
     /// [`Error::Program`] when the server does not exit within 30 s.
-    pub fn stop(mut self) -> Result<(), Error> {
-        stop_pid(self.pid, Duration::from_secs(30))?;
+    pub fn stop(self) -> Result<(), Error> {
+        self.stop_within(Duration::from_secs(30))
+    }
+
+    /// Stops the server with a fast shutdown (its sessions are ended, what they committed is
+    /// kept); when it has not exited after `patience`, with an immediate shutdown, given
+    /// [`IMMEDIATE_PATIENCE`] more.
+    ///
+    /// # Errors
+    /// [`Error::Program`] when the server outlives both.
+    pub fn stop_within(mut self, patience: Duration) -> Result<(), Error> {
+        if let Err(e) = stop_pid(self.pid, patience) {
+            tracing::warn!(error = %e, "postgres ignored a fast shutdown; shutting it down at once");
+            signal_and_wait(self.pid, Signal::SIGQUIT, IMMEDIATE_PATIENCE)?;
+        }
         if let Some(mut child) = self.child.take() {
             // Reap our child; it has exited, so this returns at once.
             let _reaped = child.wait();
@@ -381,6 +400,9 @@ impl Cluster {
             for (k, v) in &tuning.settings {
                 cmd.arg("-c").arg(format!("{k}={v}"));
             }
+            // A group of its own: the terminal's Ctrl-C goes to the gateway, which stops the
+            // server last, after its own writes.
+            cmd.process_group(0);
             let stderr = log.try_clone().map_err(io(&log_path))?;
             let mut child = cmd
                 .stdin(Stdio::null())
@@ -476,16 +498,24 @@ fn log_tail(path: &Path, from: u64) -> String {
     lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
 }
 
+/// How long an immediate shutdown (SIGQUIT) may take once a fast one was not enough.
+pub const IMMEDIATE_PATIENCE: Duration = Duration::from_secs(5);
+
 /// Sends SIGINT (fast shutdown) to `pid` and waits for it to exit.
 ///
 /// # Errors
 /// [`Error::Program`] when it is still alive after `timeout`.
 pub fn stop_pid(pid: u32, timeout: Duration) -> Result<(), Error> {
+    signal_and_wait(pid, Signal::SIGINT, timeout)
+}
+
+/// Sends `signal` to `pid` and waits up to `timeout` for it to exit.
+fn signal_and_wait(pid: u32, signal: Signal, timeout: Duration) -> Result<(), Error> {
     let Ok(raw) = i32::try_from(pid) else {
         return Ok(());
     };
     let pid = Pid::from_raw(raw);
-    if kill(pid, Signal::SIGINT).is_err() {
+    if kill(pid, signal).is_err() {
         return Ok(()); // already gone
     }
     let deadline = Instant::now() + timeout;
