@@ -90,10 +90,17 @@ pub async fn prepare(config: &mut Config) -> Result<(Option<LocalCluster>, Keys)
             cluster
                 .require_password(&password)
                 .map_err(|e| Error::Pg(e.into()))?;
-            cluster
+            let mut running = cluster
                 .start(&Tuning::default())
-                .map(|running| (running, created))
-                .map_err(|e| Error::Pg(e.into()))
+                .map_err(|e| Error::Pg(e.into()))?;
+            // The server has a process group of its own (terminal signals reach the gateway
+            // only): should the gateway be killed outright, the watchdog stops it.
+            if let Err(e) = running.guard(cluster.pgdata()) {
+                // Running is dropped without a stop otherwise: stop it before failing.
+                let _stopped = running.stop();
+                return Err(Error::Pg(e.into()));
+            }
+            Ok((running, created))
         })
         .await
         .map_err(|e| Error::Local(std::io::Error::other(e)))??;

@@ -386,3 +386,23 @@ fn unsent_bytes(local_port: u16, remote_port: u16) -> u64 {
         })
         .sum()
 }
+
+/// A gateway killed outright (SIGKILL, no shutdown at all) leaves no postgres running: its
+/// watchdog stops the embedded server, and a new start on the same folder works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_gateway_leaves_no_postgres_running() {
+    let data_dir = common::temp_dir("rg-drain-killed");
+    let mut gw = LocalGateway::spawn(&data_dir, &[]).await;
+    let pg_pid = postmaster_pid(&data_dir);
+    gw.child.kill().unwrap();
+    gw.child.wait().unwrap();
+    eventually(Duration::from_secs(30), "postgres stopped", || async move {
+        !process_alive(pg_pid)
+    })
+    .await;
+    let again = LocalGateway::spawn(&data_dir, &[]).await;
+    again.interrupt_group();
+    let (status, log) = again.exited(Duration::from_secs(30)).await;
+    assert!(status.success(), "exit status {status:?}; log:\n{log}");
+    std::fs::remove_dir_all(&data_dir).ok();
+}

@@ -130,7 +130,16 @@ pub struct Running {
     /// The superuser's password, when the cluster requires one.
     password: Option<String>,
     child: Option<std::process::Child>,
+    /// Stops the server should this process end without stopping it ([`Running::guard`]).
+    watchdog: Option<std::process::Child>,
 }
+
+/// The watchdog's script: waits for end of file on its stdin, which comes when the gateway
+/// closes it or ends, killed included; then gives the server of folder `$1`, if it still runs,
+/// a fast shutdown.
+const WATCHDOG: &str = r#"read -r _line || :
+pid=$(head -n 1 "$1/postmaster.pid" 2>/dev/null) && kill -INT "$pid" 2>/dev/null
+exit 0"#;
 
 impl Running {
     /// URL of database `db` as the superuser `postgres`, with its password when it has one.
@@ -159,6 +168,11 @@ impl Running {
     /// # Errors
     /// [`Error::Program`] when the server outlives both.
     pub fn stop_within(mut self, patience: Duration) -> Result<(), Error> {
+        if let Some(mut watchdog) = self.watchdog.take() {
+            // Stopped here instead; the watchdog has nothing left to do. It may be gone already.
+            let _killed = watchdog.kill();
+            let _reaped = watchdog.wait();
+        }
         if let Err(e) = stop_pid(self.pid, patience) {
             tracing::warn!(error = %e, "postgres ignored a fast shutdown; shutting it down at once");
             signal_and_wait(self.pid, Signal::SIGQUIT, IMMEDIATE_PATIENCE)?;
@@ -173,7 +187,32 @@ impl Running {
     /// Leaves the server running after this handle is dropped (the test harness shares it).
     pub fn detach(mut self) -> (u16, u32) {
         self.child = None;
+        if let Some(mut watchdog) = self.watchdog.take() {
+            let _killed = watchdog.kill();
+            let _reaped = watchdog.wait();
+        }
         (self.port, self.pid)
+    }
+
+    /// Ties the server to this process: a small watchdog process (`sh`, in a process group of
+    /// its own) holds a pipe from this process and gives the server a fast shutdown when the
+    /// pipe closes, which happens when this process ends, even killed outright (SIGKILL).
+    /// [`Running::stop_within`] stops the watchdog first.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when `sh` cannot be started.
+    pub fn guard(&mut self, pgdata: &Path) -> Result<(), Error> {
+        let watchdog = Command::new("/bin/sh")
+            .args(["-c", WATCHDOG, "realtime-gateway-watchdog"])
+            .arg(pgdata)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .map_err(io(Path::new("/bin/sh")))?;
+        self.watchdog = Some(watchdog);
+        Ok(())
     }
 }
 
@@ -422,6 +461,7 @@ impl Cluster {
                         pid: child.id(),
                         password: self.password.clone(),
                         child: Some(child),
+                        watchdog: None,
                     });
                 }
                 if Instant::now() > deadline {
