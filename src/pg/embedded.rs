@@ -10,9 +10,10 @@
 //!
 //! The server runs in a process group of its own: a Ctrl-C in the terminal (which signals the
 //! terminal's whole foreground group) reaches the gateway only, and the gateway stops the server
-//! itself once it has written what it owes the database ([`Running::stop_within`]). A server
-//! left running by a gateway that was killed outright is stopped by the next start on the same
-//! folder ([`Cluster::stop_leftover`]).
+//! itself once it has written what it owes the database ([`Running::stop_within`]). Should the
+//! gateway be killed outright, a watchdog stops the server ([`Running::guard`]); a server left
+//! running all the same is stopped by the next start on the same folder
+//! ([`Cluster::stop_leftover`]).
 
 use std::fs;
 use std::io::Write;
@@ -135,10 +136,11 @@ pub struct Running {
 }
 
 /// The watchdog's script: waits for end of file on its stdin, which comes when the gateway
-/// closes it or ends, killed included; then gives the server of folder `$1`, if it still runs,
-/// a fast shutdown.
+/// closes it or ends, killed included; then gives server `$2` a fast shutdown if it still runs
+/// folder `$1` (its pid file names it: a pid reused since, or written there by the cluster's
+/// owner, is not signalled).
 const WATCHDOG: &str = r#"read -r _line || :
-pid=$(head -n 1 "$1/postmaster.pid" 2>/dev/null) && kill -INT "$pid" 2>/dev/null
+pid=$(head -n 1 "$1/postmaster.pid" 2>/dev/null) && [ "$pid" = "$2" ] && kill -INT "$2" 2>/dev/null
 exit 0"#;
 
 impl Running {
@@ -205,6 +207,7 @@ impl Running {
         let watchdog = Command::new("/bin/sh")
             .args(["-c", WATCHDOG, "realtime-gateway-watchdog"])
             .arg(pgdata)
+            .arg(self.pid.to_string())
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
