@@ -208,8 +208,10 @@ impl Gateway {
     }
 
     /// Serves on `listener` until shutdown is triggered, then shuts down in order: stop
-    /// accepting, close sessions, stop background tasks (bounded by the shutdown timeout),
-    /// close the pool.
+    /// accepting (the listening socket is closed), close sessions (1001) and stop background
+    /// tasks (bounded by the shutdown timeout), write the registry and retire this node (its
+    /// rows end as `shutdown`; bounded by one more shutdown timeout), close the pool. A local
+    /// cluster is stopped by the caller, after this returns.
     ///
     /// # Errors
     /// When the listening socket fails.
@@ -232,9 +234,12 @@ impl Gateway {
         // it.
         shutdown.trigger();
         shutdown.wait(config.shutdown_timeout).await;
-        // Sessions have reported their ends: write them and retire this node.
+        // Sessions have reported their ends: write them and retire this node, then let the
+        // final tasks end; both within one more shutdown timeout.
+        let flush_deadline = tokio::time::Instant::now() + config.shutdown_timeout;
         registry.shutdown(config.shutdown_timeout).await;
-        shutdown.wait_final(config.shutdown_timeout).await;
+        let left = flush_deadline.saturating_duration_since(tokio::time::Instant::now());
+        shutdown.wait_final(left).await;
         pool.close().await;
         tracing::info!("stopped");
         Ok(())

@@ -26,13 +26,24 @@ pub struct LocalCluster {
 }
 
 impl LocalCluster {
-    /// Stops the cluster and waits for it to exit.
+    /// Stops the cluster and waits for it to exit (a fast shutdown given 30 s).
     ///
     /// # Errors
     /// When the server does not stop in time.
-    pub fn stop(mut self) -> Result<(), Error> {
+    pub fn stop(self) -> Result<(), Error> {
+        self.stop_within(std::time::Duration::from_secs(30))
+    }
+
+    /// Stops the cluster and waits for it to exit: a fast shutdown given `patience`, then an
+    /// immediate one ([`Running::stop_within`]).
+    ///
+    /// # Errors
+    /// When the server does not stop in time.
+    pub fn stop_within(mut self, patience: std::time::Duration) -> Result<(), Error> {
         match self.running.take() {
-            Some(running) => running.stop().map_err(|e| Error::Pg(e.into())),
+            Some(running) => running
+                .stop_within(patience)
+                .map_err(|e| Error::Pg(e.into())),
             None => Ok(()),
         }
     }
@@ -79,10 +90,17 @@ pub async fn prepare(config: &mut Config) -> Result<(Option<LocalCluster>, Keys)
             cluster
                 .require_password(&password)
                 .map_err(|e| Error::Pg(e.into()))?;
-            cluster
+            let mut running = cluster
                 .start(&Tuning::local())
-                .map(|running| (running, created))
-                .map_err(|e| Error::Pg(e.into()))
+                .map_err(|e| Error::Pg(e.into()))?;
+            // The server has a process group of its own (terminal signals reach the gateway
+            // only): should the gateway be killed outright, the watchdog stops it.
+            if let Err(e) = running.guard(cluster.pgdata()) {
+                // Running is dropped without a stop otherwise: stop it before failing.
+                let _stopped = running.stop();
+                return Err(Error::Pg(e.into()));
+            }
+            Ok((running, created))
         })
         .await
         .map_err(|e| Error::Local(std::io::Error::other(e)))??;

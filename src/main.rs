@@ -33,13 +33,17 @@ fn main() -> ExitCode {
     let command = cli.command.unwrap_or(Command::Serve);
     let result = runtime.block_on(async move {
         let (cluster, keys) = local::prepare(&mut config).await?;
+        let patience = config.shutdown_timeout;
         let outcome = match command {
             Command::Migrate => migrate(&config).await,
             Command::Serve => serve(config, &keys, cluster.is_some()).await,
         };
+        // Last: the gateway has closed its sessions and written this node's end by now.
         if let Some(cluster) = cluster {
             tracing::info!("stopping the embedded postgres");
-            cluster.stop()?;
+            tokio::task::spawn_blocking(move || cluster.stop_within(patience))
+                .await
+                .map_err(|e| Error::Local(std::io::Error::other(e)))??;
         }
         outcome
     });

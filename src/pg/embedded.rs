@@ -7,6 +7,13 @@
 //! [`Cluster::init`] trusts every loopback connection (the test harness's throwaway clusters);
 //! [`Cluster::require_password`] sets the superuser's password and makes loopback connections
 //! prove it (`scram-sha-256`), so that other local users cannot reach a local-mode cluster.
+//!
+//! The server runs in a process group of its own: a Ctrl-C in the terminal (which signals the
+//! terminal's whole foreground group) reaches the gateway only, and the gateway stops the server
+//! itself once it has written what it owes the database ([`Running::stop_within`]). Should the
+//! gateway be killed outright, a watchdog stops the server ([`Running::guard`]); a server left
+//! running all the same is stopped by the next start on the same folder
+//! ([`Cluster::stop_leftover`]).
 
 use std::fs;
 use std::io::Write;
@@ -132,7 +139,17 @@ pub struct Running {
     /// The superuser's password, when the cluster requires one.
     password: Option<String>,
     child: Option<std::process::Child>,
+    /// Stops the server should this process end without stopping it ([`Running::guard`]).
+    watchdog: Option<std::process::Child>,
 }
+
+/// The watchdog's script: waits for end of file on its stdin, which comes when the gateway
+/// closes it or ends, killed included; then gives server `$2` a fast shutdown if it still runs
+/// folder `$1` (its pid file names it: a pid reused since, or written there by the cluster's
+/// owner, is not signalled).
+const WATCHDOG: &str = r#"read -r _line || :
+pid=$(head -n 1 "$1/postmaster.pid" 2>/dev/null) && [ "$pid" = "$2" ] && kill -INT "$2" 2>/dev/null
+exit 0"#;
 
 impl Running {
     /// URL of database `db` as the superuser `postgres`, with its password when it has one.
@@ -150,8 +167,26 @@ impl Running {
     ///
     /// # Errors
     /// [`Error::Program`] when the server does not exit within 30 s.
-    pub fn stop(mut self) -> Result<(), Error> {
-        stop_pid(self.pid, Duration::from_secs(30))?;
+    pub fn stop(self) -> Result<(), Error> {
+        self.stop_within(Duration::from_secs(30))
+    }
+
+    /// Stops the server with a fast shutdown (its sessions are ended, what they committed is
+    /// kept); when it has not exited after `patience`, with an immediate shutdown, given
+    /// [`IMMEDIATE_PATIENCE`] more.
+    ///
+    /// # Errors
+    /// [`Error::Program`] when the server outlives both.
+    pub fn stop_within(mut self, patience: Duration) -> Result<(), Error> {
+        if let Some(mut watchdog) = self.watchdog.take() {
+            // Stopped here instead; the watchdog has nothing left to do. It may be gone already.
+            let _killed = watchdog.kill();
+            let _reaped = watchdog.wait();
+        }
+        if let Err(e) = stop_pid(self.pid, patience) {
+            tracing::warn!(error = %e, "postgres ignored a fast shutdown; shutting it down at once");
+            signal_and_wait(self.pid, Signal::SIGQUIT, IMMEDIATE_PATIENCE)?;
+        }
         if let Some(mut child) = self.child.take() {
             // Reap our child; it has exited, so this returns at once.
             let _reaped = child.wait();
@@ -162,7 +197,33 @@ impl Running {
     /// Leaves the server running after this handle is dropped (the test harness shares it).
     pub fn detach(mut self) -> (u16, u32) {
         self.child = None;
+        if let Some(mut watchdog) = self.watchdog.take() {
+            let _killed = watchdog.kill();
+            let _reaped = watchdog.wait();
+        }
         (self.port, self.pid)
+    }
+
+    /// Ties the server to this process: a small watchdog process (`sh`, in a process group of
+    /// its own) holds a pipe from this process and gives the server a fast shutdown when the
+    /// pipe closes, which happens when this process ends, even killed outright (SIGKILL).
+    /// [`Running::stop_within`] stops the watchdog first.
+    ///
+    /// # Errors
+    /// [`Error::Io`] when `sh` cannot be started.
+    pub fn guard(&mut self, pgdata: &Path) -> Result<(), Error> {
+        let watchdog = Command::new("/bin/sh")
+            .args(["-c", WATCHDOG, "realtime-gateway-watchdog"])
+            .arg(pgdata)
+            .arg(self.pid.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .map_err(io(Path::new("/bin/sh")))?;
+        self.watchdog = Some(watchdog);
+        Ok(())
     }
 }
 
@@ -389,6 +450,9 @@ impl Cluster {
             for (k, v) in &tuning.settings {
                 cmd.arg("-c").arg(format!("{k}={v}"));
             }
+            // A group of its own: the terminal's Ctrl-C goes to the gateway, which stops the
+            // server last, after its own writes.
+            cmd.process_group(0);
             let stderr = log.try_clone().map_err(io(&log_path))?;
             let mut child = cmd
                 .stdin(Stdio::null())
@@ -408,6 +472,7 @@ impl Cluster {
                         pid: child.id(),
                         password: self.password.clone(),
                         child: Some(child),
+                        watchdog: None,
                     });
                 }
                 if Instant::now() > deadline {
@@ -484,16 +549,24 @@ fn log_tail(path: &Path, from: u64) -> String {
     lines.into_iter().rev().collect::<Vec<_>>().join(" | ")
 }
 
+/// How long an immediate shutdown (SIGQUIT) may take once a fast one was not enough.
+pub const IMMEDIATE_PATIENCE: Duration = Duration::from_secs(5);
+
 /// Sends SIGINT (fast shutdown) to `pid` and waits for it to exit.
 ///
 /// # Errors
 /// [`Error::Program`] when it is still alive after `timeout`.
 pub fn stop_pid(pid: u32, timeout: Duration) -> Result<(), Error> {
+    signal_and_wait(pid, Signal::SIGINT, timeout)
+}
+
+/// Sends `signal` to `pid` and waits up to `timeout` for it to exit.
+fn signal_and_wait(pid: u32, signal: Signal, timeout: Duration) -> Result<(), Error> {
     let Ok(raw) = i32::try_from(pid) else {
         return Ok(());
     };
     let pid = Pid::from_raw(raw);
-    if kill(pid, Signal::SIGINT).is_err() {
+    if kill(pid, signal).is_err() {
         return Ok(()); // already gone
     }
     let deadline = Instant::now() + timeout;

@@ -39,12 +39,18 @@ pub async fn handler(
     let clients = &state.limits.clients;
     let peer = clients.client_addr(peer, forwarded);
     if state.shutdown.is_triggered() {
-        return refuse(
+        let mut refused = refuse(
             &state,
             StatusCode::SERVICE_UNAVAILABLE,
             "Realtime is restarting, please standby",
         )
         .await;
+        // Another node, or this one once restarted, will answer.
+        refused.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("1"),
+        );
+        return refused;
     }
     match clients.is_blocked(peer.ip()).await {
         Ok(false) => {}
