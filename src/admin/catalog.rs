@@ -12,7 +12,7 @@ pub enum Kind {
     Counter,
     /// Goes up and down.
     Gauge,
-    /// A distribution (rendered as a summary).
+    /// A distribution (rendered as a summary, or as a histogram when [`BUCKETS`] lists it).
     Histogram,
 }
 
@@ -49,6 +49,9 @@ pub const METRICS: &[Entry] = &[
     (C, "gateway_auth_jwks_failures_total", "JWKS reads that failed.", false),
     (C, "gateway_http_accept_errors_total", "TCP accepts that failed.", false),
     (C, "gateway_http_pending_refused_total", "Connections refused while too many were in their HTTP phase.", false),
+    // deliveries by kind (what an operator alerts on)
+    (C, "gateway_messages_delivered_total", "Messages written to sockets, by kind: changes, broadcast, presence, system, reply.", true),
+    (H, "gateway_delivery_latency_seconds", "Delivery latency by kind (changes: from capture in the writer's transaction; broadcast and presence: from arrival at this gateway) to the end of the socket write; one observation per written batch and kind, its oldest frame.", true),
     // capture
     (G, "gateway_listener_connected", "1 while the change listener's connection is up.", false),
     (G, "gateway_listener_last_change_id", "Outbox id of the last change read.", false),
@@ -102,6 +105,21 @@ pub const METRICS: &[Entry] = &[
     (G, "gateway_process_resident_memory_bytes", "Resident memory of the gateway process.", false),
 ];
 
+/// Label values known in advance: these series are zero from the first scrape too.
+pub const SERIES: &[(&str, &str, &[&str])] = &[(
+    "gateway_messages_delivered_total",
+    "kind",
+    &["changes", "broadcast", "presence", "system", "reply"],
+)];
+
+/// Bucket bounds (seconds) of the histograms rendered as Prometheus histograms.
+pub const BUCKETS: &[(&str, &[f64])] = &[(
+    "gateway_delivery_latency_seconds",
+    &[
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ],
+)];
+
 /// Registers every metric of [`METRICS`] with the process's recorder.
 pub fn register() {
     for &(kind, name, help, labelled) in METRICS {
@@ -119,6 +137,16 @@ pub fn register() {
                 }
             }
             Kind::Histogram => metrics::describe_histogram!(name, help),
+        }
+    }
+    for &(name, label, values) in SERIES {
+        for &value in values {
+            let labels = [(label, value)];
+            match METRICS.iter().find(|m| m.1 == name).map(|m| m.0) {
+                Some(Kind::Counter) => metrics::counter!(name, &labels).increment(0),
+                Some(Kind::Gauge) => metrics::gauge!(name, &labels).increment(0.0),
+                Some(Kind::Histogram) | None => {}
+            }
         }
     }
 }

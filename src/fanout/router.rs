@@ -22,7 +22,7 @@ use super::visibility::{self, ClaimSet, Decision, Sight};
 use crate::auth::Claims;
 use crate::change::ChangeEvent;
 use crate::conn::ConnId;
-use crate::outbound::{Frame, Outbound, Tally};
+use crate::outbound::{Frame, Kind, Outbound, Tally};
 use crate::protocol::{self, Vsn};
 
 /// `(schema, table)`, either of which may be `*`.
@@ -279,7 +279,7 @@ impl Router {
                 "system",
                 &payload(name),
             );
-            tally.count(channel.outbound.push(Frame::from(text)));
+            tally.count(channel.outbound.push(Frame::text(Kind::System, text)));
         }
         usize::try_from(tally.delivered).unwrap_or(usize::MAX)
     }
@@ -384,7 +384,8 @@ impl Router {
                                         Arc::from(encode::body_for(change, view, max_change_bytes))
                                     })),
                                 };
-                                Frame::from(channel.frame(key.1, &body))
+                                Frame::text(Kind::Changes, channel.frame(key.1, &body))
+                                    .since(change.captured_at)
                             })
                             .clone();
                         last = Some((key, frame.clone()));
@@ -609,6 +610,7 @@ mod tests {
     use super::*;
     use crate::change::Op;
     use crate::fanout::subscription::Events;
+    use crate::outbound::Body;
     use crate::outbound::{self, Limits, Receiver};
     use crate::pg::catalog::{ColumnInfo, TableInfo};
     use tokio_util::sync::CancellationToken;
@@ -637,6 +639,7 @@ mod tests {
             record: record.as_object().cloned(),
             old_full: None,
             commit_timestamp: "2026-01-01T00:00:00.000Z".into(),
+            captured_at: std::time::SystemTime::UNIX_EPOCH,
             record_raw: Some(vec![(
                 "id".into(),
                 serde_json::value::RawValue::from_string("1".into()).unwrap(),
@@ -680,9 +683,9 @@ mod tests {
     }
 
     fn text(frame: Frame) -> axum::extract::ws::Utf8Bytes {
-        match frame {
-            Frame::Text(t) => t,
-            Frame::Binary(_) => panic!("binary frame"),
+        match frame.body {
+            Body::Text(t) => t,
+            Body::Binary(_) => panic!("binary frame"),
         }
     }
 
