@@ -308,6 +308,21 @@ impl Hub {
         self.shared.topics.len()
     }
 
+    /// Local memberships (channels joined on this node) that receive broadcasts, and those that
+    /// receive presence; counted on demand (for a scrape), each topic's members under its read
+    /// lock in turn.
+    pub fn reader_counts(&self) -> (usize, usize) {
+        let mut broadcast = 0;
+        let mut presence = 0;
+        for topic in &self.shared.topics {
+            for member in read(&topic.members).values() {
+                broadcast += usize::from(member.reads_broadcast);
+                presence += usize::from(member.reads_presence);
+            }
+        }
+        (broadcast, presence)
+    }
+
     /// Local members of channel `name`.
     pub fn member_count(&self, name: &str) -> usize {
         self.topic(name).map_or(0, |t| read(&t.members).len())

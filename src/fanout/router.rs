@@ -146,8 +146,8 @@ pub struct Stats {
 #[derive(Debug, Default)]
 pub struct Router {
     by_table: DashMap<TableKey, Arc<DashMap<ChannelKey, Arc<PgChannel>>>>,
-    /// Where each channel is registered, to remove it.
-    registered: DashMap<ChannelKey, HashSet<TableKey>>,
+    /// Where each channel is registered, to remove it, and its number of subscriptions.
+    registered: DashMap<ChannelKey, (HashSet<TableKey>, usize)>,
     /// What the router did so far.
     pub stats: Stats,
 }
@@ -212,15 +212,17 @@ impl Router {
                 .or_default()
                 .insert(key.clone(), Arc::clone(&channel));
         }
-        let old = self.registered.insert(key.clone(), keys.clone());
-        for stale in old.unwrap_or_default().difference(&keys) {
+        let old = self
+            .registered
+            .insert(key.clone(), (keys.clone(), channel.subs.len()));
+        for stale in old.unwrap_or_default().0.difference(&keys) {
             self.remove_from(stale, &key);
         }
     }
 
     /// Removes a channel's subscriptions, if any.
     pub fn unsubscribe(&self, key: &ChannelKey) {
-        if let Some((_, keys)) = self.registered.remove(key) {
+        if let Some((_, (keys, _))) = self.registered.remove(key) {
             for table in &keys {
                 self.remove_from(table, key);
             }
@@ -243,6 +245,11 @@ impl Router {
     /// Channels with Postgres Changes subscriptions.
     pub fn channel_count(&self) -> usize {
         self.registered.len()
+    }
+
+    /// Postgres Changes subscriptions of all channels, counted on demand (for a scrape).
+    pub fn subscription_count(&self) -> usize {
+        self.registered.iter().map(|entry| entry.value().1).sum()
     }
 
     /// Pushes a `system` message to every channel with Postgres Changes subscriptions;
