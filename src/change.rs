@@ -6,6 +6,7 @@
 //! stage may import it without creating a cycle.
 
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use serde_json::value::RawValue;
 use serde_json::{Map, Value};
@@ -65,6 +66,9 @@ pub struct ChangeEvent {
     pub old_full: Option<Map<String, Value>>,
     /// `commit_timestamp` as sent.
     pub commit_timestamp: String,
+    /// When the change was captured (in its transaction, before the commit): delivery latency
+    /// is measured from it.
+    pub captured_at: SystemTime,
     /// The new row as delivered (the bytes PostgreSQL wrote).
     pub record_raw: Option<RawRow>,
     /// The old row as delivered.

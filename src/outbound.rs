@@ -11,39 +11,131 @@ use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
+use std::time::SystemTime;
 
 use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use tokio_util::sync::CancellationToken;
 
-/// A frame waiting to be written to the socket.
+/// What a frame carries, for the delivery metrics (`gateway_messages_delivered_total{kind}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A Postgres Changes delivery.
+    Changes,
+    /// A broadcast.
+    Broadcast,
+    /// Presence state or a presence diff.
+    Presence,
+    /// A `system` message, or a channel's close or error.
+    System,
+    /// A reply to a client's push (`phx_reply`).
+    Reply,
+}
+
+impl Kind {
+    /// Every kind, in [`Kind::index`] order.
+    pub const ALL: [Kind; 5] = [
+        Kind::Changes,
+        Kind::Broadcast,
+        Kind::Presence,
+        Kind::System,
+        Kind::Reply,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Changes => "changes",
+            Kind::Broadcast => "broadcast",
+            Kind::Presence => "presence",
+            Kind::System => "system",
+            Kind::Reply => "reply",
+        }
+    }
+
+    /// Whether frames of this kind carry an origin, so their delivery latency is measured.
+    pub fn is_timed(self) -> bool {
+        matches!(self, Kind::Changes | Kind::Broadcast | Kind::Presence)
+    }
+
+    /// Position in [`Kind::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The kind of a frame the session writes for protocol event `event`.
+    pub fn of_event(event: &str) -> Kind {
+        match event {
+            "phx_reply" => Kind::Reply,
+            "postgres_changes" => Kind::Changes,
+            "broadcast" => Kind::Broadcast,
+            "presence_state" | "presence_diff" => Kind::Presence,
+            _ => Kind::System,
+        }
+    }
+}
+
+/// The bytes of a frame.
 #[derive(Debug, Clone)]
-pub enum Frame {
+pub enum Body {
     /// A text frame (JSON; vsn 1 objects or vsn 2 arrays).
     Text(Utf8Bytes),
     /// A binary frame (vsn 2 kind 4 broadcast).
     Binary(Bytes),
 }
 
+/// A frame waiting to be written to the socket. Fan-out builds one per distinct payload and
+/// gives each recipient a clone: the bytes are shared, and the kind and origin are copied with
+/// them (no allocation).
+#[derive(Debug, Clone)]
+pub struct Frame {
+    /// The bytes.
+    pub body: Body,
+    /// What it carries.
+    pub kind: Kind,
+    /// When what it carries entered the system (a change's capture at commit, a broadcast's
+    /// arrival at this gateway); the writer measures delivery latency from it.
+    pub origin: Option<SystemTime>,
+}
+
 impl Frame {
+    /// A text frame of `kind`.
+    pub fn text(kind: Kind, text: impl Into<Utf8Bytes>) -> Frame {
+        Frame {
+            body: Body::Text(text.into()),
+            kind,
+            origin: None,
+        }
+    }
+
+    /// A binary frame of `kind`.
+    pub fn binary(kind: Kind, bytes: Bytes) -> Frame {
+        Frame {
+            body: Body::Binary(bytes),
+            kind,
+            origin: None,
+        }
+    }
+
+    /// The same frame, its delivery latency measured from `origin`.
+    #[must_use]
+    pub fn since(mut self, origin: SystemTime) -> Frame {
+        self.origin = Some(origin);
+        self
+    }
+
     /// Bytes this frame occupies in the queue.
     pub fn len(&self) -> usize {
-        match self {
-            Frame::Text(t) => t.len(),
-            Frame::Binary(b) => b.len(),
+        match &self.body {
+            Body::Text(t) => t.len(),
+            Body::Binary(b) => b.len(),
         }
     }
 
     /// Whether the frame is empty.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
-    }
-}
-
-impl From<String> for Frame {
-    fn from(text: String) -> Frame {
-        Frame::Text(Utf8Bytes::from(text))
     }
 }
 
@@ -354,7 +446,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn text(n: usize) -> Frame {
-        Frame::from("x".repeat(n))
+        Frame::text(Kind::System, "x".repeat(n))
     }
 
     #[test]

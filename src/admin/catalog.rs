@@ -12,7 +12,7 @@ pub enum Kind {
     Counter,
     /// Goes up and down.
     Gauge,
-    /// A distribution (rendered as a summary).
+    /// A distribution (rendered as a summary, or as a histogram when [`BUCKETS`] lists it).
     Histogram,
 }
 
@@ -49,6 +49,11 @@ pub const METRICS: &[Entry] = &[
     (C, "gateway_auth_jwks_failures_total", "JWKS reads that failed.", false),
     (C, "gateway_http_accept_errors_total", "TCP accepts that failed.", false),
     (C, "gateway_http_pending_refused_total", "Connections refused while too many were in their HTTP phase.", false),
+    // channels, subscriptions and deliveries, by kind (what an operator alerts on)
+    (G, "gateway_channels", "Channels joined on this node (one per connection and topic), by kind: postgres_changes (with subscriptions), broadcast (receiving broadcasts), presence (receiving presence).", true),
+    (G, "gateway_subscriptions", "Subscriptions on this node's channels, by kind (postgres_changes).", true),
+    (C, "gateway_messages_delivered_total", "Messages written to sockets, by kind: changes, broadcast, presence, system, reply.", true),
+    (H, "gateway_delivery_latency_seconds", "Delivery latency by kind (changes: from capture in the writer's transaction; broadcast and presence: from arrival at this gateway) to the end of the socket write; one observation per written batch and kind, its oldest frame.", true),
     // capture
     (G, "gateway_listener_connected", "1 while the change listener's connection is up.", false),
     (G, "gateway_listener_last_change_id", "Outbox id of the last change read.", false),
@@ -56,6 +61,8 @@ pub const METRICS: &[Entry] = &[
     (C, "gateway_listener_changes_total", "Changes read from the outbox.", false),
     (C, "gateway_listener_read_errors_total", "Outbox reads that failed.", false),
     (C, "gateway_listener_reconnects_total", "Reconnections of the change listener.", false),
+    (G, "gateway_outbox_backlog_rows", "Outbox rows above the last id this node read (sampled at scrape).", false),
+    (G, "gateway_outbox_backlog_age_seconds", "Age of the oldest outbox row above the last id this node read; 0 without backlog.", false),
     (C, "gateway_capture_gaps_total", "Changes found missed (pruned before this node read them).", false),
     (C, "gateway_capture_pruned_total", "Outbox rows pruned.", false),
     (C, "gateway_capture_rows_failed_total", "Outbox rows that could not be delivered.", false),
@@ -91,6 +98,7 @@ pub const METRICS: &[Entry] = &[
     (C, "gateway_writer_flushes_total", "Socket flushes.", false),
     (C, "gateway_writer_frames_total", "Frames written to sockets.", false),
     // registry, audit, reaper
+    (G, "gateway_registry_pending", "Registry and audit writes waiting: reported and not yet written.", false),
     (C, "gateway_registry_rows_failed_total", "Registry or audit rows the database refused, by write.", true),
     (C, "gateway_registry_write_failures_total", "Registry write batches that failed.", false),
     (C, "gateway_registry_rows_dropped_total", "Registry writes dropped because the pending bound was reached.", false),
@@ -98,9 +106,34 @@ pub const METRICS: &[Entry] = &[
     (C, "gateway_registry_audit_truncated_total", "Audit records whose detail was truncated.", false),
     (C, "gateway_registry_reregistrations_total", "Times this node re-registered its live rows.", false),
     (C, "gateway_reaper_reaped_total", "Stale sessions closed by the reaper.", false),
-    // process
+    // database and process
+    (G, "gateway_db_pool_connections", "Connections of the gateway's database pool, by state: in_use, idle.", true),
     (G, "gateway_process_resident_memory_bytes", "Resident memory of the gateway process.", false),
 ];
+
+/// Label values known in advance: these series are zero from the first scrape too.
+pub const SERIES: &[(&str, &str, &[&str])] = &[
+    (
+        "gateway_channels",
+        "kind",
+        &["postgres_changes", "broadcast", "presence"],
+    ),
+    ("gateway_subscriptions", "kind", &["postgres_changes"]),
+    (
+        "gateway_messages_delivered_total",
+        "kind",
+        &["changes", "broadcast", "presence", "system", "reply"],
+    ),
+    ("gateway_db_pool_connections", "state", &["in_use", "idle"]),
+];
+
+/// Bucket bounds (seconds) of the histograms rendered as Prometheus histograms.
+pub const BUCKETS: &[(&str, &[f64])] = &[(
+    "gateway_delivery_latency_seconds",
+    &[
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    ],
+)];
 
 /// Registers every metric of [`METRICS`] with the process's recorder.
 pub fn register() {
@@ -119,6 +152,16 @@ pub fn register() {
                 }
             }
             Kind::Histogram => metrics::describe_histogram!(name, help),
+        }
+    }
+    for &(name, label, values) in SERIES {
+        for &value in values {
+            let labels = [(label, value)];
+            match METRICS.iter().find(|m| m.1 == name).map(|m| m.0) {
+                Some(Kind::Counter) => metrics::counter!(name, &labels).increment(0),
+                Some(Kind::Gauge) => metrics::gauge!(name, &labels).increment(0.0),
+                Some(Kind::Histogram) | None => {}
+            }
         }
     }
 }

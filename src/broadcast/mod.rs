@@ -52,7 +52,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use dashmap::DashMap;
@@ -62,7 +62,7 @@ use tokio::sync::mpsc;
 
 use crate::change::BusMessage;
 use crate::conn::ConnId;
-use crate::outbound::{Frame, Outbound, Tally};
+use crate::outbound::{Frame, Kind, Outbound, Tally};
 use crate::presence;
 use crate::protocol::{self, Vsn};
 use crate::shutdown::Shutdown;
@@ -308,6 +308,21 @@ impl Hub {
         self.shared.topics.len()
     }
 
+    /// Local memberships (channels joined on this node) that receive broadcasts, and those that
+    /// receive presence; counted on demand (for a scrape), each topic's members under its read
+    /// lock in turn.
+    pub fn reader_counts(&self) -> (usize, usize) {
+        let mut broadcast = 0;
+        let mut presence = 0;
+        for topic in &self.shared.topics {
+            for member in read(&topic.members).values() {
+                broadcast += usize::from(member.reads_broadcast);
+                presence += usize::from(member.reads_presence);
+            }
+        }
+        (broadcast, presence)
+    }
+
     /// Local members of channel `name`.
     pub fn member_count(&self, name: &str) -> usize {
         self.topic(name).map_or(0, |t| read(&t.members).len())
@@ -451,6 +466,8 @@ impl Hub {
         let members = read(&topic.members);
         // Per serializer version: not encoded yet / encoded (None: not deliverable to it).
         let mut frames: [Option<Option<Frame>>; 2] = [None, None];
+        // The gateway has the message from now on: delivery latency is measured from here.
+        let origin = SystemTime::now();
         let mut tally = Tally::default();
         for member in members.values() {
             if from == Some(member.conn) && !member.self_broadcast {
@@ -467,8 +484,9 @@ impl Hub {
                 Vsn::V1 => 0,
                 Vsn::V2 => 1,
             };
-            let frame = frames[slot]
-                .get_or_insert_with(|| encode(member.vsn, &topic.topic, event, message));
+            let frame = frames[slot].get_or_insert_with(|| {
+                encode(member.vsn, &topic.topic, event, message).map(|f| f.since(origin))
+            });
             let Some(frame) = frame else {
                 continue;
             };
@@ -586,9 +604,10 @@ impl Hub {
 /// binary to vsn 1, or a kind-4 field over 255 bytes).
 fn encode(vsn: Vsn, topic: &str, event: &str, message: &Message) -> Option<Frame> {
     match message {
-        Message::Json(json) => Some(Frame::from(protocol::encode_text(
-            vsn, None, None, topic, event, json,
-        ))),
+        Message::Json(json) => Some(Frame::text(
+            Kind::of_event(event),
+            protocol::encode_text(vsn, None, None, topic, event, json),
+        )),
         Message::Binary {
             event: user_event,
             meta,
@@ -603,7 +622,7 @@ fn encode(vsn: Vsn, topic: &str, event: &str, message: &Message) -> Option<Frame
                     payload,
                     false,
                 ) {
-                    Ok(bytes) => Some(Frame::Binary(bytes)),
+                    Ok(bytes) => Some(Frame::binary(Kind::Broadcast, bytes)),
                     Err(e) => {
                         tracing::debug!(error = %e, "binary broadcast not encodable");
                         None

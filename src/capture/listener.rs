@@ -188,6 +188,10 @@ impl Listener {
                 }
             }
         };
+        // Where reading starts: the backlog metric counts from here until the first read.
+        self.status
+            .last_id
+            .store(u64::try_from(cursor.max_id).unwrap_or(0), Ordering::Relaxed);
         self.status.started.store(true, Ordering::Release);
         tracing::info!(max_id = cursor.max_id, "change listener started");
         let listen_pool = match listen_pool(&self.settings.database_url) {

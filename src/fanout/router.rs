@@ -22,7 +22,7 @@ use super::visibility::{self, ClaimSet, Decision, Sight};
 use crate::auth::Claims;
 use crate::change::ChangeEvent;
 use crate::conn::ConnId;
-use crate::outbound::{Frame, Outbound, Tally};
+use crate::outbound::{Frame, Kind, Outbound, Tally};
 use crate::protocol::{self, Vsn};
 
 /// `(schema, table)`, either of which may be `*`.
@@ -146,8 +146,8 @@ pub struct Stats {
 #[derive(Debug, Default)]
 pub struct Router {
     by_table: DashMap<TableKey, Arc<DashMap<ChannelKey, Arc<PgChannel>>>>,
-    /// Where each channel is registered, to remove it.
-    registered: DashMap<ChannelKey, HashSet<TableKey>>,
+    /// Where each channel is registered, to remove it, and its number of subscriptions.
+    registered: DashMap<ChannelKey, (HashSet<TableKey>, usize)>,
     /// What the router did so far.
     pub stats: Stats,
 }
@@ -212,15 +212,17 @@ impl Router {
                 .or_default()
                 .insert(key.clone(), Arc::clone(&channel));
         }
-        let old = self.registered.insert(key.clone(), keys.clone());
-        for stale in old.unwrap_or_default().difference(&keys) {
+        let old = self
+            .registered
+            .insert(key.clone(), (keys.clone(), channel.subs.len()));
+        for stale in old.unwrap_or_default().0.difference(&keys) {
             self.remove_from(stale, &key);
         }
     }
 
     /// Removes a channel's subscriptions, if any.
     pub fn unsubscribe(&self, key: &ChannelKey) {
-        if let Some((_, keys)) = self.registered.remove(key) {
+        if let Some((_, (keys, _))) = self.registered.remove(key) {
             for table in &keys {
                 self.remove_from(table, key);
             }
@@ -243,6 +245,11 @@ impl Router {
     /// Channels with Postgres Changes subscriptions.
     pub fn channel_count(&self) -> usize {
         self.registered.len()
+    }
+
+    /// Postgres Changes subscriptions of all channels, counted on demand (for a scrape).
+    pub fn subscription_count(&self) -> usize {
+        self.registered.iter().map(|entry| entry.value().1).sum()
     }
 
     /// Pushes a `system` message to every channel with Postgres Changes subscriptions;
@@ -279,7 +286,7 @@ impl Router {
                 "system",
                 &payload(name),
             );
-            tally.count(channel.outbound.push(Frame::from(text)));
+            tally.count(channel.outbound.push(Frame::text(Kind::System, text)));
         }
         usize::try_from(tally.delivered).unwrap_or(usize::MAX)
     }
@@ -384,7 +391,8 @@ impl Router {
                                         Arc::from(encode::body_for(change, view, max_change_bytes))
                                     })),
                                 };
-                                Frame::from(channel.frame(key.1, &body))
+                                Frame::text(Kind::Changes, channel.frame(key.1, &body))
+                                    .since(change.captured_at)
                             })
                             .clone();
                         last = Some((key, frame.clone()));
@@ -609,6 +617,7 @@ mod tests {
     use super::*;
     use crate::change::Op;
     use crate::fanout::subscription::Events;
+    use crate::outbound::Body;
     use crate::outbound::{self, Limits, Receiver};
     use crate::pg::catalog::{ColumnInfo, TableInfo};
     use tokio_util::sync::CancellationToken;
@@ -637,6 +646,7 @@ mod tests {
             record: record.as_object().cloned(),
             old_full: None,
             commit_timestamp: "2026-01-01T00:00:00.000Z".into(),
+            captured_at: std::time::SystemTime::UNIX_EPOCH,
             record_raw: Some(vec![(
                 "id".into(),
                 serde_json::value::RawValue::from_string("1".into()).unwrap(),
@@ -680,9 +690,9 @@ mod tests {
     }
 
     fn text(frame: Frame) -> axum::extract::ws::Utf8Bytes {
-        match frame {
-            Frame::Text(t) => t,
-            Frame::Binary(_) => panic!("binary frame"),
+        match frame.body {
+            Body::Text(t) => t,
+            Body::Binary(_) => panic!("binary frame"),
         }
     }
 

@@ -124,6 +124,8 @@ pub struct Registry {
     joins: Arc<AtomicU64>,
     /// Longest audit detail kept whole, serialized, in bytes.
     max_detail_bytes: usize,
+    /// What waits for the writer, for `gateway_registry_pending`.
+    depth: Arc<writer::Depth>,
 }
 
 /// What the writer needs to know.
@@ -166,7 +168,8 @@ impl Registry {
         let node_id: Arc<str> = Arc::from(settings.node_id.as_str());
         let max_detail_bytes = settings.max_audit_detail_bytes;
         let check_users = store::users_are_checked(&pool).await?;
-        let writer = writer::Writer::new(pool, settings, rx, check_users);
+        let depth = Arc::new(writer::Depth::default());
+        let writer = writer::Writer::new(pool, settings, rx, check_users, Arc::clone(&depth));
         // On the final tracker: it records what sessions report while they close, and ends
         // after writing this node's end ([`Registry::shutdown`]).
         shutdown.spawn_final("registry_writer", writer.run());
@@ -175,6 +178,7 @@ impl Registry {
             node_id,
             joins: Arc::default(),
             max_detail_bytes,
+            depth,
         })
     }
 
@@ -294,9 +298,18 @@ impl Registry {
         }
     }
 
+    /// Registry and audit writes waiting: reported and not yet taken by the writer, plus those
+    /// it holds until they are written.
+    pub fn pending(&self) -> usize {
+        self.depth.unread.load(Ordering::Relaxed) + self.depth.held.load(Ordering::Relaxed)
+    }
+
     fn send(&self, event: Event) {
+        self.depth.unread.fetch_add(1, Ordering::Relaxed);
         // The writer lives as long as the gateway; after shutdown there is nothing to record.
-        let _sent = self.tx.send(event);
+        if self.tx.send(event).is_err() {
+            self.depth.unread.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -381,6 +394,7 @@ mod tests {
             node_id: Arc::from("n"),
             joins: Arc::default(),
             max_detail_bytes: 4096,
+            depth: Arc::default(),
         };
         let conn = Uuid::nil();
         let a = registry.subscription_id(conn, Some("1"));

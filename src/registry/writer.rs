@@ -12,6 +12,8 @@
 //! following ones.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -57,6 +59,11 @@ impl Pending {
             && self.audit.is_empty()
     }
 
+    /// Everything held: rows, ends, user changes, slot releases and audit records.
+    fn len(&self) -> usize {
+        self.rows() + self.releases.len() + self.audit.len()
+    }
+
     fn rows(&self) -> usize {
         self.inserts.len() + self.closes.len() + self.users.len()
     }
@@ -96,6 +103,15 @@ impl Overflow {
     }
 }
 
+/// How much waits for the writer, shared with the [`Registry`](super::Registry) handles.
+#[derive(Debug, Default)]
+pub(super) struct Depth {
+    /// Events sent and not yet received by the writer.
+    pub(super) unread: AtomicUsize,
+    /// Writes the writer holds (rows, ends, user changes, slot releases, audit records).
+    pub(super) held: AtomicUsize,
+}
+
 /// The writer task's state.
 pub(super) struct Writer {
     pool: PgPool,
@@ -110,6 +126,8 @@ pub(super) struct Writer {
     live: Live,
     /// This node was declared lost and has not re-registered yet.
     reregister_needed: bool,
+    /// What waits, reported for the metrics.
+    depth: Arc<Depth>,
 }
 
 impl std::fmt::Debug for Writer {
@@ -124,6 +142,7 @@ impl Writer {
         settings: Settings,
         rx: mpsc::UnboundedReceiver<Event>,
         check_users: bool,
+        depth: Arc<Depth>,
     ) -> Writer {
         Writer {
             pool,
@@ -135,6 +154,7 @@ impl Writer {
             audit_overflow: Overflow::default(),
             live: Live::default(),
             reregister_needed: false,
+            depth,
         }
     }
 
@@ -145,6 +165,7 @@ impl Writer {
         let mut flush = tokio::time::interval(FLUSH_EVERY);
         flush.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            self.depth.held.store(self.pending.len(), Ordering::Relaxed);
             let event = tokio::select! {
                 event = self.rx.recv() => event,
                 _ = flush.tick() => {
@@ -162,6 +183,9 @@ impl Writer {
                     continue;
                 }
             };
+            if event.is_some() {
+                self.depth.unread.fetch_sub(1, Ordering::Relaxed);
+            }
             match event {
                 Some(Event::Tick { heartbeats, done }) => {
                     self.flush().await;
@@ -191,6 +215,7 @@ impl Writer {
                 Some(Event::Shutdown(done)) => {
                     // Sessions have closed and reported; write everything, then the node's end.
                     while let Ok(event) = self.rx.try_recv() {
+                        self.depth.unread.fetch_sub(1, Ordering::Relaxed);
                         self.absorb(event);
                     }
                     while !self.flush().await {

@@ -37,7 +37,7 @@ use crate::fanout::router::{ChannelKey, Router};
 use crate::fanout::subscription;
 use crate::limits::rate::{self, TokenBucket};
 use crate::limits::{ConnectionPermit, Limits};
-use crate::outbound::{self, Frame, Outbound};
+use crate::outbound::{self, Frame, Kind, Outbound};
 use crate::pg::catalog::Catalog;
 use crate::protocol::{self, Inbound, InboundPayload, Vsn};
 use crate::registry::Registry;
@@ -211,10 +211,7 @@ impl Session {
             // Deliver what was queued before the close frame, up to the close deadline.
             let drain = async {
                 while let Some(frame) = queue.try_recv() {
-                    let message = match frame {
-                        Frame::Text(t) => Message::Text(t),
-                        Frame::Binary(b) => Message::Binary(b),
-                    };
+                    let message = writer::to_message(frame);
                     if futures_util::SinkExt::feed(&mut sink, message)
                         .await
                         .is_err()
@@ -585,7 +582,7 @@ impl Session {
         let text =
             protocol::encode_text(self.params.vsn, jr, r, topic, event, &payload.to_string());
         // A full queue closes the session as a slow consumer; nothing more to do here.
-        let _pushed = self.outbound.push(Frame::from(text));
+        let _pushed = self.outbound.push(Frame::text(Kind::of_event(event), text));
     }
 }
 

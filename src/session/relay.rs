@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 use super::private::Denied;
 use super::Session;
 use crate::broadcast::{self, Error, Message};
-use crate::outbound::Frame;
+use crate::outbound::{Frame, Kind};
 use crate::protocol::{self, Inbound, InboundPayload, RawJson};
 
 /// Reply reason of a broadcast over `--max-message-bytes` (upstream's error atom).
@@ -234,7 +234,7 @@ impl Session {
     fn push_raw(&self, jr: Option<&str>, r: Option<&str>, topic: &str, event: &str, json: &str) {
         let text = protocol::encode_text(self.params.vsn, jr, r, topic, event, json);
         // A full queue closes the session as a slow consumer; nothing more to do here.
-        let _pushed = self.outbound.push(Frame::from(text));
+        let _pushed = self.outbound.push(Frame::text(Kind::of_event(event), text));
     }
 }
 

@@ -4,14 +4,19 @@
 //! the throughput). On close it writes the close frame, with the code and reason chosen by the
 //! session, after what was queued before it — bounded in time, because a slow consumer may never
 //! read them.
+//!
+//! Each written batch is counted by kind (`gateway_messages_delivered_total{kind}`), and for
+//! each kind that carries an origin the age of the batch's oldest frame at the end of its write
+//! is one observation of `gateway_delivery_latency_seconds{kind}`: one clock read and a handful
+//! of counter updates per batch, nothing per recipient beyond a comparison.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use axum::extract::ws::{CloseFrame, Message};
 use futures_util::{Sink, SinkExt};
 use tokio_util::sync::CancellationToken;
 
-use crate::outbound::{Frame, Receiver};
+use crate::outbound::{Body, Frame, Kind, Receiver};
 
 /// Most frames written before one flush.
 const MAX_BATCH: usize = 256;
@@ -27,12 +32,72 @@ pub enum Ended {
     QueueClosed,
 }
 
+/// The writer's metric handles, looked up once per connection rather than once per batch.
+struct Meters {
+    frames: metrics::Counter,
+    flushes: metrics::Counter,
+    delivered: [metrics::Counter; Kind::ALL.len()],
+    /// For the kinds that carry an origin ([`Kind::is_timed`]).
+    latency: [Option<metrics::Histogram>; Kind::ALL.len()],
+}
+
+impl Meters {
+    fn new() -> Meters {
+        Meters {
+            frames: metrics::counter!("gateway_writer_frames_total"),
+            flushes: metrics::counter!("gateway_writer_flushes_total"),
+            delivered: Kind::ALL.map(|kind| {
+                metrics::counter!("gateway_messages_delivered_total", "kind" => kind.as_str())
+            }),
+            latency: Kind::ALL.map(|kind| {
+                kind.is_timed().then(|| {
+                    metrics::histogram!("gateway_delivery_latency_seconds", "kind" => kind.as_str())
+                })
+            }),
+        }
+    }
+}
+
+/// What one batch holds, by kind: how many frames, and the oldest origin.
+#[derive(Default)]
+struct Batch {
+    frames: [u64; Kind::ALL.len()],
+    oldest: [Option<SystemTime>; Kind::ALL.len()],
+}
+
+impl Batch {
+    fn add(&mut self, frame: &Frame) {
+        let i = frame.kind.index();
+        self.frames[i] += 1;
+        if let Some(origin) = frame.origin {
+            if self.oldest[i].is_none_or(|oldest| origin < oldest) {
+                self.oldest[i] = Some(origin);
+            }
+        }
+    }
+
+    /// Records the batch as written at `now`.
+    fn record(&self, meters: &Meters, now: SystemTime) {
+        for i in 0..Kind::ALL.len() {
+            if self.frames[i] > 0 {
+                meters.delivered[i].increment(self.frames[i]);
+            }
+            if let (Some(oldest), Some(latency)) = (self.oldest[i], &meters.latency[i]) {
+                // A clock step back (or a database clock ahead of ours) reads as no delay.
+                let age = now.duration_since(oldest).unwrap_or_default();
+                latency.record(age.as_secs_f64());
+            }
+        }
+    }
+}
+
 /// Writes queued frames to `sink` until `token` is cancelled, the queue closes or the socket
 /// fails.
 pub async fn run<S>(sink: &mut S, queue: &mut Receiver, token: &CancellationToken) -> Ended
 where
     S: Sink<Message> + Unpin,
 {
+    let meters = Meters::new();
     loop {
         let first = tokio::select! {
             biased;
@@ -47,7 +112,12 @@ where
         let mut batch = vec![first];
         queue.take_batch(&mut batch, MAX_BATCH - 1);
         let frames = batch.len();
-        let bytes: usize = batch.iter().map(Frame::len).sum();
+        let mut bytes = 0;
+        let mut kinds = Batch::default();
+        for frame in &batch {
+            bytes += frame.len();
+            kinds.add(frame);
+        }
         let write = async {
             for frame in batch {
                 sink.feed(to_message(frame)).await?;
@@ -61,11 +131,12 @@ where
             result = write => result,
         };
         queue.written(bytes);
-        metrics::counter!("gateway_writer_frames_total").increment(frames as u64);
-        metrics::counter!("gateway_writer_flushes_total").increment(1);
         if result.is_err() {
             return Ended::SocketError;
         }
+        meters.frames.increment(frames as u64);
+        meters.flushes.increment(1);
+        kinds.record(&meters, SystemTime::now());
     }
 }
 
@@ -89,10 +160,11 @@ where
     }
 }
 
-fn to_message(frame: Frame) -> Message {
-    match frame {
-        Frame::Text(text) => Message::Text(text),
-        Frame::Binary(bytes) => Message::Binary(bytes),
+/// The WebSocket message of `frame`.
+pub fn to_message(frame: Frame) -> Message {
+    match frame.body {
+        Body::Text(text) => Message::Text(text),
+        Body::Binary(bytes) => Message::Binary(bytes),
     }
 }
 
@@ -112,7 +184,7 @@ mod tests {
             token.clone(),
         );
         for i in 0..10 {
-            tx.push(Frame::from(format!("m{i}"))).unwrap();
+            tx.push(Frame::text(Kind::System, format!("m{i}"))).unwrap();
         }
         let writer_token = token.clone();
         let writer = tokio::spawn(async move {
@@ -130,5 +202,32 @@ mod tests {
             .map(|i| Message::Text(format!("m{i}").into()))
             .collect();
         assert_eq!(sink, expected);
+    }
+
+    /// A batch is counted by kind and measured from the oldest origin of each kind, not the
+    /// first or the last frame.
+    #[test]
+    fn a_batch_counts_each_kind_and_keeps_its_oldest_origin() {
+        let at = |secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        let mut batch = Batch::default();
+        for frame in [
+            Frame::text(Kind::Changes, "a").since(at(20)),
+            Frame::text(Kind::Changes, "b").since(at(10)),
+            Frame::text(Kind::Changes, "c").since(at(30)),
+            Frame::text(Kind::Reply, "d"),
+        ] {
+            batch.add(&frame);
+        }
+        assert_eq!(batch.frames[Kind::Changes.index()], 3);
+        assert_eq!(batch.frames[Kind::Reply.index()], 1);
+        assert_eq!(batch.frames[Kind::Broadcast.index()], 0);
+        assert_eq!(batch.oldest[Kind::Changes.index()], Some(at(10)));
+        assert_eq!(batch.oldest[Kind::Reply.index()], None);
+        for (i, kind) in Kind::ALL.into_iter().enumerate() {
+            assert_eq!(kind.index(), i);
+        }
+        assert_eq!(Kind::of_event("phx_reply"), Kind::Reply);
+        assert_eq!(Kind::of_event("presence_diff"), Kind::Presence);
+        assert_eq!(Kind::of_event("system"), Kind::System);
     }
 }

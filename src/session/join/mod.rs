@@ -13,7 +13,7 @@ use crate::auth::Claims;
 use crate::broadcast::Membership;
 use crate::fanout::router::{ChannelKey, PgChannel};
 use crate::fanout::subscription::{self, PgSub, Requested, Resolve};
-use crate::outbound::Frame;
+use crate::outbound::{Frame, Kind};
 use crate::protocol::{self, Inbound, InboundPayload};
 
 /// What a `postgres_changes` entry may hold besides its filter (event, schema, table,
@@ -565,7 +565,7 @@ impl Session {
         };
         let outbound = self.outbound.clone();
         if delay.is_zero() {
-            let _pushed = outbound.push(Frame::from(text));
+            let _pushed = outbound.push(Frame::text(Kind::Reply, text));
             return;
         }
         let token = self.handle.token.clone();
@@ -577,7 +577,7 @@ impl Session {
                     () = token.cancelled() => {}
                     () = tokio::time::sleep(delay) => {
                         // The session may have closed meanwhile; then there is no one to tell.
-                        let _pushed = outbound.push(Frame::from(text));
+                        let _pushed = outbound.push(Frame::text(Kind::Reply, text));
                     }
                 }
             });
