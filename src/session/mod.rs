@@ -293,8 +293,8 @@ impl Session {
         let mut replication = self.next_replication_deadline();
         let mut change_stream = self.services.change_stream.clone();
         let mut stream_gone = false;
-        // One timer for both deadlines, reset only when the earlier of them moves (not per
-        // message).
+        // One timer for every deadline (token expiry, no channel, replication wait), reset only
+        // when the earliest of them moves (not per message).
         let never = tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
         let wake = tokio::time::sleep_until(never);
         tokio::pin!(wake);
