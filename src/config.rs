@@ -11,10 +11,12 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 mod cidr;
+mod cors;
 pub mod jwt;
 pub mod private;
 
 pub use cidr::Cidr;
+pub use cors::AllowedOrigins;
 
 /// Settings that cannot be accepted, found by [`Settings::check`].
 #[derive(Debug, thiserror::Error)]
@@ -314,6 +316,17 @@ pub struct Settings {
     /// address of the header that is not a trusted proxy.
     #[arg(long, env = "TRUSTED_PROXIES", value_delimiter = ',', value_parser = Cidr::parse)]
     pub trusted_proxies: Vec<Cidr>,
+
+    /// Origins whose browser pages may call the HTTP API (CORS): `*` (the default, as Supabase)
+    /// or a comma-separated list such as `https://app.example.com,http://localhost:3000`, each
+    /// echoed back to a request from it.
+    #[arg(long, env = "CORS_ALLOWED_ORIGINS", default_value = "*", value_parser = AllowedOrigins::parse)]
+    pub cors_allowed_origins: AllowedOrigins,
+
+    /// Longest a join with `config.broadcast.replication_ready` waits for the change stream
+    /// (e.g. `1m`, the default); then the channel gets a `system` error and is closed.
+    #[arg(long, env = "REPLICATION_READY_TIMEOUT", default_value = "1m", value_parser = parse_duration)]
+    pub replication_ready_timeout: Duration,
 }
 
 /// Checked settings, shared read-only by every part of the gateway.
@@ -427,6 +440,10 @@ pub struct Config {
     pub event_burst: u32,
     /// Proxies whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<Cidr>,
+    /// Origins allowed to call the HTTP API from a browser.
+    pub cors_allowed_origins: AllowedOrigins,
+    /// Wait for the change stream of a `replication_ready` join.
+    pub replication_ready_timeout: Duration,
 }
 
 impl Settings {
@@ -438,6 +455,9 @@ impl Settings {
         let invalid = |m: &str| Err(Error::Invalid(m.to_owned()));
         if self.max_connections == 0 {
             return invalid("--max-connections must be at least 1");
+        }
+        if self.replication_ready_timeout.is_zero() {
+            return invalid("--replication-ready-timeout must be more than 0s");
         }
         if self.registry_max_pending == 0 || self.audit_max_pending == 0 {
             return invalid("--registry-max-pending and --audit-max-pending must be at least 1");
@@ -598,6 +618,8 @@ impl Settings {
             events_per_second: self.events_per_second,
             event_burst: self.event_burst,
             trusted_proxies: self.trusted_proxies,
+            cors_allowed_origins: self.cors_allowed_origins,
+            replication_ready_timeout: self.replication_ready_timeout,
         })
     }
 }
@@ -661,6 +683,8 @@ impl Config {
             events_per_second: 1000,
             event_burst: 1000,
             trusted_proxies: Vec::new(),
+            cors_allowed_origins: AllowedOrigins::Any,
+            replication_ready_timeout: Duration::from_secs(60),
         };
         let mut config = settings
             .check()

@@ -162,6 +162,7 @@ impl Gateway {
                 pool.clone(),
                 config.private.authorization_timeout,
             ),
+            change_stream: listener_status.ready(),
         });
         let state = AppState::new(state::Handles {
             config: Arc::clone(&config),

@@ -93,6 +93,34 @@ pub struct Status {
     pub reads: AtomicU64,
     /// Highest outbox id read.
     pub last_id: AtomicU64,
+    /// Whether the change stream runs (started and connected), for those who wait for it.
+    ready: tokio::sync::watch::Sender<bool>,
+}
+
+impl Status {
+    /// Records whether the LISTEN connection is up.
+    pub fn set_connected(&self, up: bool) {
+        self.connected.store(up, Ordering::Release);
+        self.publish();
+    }
+
+    /// Records that the outbox cursor is established.
+    pub fn set_started(&self) {
+        self.started.store(true, Ordering::Release);
+        self.publish();
+    }
+
+    /// Follows whether the change stream runs: `true` once the cursor is established and while
+    /// the LISTEN connection is up.
+    pub fn ready(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.ready.subscribe()
+    }
+
+    fn publish(&self) {
+        let ready = self.started.load(Ordering::Acquire) && self.connected.load(Ordering::Acquire);
+        self.ready
+            .send_if_modified(|was| std::mem::replace(was, ready) != ready);
+    }
 }
 
 /// The listener task.
@@ -192,7 +220,7 @@ impl Listener {
         self.status
             .last_id
             .store(u64::try_from(cursor.max_id).unwrap_or(0), Ordering::Relaxed);
-        self.status.started.store(true, Ordering::Release);
+        self.status.set_started();
         tracing::info!(max_id = cursor.max_id, "change listener started");
         let listen_pool = match listen_pool(&self.settings.database_url) {
             Ok(p) => p,
@@ -225,7 +253,7 @@ impl Listener {
                 match connect_listener(&listen_pool, &self.settings.bus_channels).await {
                     Ok(l) => {
                         tracing::info!("listener connected");
-                        self.status.connected.store(true, Ordering::Release);
+                        self.status.set_connected(true);
                         listener = Some(l);
                         listen_backoff = Backoff::new();
                         need_read = true; // whatever was rung while we were away
@@ -279,7 +307,7 @@ impl Listener {
                         self.status.reconnects.fetch_add(1, Ordering::Relaxed);
                         metrics::counter!("gateway_listener_reconnects_total").increment(1);
                         listener = None;
-                        self.status.connected.store(false, Ordering::Release);
+                        self.status.set_connected(false);
                         need_read = true; // catch up on the gap
                     }
                 },
@@ -299,7 +327,7 @@ impl Listener {
                         if !matches!(ok, Ok(Ok(_))) {
                             tracing::warn!("listener connection failed its health check");
                             listener = None;
-                            self.status.connected.store(false, Ordering::Release);
+                            self.status.set_connected(false);
                             self.status.reconnects.fetch_add(1, Ordering::Relaxed);
                             need_read = true;
                         }
@@ -309,7 +337,7 @@ impl Listener {
                 _ = reconcile.tick() => maintenance::reconcile(&self.pool).await,
             }
         }
-        self.status.connected.store(false, Ordering::Release);
+        self.status.set_connected(false);
         // The listener holds the pool's only connection: return it before closing the pool.
         drop(listener);
         listen_pool.close().await;

@@ -3,13 +3,16 @@
 
 pub mod serve;
 
+use axum::http::{HeaderName, HeaderValue, Method};
 use axum::routing::get;
 use axum::Router;
+use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::trace::{DefaultOnFailure, TraceLayer};
 use tracing::Level;
 
 use crate::admin;
 use crate::broadcast::rest;
+use crate::config::AllowedOrigins;
 use crate::session::upgrade;
 use crate::state::AppState;
 
@@ -49,6 +52,7 @@ pub fn router(state: AppState) -> Router {
         .route("/realtime/v1/websocket", get(upgrade::handler))
         .route("/socket/websocket", get(upgrade::handler))
         .merge(rest::routes(max_body))
+        .layer(cors(&state.config.cors_allowed_origins))
         // Handlers log their own failures; a 503 from /ready is an answer, not an error.
         // Spans name the path only: the query holds the socket's token (`apikey`), which is
         // never logged, at any level.
@@ -64,4 +68,39 @@ pub fn router(state: AppState) -> Router {
                 .on_failure(DefaultOnFailure::new().level(Level::DEBUG)),
         )
         .with_state(state)
+}
+
+/// Request headers a browser page may send: what supabase-js and realtime-js send, and the
+/// PostgREST ones supabase-js may add to every request.
+const CORS_HEADERS: [&str; 7] = [
+    "apikey",
+    "authorization",
+    "content-type",
+    "x-client-info",
+    "accept-profile",
+    "content-profile",
+    "prefer",
+];
+
+/// How long a browser may cache a preflight's answer.
+const CORS_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Browser access (CORS) to every route: preflights (`OPTIONS` with
+/// `Access-Control-Request-Method`) are answered here, and every answer to a page of an allowed
+/// origin says so (`*`, or the page's origin with `Vary: Origin`). Upgrades are unaffected:
+/// browsers do not apply CORS to WebSockets.
+fn cors(origins: &AllowedOrigins) -> CorsLayer {
+    let allow_origin = match origins {
+        AllowedOrigins::Any => AllowOrigin::any(),
+        AllowedOrigins::List(list) => AllowOrigin::list(
+            list.iter()
+                // Checked at start: an origin is a few ASCII characters.
+                .filter_map(|origin| HeaderValue::from_str(origin).ok()),
+        ),
+    };
+    CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
+        .allow_headers(CORS_HEADERS.map(HeaderName::from_static))
+        .max_age(CORS_MAX_AGE)
 }

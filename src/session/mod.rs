@@ -15,6 +15,7 @@ pub mod writer;
 
 mod private;
 mod relay;
+mod replication;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -68,6 +69,8 @@ pub struct Services {
     pub sessions: Sessions,
     /// Private channels' row-level-security checks.
     pub authorizer: crate::auth::channel::Authorizer,
+    /// Whether this node's change stream runs (`replication_ready` joins wait for it).
+    pub change_stream: tokio::sync::watch::Receiver<bool>,
 }
 
 /// Reply reason of a broadcast or presence push over `--events-per-second`.
@@ -118,6 +121,8 @@ struct Joined {
     private: Option<crate::auth::channel::Rights>,
     /// Sends refused for want of a right, not audited yet.
     denied: private::DeniedSends,
+    /// Until when it waits for the change stream (`replication_ready`, [`replication`]).
+    replication_deadline: Option<tokio::time::Instant>,
 }
 
 /// One connection's session task.
@@ -280,8 +285,13 @@ impl Session {
         // Since when the socket has had no channel (it has none at connect).
         let mut channelless_since = Some(tokio::time::Instant::now());
         let mut expiry = self.next_expiry();
-        // One timer for both deadlines, reset only when the earlier of them moves (not per
-        // message).
+        // Channels waiting for the change stream: the earliest deadline, and the stream's state
+        // (a closed stream can never come up; their deadlines still end them).
+        let mut replication = self.next_replication_deadline();
+        let mut change_stream = self.services.change_stream.clone();
+        let mut stream_gone = false;
+        // One timer for every deadline (token expiry, no channel, replication wait), reset only
+        // when the earliest of them moves (not per message).
         let never = tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
         let wake = tokio::time::sleep_until(never);
         tokio::pin!(wake);
@@ -289,7 +299,7 @@ impl Session {
             let channelless = channelless_since
                 .filter(|_| !join_timeout.is_zero())
                 .map(|since| since + join_timeout);
-            let next = [expiry, channelless]
+            let next = [expiry, channelless, replication]
                 .into_iter()
                 .flatten()
                 .min()
@@ -300,11 +310,25 @@ impl Session {
             let message = tokio::select! {
                 biased;
                 () = token.cancelled() => return,
+                up = async { change_stream.wait_for(|up| *up).await.is_ok() },
+                    if replication.is_some() && !stream_gone =>
+                {
+                    if up {
+                        self.replication_up();
+                    } else {
+                        stream_gone = true;
+                    }
+                    replication = self.next_replication_deadline();
+                    continue;
+                }
                 () = &mut wake => {
                     let now = tokio::time::Instant::now();
                     if expiry.is_some_and(|at| at <= now) {
                         self.expire_channels();
                         expiry = self.next_expiry();
+                    } else if replication.is_some_and(|at| at <= now) {
+                        self.replication_timed_out(now);
+                        replication = self.next_replication_deadline();
                     } else if channelless.is_some_and(|at| at <= now) {
                         tracing::debug!("closing a socket without channels");
                         metrics::counter!("gateway_session_channelless_closed_total").increment(1);
@@ -324,6 +348,7 @@ impl Session {
                             self.dispatch(inbound).await;
                             if tokens_change {
                                 expiry = self.next_expiry();
+                                replication = self.next_replication_deadline();
                             }
                         }
                         Err(e) => self.malformed(&e),
@@ -338,6 +363,7 @@ impl Session {
                         self.dispatch(inbound).await;
                         if tokens_change {
                             expiry = self.next_expiry();
+                            replication = self.next_replication_deadline();
                         }
                     }
                     Err(e) => self.malformed(&e),

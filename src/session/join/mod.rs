@@ -41,6 +41,9 @@ pub struct JoinConfig {
     pub component: Option<String>,
     /// Broadcast and presence settings (`config.broadcast`, `config.presence`).
     pub membership: Membership,
+    /// `config.broadcast.replication_ready`: report when the change stream runs
+    /// (docs/protocol.md 6.6).
+    pub replication_ready: bool,
 }
 
 impl JoinConfig {
@@ -79,6 +82,10 @@ impl JoinConfig {
                 .and_then(Value::as_str)
                 .map(str::to_owned),
             membership: membership(config),
+            replication_ready: config
+                .and_then(|c| c.get("broadcast"))
+                .and_then(|b| b.get("replication_ready"))
+                .is_some_and(truthy),
         }
     }
 
@@ -351,7 +358,11 @@ impl Session {
             }
         }
         let registry_id = self.record_join(&config, jr.as_deref(), &name, &claims);
-        let JoinConfig { membership, .. } = config;
+        let JoinConfig {
+            membership,
+            replication_ready,
+            ..
+        } = config;
         self.channels.insert(
             topic.clone(),
             Box::new(Joined {
@@ -366,6 +377,7 @@ impl Session {
                 tracked_bytes: 0,
                 private,
                 denied: Default::default(),
+                replication_deadline: None,
             }),
         );
         self.join_hub(&topic);
@@ -377,6 +389,9 @@ impl Session {
         self.presence_state_after_join(&topic);
         if let Some(system) = system {
             self.push_json(jr.as_deref(), None, &topic, "system", &system);
+        }
+        if replication_ready {
+            self.await_replication(&topic);
         }
     }
 
