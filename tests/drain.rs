@@ -89,21 +89,12 @@ impl LocalGateway {
 
     /// Waits for the process to exit; returns its status and how long it took.
     async fn exited(mut self, patience: Duration) -> (std::process::ExitStatus, String) {
-        let status = tokio::task::spawn_blocking(move || {
-            let deadline = Instant::now() + patience;
-            loop {
-                if let Some(status) = self.child.try_wait().unwrap() {
-                    return status;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "gateway did not exit in {patience:?}"
-                );
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        })
-        .await
-        .unwrap();
+        let wait = tokio::task::spawn_blocking(move || self.child.wait());
+        let status = tokio::time::timeout(patience, wait)
+            .await
+            .unwrap_or_else(|_| panic!("gateway did not exit in {patience:?}"))
+            .unwrap()
+            .unwrap();
         (
             status,
             std::fs::read_to_string(&self.log).unwrap_or_default(),
