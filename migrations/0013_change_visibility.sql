@@ -59,6 +59,22 @@ $$;
 
 revoke all on function realtime.act_as(text, text) from public;
 
+-- whether tokens naming `role_name` may be acted as: an existing role that is not a superuser,
+-- not the gateway's own login, and one the login may switch to (postgrest refuses the others
+-- too). private channels ask the same (src/auth/channel.rs).
+create or replace function realtime.may_act_as(role_name text)
+returns boolean
+language sql
+stable
+set search_path = pg_catalog, pg_temp
+as $$
+    select exists (select from pg_roles r where r.rolname = role_name and not r.rolsuper)
+        and role_name <> session_user
+        and pg_has_role(session_user, role_name, 'MEMBER')
+$$;
+
+revoke all on function realtime.may_act_as(text) from public;
+
 -- what `role_name` may see of table `relid`, whatever the row: an error (the table is gone,
 -- the role unknown or not one tokens may act as), or visible (true: every row; false: none;
 -- null: rows pass `check_sql`), and the columns the role may select (null: all). asked once per
@@ -95,7 +111,7 @@ begin
         error := format('role %s does not exist', quote_ident(role_name));
         return;
     end if;
-    if who.rolsuper or role_name = session_user or not pg_has_role(session_user, role_name, 'MEMBER') then
+    if not realtime.may_act_as(role_name) then
         error := format('tokens may not act as role %s', quote_ident(role_name));
         return;
     end if;

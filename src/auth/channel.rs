@@ -24,10 +24,7 @@ use sqlx::{PgPool, Postgres, Transaction};
 
 use super::Claims;
 
-/// The role that may do everything on every channel, as on Supabase.
-pub const SERVICE_ROLE: &str = "service_role";
-/// The role of a token whose `role` claim is empty.
-const DEFAULT_ROLE: &str = "anon";
+pub use super::SERVICE_ROLE;
 
 /// What one token may do on one private channel.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -139,15 +136,6 @@ impl Authorizer {
     }
 }
 
-/// The role a token acts as.
-pub fn role_of(claims: &Claims) -> &str {
-    if claims.role.is_empty() {
-        DEFAULT_ROLE
-    } else {
-        &claims.role
-    }
-}
-
 async fn probe(
     tx: &mut Transaction<'static, Postgres>,
     topic: &str,
@@ -174,15 +162,13 @@ async fn probe(
         .execute(&mut **tx)
         .await?;
     }
-    let role = role_of(claims);
+    let role = claims.db_role();
     // Tokens never act as a superuser, as the gateway's own login, or as a role the login may
     // not switch to (PostgREST refuses such tokens too): no rights, without a policy asked.
-    let may_act: bool = sqlx::query_scalar(
-        "select exists (select from pg_catalog.pg_roles r where r.rolname = $1 and not r.rolsuper)                 and $1 <> session_user                 and pg_catalog.pg_has_role(session_user, $1, 'MEMBER')",
-    )
-    .bind(role)
-    .fetch_one(&mut **tx)
-    .await?;
+    let may_act: bool = sqlx::query_scalar("select realtime.may_act_as($1)")
+        .bind(role)
+        .fetch_one(&mut **tx)
+        .await?;
     if !may_act {
         return Ok(Rights::default());
     }
@@ -306,7 +292,7 @@ mod tests {
 
     #[test]
     fn an_empty_role_acts_as_anon() {
-        assert_eq!(role_of(&claims("")), "anon");
-        assert_eq!(role_of(&claims("authenticated")), "authenticated");
+        assert_eq!(claims("").db_role(), "anon");
+        assert_eq!(claims("authenticated").db_role(), "authenticated");
     }
 }

@@ -119,7 +119,38 @@ pub struct Claims {
     pub other: BTreeMap<String, serde_json::Value>,
 }
 
+/// The role whose tokens may do everything and see every change, as Supabase's service key.
+pub const SERVICE_ROLE: &str = "service_role";
+
+/// The role of a token whose `role` claim is empty.
+const DEFAULT_ROLE: &str = "anon";
+
+/// Claims that differ from token to token of one user without saying who they are: left out of
+/// the claims row-level security sees on deliveries, so a user's tokens share one check.
+const PER_TOKEN_CLAIMS: [&str; 3] = ["exp", "iat", "nbf"];
+
 impl Claims {
+    /// The database role the token acts as: its `role` claim, `anon` when empty.
+    pub fn db_role(&self) -> &str {
+        if self.role.is_empty() {
+            DEFAULT_ROLE
+        } else {
+            &self.role
+        }
+    }
+
+    /// The claims policies see on deliveries (`request.jwt.claims`), as JSON: every claim but
+    /// `exp`, `iat` and `nbf`.
+    pub fn policy_json(&self) -> String {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        if let Some(map) = value.as_object_mut() {
+            for claim in PER_TOKEN_CLAIMS {
+                map.remove(claim);
+            }
+        }
+        value.to_string()
+    }
+
     /// The `sub` claim when it is a UUID (a Supabase user id).
     pub fn user_id(&self) -> Option<uuid::Uuid> {
         self.sub

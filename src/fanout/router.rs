@@ -82,11 +82,7 @@ impl PgChannel {
             claims_json.hash(&mut h);
             h.finish()
         };
-        let role = Arc::from(if claims.role.is_empty() {
-            "anon"
-        } else {
-            claims.role.as_str()
-        });
+        let role = Arc::from(claims.db_role());
         let unique_ids = {
             let mut seen = HashSet::with_capacity(subs.len());
             subs.iter().all(|sub| seen.insert(sub.id))

@@ -24,8 +24,7 @@ use sqlx::{PgPool, Row};
 use crate::change::{ChangeEvent, Op, RawRow};
 use crate::registry::Registry;
 
-/// The role whose subscribers see every change unchecked, as Supabase's service key does.
-pub const SERVICE_ROLE: &str = "service_role";
+pub use crate::auth::SERVICE_ROLE;
 
 /// Reason of the error entry a claim set gets when its check failed.
 pub const CHECK_FAILED: &str =
@@ -54,20 +53,9 @@ static SHOW_ALL: Decision = Decision::Show {
 };
 static HIDE: Decision = Decision::Hide;
 
-/// Claims that differ from token to token of one user without saying anything about who
-/// they are: left out of the claims checks see, so a user's tokens share one claim set.
-const PER_TOKEN_CLAIMS: [&str; 3] = ["exp", "iat", "nbf"];
-
-/// The claims row-level security checks see (`request.jwt.claims`), as JSON: every claim but
-/// `exp`, `iat` and `nbf`.
+/// The claims row-level security checks see (`request.jwt.claims`), as JSON.
 pub fn claims_json(claims: &crate::auth::Claims) -> Arc<str> {
-    let mut value = serde_json::to_value(claims).unwrap_or_default();
-    if let Some(map) = value.as_object_mut() {
-        for claim in PER_TOKEN_CLAIMS {
-            map.remove(claim);
-        }
-    }
-    Arc::from(value.to_string())
+    Arc::from(claims.policy_json())
 }
 
 /// The decisions of one page of changes, by change (its index in the page) and claim set.

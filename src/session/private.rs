@@ -162,7 +162,7 @@ impl Session {
             d.insert("kind".into(), kind.into());
             d.insert("cause".into(), cause.into());
             d.insert("channel".into(), name.into());
-            d.insert("role".into(), channel::role_of(claims).into());
+            d.insert("role".into(), claims.db_role().into());
             d.insert(
                 "connection_id".into(),
                 self.params.connection_id.to_string().into(),

@@ -54,7 +54,7 @@ pub(super) async fn authorize<'a>(
             claims.user_id(),
             Some(addr),
             json!({"kind": "rest", "cause": cause, "channel": topic,
-                   "role": channel::role_of(claims), "error": detail}),
+                   "role": claims.db_role(), "error": detail}),
         );
         return Err(error);
     }
