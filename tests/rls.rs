@@ -410,3 +410,54 @@ async fn pages_of_big_rows_are_checked_in_parts() {
     }
     assert!(until_marker(&mut b, "end").await.is_empty());
 }
+
+/// A channel whose token is replaced by one of another user (an `access_token` push) is
+/// decided with the new claims from then on: it receives the new user's rows, not the old
+/// one's.
+#[tokio::test]
+async fn a_pushed_token_of_another_user_changes_what_the_channel_sees() {
+    let (db, gw) = start().await;
+    let mut c = client(&gw, "authenticated", Some(A)).await;
+    watch(&mut c, star()).await;
+    sql(
+        &db,
+        &[
+            &format!("insert into notes (user_id, body) values ('{A}', 'a1')"),
+            &format!("insert into notes (user_id, body) values ('{B}', 'b1')"),
+            "insert into markers (label) values ('before')",
+        ],
+    )
+    .await;
+    assert_eq!(
+        summary(&until_marker(&mut c, "before").await),
+        vec![("INSERT".into(), json!("a1"))]
+    );
+    c.send(
+        None,
+        "realtime:watch",
+        "access_token",
+        json!({"access_token": token("authenticated", Some(B))}),
+    )
+    .await;
+    // The push is never answered; a heartbeat's reply shows it was handled before the writes.
+    let hb = c.send(None, "phoenix", "heartbeat", json!({})).await;
+    loop {
+        let m = c.next().await.expect("open");
+        if m.topic == "phoenix" && m.msg_ref.as_deref() == Some(hb.as_str()) {
+            break;
+        }
+    }
+    sql(
+        &db,
+        &[
+            &format!("insert into notes (user_id, body) values ('{A}', 'a2')"),
+            &format!("insert into notes (user_id, body) values ('{B}', 'b2')"),
+            "insert into markers (label) values ('after')",
+        ],
+    )
+    .await;
+    assert_eq!(
+        summary(&until_marker(&mut c, "after").await),
+        vec![("INSERT".into(), json!("b2"))]
+    );
+}
