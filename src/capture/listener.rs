@@ -36,7 +36,7 @@ use super::maintenance;
 use super::outbox::{fetch_page, fits, parse_snapshot, read_row, start_cursor, Cursor, Part};
 use crate::change::{BusMessage, ChangeEvent};
 use crate::fanout::router::{Router, Wakes};
-use crate::fanout::visibility::Visibility;
+use crate::fanout::visibility::{ClaimSet, Visibility};
 use crate::pg::catalog::Catalog;
 use crate::pg::Error;
 use crate::registry::Registry;
@@ -543,9 +543,18 @@ impl Listener {
                 }
             }
         }
+        // The claim sets subscribed to a table are gathered once per table of the page, not
+        // once per change (it walks the table's channels).
+        let mut by_table: std::collections::HashMap<u32, Vec<ClaimSet>> =
+            std::collections::HashMap::new();
         let decisions = self
             .visibility
-            .decide(&events, |event| self.router.claim_sets(event))
+            .decide(&events, |event| {
+                by_table
+                    .entry(event.table.relid)
+                    .or_insert_with(|| self.router.claim_sets(event))
+                    .clone()
+            })
             .await;
         // Writers are woken once per page (and every so many deliveries within a big one), so
         // a writer that keeps up writes all of a page's frames for its socket in one flush.

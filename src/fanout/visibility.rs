@@ -209,11 +209,17 @@ impl Visibility {
         let mut request = Request::default();
         let mut places: Vec<Option<Place>> = Vec::with_capacity(changes.len());
         for change in changes {
-            let claim_sets = subscribed(change);
-            if claim_sets.is_empty() {
-                places.push(None);
-                continue;
-            }
+            // A table's claim sets are asked for once per request: its first change.
+            let claim_sets = if request.table_index.contains_key(&change.table.relid) {
+                Vec::new()
+            } else {
+                let claim_sets = subscribed(change);
+                if claim_sets.is_empty() {
+                    places.push(None);
+                    continue;
+                }
+                claim_sets
+            };
             places.push(Some(request.add(change, claim_sets)));
         }
         if request.tables.is_empty() {
@@ -391,6 +397,8 @@ struct Request {
 }
 
 impl Request {
+    /// Adds `change`'s rows; `claim_sets` (distinct) are those of its table when the table is
+    /// new to the request, empty otherwise.
     fn add(&mut self, change: &ChangeEvent, claim_sets: Vec<ClaimSet>) -> Place {
         let relid = change.table.relid;
         let table = *self.table_index.entry(relid).or_insert_with(|| {
@@ -407,9 +415,7 @@ impl Request {
             if claim == next {
                 self.claims.push(set);
             }
-            if !self.tables[table].claims.contains(&claim) {
-                self.tables[table].claims.push(claim);
-            }
+            self.tables[table].claims.push(claim);
         }
         let mut push = |raw: &RawRow| {
             let rows = &mut self.tables[table].rows;
