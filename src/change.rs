@@ -55,6 +55,8 @@ pub type RawRow = Vec<(String, Box<RawValue>)>;
 pub struct ChangeEvent {
     /// Outbox id (capture order).
     pub id: i64,
+    /// The listener's read it came in (a span of `crate::position`; 0 outside a read).
+    pub seq: u64,
     /// The table.
     pub table: Arc<TableInfo>,
     /// Operation.

@@ -230,6 +230,12 @@ pub struct Settings {
     #[arg(long, env = "CHANGE_RETENTION", default_value = "10m", value_parser = parse_duration)]
     pub change_retention: Duration,
 
+    /// A socket that passes a `session` parameter and reconnects within this long gets the
+    /// changes it missed before live ones (e.g. `2m`; `0` turns resuming off). At most
+    /// `--change-retention`.
+    #[arg(long, env = "RESUME_WINDOW", default_value = "2m", value_parser = parse_duration)]
+    pub resume_window: Duration,
+
     /// Closed rows of the subscription registry are kept this long (e.g. `7days`), then
     /// deleted.
     #[arg(long, env = "REGISTRY_RETENTION", default_value = "7days", value_parser = parse_duration)]
@@ -404,6 +410,8 @@ pub struct Config {
     pub rls_check_timeout: Duration,
     /// Outbox retention.
     pub change_retention: Duration,
+    /// How long a session can be resumed after its socket ends (0: never).
+    pub resume_window: Duration,
     /// Audit-log retention.
     pub audit_retention: Duration,
     /// Closed registry rows' retention.
@@ -529,6 +537,9 @@ impl Settings {
         if self.change_retention < Duration::from_secs(1) {
             return invalid("--change-retention must be at least 1s");
         }
+        if self.resume_window > self.change_retention {
+            return invalid("--resume-window must not exceed --change-retention");
+        }
         if matches!(&self.admin_token, Some(t) if t.trim().len() < 16) {
             return invalid("--admin-token must be at least 16 characters");
         }
@@ -600,6 +611,7 @@ impl Settings {
             change_poll_interval: self.change_poll_interval,
             rls_check_timeout: self.rls_check_timeout,
             change_retention: self.change_retention,
+            resume_window: self.resume_window,
             audit_retention: self.audit_retention,
             registry_retention: self.registry_retention,
             registry_max_pending: self.registry_max_pending,
@@ -665,6 +677,7 @@ impl Config {
             change_poll_interval: Duration::from_millis(50),
             rls_check_timeout: Duration::from_secs(5),
             change_retention: Duration::from_secs(600),
+            resume_window: Duration::from_secs(120),
             audit_retention: Duration::from_secs(30 * 24 * 3600),
             registry_retention: Duration::from_secs(7 * 24 * 3600),
             registry_max_pending: 100_000,

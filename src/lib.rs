@@ -64,6 +64,7 @@ pub mod limits;
 pub mod local;
 pub mod outbound;
 pub mod pg;
+pub mod position;
 pub mod presence;
 pub mod protocol;
 pub mod reaper;
@@ -141,6 +142,15 @@ impl Gateway {
             },
             &shutdown,
         );
+        let spans = Arc::new(position::Spans::default());
+        let (resume_requests, resume_rx) = tokio::sync::mpsc::unbounded_channel();
+        let resume = (!config.resume_window.is_zero()).then(|| session::resume::Services {
+            requests: resume_requests,
+            spans: Arc::clone(&spans),
+            pool: pool.clone(),
+            window: config.resume_window,
+            node_id: config.node_id.clone(),
+        });
         let services = Arc::new(session::Services {
             config: Arc::clone(&config),
             verifier,
@@ -163,6 +173,7 @@ impl Gateway {
                 config.private.authorization_timeout,
             ),
             change_stream: listener_status.ready(),
+            resume,
         });
         let state = AppState::new(state::Handles {
             config: Arc::clone(&config),
@@ -188,6 +199,7 @@ impl Gateway {
             listener_status,
         )
         .with_bus(bus)
+        .with_resume(spans, resume_rx)
         .with_audit(services.registry.clone())
         .spawn(&shutdown);
         shutdown.spawn(

@@ -18,6 +18,8 @@ use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use tokio_util::sync::CancellationToken;
 
+use crate::position::Stamp;
+
 /// What a frame carries, for the delivery metrics (`gateway_messages_delivered_total{kind}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -83,6 +85,9 @@ pub enum Body {
     Text(Utf8Bytes),
     /// A binary frame (vsn 2 kind 4 broadcast).
     Binary(Bytes),
+    /// Nothing to write: a marker that only moves the connection's position in the change
+    /// stream ([`crate::position`]) when the writer reaches it.
+    Marker,
 }
 
 /// A frame waiting to be written to the socket. Fan-out builds one per distinct payload and
@@ -97,6 +102,9 @@ pub struct Frame {
     /// When what it carries entered the system (a change's capture at commit, a broadcast's
     /// arrival at this gateway); the writer measures delivery latency from it.
     pub origin: Option<SystemTime>,
+    /// Where a change frame (or a marker) stands in the change stream; read by the writers of
+    /// connections that can resume.
+    pub stamp: Option<Stamp>,
 }
 
 impl Frame {
@@ -106,6 +114,7 @@ impl Frame {
             body: Body::Text(text.into()),
             kind,
             origin: None,
+            stamp: None,
         }
     }
 
@@ -115,6 +124,17 @@ impl Frame {
             body: Body::Binary(bytes),
             kind,
             origin: None,
+            stamp: None,
+        }
+    }
+
+    /// A marker: nothing is written, the connection's position moves to `stamp`.
+    pub fn marker(stamp: Stamp) -> Frame {
+        Frame {
+            body: Body::Marker,
+            kind: Kind::System,
+            origin: None,
+            stamp: Some(stamp),
         }
     }
 
@@ -130,6 +150,7 @@ impl Frame {
         match &self.body {
             Body::Text(t) => t.len(),
             Body::Binary(b) => b.len(),
+            Body::Marker => 0,
         }
     }
 
@@ -421,6 +442,11 @@ impl Receiver {
     /// Whether the queue overflowed.
     pub fn is_slow(&self) -> bool {
         self.shared.slow.load(Ordering::Acquire)
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.shared.frames().is_empty()
     }
 }
 

@@ -65,6 +65,12 @@ pub const METRICS: &[Entry] = &[
     (G, "gateway_outbox_backlog_rows", "Outbox rows above the last id this node read (sampled at scrape).", false),
     (G, "gateway_outbox_backlog_age_seconds", "Age of the oldest outbox row above the last id this node read; 0 without backlog.", false),
     (C, "gateway_capture_gaps_total", "Changes found missed (pruned before this node read them).", false),
+    // resuming sessions after a reconnect
+    (C, "gateway_resume_stored_total", "Sockets with a session id that ended and stored their channels' positions.", false),
+    (C, "gateway_resume_unknown_total", "Sockets with a session id that ended without a known position (they cannot be resumed).", false),
+    (C, "gateway_resume_refused_total", "Channels joined with a session id that could not resume, by reason.", true),
+    (C, "gateway_resume_changes_total", "Missed changes delivered to resumed channels before live ones.", false),
+    (C, "gateway_resume_failed_total", "Resumed channels whose catch-up failed (live from the join on).", false),
     (C, "gateway_capture_pruned_total", "Outbox rows pruned.", false),
     (C, "gateway_capture_rows_failed_total", "Outbox rows that could not be delivered.", false),
     (C, "gateway_decode_errors_total", "Outbox rows that could not be decoded.", false),

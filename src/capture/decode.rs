@@ -137,6 +137,7 @@ pub fn decode(row: ChangeRow, table: Arc<TableInfo>) -> Result<ChangeEvent, Erro
     let (old_raw, old_full) = old.map(|p| (p.raw, p.view)).unzip();
     Ok(ChangeEvent {
         id: row.id,
+        seq: 0,
         table,
         op,
         record,
@@ -154,6 +155,7 @@ pub fn decode(row: ChangeRow, table: Arc<TableInfo>) -> Result<ChangeEvent, Erro
 pub fn undeliverable(row: &ChangeRow, table: Arc<TableInfo>, reason: String) -> ChangeEvent {
     ChangeEvent {
         id: row.id,
+        seq: 0,
         table,
         op: Op::parse(&row.op).unwrap_or(Op::Insert),
         record: None,

@@ -39,6 +39,7 @@ use crate::fanout::router::{Router, Wakes};
 use crate::fanout::visibility::{ClaimSet, Visibility};
 use crate::pg::catalog::Catalog;
 use crate::pg::Error;
+use crate::position::Spans;
 use crate::registry::Registry;
 use crate::shutdown::Shutdown;
 
@@ -128,15 +129,19 @@ impl Status {
 pub struct Listener {
     settings: Settings,
     bus: Option<tokio::sync::mpsc::UnboundedSender<BusMessage>>,
-    pool: PgPool,
+    pub(super) pool: PgPool,
     catalog: Arc<Catalog>,
-    router: Arc<Router>,
+    pub(super) router: Arc<Router>,
     /// Row-level security: who may see which change.
     visibility: Visibility,
     status: Arc<Status>,
     audit: Option<Registry>,
     /// Records this node's read position for the pruner.
     position: maintenance::Position,
+    /// The reads' spans, for resumable connections ([`crate::position`]).
+    pub(super) spans: Arc<Spans>,
+    /// Channels to make live at a read boundary, after catching up ([`super::resume`]).
+    requests: Option<tokio::sync::mpsc::UnboundedReceiver<super::resume::Request>>,
 }
 
 impl Listener {
@@ -160,7 +165,21 @@ impl Listener {
             visibility,
             status,
             audit: None,
+            spans: Arc::default(),
+            requests: None,
         }
+    }
+
+    /// Records the reads' spans in `spans`, and makes channels sent on `requests` live at a
+    /// read boundary, after catching them up from where their previous connection stopped.
+    pub fn with_resume(
+        mut self,
+        spans: Arc<Spans>,
+        requests: tokio::sync::mpsc::UnboundedReceiver<super::resume::Request>,
+    ) -> Listener {
+        self.spans = spans;
+        self.requests = Some(requests);
+        self
     }
 
     /// Writes an audit record (`change_undeliverable`) for every outbox row skipped as
@@ -203,7 +222,7 @@ impl Listener {
 
     /// Runs until shutdown.
     #[tracing::instrument(name = "pg_listener", skip_all)]
-    pub async fn run(self, shutdown: Shutdown) {
+    pub async fn run(mut self, shutdown: Shutdown) {
         let mut backoff = Backoff::new();
         let mut cursor = loop {
             match start_cursor(&self.pool).await {
@@ -220,6 +239,10 @@ impl Listener {
         self.status
             .last_id
             .store(u64::try_from(cursor.max_id).unwrap_or(0), Ordering::Relaxed);
+        // The first span is empty: connections that go live now start at the cursor.
+        let first = self.spans.begin(&cursor, &cursor);
+        self.spans.complete(first.seq);
+        let mut requests = self.requests.take();
         self.status.set_started();
         tracing::info!(max_id = cursor.max_id, "change listener started");
         let listen_pool = match listen_pool(&self.settings.database_url) {
@@ -318,6 +341,13 @@ impl Listener {
                 }
                 _ = poll.tick() => need_read = true,
                 () = tokio::time::sleep_until(listen_retry_at), if retry_listen => {},
+                // Between reads, and not while a failed read waits for its retry (its routed
+                // ids would be missed by a channel that goes live now).
+                request = super::resume::next(&mut requests),
+                    if read_retry_at.is_none() && routed.is_empty() =>
+                {
+                    self.go_live(&cursor, request).await;
+                }
                 _ = health.tick() => {
                     if let Some(l) = listener.as_mut() {
                         let ok = tokio::time::timeout(
@@ -368,6 +398,15 @@ impl Listener {
             .fetch_one(&mut *tx)
             .await?;
         let (xmax_now, xip_now) = parse_snapshot(&snapshot);
+        // Its highest id is known only at the end: unbounded in the span.
+        let span = self.spans.begin(
+            cursor,
+            &Cursor {
+                xmax: xmax_now.clone(),
+                xip: xip_now.clone(),
+                max_id: i64::MAX,
+            },
+        );
         let mut total = 0usize;
         let mut max_id = cursor.max_id;
         // First the rows up to the previous highest id of transactions the previous read did
@@ -378,8 +417,9 @@ impl Listener {
                 let rows = fetch_page(&mut tx, part, cursor, after).await?;
                 let n = rows.len();
                 after = self
-                    .deliver(rows, &mut max_id, routed)
+                    .deliver(&self.router, rows, &mut max_id, routed, span.seq)
                     .await?
+                    .0
                     .unwrap_or(after);
                 total += n;
                 if n < PAGE_ROWS as usize {
@@ -394,6 +434,7 @@ impl Listener {
         }
         tx.commit().await?;
         self.advance(cursor, xmax_now, xip_now, max_id, total, routed);
+        self.spans.complete(span.seq);
         Ok(total)
     }
 
@@ -454,8 +495,18 @@ impl Listener {
         let mut max_id = cursor.max_id;
         let changes: Vec<_> = rows.into_iter().skip(1).collect();
         let total = changes.len();
-        self.deliver(changes, &mut max_id, routed).await?;
+        let span = self.spans.begin(
+            cursor,
+            &Cursor {
+                xmax: xmax_now.clone(),
+                xip: xip_now.clone(),
+                max_id: i64::MAX,
+            },
+        );
+        self.deliver(&self.router, changes, &mut max_id, routed, span.seq)
+            .await?;
         self.advance(cursor, xmax_now, xip_now, max_id, total, routed);
+        self.spans.complete(span.seq);
         Ok(Some(total))
     }
 
@@ -511,14 +562,17 @@ impl Listener {
         }
     }
 
-    /// Decodes one page, asks row-level security about it once, and routes it (skipping ids
-    /// in `routed`, adding the ones it routes); returns its last id.
-    async fn deliver(
+    /// Decodes one page, asks row-level security about it once, and routes it through
+    /// `router` (skipping ids in `routed`, adding the ones it routes), its frames stamped with
+    /// span `seq`; returns its last id and the frames queued.
+    pub(super) async fn deliver(
         &self,
+        router: &Router,
         rows: Vec<PgRow>,
         max_id: &mut i64,
         routed: &mut std::collections::HashSet<i64>,
-    ) -> Result<Option<i64>, Error> {
+        seq: u64,
+    ) -> Result<(Option<i64>, usize), Error> {
         let mut last = None;
         let mut events = Vec::with_capacity(rows.len());
         let mut taken = Vec::with_capacity(rows.len());
@@ -531,7 +585,10 @@ impl Listener {
             }
             taken.push(id);
             match self.event(&row, id).await {
-                Ok(Some(event)) => events.push(event),
+                Ok(Some(mut event)) => {
+                    event.seq = seq;
+                    events.push(event);
+                }
                 Ok(None) => {}
                 Err(e) => {
                     // The database is unreachable, not the row bad: the read is retried, and
@@ -552,7 +609,7 @@ impl Listener {
             .decide(&events, |event| {
                 by_table
                     .entry(event.table.relid)
-                    .or_insert_with(|| self.router.claim_sets(event))
+                    .or_insert_with(|| router.claim_sets(event))
                     .clone()
             })
             .await;
@@ -560,21 +617,23 @@ impl Listener {
         // a writer that keeps up writes all of a page's frames for its socket in one flush.
         let mut wakes = Wakes::default();
         let mut since_wake = 0usize;
+        let mut queued = 0usize;
         for (i, event) in events.iter().enumerate() {
-            let routed = self.router.route(
+            let routed = router.route(
                 event,
                 decisions.sight(i),
                 self.settings.max_change_bytes,
                 &mut wakes,
             );
             since_wake += routed.delivered;
+            queued += routed.delivered;
             if since_wake >= WAKE_EVERY_DELIVERIES {
                 wakes.wake_all();
                 since_wake = 0;
             }
         }
         wakes.wake_all();
-        Ok(last)
+        Ok((last, queued))
     }
 
     /// The event to route for outbox row `id`: the change, or an error entry when the row

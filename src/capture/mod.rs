@@ -13,3 +13,4 @@ pub mod decode;
 pub mod listener;
 pub mod maintenance;
 pub mod outbox;
+pub mod resume;

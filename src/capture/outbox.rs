@@ -13,15 +13,7 @@ use crate::pg::Error;
 
 /// Position in the outbox: the previous read's snapshot (`xmax` and in-progress transactions)
 /// and highest visible id.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(super) struct Cursor {
-    /// `xmax` of the snapshot.
-    pub(super) xmax: String,
-    /// Transactions running at the snapshot.
-    pub(super) xip: Vec<String>,
-    /// Highest id visible.
-    pub(super) max_id: i64,
-}
+pub(super) type Cursor = crate::position::Snapshot;
 
 /// The two parts of a read (see the module header).
 #[derive(Debug, Clone, Copy)]

@@ -180,6 +180,7 @@ pub fn error_body(change: &ChangeEvent) -> String {
 pub fn error_body_with(change: &ChangeEvent, reason: String, allowed: Option<&[String]>) -> String {
     let entry = ChangeEvent {
         id: change.id,
+        seq: change.seq,
         table: std::sync::Arc::clone(&change.table),
         op: change.op,
         record: None,
@@ -263,6 +264,7 @@ mod tests {
         };
         let change = ChangeEvent {
             id: 7,
+            seq: 0,
             table,
             op,
             record: object(&record),

@@ -13,6 +13,8 @@ pub mod join;
 pub mod upgrade;
 pub mod writer;
 
+pub mod resume;
+
 mod private;
 mod relay;
 mod replication;
@@ -71,6 +73,8 @@ pub struct Services {
     pub authorizer: crate::auth::channel::Authorizer,
     /// Whether this node's change stream runs (`replication_ready` joins wait for it).
     pub change_stream: tokio::sync::watch::Receiver<bool>,
+    /// Resuming sessions after a reconnect; `None` when the resume window is 0.
+    pub resume: Option<resume::Services>,
 }
 
 /// Reply reason of a broadcast or presence push over `--events-per-second`.
@@ -94,6 +98,8 @@ pub struct SessionParams {
     pub component: Option<String>,
     /// The connection's id (registry `connection_id`, slot holder).
     pub connection_id: uuid::Uuid,
+    /// The `session` socket parameter: the socket can resume that session.
+    pub session_id: Option<String>,
 }
 
 /// A joined channel.
@@ -123,6 +129,8 @@ struct Joined {
     denied: private::DeniedSends,
     /// Until when it waits for the change stream (`replication_ready`, [`replication`]).
     replication_deadline: Option<tokio::time::Instant>,
+    /// Its number within a resumable connection (its frames' stamps); 0 otherwise.
+    chan: u32,
 }
 
 /// One connection's session task.
@@ -142,6 +150,8 @@ pub struct Session {
     event_rate: TokenBucket,
     /// When a rate refusal of this connection was last audited.
     rate_audited: Option<tokio::time::Instant>,
+    /// A socket that can resume its session ([`resume`]).
+    resume: Option<Box<resume::Resumable>>,
     _permit: ConnectionPermit,
 }
 
@@ -173,6 +183,13 @@ impl Session {
         let config = &services.config;
         let join_rate = TokenBucket::new(config.joins_per_second, config.join_burst);
         let event_rate = TokenBucket::new(config.events_per_second, config.event_burst);
+        let resume = match (&params.session_id, &services.resume) {
+            (Some(id), Some(resume)) => Some(Box::new(resume::Resumable::new(
+                id.clone(),
+                Arc::clone(&resume.spans),
+            ))),
+            _ => None,
+        };
         Session {
             services,
             params,
@@ -184,6 +201,7 @@ impl Session {
             join_rate,
             event_rate,
             rate_audited: None,
+            resume,
             _permit: permit,
         }
     }
@@ -204,8 +222,9 @@ impl Session {
             return;
         };
         let token = self.handle.token.clone();
+        let track = self.resume.as_ref().map(|r| Arc::clone(&r.track));
         let writer = async {
-            let ended = writer::run(&mut sink, &mut queue, &token).await;
+            let ended = writer::run(&mut sink, &mut queue, &token, track.as_deref()).await;
             token.cancel();
             ended
         };
@@ -214,21 +233,39 @@ impl Session {
         let end = self.end_reason();
         if end == SessionEnd::Shutdown {
             // Deliver what was queued before the close frame, up to the close deadline.
+            let mut stamps = Vec::new();
+            let mut frames = 0;
             let drain = async {
                 while let Some(frame) = queue.try_recv() {
-                    let message = writer::to_message(frame);
-                    if futures_util::SinkExt::feed(&mut sink, message)
-                        .await
-                        .is_err()
-                    {
-                        break;
+                    let stamp = frame.stamp;
+                    let change = !matches!(frame.body, outbound::Body::Marker);
+                    if let Some(message) = writer::to_message(frame) {
+                        let fed = futures_util::SinkExt::feed(&mut sink, message).await;
+                        if fed.is_err() {
+                            break;
+                        }
+                    }
+                    // Handed to the socket: it goes out with the close frame.
+                    if let Some(stamp) = stamp {
+                        stamps.push(stamp);
+                        frames += u64::from(change);
                     }
                 }
             };
-            let _drained = tokio::time::timeout(CLOSE_PATIENCE, drain).await;
+            let drained = tokio::time::timeout(CLOSE_PATIENCE, drain).await.is_ok();
+            if let Some(track) = &track {
+                let completed = track.completed();
+                let whole = drained && queue.is_empty();
+                track.wrote(&stamps, frames, whole.then_some(completed));
+            }
         }
         match end.close_frame() {
-            Some((code, reason)) => writer::close(&mut sink, code, reason, CLOSE_PATIENCE).await,
+            Some((code, reason)) => {
+                writer::close(&mut sink, code, reason, CLOSE_PATIENCE).await;
+                if let Some(track) = &track {
+                    resume::await_close_reply(&mut stream, track).await;
+                }
+            }
             None => {
                 // The client closed: flush the close reply the socket queued for it.
                 let _closed =
@@ -246,6 +283,7 @@ impl Session {
                        "queued_bytes": self.outbound.queued_bytes()}),
             );
         }
+        self.store_positions().await;
         self.cleanup(end);
         metrics::gauge!("gateway_session_connected").decrement(1.0);
         tracing::debug!(reason = end.registry_reason(), "session ended");
@@ -368,7 +406,14 @@ impl Session {
                     }
                     Err(e) => self.malformed(&e),
                 },
-                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                Some(Ok(Message::Pong(payload))) => {
+                    if let Some(resume) = &self.resume {
+                        if let Some(id) = resume::track::pong_id(&payload) {
+                            resume.track.pong(id);
+                        }
+                    }
+                }
+                Some(Ok(Message::Ping(_))) => {}
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
                     token.cancel();
                     return;
@@ -530,6 +575,9 @@ impl Session {
     /// `reason`; returns it if it existed.
     fn leave(&mut self, topic: &str, reason: crate::registry::CloseReason) -> Option<Box<Joined>> {
         let joined = self.channels.remove(topic)?;
+        if let Some(resume) = &self.resume {
+            resume.track.forget(joined.chan);
+        }
         self.services.registry.left(joined.registry_id, reason);
         self.services.hub.leave(&joined.hub_key(), self.id);
         if joined.has_changes {

@@ -89,6 +89,18 @@ pub async fn handler(
         Ok(vsn) => vsn,
         Err(_) => return StatusCode::FORBIDDEN.into_response(),
     };
+    let session_id = query.get(super::resume::SESSION_PARAM).cloned();
+    if session_id
+        .as_deref()
+        .is_some_and(|id| !super::resume::valid_id(id))
+    {
+        return refuse(
+            &state,
+            StatusCode::BAD_REQUEST,
+            super::resume::INVALID_ID_TEXT,
+        )
+        .await;
+    }
     // This node's own count refuses at once what it alone already exceeds; the slot then
     // counts the address and user across the cluster.
     let refused_client = |refused: Refused| {
@@ -172,6 +184,7 @@ pub async fn handler(
             .get("component")
             .filter(|c| c.len() <= state.config.max_name_bytes)
             .cloned(),
+        session_id,
     };
     let config = &state.config;
     let tracker = state.shutdown.clone();

@@ -10,13 +10,16 @@
 //! is one observation of `gateway_delivery_latency_seconds{kind}`: one clock read and a handful
 //! of counter updates per batch, nothing per recipient beyond a comparison.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
 use axum::extract::ws::{CloseFrame, Message};
 use futures_util::{Sink, SinkExt};
 use tokio_util::sync::CancellationToken;
 
+use super::resume::track::{ping_payload, Track};
 use crate::outbound::{Body, Frame, Kind, Receiver};
+use crate::position::Stamp;
 
 /// Most frames written before one flush.
 const MAX_BATCH: usize = 256;
@@ -92,8 +95,14 @@ impl Batch {
 }
 
 /// Writes queued frames to `sink` until `token` is cancelled, the queue closes or the socket
-/// fails.
-pub async fn run<S>(sink: &mut S, queue: &mut Receiver, token: &CancellationToken) -> Ended
+/// fails. A connection that can resume has a `track`: the writer records where each written
+/// batch leaves it in the change stream and follows change frames with a ping.
+pub async fn run<S>(
+    sink: &mut S,
+    queue: &mut Receiver,
+    token: &CancellationToken,
+    track: Option<&Track>,
+) -> Ended
 where
     S: Sink<Message> + Unpin,
 {
@@ -114,20 +123,37 @@ where
         let frames = batch.len();
         let mut bytes = 0;
         let mut kinds = Batch::default();
-        for frame in &batch {
+        // Stamps of frames for a resumable connection, by their place in the batch, and
+        // whether each is a change frame (not a marker).
+        let mut stamps = Vec::new();
+        for (i, frame) in batch.iter().enumerate() {
             bytes += frame.len();
-            kinds.add(frame);
+            if let (Some(stamp), Some(_)) = (frame.stamp, track) {
+                stamps.push((i, stamp, !matches!(frame.body, Body::Marker)));
+            }
+            if !matches!(frame.body, Body::Marker) {
+                kinds.add(frame);
+            }
         }
+        // Frames handed to the socket; a frame handed over goes out with the next flush even
+        // when this write is cancelled (the close frame flushes it).
+        let fed = AtomicUsize::new(0);
         let write = async {
             for frame in batch {
-                sink.feed(to_message(frame)).await?;
+                if let Some(message) = to_message(frame) {
+                    sink.feed(message).await?;
+                }
+                fed.fetch_add(1, Ordering::Relaxed);
             }
             sink.flush().await
         };
         let result = tokio::select! {
             biased;
             // A slow consumer's flush may never finish: cancellation wins.
-            () = token.cancelled() => return Ended::Cancelled,
+            () = token.cancelled() => {
+                record(track, &stamps, fed.load(Ordering::Relaxed));
+                return Ended::Cancelled;
+            }
             result = write => result,
         };
         queue.written(bytes);
@@ -137,7 +163,43 @@ where
         meters.frames.increment(frames as u64);
         meters.flushes.increment(1);
         kinds.record(&meters, SystemTime::now());
+        if let Some(track) = track {
+            // Read before looking at the queue: every frame of that span was queued before
+            // it was recorded as routed.
+            let completed = track.completed();
+            let whole = queue.is_empty().then_some(completed);
+            record(Some(track), &stamps, fed.load(Ordering::Relaxed));
+            track.wrote(&[], 0, whole);
+            if let Some(id) = track.ping_due() {
+                let ping = sink.send(Message::Ping(ping_payload(id)));
+                let sent = tokio::select! {
+                    biased;
+                    () = token.cancelled() => return Ended::Cancelled,
+                    sent = ping => sent,
+                };
+                if sent.is_err() {
+                    return Ended::SocketError;
+                }
+            }
+        }
     }
+}
+
+/// Records on `track` the stamps of the first `fed` frames of a batch.
+fn record(track: Option<&Track>, stamps: &[(usize, Stamp, bool)], fed: usize) {
+    let Some(track) = track else {
+        return;
+    };
+    let written: Vec<Stamp> = stamps
+        .iter()
+        .filter(|(i, ..)| *i < fed)
+        .map(|(_, stamp, _)| *stamp)
+        .collect();
+    let frames = stamps
+        .iter()
+        .filter(|(i, _, change)| *i < fed && *change)
+        .count();
+    track.wrote(&written, frames as u64, None);
 }
 
 /// Sends the close frame (after anything the socket still buffers) and flushes, giving up after
@@ -160,11 +222,12 @@ where
     }
 }
 
-/// The WebSocket message of `frame`.
-pub fn to_message(frame: Frame) -> Message {
+/// The WebSocket message of `frame` (none for a marker).
+pub fn to_message(frame: Frame) -> Option<Message> {
     match frame.body {
-        Body::Text(text) => Message::Text(text),
-        Body::Binary(bytes) => Message::Binary(bytes),
+        Body::Text(text) => Some(Message::Text(text)),
+        Body::Binary(bytes) => Some(Message::Binary(bytes)),
+        Body::Marker => None,
     }
 }
 
@@ -189,7 +252,7 @@ mod tests {
         let writer_token = token.clone();
         let writer = tokio::spawn(async move {
             let mut sink: Vec<Message> = Vec::new();
-            let ended = run(&mut sink, &mut rx, &writer_token).await;
+            let ended = run(&mut sink, &mut rx, &writer_token, None).await;
             (ended, sink)
         });
         while tx.queued_bytes() > 0 {

@@ -358,6 +358,7 @@ impl Session {
             }
         }
         let registry_id = self.record_join(&config, jr.as_deref(), &name, &claims);
+        let chan = self.resume.as_mut().map_or(0, |resume| resume.next_chan());
         let JoinConfig {
             membership,
             replication_ready,
@@ -378,6 +379,7 @@ impl Session {
                 private,
                 denied: Default::default(),
                 replication_deadline: None,
+                chan,
             }),
         );
         self.join_hub(&topic);
@@ -387,8 +389,12 @@ impl Session {
         let response = json!({"postgres_changes": echo});
         self.reply(jr.as_deref(), r.as_deref(), &topic, "ok", response);
         self.presence_state_after_join(&topic);
-        if let Some(system) = system {
-            self.push_json(jr.as_deref(), None, &topic, "system", &system);
+        match system {
+            // A resumable socket's subscriptions go live through the listener, after the
+            // reply (the client matches changes to the ids it lists), caught up first.
+            Some(system) if self.defers_changes(&topic) => self.go_live(&topic, system).await,
+            Some(system) => self.push_json(jr.as_deref(), None, &topic, "system", &system),
+            None => {}
         }
         if replication_ready {
             self.await_replication(&topic);
@@ -515,7 +521,9 @@ impl Session {
     ) -> Value {
         match resolved {
             Ok(subs) => {
-                self.subscribe_changes(topic, subs.clone(), claims);
+                if self.resume.is_none() {
+                    self.subscribe_changes(topic, subs.clone(), claims);
+                }
                 if let Some(joined) = self.channels.get_mut(topic) {
                     joined.has_changes = true;
                     joined.subs = subs;
@@ -537,8 +545,14 @@ impl Session {
         }
     }
 
+    /// Whether channel `topic`'s subscriptions wait for the listener to go live.
+    fn defers_changes(&self, topic: &str) -> bool {
+        self.resume.is_some() && self.channels.get(topic).is_some_and(|j| j.has_changes)
+    }
+
     /// Registers (or replaces) the router entry of channel `topic`.
     pub(super) fn subscribe_changes(&self, topic: &str, subs: Vec<PgSub>, claims: Arc<Claims>) {
+        let chan = self.channels.get(topic).map_or(0, |j| j.chan);
         let channel = PgChannel::new(
             ChannelKey {
                 conn: self.id,
@@ -548,7 +562,8 @@ impl Session {
             self.params.vsn,
             subs,
             claims,
-        );
+        )
+        .with_chan(chan);
         self.services.router.subscribe(Arc::new(channel));
     }
 

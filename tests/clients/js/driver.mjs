@@ -355,6 +355,30 @@ const handlers = {
     emit(withId(cmd, { ev: 'disconnected', result: result ?? null }))
   },
 
+  // A client that goes silent (a laptop lid closing): no more heartbeats, and nothing more is
+  // read from the socket; what arrives stays unread in the kernel.
+  async freeze(cmd) {
+    const sock = client.socketAdapter.socket
+    sock.clearHeartbeats()
+    const tcp = sock.conn._socket
+    // ws resumes its socket when its parser drains: keep it paused.
+    tcp.resume = () => tcp
+    tcp.pause()
+    emit(withId(cmd, { ev: 'frozen' }))
+  },
+
+  // The silent client comes back to a dead connection: whatever its kernel held is lost
+  // with it, and realtime-js reconnects on its own.
+  async wake(cmd) {
+    const tcp = client.socketAdapter.socket.conn._socket
+    // Nothing that arrived while frozen reaches the client: it is dropped unread (ws would
+    // otherwise parse what the paused socket buffered when it closes).
+    tcp.removeAllListeners('data')
+    while (tcp.read() !== null) {}
+    tcp.destroy()
+    emit(withId(cmd, { ev: 'woken' }))
+  },
+
   async exit(_cmd) {
     await shutdown(0)
   },
