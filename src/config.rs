@@ -232,7 +232,7 @@ pub struct Settings {
 
     /// A socket that passes a `session` parameter and reconnects within this long gets the
     /// changes it missed before live ones (e.g. `2m`; `0` turns resuming off). At most
-    /// `--change-retention`.
+    /// `--change-retention` (a longer window is cut to it).
     #[arg(long, env = "RESUME_WINDOW", default_value = "2m", value_parser = parse_duration)]
     pub resume_window: Duration,
 
@@ -537,9 +537,6 @@ impl Settings {
         if self.change_retention < Duration::from_secs(1) {
             return invalid("--change-retention must be at least 1s");
         }
-        if self.resume_window > self.change_retention {
-            return invalid("--resume-window must not exceed --change-retention");
-        }
         if matches!(&self.admin_token, Some(t) if t.trim().len() < 16) {
             return invalid("--admin-token must be at least 16 characters");
         }
@@ -611,7 +608,8 @@ impl Settings {
             change_poll_interval: self.change_poll_interval,
             rls_check_timeout: self.rls_check_timeout,
             change_retention: self.change_retention,
-            resume_window: self.resume_window,
+            // Never longer than the outbox keeps changes.
+            resume_window: self.resume_window.min(self.change_retention),
             audit_retention: self.audit_retention,
             registry_retention: self.registry_retention,
             registry_max_pending: self.registry_max_pending,

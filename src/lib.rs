@@ -36,7 +36,8 @@
 //! # Module map
 //!
 //! - Leaves every stage may import: [`change`] (`ChangeEvent`, `Op`, `BusMessage`), [`conn`]
-//!   (`ConnId`), [`protocol`] (frames and codecs, both serializer versions, pure).
+//!   (`ConnId`), [`protocol`] (frames and codecs, both serializer versions, pure), [`position`]
+//!   (where a channel stands in the change stream, for resuming sessions).
 //! - [`capture`] (stages 1–2, outbox maintenance), [`fanout`] (stage 3), [`outbound`]
 //!   (stage 4), [`session`] (stage 5 and the read loop, upgrade, joins, close codes).
 //! - [`broadcast`] and [`presence`]: the hub, the cluster bus and its wire format, REST.

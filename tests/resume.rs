@@ -105,6 +105,20 @@ async fn system(js: &mut Driver) -> (Value, Vec<i64>) {
     }
 }
 
+/// Two round trips with the gateway: the pong answering the ping that followed the last frame
+/// `js` read has then reached the gateway (it left the client before the second join, which the
+/// gateway read after it), so what `js` read so far is confirmed.
+async fn settle(js: &mut Driver) {
+    for channel in ["settle-a", "settle-b"] {
+        js.send(json!({"cmd": "subscribe", "channel": channel}))
+            .await;
+        js.expect(|e| {
+            e["ev"] == "status" && e["channel"] == channel && e["status"] == "SUBSCRIBED"
+        })
+        .await;
+    }
+}
+
 /// Inserts rows `from..to` of `notes`, one transaction each, in order.
 async fn insert(pool: &sqlx::PgPool, from: i64, to: i64) {
     for n in from..to {
@@ -172,7 +186,9 @@ async fn a_client_that_went_silent_gets_what_it_never_read() {
     let mut got = Received::default();
     insert(&pool, 1, 11).await;
     got.through(&mut js, 10, true).await;
-
+    // Frozen only once the gateway knows it read row 10: a connection that dies between the
+    // client reading a frame and its pong reaching the gateway gets that frame again (README).
+    settle(&mut js).await;
     js.send(json!({"cmd": "freeze"})).await;
     js.expect(|e| e["ev"] == "frozen").await;
     insert(&pool, 11, ROWS + 1).await;
@@ -259,4 +275,61 @@ async fn another_user_or_a_late_reconnect_does_not_resume() {
     assert_eq!(expired["resumed"], false, "{expired}");
     assert_eq!(expired["reason"], "window_expired", "{expired}");
     late.exit().await;
+}
+
+/// The outbox keeps what a stored position still needs: the pruner leaves the rows a session
+/// missed until its window ends, then takes them.
+#[tokio::test]
+async fn the_pruner_keeps_what_a_stored_position_needs_until_it_expires() {
+    let db = TestDb::new().await;
+    realtime_table(&db, "notes", "body text").await;
+    let pool = db.pool().await;
+    let gw = TestGateway::start(&db).await;
+    let mut js = subscriber(&gw, &session_id(), None).await;
+    system(&mut js).await;
+    js.exit().await;
+    eventually(Duration::from_secs(10), "the position stored", || async {
+        sqlx::query_scalar::<_, bool>("select exists (select from realtime.resume_points)")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    })
+    .await;
+    insert(&pool, 1, 6).await;
+    let prune = || async {
+        sqlx::query_scalar::<_, i64>(
+            "select realtime.prune_read_changes(interval '0 s', interval '1 hour')",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    let kept = || async {
+        sqlx::query_scalar::<_, i64>("select count(*) from realtime.changes")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    // The node has read the rows and recorded it, so only the stored position holds them.
+    eventually(Duration::from_secs(30), "the rows read", || async {
+        sqlx::query_scalar::<_, bool>(
+            "select coalesce(bool_and(max_id >= 5 and read_xmin > \
+                 (select max(xid) from realtime.changes)), false) from realtime.change_readers",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    })
+    .await;
+    assert_eq!(prune().await, 0);
+    assert_eq!(kept().await, 5);
+    sqlx::query("update realtime.resume_points set expires_at = now() - interval '1 s'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), "the rows pruned", || async {
+        prune().await;
+        kept().await == 0
+    })
+    .await;
 }
