@@ -333,3 +333,38 @@ async fn the_pruner_keeps_what_a_stored_position_needs_until_it_expires() {
     })
     .await;
 }
+
+/// Positions are snapshots of the outbox, not of a node: a session that ended on one gateway
+/// resumes on another sharing the database.
+#[tokio::test]
+async fn a_session_ended_on_one_node_resumes_on_another() {
+    let db = TestDb::new().await;
+    realtime_table(&db, "notes", "body text").await;
+    let pool = db.pool().await;
+    let first = TestGateway::start(&db).await;
+    let second = TestGateway::start(&db).await;
+    let session = session_id();
+    let mut js = subscriber(&first, &session, None).await;
+    insert(&pool, 1, 4).await;
+    let mut got = Received::default();
+    got.through(&mut js, 3, true).await;
+    settle(&mut js).await;
+    js.exit().await;
+    eventually(Duration::from_secs(10), "the position stored", || async {
+        sqlx::query_scalar::<_, bool>("select exists (select from realtime.resume_points)")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    })
+    .await;
+    insert(&pool, 4, 8).await;
+    let mut js = subscriber(&second, &session, None).await;
+    let (resumed, missed) = system(&mut js).await;
+    assert_eq!(resumed["resumed"], true, "{resumed}");
+    assert_eq!(missed, vec![4, 5, 6, 7]);
+    insert(&pool, 8, 9).await;
+    let mut live = Received::default();
+    live.through(&mut js, 8, false).await;
+    live.exactly_once(8, 8);
+    js.exit().await;
+}
