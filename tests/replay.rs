@@ -241,6 +241,63 @@ async fn messages_sent_while_the_replay_is_read_arrive_once_after_it() {
     gw.stop().await.unwrap();
 }
 
+/// Regression: a replayed message whose live announcement reached the node only after the
+/// replay was delivered a second time. The node's bus receiver is stalled (on a lock the test
+/// holds over `realtime.presences`, which it reads for a `sync` notification), so the message's
+/// notification waits behind it while the channel replays the message; once the receiver goes
+/// on, the channel does not receive the message again.
+#[tokio::test]
+async fn a_replayed_message_announced_late_is_not_delivered_again() {
+    let db = TestDb::new().await;
+    let since = now_ms(&db).await - 60_000;
+    let gw = TestGateway::start(&db).await;
+    let mut locker = db.connect().await;
+    let mut tx = locker.begin().await.unwrap();
+    sqlx::query("lock table realtime.presences in access exclusive mode")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let mut conn = db.connect().await;
+    sqlx::query(
+        "select pg_notify('realtime_bus', '{\"k\":\"sync\",\"n\":\"elsewhere\",\"node\":\"elsewhere\"}')",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    eventually(Duration::from_secs(10), "the bus receiver stalled", || {
+        let db = &db;
+        async move {
+            let mut conn = db.connect().await;
+            sqlx::query_scalar::<_, i64>(
+                "select count(*) from pg_locks l \
+                 where not l.granted and l.relation = 'realtime.presences'::regclass",
+            )
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
+                > 0
+        }
+    })
+    .await;
+    send(&db, "late", 1, 1).await;
+
+    let service = token("service_role", None);
+    let mut js = replaying(&gw, "late", json!({"since": since}), &service).await;
+    let (n, replayed, _) = next(&mut js).await;
+    assert_eq!((n, replayed), (json!(1), true));
+    tx.commit().await.unwrap();
+    // The receiver goes on: the message's own notification, then this one's.
+    send(&db, "late", 2, 1).await;
+    let (n, replayed, _) = next(&mut js).await;
+    assert_eq!(
+        (n, replayed),
+        (json!(2), false),
+        "message 1 was not delivered again"
+    );
+    js.exit().await;
+    gw.stop().await.unwrap();
+}
+
 fn reason(reply: &Value) -> &str {
     reply["response"]["reason"].as_str().unwrap_or_default()
 }

@@ -138,6 +138,8 @@ impl Hub {
             return released;
         }
         let ids: HashSet<uuid::Uuid> = replayed.iter().map(|m| m.id).collect();
+        let ids = Arc::new(ids);
+        member.replayed = (!ids.is_empty()).then(|| Arc::clone(&ids));
         let member = &*member;
         let origin = SystemTime::now();
         let mut tally = Tally::default();
@@ -160,9 +162,6 @@ impl Hub {
                 queue(&message);
                 released.held += 1;
             }
-        }
-        if let Some(member) = members.get_mut(&conn) {
-            member.replayed = (!ids.is_empty()).then(|| Arc::new(ids));
         }
         drop(members);
         let stats = &self.shared.stats;

@@ -12,9 +12,8 @@ use std::sync::Arc;
 use serde_json::{json, Map, Value};
 
 use super::{Joined, Session};
-use crate::auth::channel::Rights;
 use crate::auth::Claims;
-use crate::broadcast::{self, Membership};
+use crate::broadcast::Membership;
 use crate::fanout::router::{ChannelKey, PgChannel};
 use crate::fanout::subscription::{self, PgSub, Requested, Resolve};
 use crate::outbound::{Frame, Kind};
@@ -392,15 +391,11 @@ impl Session {
         }
         // A replaying membership joins the hub now, holding its broadcasts while the stored
         // messages are read; the others join below, once recorded.
-        let key = broadcast::channel_key(&name, private.is_some()).into_owned();
         let replayed = match replay {
-            Some(request) => {
-                let membership = (
-                    private.unwrap_or(Rights::ALL),
-                    config.membership.self_broadcast,
-                );
-                match self.start_replay(&key, membership, &name, request).await {
-                    Ok(messages) => Some(messages),
+            Some(replaying) => {
+                let self_broadcast = config.membership.self_broadcast;
+                match self.start_replay(&name, replaying, self_broadcast).await {
+                    Ok(replayed) => Some(replayed),
                     Err(refusal) => {
                         self.join_error(jr, r, &topic, &refusal);
                         return;
@@ -441,8 +436,8 @@ impl Session {
         let response = json!({"postgres_changes": echo});
         self.reply(jr.as_deref(), r.as_deref(), &topic, "ok", response);
         self.presence_state_after_join(&topic);
-        if let Some(messages) = &replayed {
-            self.finish_replay(&key, messages);
+        if let Some(replayed) = &replayed {
+            self.finish_replay(replayed);
         }
         if let Some(system) = system {
             self.push_json(jr.as_deref(), None, &topic, "system", &system);

@@ -15,8 +15,8 @@ use serde_json::{json, Map, Value};
 use super::{JoinConfig, Refusal};
 use crate::auth::channel::Rights;
 use crate::auth::Claims;
-use crate::broadcast::replay::Hold;
 use crate::broadcast::store::{DbMessage, ReplayRequest};
+use crate::broadcast::{self, replay::Hold};
 use crate::session::Session;
 
 /// Most messages one join replays; a larger `limit` is lowered to it, as upstream does.
@@ -25,6 +25,22 @@ pub const MAX_LIMIT: i64 = 25;
 /// Longest the read of the stored messages may take (pool wait included); past it the join is
 /// refused.
 const READ_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A private channel's replay, once allowed: what to read, and what its token may read.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Replaying {
+    request: ReplayRequest,
+    rights: Rights,
+}
+
+/// What a replaying join read, until it is released after the join reply.
+#[derive(Debug)]
+pub(super) struct Replayed {
+    /// The channel's hub key.
+    key: String,
+    /// The messages to replay, oldest first.
+    messages: Vec<DbMessage>,
+}
 
 /// What a join asked to replay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,10 +94,12 @@ impl Session {
         private: Option<Rights>,
         name: &str,
         claims: &Claims,
-    ) -> Result<Option<ReplayRequest>, Refusal> {
-        if config.replay == Replay::Off {
-            return Ok(None);
-        }
+    ) -> Result<Option<Replaying>, Refusal> {
+        let asked = match config.replay {
+            Replay::Off => return Ok(None),
+            Replay::Asked(request) => Ok(request),
+            Replay::Invalid(why) => Err(Refusal::ReplayInvalid(why)),
+        };
         let Some(rights) = private else {
             return Err(Refusal::ReplayPublic);
         };
@@ -91,42 +109,39 @@ impl Session {
                 name: name.to_owned(),
             });
         }
-        match config.replay {
-            Replay::Asked(request) => Ok(Some(request)),
-            Replay::Invalid(why) => Err(Refusal::ReplayInvalid(why)),
-            Replay::Off => Ok(None),
-        }
+        asked.map(|request| Some(Replaying { request, rights }))
     }
 
-    /// Joins the channel of hub key `key` with its broadcasts held (`rights`, `self_broadcast`:
-    /// the membership's), and reads what `request` replays of channel `name`.
+    /// Joins private channel `name` with its broadcasts held (`self_broadcast`: the
+    /// membership's), and reads what `replaying` replays.
     ///
     /// # Errors
     /// When the read fails; the membership has left the hub again.
     pub(super) async fn start_replay(
         &self,
-        key: &str,
-        (rights, self_broadcast): (Rights, bool),
         name: &str,
-        request: ReplayRequest,
-    ) -> Result<Vec<DbMessage>, Refusal> {
-        let member = self.member(rights, self_broadcast, Some(Hold::new()));
+        replaying: Replaying,
+        self_broadcast: bool,
+    ) -> Result<Replayed, Refusal> {
+        let key = broadcast::channel_key(name, true).into_owned();
+        let member = self.member(replaying.rights, self_broadcast, Some(Hold::new()));
         let hub = &self.services.hub;
-        hub.join(key, member);
-        match hub.stored(name, request, READ_TIMEOUT).await {
-            Ok(messages) => Ok(messages),
+        hub.join(&key, member);
+        match hub.stored(name, replaying.request, READ_TIMEOUT).await {
+            Ok(messages) => Ok(Replayed { key, messages }),
             Err(e) => {
-                hub.leave(key, self.id);
+                hub.leave(&key, self.id);
                 tracing::warn!(channel = %name, error = %crate::error::chain(&e), "cannot read the messages to replay");
                 Err(Refusal::ReplayUnavailable)
             }
         }
     }
 
-    /// After the join reply: queues the replayed `messages`, then the broadcasts held since the
+    /// After the join reply: queues the replayed messages, then the broadcasts held since the
     /// membership joined, and ends the hold.
-    pub(super) fn finish_replay(&self, key: &str, messages: &[DbMessage]) {
-        let released = self.services.hub.release(key, self.id, messages);
+    pub(super) fn finish_replay(&self, replayed: &Replayed) {
+        let hub = &self.services.hub;
+        let released = hub.release(&replayed.key, self.id, &replayed.messages);
         tracing::debug!(
             replayed = released.replayed,
             held = released.held,
