@@ -542,6 +542,12 @@ impl Hub {
             };
             tally.count(member.outbound.push(frame.clone()));
         }
+        self.count(tally);
+        usize::try_from(tally.delivered).unwrap_or(usize::MAX)
+    }
+
+    /// Adds what one fan-out queued and dropped to the hub's stats and metrics.
+    fn count(&self, tally: Tally) {
         let stats = &self.shared.stats;
         stats
             .delivered
@@ -551,7 +557,6 @@ impl Hub {
             "gateway_broadcast_deliveries_total",
             "gateway_broadcast_dropped_total",
         );
-        usize::try_from(tally.delivered).unwrap_or(usize::MAX)
     }
 
     // ---- the bus side -----------------------------------------------------------------------

@@ -164,17 +164,7 @@ impl Hub {
             }
         }
         drop(members);
-        let stats = &self.shared.stats;
-        stats
-            .delivered
-            .fetch_add(tally.delivered, std::sync::atomic::Ordering::Relaxed);
-        stats
-            .dropped
-            .fetch_add(tally.dropped, std::sync::atomic::Ordering::Relaxed);
-        tally.record(
-            "gateway_broadcast_deliveries_total",
-            "gateway_broadcast_dropped_total",
-        );
+        self.count(tally);
         metrics::counter!("gateway_broadcast_replayed_total").increment(released.replayed);
         metrics::counter!("gateway_broadcast_replay_duplicates_total")
             .increment(released.duplicates);
