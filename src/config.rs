@@ -245,6 +245,12 @@ pub struct Settings {
     #[arg(long, env = "AUDIT_RETENTION", default_value = "30days", value_parser = parse_duration)]
     pub audit_retention: Duration,
 
+    /// Database messages (`realtime.messages` rows of `realtime.send`, `send_binary` and
+    /// `broadcast_changes`, which private channels replay) are kept this long, then deleted
+    /// (e.g. `72h`; at least `10m`).
+    #[arg(long, env = "MESSAGE_RETENTION", default_value = "72h", value_parser = parse_duration)]
+    pub message_retention: Duration,
+
     /// Most registry rows (joins and channel ends) held in memory while they wait to be written,
     /// e.g. during a database outage; more are dropped, counted and warned of (rows, default
     /// 100000).
@@ -416,6 +422,8 @@ pub struct Config {
     pub audit_retention: Duration,
     /// Closed registry rows' retention.
     pub registry_retention: Duration,
+    /// Database messages' retention.
+    pub message_retention: Duration,
     /// Bound of pending registry rows.
     pub registry_max_pending: usize,
     /// Bound of pending audit records.
@@ -537,6 +545,11 @@ impl Settings {
         if self.change_retention < Duration::from_secs(1) {
             return invalid("--change-retention must be at least 1s");
         }
+        // A node whose listener reconnected delivers the database messages of the last ten
+        // minutes it missed (`broadcast::bus::SEEN_FOR`): they must still be there.
+        if self.message_retention < Duration::from_secs(600) {
+            return invalid("--message-retention must be at least 10m");
+        }
         if matches!(&self.admin_token, Some(t) if t.trim().len() < 16) {
             return invalid("--admin-token must be at least 16 characters");
         }
@@ -612,6 +625,7 @@ impl Settings {
             resume_window: self.resume_window.min(self.change_retention),
             audit_retention: self.audit_retention,
             registry_retention: self.registry_retention,
+            message_retention: self.message_retention,
             registry_max_pending: self.registry_max_pending,
             audit_max_pending: self.audit_max_pending,
             db_pool_size: self.db_pool_size,
@@ -678,6 +692,7 @@ impl Config {
             resume_window: Duration::from_secs(120),
             audit_retention: Duration::from_secs(30 * 24 * 3600),
             registry_retention: Duration::from_secs(7 * 24 * 3600),
+            message_retention: Duration::from_secs(72 * 3600),
             registry_max_pending: 100_000,
             audit_max_pending: 100_000,
             db_pool_size: 8,

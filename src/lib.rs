@@ -24,7 +24,7 @@
 //! ```text
 //! client push / REST ──> broadcast::Hub ──> local members' queues, one encoded frame shared
 //!                                      └──> broadcast::publisher ──NOTIFY realtime_bus──┐
-//! realtime.send() in a writer txn ──NOTIFY at commit────────────────────────────────────┤
+//! realtime.send(), send_binary(), broadcast_changes() ──NOTIFY at commit────────────────┤
 //!          other nodes' capture::listener ──change::BusMessage──> broadcast::bus ──> Hub
 //! ```
 //!
@@ -40,7 +40,8 @@
 //!   (where a channel stands in the change stream, for resuming sessions).
 //! - [`capture`] (stages 1–2, outbox maintenance), [`fanout`] (stage 3), [`outbound`]
 //!   (stage 4), [`session`] (stage 5 and the read loop, upgrade, joins, close codes).
-//! - [`broadcast`] and [`presence`]: the hub, the cluster bus and its wire format, REST.
+//! - [`broadcast`] and [`presence`]: the hub, the cluster bus and its wire format, replay of
+//!   stored database messages, REST.
 //! - [`registry`]: the subscription registry and audit log, written off the message path.
 //!   [`reaper`]: closes silent sessions and heartbeats the registry. [`limits`]: connection
 //!   and channel caps. [`auth`]: JWT verification, and
@@ -140,7 +141,9 @@ impl Gateway {
                 },
                 stale_timeout: config.heartbeat_timeout,
                 maintenance_interval: config.heartbeat_interval,
+                message_retention: config.message_retention,
             },
+            registry.clone(),
             &shutdown,
         );
         let spans = Arc::new(position::Spans::default());

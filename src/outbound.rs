@@ -374,6 +374,13 @@ impl Outbound {
         self.shared.token.cancel();
     }
 
+    /// Marks the connection a slow consumer and cancels its session, as an overflow of the queue
+    /// does: for frames that wait for it outside the queue and went over its bounds (a
+    /// replaying channel's held broadcasts, `broadcast::replay`).
+    pub fn overflowed(&self) {
+        self.overflow();
+    }
+
     /// Whether the queue overflowed.
     pub fn is_slow(&self) -> bool {
         self.shared.slow.load(Ordering::Acquire)
@@ -392,6 +399,11 @@ impl Outbound {
     /// Most frames the queue holds.
     pub fn max_frames(&self) -> usize {
         self.shared.max_frames
+    }
+
+    /// Most bytes the queue holds.
+    pub fn max_bytes(&self) -> usize {
+        self.shared.max_bytes
     }
 
     /// Whether this and `other` are the same connection's queue.

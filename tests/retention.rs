@@ -1,6 +1,6 @@
 //! What the gateway keeps does not grow without bound: closed registry rows are deleted after
-//! `REGISTRY_RETENTION`, open ones stay; a bulk write of thousands of rows reaches a subscriber
-//! that keeps up.
+//! `REGISTRY_RETENTION`, open ones stay; stored database messages are deleted after
+//! `MESSAGE_RETENTION`; a bulk write of thousands of rows reaches a subscriber that keeps up.
 
 mod common;
 
@@ -47,6 +47,73 @@ async fn closed_registry_rows_are_deleted_after_the_retention() {
     })
     .await;
     assert_eq!(rows(&db, "kept").await, 1, "open rows stay");
+    gw.stop().await.unwrap();
+}
+
+async fn stored(db: &TestDb, topic: &str) -> i64 {
+    let mut conn = db.connect().await;
+    sqlx::query_scalar("select count(*) from realtime.messages where topic = $1")
+        .bind(topic)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// Stored database messages (what private channels replay) are deleted once older than
+/// `MESSAGE_RETENTION`, 72 hours unless set otherwise; younger ones stay.
+#[tokio::test]
+async fn stored_messages_are_deleted_after_the_message_retention() {
+    let db = TestDb::new().await;
+    let mut conn = db.connect().await;
+    for (topic, age_hours) in [("h73", 73), ("h71", 71), ("fresh", 0)] {
+        sqlx::query("select realtime.send('{}', 'e', $1)")
+            .bind(topic)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query(
+            "update realtime.messages set inserted_at = now() - make_interval(hours => $2) \
+             where topic = $1",
+        )
+        .bind(topic)
+        .bind(age_hours)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    let gw = TestGateway::start_with(&db, |c| {
+        c.heartbeat_interval = Duration::from_millis(300);
+    })
+    .await;
+    eventually(
+        Duration::from_secs(20),
+        "the 73-hour-old message deleted",
+        || {
+            let db = &db;
+            async move { stored(db, "h73").await == 0 }
+        },
+    )
+    .await;
+    // The same statement kept the younger ones.
+    assert_eq!(stored(&db, "h71").await, 1);
+    assert_eq!(stored(&db, "fresh").await, 1);
+    gw.stop().await.unwrap();
+
+    let gw = TestGateway::start_with(&db, |c| {
+        c.heartbeat_interval = Duration::from_millis(300);
+        c.message_retention = Duration::from_secs(70 * 3600);
+    })
+    .await;
+    eventually(
+        Duration::from_secs(20),
+        "the 71-hour-old message deleted",
+        || {
+            let db = &db;
+            async move { stored(db, "h71").await == 0 }
+        },
+    )
+    .await;
+    assert_eq!(stored(&db, "fresh").await, 1);
     gw.stop().await.unwrap();
 }
 

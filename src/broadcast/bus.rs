@@ -1,5 +1,6 @@
 //! The cluster bus: how gateway nodes sharing one database hear each other's broadcasts and
-//! presence changes, and the database's own broadcasts (`realtime.send`).
+//! presence changes, and the database's own broadcasts (`realtime.send`, `realtime.send_binary`,
+//! `realtime.broadcast_changes`).
 //!
 //! The bus is PostgreSQL `NOTIFY` on one channel, [`CHANNEL`]. Nodes publish through their
 //! [`super::publisher`]; every node receives through its one change-listener connection
@@ -14,7 +15,7 @@
 //! | `p` | `n`, `s`, `t`, `j` `[{r, k, m}]` joins, `l` `[ref]` leaves | a presence diff of node `n` |
 //! | `sync` | `node` (and `n` when a node sent it) | reload `node`'s presence from `realtime.presences` |
 //! | `spill` | `n`, `id` | a message over the inline limit, in `realtime.bus_spill` row `id` |
-//! | `db` | `id`, and `t`, `x`, `e`, `d` when small enough | a `realtime.send` row of `realtime.messages` |
+//! | `db` | `id`, and `t`, `x`, `e`, `d` (or `h`, hex bytes) when small enough | a database message: a `realtime.messages` row of `realtime.send`, `send_binary` or `broadcast_changes` |
 //!
 //! `s` makes every notification of a node distinct (PostgreSQL folds identical payloads sent in
 //! one transaction). A node ignores what it published itself (`n` is its id): it delivered
@@ -22,12 +23,13 @@
 //!
 //! After a gap, this node reloads the presence of every other node from `realtime.presences`
 //! (diffing against what it held, so members see only what changed) and delivers the
-//! `realtime.send` messages it missed: rows inserted since shortly before the gap that it has
+//! database messages it missed: rows inserted since shortly before the gap that it has
 //! not delivered yet (it remembers delivered ids for [`SEEN_FOR`]). The same audit also runs
 //! every maintenance interval, so presence converges and database broadcasts arrive even when
 //! a lost notification went unnoticed (a listener that reconnected without reporting the gap).
 //! Client broadcasts relayed between nodes during a gap are lost, as they are upstream: they
-//! are never stored.
+//! are never stored. A database message larger than `--max-message-bytes` is delivered to no one,
+//! counted and audited (`broadcast_undeliverable`).
 //! A `sync` naming this node that another node sent (or the prune function) means its rows
 //! were removed as if it were lost: it writes them again and tells the others ([`Hub`]'s
 //! publisher `reassert`).
@@ -40,13 +42,14 @@ use serde_json::Value;
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 
-use super::envelope::{db_message, unhex, Envelope, CHANNEL};
+use super::envelope::{unhex, Envelope, CHANNEL};
+use super::store::DbMessage;
 use super::{store, Hub, Message, Settings};
 use crate::change::BusMessage;
 use crate::protocol::RawJson;
 use crate::shutdown::Shutdown;
 
-/// How long delivered `realtime.send` ids are remembered (so catch-up after a gap never
+/// How long delivered database message ids are remembered (so catch-up after a gap never
 /// delivers one twice).
 pub const SEEN_FOR: Duration = Duration::from_secs(600);
 /// Catch-up after a gap looks this much further back than the last message heard, for
@@ -103,7 +106,7 @@ pub async fn run(
 /// What a reload after a gap still has to do.
 #[derive(Debug, Clone, Copy)]
 struct Pending {
-    /// Catch up on `realtime.send` messages of this long ago (none after the first connect).
+    /// Catch up on database messages of this long ago (none after the first connect).
     catch_up: Option<Duration>,
 }
 
@@ -112,7 +115,7 @@ struct Receiver {
     hub: Hub,
     node: Arc<str>,
     pool: PgPool,
-    /// `realtime.send` ids delivered, and when.
+    /// Database message ids delivered, and when.
     seen: HashMap<uuid::Uuid, Instant>,
     seen_cap: usize,
     /// When the last notification arrived (`None` before the first connect).
@@ -170,8 +173,8 @@ impl Receiver {
             match store::missed_messages(&self.pool, window).await {
                 Ok(messages) => {
                     let mut caught_up = 0u64;
-                    for m in messages {
-                        if self.deliver_db(m.id, &m.topic, m.private, &m.event, &m.payload) {
+                    for m in &messages {
+                        if self.deliver_db(m) {
                             caught_up += 1;
                         }
                     }
@@ -239,7 +242,7 @@ impl Receiver {
             Envelope::Broadcast { n, t, x, m } => {
                 if *n != *self.node {
                     let message = Message::Json(m.into_arc());
-                    self.hub.deliver_remote(&relayed_key(&t, x), &message);
+                    self.hub.deliver_remote(&relayed_key(&t, x), &message, None);
                 }
             }
             Envelope::Binary {
@@ -262,7 +265,7 @@ impl Receiver {
                     meta: meta.map(RawJson::into_arc),
                     payload: payload.into(),
                 };
-                self.hub.deliver_remote(&relayed_key(&t, x), &message);
+                self.hub.deliver_remote(&relayed_key(&t, x), &message, None);
             }
             Envelope::Presence { n, t, j, l } => {
                 if *n != *self.node {
@@ -288,17 +291,17 @@ impl Receiver {
                     }
                 }
             }
-            Envelope::Db { id, t, x, e, d } => {
+            Envelope::Db { id, t, x, e, d, h } => {
                 if self.seen.contains_key(&id) {
                     return;
                 }
-                if let (Some(t), Some(e), Some(d)) = (&t, &e, &d) {
-                    self.deliver_db(id, t, x.unwrap_or(true), e, d);
+                if let Some(m) = inline_message(id, t, x, e, d, h.as_deref()) {
+                    self.deliver_db(&m);
                     return;
                 }
                 match store::message(&self.pool, id).await {
                     Ok(Some(m)) => {
-                        self.deliver_db(m.id, &m.topic, m.private, &m.event, &m.payload);
+                        self.deliver_db(&m);
                     }
                     Ok(None) => tracing::debug!(%id, "database broadcast gone before it was read"),
                     Err(e) => {
@@ -311,29 +314,50 @@ impl Receiver {
         }
     }
 
-    /// Delivers a `realtime.send` message unless it was delivered before; returns whether it
-    /// was new.
-    fn deliver_db(
-        &mut self,
-        id: uuid::Uuid,
-        name: &str,
-        private: bool,
-        event: &str,
-        payload: &Value,
-    ) -> bool {
+    /// Delivers a database message unless it was delivered before (or is over the size limit);
+    /// returns whether it was new.
+    fn deliver_db(&mut self, m: &DbMessage) -> bool {
         let now = Instant::now();
-        if self.seen.insert(id, now).is_some() {
+        if self.seen.insert(m.id, now).is_some() {
             return false;
         }
         if self.seen.len() > self.seen_cap {
             self.seen.retain(|_, at| now.duration_since(*at) < SEEN_FOR);
             self.seen_cap = (self.seen.len() * 2).max(4096);
         }
-        let message = Message::Json(Arc::from(db_message(id, event, payload)));
-        self.hub
-            .deliver_remote(&super::channel_key(name, private), &message);
+        let message = m.message(false);
+        if self.hub.deliverable(m, &message, true) {
+            let key = super::channel_key(&m.topic, m.private);
+            self.hub.deliver_remote(&key, &message, Some(m.id));
+        }
         true
     }
+}
+
+/// The database message a `db` notification carries whole (topic, event, and a JSON or hex
+/// payload); `None` when it carries only the id, or a payload that is not hex.
+fn inline_message(
+    id: uuid::Uuid,
+    topic: Option<String>,
+    private: Option<bool>,
+    event: Option<String>,
+    payload: Option<Value>,
+    hex: Option<&str>,
+) -> Option<DbMessage> {
+    let (topic, event) = (topic?, event?);
+    let (payload, binary_payload) = match (payload, hex) {
+        (_, Some(hex)) => (Value::Null, Some(unhex(hex)?)),
+        (Some(payload), None) => (payload, None),
+        (None, None) => return None,
+    };
+    Some(DbMessage {
+        id,
+        topic,
+        event,
+        payload,
+        binary_payload,
+        private: private.unwrap_or(true),
+    })
 }
 
 /// The hub key of a relayed broadcast: nodes send the key itself as `t`; `x` (private) is set
@@ -347,7 +371,8 @@ fn relayed_key(t: &str, private: bool) -> std::borrow::Cow<'_, str> {
 }
 
 /// Periodically removes the presence rows of lost nodes (`realtime.presence_prune`, which tells
-/// every node to drop them) and old bus rows. Every node runs it; the first to see a node lost
+/// every node to drop them), old bus rows, and database messages older than
+/// `--message-retention`. Every node runs it; the first to see a node lost
 /// removes its rows, the others find nothing.
 #[tracing::instrument(name = "bus_maintenance", skip_all)]
 pub async fn run_maintenance(pool: PgPool, node: Arc<str>, settings: Settings, shutdown: Shutdown) {
@@ -358,9 +383,27 @@ pub async fn run_maintenance(pool: PgPool, node: Arc<str>, settings: Settings, s
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        match store::prune(&pool, &node, settings.stale_timeout).await {
-            Ok(0) => {}
-            Ok(rows) => tracing::info!(rows, "removed the presence of lost nodes"),
+        let pruned = store::prune(
+            &pool,
+            &node,
+            settings.stale_timeout,
+            settings.message_retention,
+        )
+        .await;
+        match pruned {
+            Ok((presence, messages)) => {
+                if presence > 0 {
+                    tracing::info!(rows = presence, "removed the presence of lost nodes");
+                }
+                if messages > 0 {
+                    metrics::counter!("gateway_broadcast_messages_pruned_total")
+                        .increment(messages);
+                    tracing::debug!(
+                        rows = messages,
+                        "database messages past their retention deleted"
+                    );
+                }
+            }
             Err(e) => tracing::warn!(error = %e, "cannot prune presence and bus rows"),
         }
     }

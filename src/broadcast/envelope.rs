@@ -7,7 +7,7 @@
 //! | `p` | `n`, `s`, `t`, `j` `[{r, k, m}]` joins, `l` `[ref]` leaves | a presence diff of node `n` |
 //! | `sync` | `node` (and `n` when a node sent it) | reload `node`'s presence from `realtime.presences` |
 //! | `spill` | `n`, `id` | a message over the inline limit, in `realtime.bus_spill` row `id` |
-//! | `db` | `id`, and `t`, `x`, `e`, `d` when small enough | a `realtime.send` row of `realtime.messages` |
+//! | `db` | `id`, and `t`, `x`, `e`, `d` (or `h`, hex bytes) when small enough | a `realtime.send`, `send_binary` or `broadcast_changes` row of `realtime.messages` |
 //!
 //! `s` makes every notification of a node distinct (PostgreSQL folds identical payloads sent in
 //! one transaction). Pure: the publisher builds envelopes with these functions, the store sends
@@ -92,7 +92,7 @@ pub enum Envelope {
         /// Row id.
         id: i64,
     },
-    /// A `realtime.send` message.
+    /// A message of `realtime.send`, `realtime.send_binary` or `realtime.broadcast_changes`.
     #[serde(rename = "db")]
     Db {
         /// `realtime.messages` id.
@@ -106,9 +106,12 @@ pub enum Envelope {
         /// Event.
         #[serde(default)]
         e: Option<String>,
-        /// User payload.
+        /// User payload (JSON).
         #[serde(default)]
         d: Option<Value>,
+        /// User payload (raw bytes, hex), for `realtime.send_binary`.
+        #[serde(default)]
+        h: Option<String>,
     },
 }
 
@@ -235,11 +238,23 @@ pub fn spill_envelope(node: &str, id: i64) -> String {
     serde_json::json!({"k": "spill", "n": node, "id": id}).to_string()
 }
 
-/// A `realtime.send` message as clients receive it: `meta.id` is the row id (docs/protocol.md 7.2).
-pub fn db_message(id: uuid::Uuid, event: &str, payload: &Value) -> String {
-    serde_json::json!({"type": "broadcast", "event": event, "payload": payload,
-                       "meta": {"id": id}})
-    .to_string()
+/// The `meta` of a database message: its row id, and `replayed` when it is replayed to a joining
+/// channel rather than delivered live (docs/protocol.md 7.2).
+pub fn db_meta(id: uuid::Uuid, replayed: bool) -> String {
+    let prefix = if replayed { "{\"replayed\":true," } else { "{" };
+    format!("{prefix}\"id\":\"{id}\"}}")
+}
+
+/// A JSON database message as clients receive it: `meta` is [`db_meta`] (docs/protocol.md 7.2).
+pub fn db_message(id: uuid::Uuid, event: &str, payload: &Value, replayed: bool) -> String {
+    let mut out = String::from("{\"type\":\"broadcast\",\"event\":");
+    out.push_str(&json_str(event));
+    out.push_str(",\"payload\":");
+    out.push_str(&payload.to_string());
+    out.push_str(",\"meta\":");
+    out.push_str(&db_meta(id, replayed));
+    out.push('}');
+    out
 }
 
 fn json_str(s: &str) -> String {
@@ -384,11 +399,24 @@ mod tests {
                 ..
             }
         ));
+        let binary: Envelope = serde_json::from_str(
+            &json!({"k": "db", "id": id, "t": "room", "x": true, "e": "ev", "h": "01ff"})
+                .to_string(),
+        )
+        .unwrap();
+        assert!(matches!(binary, Envelope::Db { h: Some(ref h), d: None, .. } if h == "01ff"));
         let delivered: Value =
-            serde_json::from_str(&db_message(id, "ev", &json!({"a": 1}))).unwrap();
+            serde_json::from_str(&db_message(id, "ev", &json!({"a": 1}), false)).unwrap();
         assert_eq!(
             delivered,
             json!({"type": "broadcast", "event": "ev", "payload": {"a": 1}, "meta": {"id": id}})
+        );
+        let replayed: Value =
+            serde_json::from_str(&db_message(id, "ev", &json!(null), true)).unwrap();
+        assert_eq!(
+            replayed,
+            json!({"type": "broadcast", "event": "ev", "payload": null,
+                   "meta": {"replayed": true, "id": id}})
         );
     }
 

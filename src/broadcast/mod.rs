@@ -9,7 +9,7 @@
 //!                                    │            └──> publisher ──NOTIFY realtime_bus──┐
 //! session (track / untrack / leave) ─┴─> Hub::track ─> presence::State ─> presence_diff │
 //!                                                  └──> publisher (rows + NOTIFY) ──────┤
-//! SQL realtime.send(...) ──insert realtime.messages + NOTIFY at commit──────────────────┤
+//! SQL realtime.send / send_binary / broadcast_changes ──row + NOTIFY at commit──────────┤
 //!                                                                                       v
 //!   capture::listener (the node's one LISTEN connection) ─BusMessage─> bus::run ─> Hub (remote
 //!   deliveries, presence diffs, reconciliation from realtime.presences after a gap)
@@ -31,6 +31,12 @@
 //! `realtime.presence_prune` first ([`bus::run_maintenance`]). See [`envelope`] for the message
 //! formats and [`store`] for the SQL.
 //!
+//! Database messages (`realtime.send`, `realtime.send_binary`, `realtime.broadcast_changes`)
+//! carry their row id through the fan-out, so a private channel joined with
+//! `config.broadcast.replay` receives each once: [`replay`] holds its live broadcasts while the
+//! stored ones are read, then queues the stored ones and the held ones, in that order, minus the
+//! held ones it replayed.
+//!
 //! A private channel and the public channel of the same name are two channels (docs/protocol.md
 //! 7.5): the hub keys every channel by [`channel_key`], which keeps them apart, and a member of a
 //! private channel receives broadcasts and presence diffs only when its token may read them
@@ -45,11 +51,12 @@ pub mod envelope;
 #[cfg(test)]
 mod key_proptests;
 pub mod publisher;
+pub mod replay;
 pub mod rest;
 pub mod store;
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
@@ -65,6 +72,7 @@ use crate::conn::ConnId;
 use crate::outbound::{Frame, Kind, Outbound, Tally};
 use crate::presence;
 use crate::protocol::{self, Vsn};
+use crate::registry::Registry;
 use crate::shutdown::Shutdown;
 
 /// The event of user broadcasts.
@@ -99,6 +107,10 @@ pub enum Error {
     /// A REST message to a private channel whose policies the database did not evaluate.
     #[error("Realtime was unable to connect to the project database")]
     AuthorizationUnavailable,
+    /// The stored messages a join asked to replay could not be read: the database failed, or
+    /// did not answer in time (`None`).
+    #[error("Realtime was unable to replay messages")]
+    ReplayUnavailable(#[source] Option<sqlx::Error>),
 }
 
 /// What the hub needs to know.
@@ -115,6 +127,8 @@ pub struct Settings {
     /// How often lost nodes' presence and old bus rows are pruned, and each node audits its
     /// view of the bus (presence reloaded, missed database broadcasts delivered).
     pub maintenance_interval: Duration,
+    /// Database messages (`realtime.messages` rows) are deleted when older than this.
+    pub message_retention: Duration,
 }
 
 /// A user message to relay.
@@ -160,6 +174,12 @@ pub struct Member {
     pub reads_broadcast: bool,
     /// Whether it receives presence diffs (likewise).
     pub reads_presence: bool,
+    /// While its channel replays stored messages: where its live broadcasts wait
+    /// ([`replay`]); `None` otherwise.
+    pub hold: Option<Arc<replay::Hold>>,
+    /// The ids of the database messages its channel replayed, which it never receives live
+    /// ([`replay`]); `None` when it replayed nothing.
+    pub replayed: Option<Arc<HashSet<uuid::Uuid>>>,
 }
 
 /// Marks a private channel's key, and escapes a public name that starts with it.
@@ -215,6 +235,10 @@ struct Shared {
     /// being removed as idle never loses an addition.
     topics: DashMap<Arc<str>, Arc<Topic>>,
     publisher: publisher::Publisher,
+    /// Replay reads stored messages through it.
+    pool: PgPool,
+    /// Where undeliverable database messages are audited.
+    registry: Registry,
     max_message_bytes: usize,
     presence_bounds: presence::Bounds,
     stats: Stats,
@@ -256,6 +280,7 @@ impl Hub {
     pub fn start(
         pool: PgPool,
         settings: Settings,
+        registry: Registry,
         shutdown: &Shutdown,
     ) -> (Hub, mpsc::UnboundedSender<BusMessage>) {
         let node: Arc<str> = Arc::from(settings.node_id.as_str());
@@ -266,6 +291,8 @@ impl Hub {
                 node: Arc::clone(&node),
                 topics: DashMap::new(),
                 publisher,
+                pool: pool.clone(),
+                registry,
                 max_message_bytes: settings.max_message_bytes,
                 presence_bounds: settings.presence_bounds,
                 stats: Stats::default(),
@@ -338,6 +365,17 @@ impl Hub {
         write(&topic.members).insert(member.conn, member);
     }
 
+    /// Sets what connection `conn`'s membership of channel `name` may read (its new token's
+    /// rights), keeping the rest of the membership.
+    pub fn set_reads(&self, name: &str, conn: ConnId, broadcast: bool, presence: bool) {
+        if let Some(topic) = self.topic(name) {
+            if let Some(member) = write(&topic.members).get_mut(&conn) {
+                member.reads_broadcast = broadcast;
+                member.reads_presence = presence;
+            }
+        }
+    }
+
     /// Ends a membership: it leaves the channel, and its presence, if any, leaves with a diff
     /// to the remaining members and the other nodes.
     pub fn leave(&self, name: &str, conn: ConnId) {
@@ -377,7 +415,7 @@ impl Hub {
             });
         }
         let key = channel_key(name, private);
-        let delivered = self.deliver(&key, from, message);
+        let delivered = self.deliver(&key, from, message, None);
         self.shared.publisher.broadcast(&key, message);
         Ok(delivered)
     }
@@ -437,13 +475,20 @@ impl Hub {
         self.shared.topics.get(name).map(|t| Arc::clone(t.value()))
     }
 
-    /// Local fan-out of a broadcast; returns how many members got it.
-    fn deliver(&self, name: &str, from: Option<ConnId>, message: &Message) -> usize {
+    /// Local fan-out of a broadcast (`id`: a database message's row id); returns how many
+    /// members got it.
+    fn deliver(
+        &self,
+        name: &str,
+        from: Option<ConnId>,
+        message: &Message,
+        id: Option<uuid::Uuid>,
+    ) -> usize {
         self.shared.stats.messages.fetch_add(1, Ordering::Relaxed);
         let Some(topic) = self.topic(name) else {
             return 0;
         };
-        self.fan_out(&topic, BROADCAST_EVENT, message, from)
+        self.fan_out(&topic, BROADCAST_EVENT, message, from, id)
     }
 
     fn presence_diff(&self, topic: &Topic, diff: &presence::Diff) {
@@ -451,17 +496,19 @@ impl Hub {
             return;
         }
         let message = Message::Json(Arc::from(diff.to_json()));
-        self.fan_out(topic, PRESENCE_DIFF_EVENT, &message, None);
+        self.fan_out(topic, PRESENCE_DIFF_EVENT, &message, None, None);
     }
 
     /// Queues `message` as `event` to every member of `topic` but `from` (unless it asked for
-    /// its own broadcasts). Each distinct frame is encoded once.
+    /// its own broadcasts). Each distinct frame is encoded once. A member whose channel is
+    /// replaying holds broadcasts instead (with `id`, a database message's row id).
     fn fan_out(
         &self,
         topic: &Topic,
         event: &str,
         message: &Message,
         from: Option<ConnId>,
+        id: Option<uuid::Uuid>,
     ) -> usize {
         let members = read(&topic.members);
         // Per serializer version: not encoded yet / encoded (None: not deliverable to it).
@@ -480,6 +527,9 @@ impl Hub {
             if !reads {
                 continue;
             }
+            if event == BROADCAST_EVENT && replay::holds_back(member, id, message) {
+                continue;
+            }
             let slot = match member.vsn {
                 Vsn::V1 => 0,
                 Vsn::V2 => 1,
@@ -492,6 +542,12 @@ impl Hub {
             };
             tally.count(member.outbound.push(frame.clone()));
         }
+        self.count(tally);
+        usize::try_from(tally.delivered).unwrap_or(usize::MAX)
+    }
+
+    /// Adds what one fan-out queued and dropped to the hub's stats and metrics.
+    fn count(&self, tally: Tally) {
         let stats = &self.shared.stats;
         stats
             .delivered
@@ -501,15 +557,14 @@ impl Hub {
             "gateway_broadcast_deliveries_total",
             "gateway_broadcast_dropped_total",
         );
-        usize::try_from(tally.delivered).unwrap_or(usize::MAX)
     }
 
     // ---- the bus side -----------------------------------------------------------------------
 
-    /// A broadcast from another node (or the database) to the channel of hub key `key`: every
-    /// local member that may read it gets it.
-    fn deliver_remote(&self, key: &str, message: &Message) {
-        self.deliver(key, None, message);
+    /// A broadcast from another node (or the database, with its row `id`) to the channel of hub
+    /// key `key`: every local member that may read it gets it.
+    fn deliver_remote(&self, key: &str, message: &Message, id: Option<uuid::Uuid>) {
+        self.deliver(key, None, message, id);
     }
 
     /// A presence diff another node published.

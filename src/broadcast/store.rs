@@ -1,25 +1,30 @@
 //! The SQL of broadcast and presence: publishing a batch to the bus (presence rows, spill rows,
-//! notifications) in one transaction, reading spilled messages and `realtime.send` rows, loading
-//! other nodes' presence, and the periodic pruning. Tables and functions are those of
-//! `migrations/0004_broadcast.sql`.
+//! notifications) in one transaction, reading spilled messages and database messages (rows of
+//! `realtime.messages`, live, missed after a gap, or replayed), loading other nodes' presence,
+//! and the periodic pruning. Tables and functions are those of `migrations/0004_broadcast.sql`
+//! and `migrations/0018_database_broadcast.sql`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use serde_json::{Map, Value};
 use sqlx::{PgPool, Postgres, Transaction};
 
-use super::envelope;
+use super::{envelope, Message};
 use crate::presence;
 
-/// `realtime.messages` rows (from `realtime.send`) are kept this long: long enough for a node
-/// to catch up after a listener gap.
-pub const MESSAGE_RETENTION: Duration = Duration::from_secs(600);
 /// `realtime.bus_spill` rows are kept this long; every node reads one within moments.
 pub const SPILL_RETENTION: Duration = Duration::from_secs(300);
 /// Most missed database broadcasts delivered after one gap.
 const MAX_CATCH_UP: i64 = 10_000;
+/// Old `realtime.messages` rows deleted per statement; the pruner repeats while it finds full
+/// batches.
+const PRUNE_BATCH: i64 = 10_000;
+/// Longest one pruning round of `realtime.messages` may run before it yields until the next
+/// maintenance tick.
+const PRUNE_ROUND: Duration = Duration::from_secs(5);
 
 /// A presence entry of this node as stored in `realtime.presences`.
 #[derive(Debug, Clone, PartialEq)]
@@ -46,7 +51,8 @@ impl PresenceRow {
     }
 }
 
-/// A `realtime.send` message.
+/// A database message: a row of `realtime.messages` written by `realtime.send`,
+/// `realtime.send_binary` or `realtime.broadcast_changes`.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct DbMessage {
     /// Row id (`meta.id` for clients).
@@ -55,10 +61,33 @@ pub struct DbMessage {
     pub topic: String,
     /// Event.
     pub event: String,
-    /// User payload.
+    /// User payload (JSON; `null` for a binary message).
     pub payload: Value,
+    /// User payload of a `realtime.send_binary` message.
+    pub binary_payload: Option<Vec<u8>>,
     /// Addressed to private channels.
     pub private: bool,
+}
+
+impl DbMessage {
+    /// What the channel's members receive (docs/protocol.md 7.2, 7.4): a JSON broadcast with
+    /// `meta.id`, or a raw-binary one (kind 4 to vsn 2 sockets, nothing to vsn 1) with that
+    /// metadata; `meta.replayed` too when it is `replayed` to a joining channel.
+    pub fn message(&self, replayed: bool) -> Message {
+        match &self.binary_payload {
+            Some(bytes) => Message::Binary {
+                event: Arc::from(self.event.as_str()),
+                meta: Some(Arc::from(envelope::db_meta(self.id, replayed))),
+                payload: Bytes::copy_from_slice(bytes),
+            },
+            None => Message::Json(Arc::from(envelope::db_message(
+                self.id,
+                &self.event,
+                &self.payload,
+                replayed,
+            ))),
+        }
+    }
 }
 
 /// One thing to publish.
@@ -271,24 +300,25 @@ pub async fn spilled(pool: &PgPool, id: i64) -> Result<Option<String>, sqlx::Err
         .await
 }
 
-const MESSAGE_COLUMNS: &str = "select id, topic, coalesce(event, '') as event, \
-     coalesce(payload, 'null'::jsonb) as payload, coalesce(private, true) as private \
-     from realtime.messages";
+const MESSAGE_COLUMNS: &str = "id, topic, coalesce(event, '') as event, \
+     coalesce(payload, 'null'::jsonb) as payload, binary_payload, \
+     coalesce(private, true) as private";
 
-/// The `realtime.send` message `id`, if it is still there.
+/// The database message `id`, if it is still there.
 ///
 /// # Errors
 /// When the database fails.
 pub async fn message(pool: &PgPool, id: uuid::Uuid) -> Result<Option<DbMessage>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "{MESSAGE_COLUMNS} where id = $1 and extension = 'broadcast'"
+        "select {MESSAGE_COLUMNS} from realtime.messages \
+         where id = $1 and extension = 'broadcast'"
     ))
     .bind(id)
     .fetch_optional(pool)
     .await
 }
 
-/// `realtime.send` messages inserted within the last `window`, oldest first.
+/// Database messages inserted within the last `window`, oldest first.
 ///
 /// # Errors
 /// When the database fails.
@@ -297,7 +327,7 @@ pub async fn missed_messages(
     window: Duration,
 ) -> Result<Vec<DbMessage>, sqlx::Error> {
     sqlx::query_as(&format!(
-        "{MESSAGE_COLUMNS} where extension = 'broadcast' \
+        "select {MESSAGE_COLUMNS} from realtime.messages where extension = 'broadcast' \
            and inserted_at > now() - make_interval(secs => $1) \
          order by inserted_at limit $2"
     ))
@@ -307,13 +337,55 @@ pub async fn missed_messages(
     .await
 }
 
-/// Removes the presence of nodes not heartbeating within `stale` (`realtime.presence_prune`,
-/// which notifies the other nodes) and old message and spill rows. Returns the presence rows
-/// removed.
+/// What a join asks to replay: the newest `limit` messages stored since `since`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayRequest {
+    /// Messages inserted at or after this time (`config.broadcast.replay.since`).
+    pub since: chrono::DateTime<chrono::Utc>,
+    /// At most this many (1 to 25).
+    pub limit: i64,
+}
+
+/// The private database messages of channel `name` a join with `request` replays: the newest
+/// `request.limit` inserted since `request.since`, returned oldest first (in the order they were
+/// sent). Public messages of the same name never reach a private channel, so they are not
+/// replayed.
 ///
 /// # Errors
 /// When the database fails.
-pub async fn prune(pool: &PgPool, me: &str, stale: Duration) -> Result<i64, sqlx::Error> {
+pub async fn replay(
+    pool: &PgPool,
+    name: &str,
+    request: ReplayRequest,
+) -> Result<Vec<DbMessage>, sqlx::Error> {
+    sqlx::query_as(&format!(
+        "select {MESSAGE_COLUMNS} from ( \
+             select * from realtime.messages \
+             where topic = $1 and extension = 'broadcast' and private is true \
+               and inserted_at >= $2 \
+             order by inserted_at desc, id desc limit $3) newest \
+         order by inserted_at, id"
+    ))
+    .bind(name)
+    .bind(request.since)
+    .bind(request.limit)
+    .fetch_all(pool)
+    .await
+}
+
+/// Removes the presence of nodes not heartbeating within `stale` (`realtime.presence_prune`,
+/// which notifies the other nodes), old spill rows, and database messages older than
+/// `message_retention` (in batches, for at most [`PRUNE_ROUND`]). Returns the presence rows
+/// removed and the messages deleted.
+///
+/// # Errors
+/// When the database fails.
+pub async fn prune(
+    pool: &PgPool,
+    me: &str,
+    stale: Duration,
+    message_retention: Duration,
+) -> Result<(i64, u64), sqlx::Error> {
     let removed: i64 = sqlx::query_scalar("select realtime.presence_prune($1, $2)")
         .bind(me)
         .bind(stale.as_secs_f64())
@@ -325,12 +397,24 @@ pub async fn prune(pool: &PgPool, me: &str, stale: Duration) -> Result<i64, sqlx
     .bind(SPILL_RETENTION.as_secs_f64())
     .execute(pool)
     .await?;
-    sqlx::query(
-        "delete from realtime.messages where id in (select id from realtime.messages \
-         where inserted_at < now() - make_interval(secs => $1) limit 10000)",
-    )
-    .bind(MESSAGE_RETENTION.as_secs_f64())
-    .execute(pool)
-    .await?;
-    Ok(removed)
+    let started = Instant::now();
+    let mut pruned = 0u64;
+    loop {
+        let deleted = sqlx::query(
+            "delete from realtime.messages where id in (select id from realtime.messages \
+             where inserted_at < now() - make_interval(secs => $1) limit $2)",
+        )
+        .bind(message_retention.as_secs_f64())
+        .bind(PRUNE_BATCH)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        pruned += deleted;
+        if deleted < u64::try_from(PRUNE_BATCH).unwrap_or(u64::MAX)
+            || started.elapsed() > PRUNE_ROUND
+        {
+            break;
+        }
+    }
+    Ok((removed, pruned))
 }

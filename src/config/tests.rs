@@ -68,3 +68,18 @@ fn bad_settings_fail_with_a_clear_message() {
     let e = parse(&["--listen", "nowhere"]).unwrap_err();
     assert!(e.contains("--listen"), "{e}");
 }
+
+#[test]
+fn stored_messages_are_kept_72_hours_and_at_least_10_minutes() {
+    assert_eq!(
+        parse(&[]).unwrap().message_retention,
+        Duration::from_secs(72 * 3600)
+    );
+    let c = parse(&["--message-retention", "1day"]).unwrap();
+    assert_eq!(c.message_retention, Duration::from_secs(24 * 3600));
+    let e = parse(&["--message-retention", "5m"]).unwrap_err();
+    assert!(
+        e.contains("--message-retention must be at least 10m"),
+        "{e}"
+    );
+}

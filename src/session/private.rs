@@ -149,7 +149,7 @@ impl Session {
     }
 
     /// Counts and audits one refusal.
-    fn private_refused(
+    pub(super) fn private_refused(
         &self,
         kind: &'static str,
         cause: &'static str,
@@ -210,14 +210,26 @@ impl Session {
 
     /// The hub membership of channel `topic`, with what its token may read.
     pub(super) fn hub_member(&self, joined: &Joined) -> Member {
-        let rights = joined.rights();
+        self.member(joined.rights(), joined.hub.self_broadcast, None)
+    }
+
+    /// A hub membership of this connection reading what `rights` allow (`hold`: while its
+    /// channel replays).
+    pub(super) fn member(
+        &self,
+        rights: Rights,
+        self_broadcast: bool,
+        hold: Option<Arc<broadcast::replay::Hold>>,
+    ) -> Member {
         Member {
             conn: self.id,
             outbound: self.outbound.clone(),
             vsn: self.params.vsn,
-            self_broadcast: joined.hub.self_broadcast,
+            self_broadcast,
             reads_broadcast: rights.read_broadcast,
             reads_presence: rights.read_presence,
+            hold,
+            replayed: None,
         }
     }
 
@@ -243,10 +255,10 @@ impl Session {
                     joined.private = Some(now);
                 }
                 if now != before {
-                    // Re-joining the hub replaces the membership's read flags in place.
                     if let Some(joined) = self.channels.get(topic) {
-                        let key = joined.hub_key().into_owned();
-                        self.services.hub.join(&key, self.hub_member(joined));
+                        let (key, id) = (joined.hub_key(), self.id);
+                        let hub = &self.services.hub;
+                        hub.set_reads(&key, id, now.read_broadcast, now.read_presence);
                     }
                 }
                 return true;

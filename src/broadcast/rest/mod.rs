@@ -361,7 +361,9 @@ pub fn status_code(e: &Error) -> StatusCode {
         Error::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
         Error::PresenceFull => StatusCode::TOO_MANY_REQUESTS,
         Error::Forbidden(_) => StatusCode::FORBIDDEN,
-        Error::AuthorizationUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+        Error::AuthorizationUnavailable | Error::ReplayUnavailable(_) => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
     }
 }
 

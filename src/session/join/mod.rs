@@ -1,8 +1,11 @@
 //! Joining a channel (`phx_join`, docs/protocol.md 5): the join payload parsed once into a
 //! typed [`JoinConfig`], the refusals a join can meet ([`Refusal`], each owning its reply
 //! text), and the steps of a join in order: check the topic and the channel cap, verify the
-//! channel token, resolve the Postgres Changes subscriptions, record the registry row, join the
-//! broadcast hub, register with the router, reply.
+//! channel token, authorize a private channel, resolve the Postgres Changes subscriptions, read
+//! what a replay asks for ([`replay`]), record the registry row, join the broadcast hub,
+//! register with the router, reply, replay.
+
+pub mod replay;
 
 use std::sync::Arc;
 
@@ -44,6 +47,8 @@ pub struct JoinConfig {
     /// `config.broadcast.replication_ready`: report when the change stream runs
     /// (docs/protocol.md 6.6).
     pub replication_ready: bool,
+    /// `config.broadcast.replay`: stored messages to replay (docs/protocol.md 7.6).
+    pub replay: replay::Replay,
 }
 
 impl JoinConfig {
@@ -86,6 +91,11 @@ impl JoinConfig {
                 .and_then(|c| c.get("broadcast"))
                 .and_then(|b| b.get("replication_ready"))
                 .is_some_and(truthy),
+            replay: replay::Replay::parse(
+                config
+                    .and_then(|c| c.get("broadcast"))
+                    .and_then(Value::as_object),
+            ),
         }
     }
 
@@ -239,6 +249,12 @@ pub enum Refusal {
     },
     /// The connection is over `--joins-per-second`.
     JoinRateLimited,
+    /// `config.broadcast.replay` on a public channel.
+    ReplayPublic,
+    /// `config.broadcast.replay` that cannot be read; why.
+    ReplayInvalid(&'static str),
+    /// The stored messages to replay could not be read.
+    ReplayUnavailable,
 }
 
 impl Refusal {
@@ -284,6 +300,15 @@ impl Refusal {
             ),
             Refusal::JoinRateLimited => {
                 "ClientJoinRateLimitReached: Too many joins per second".to_owned()
+            }
+            Refusal::ReplayPublic => {
+                "UnableToReplayMessages: Replay is not allowed for public channels".to_owned()
+            }
+            Refusal::ReplayInvalid(why) => {
+                format!("UnableToReplayMessages: Replay params are not valid: {why}")
+            }
+            Refusal::ReplayUnavailable => {
+                "UnableToReplayMessages: Realtime was unable to replay messages".to_owned()
             }
         }
     }
@@ -344,6 +369,13 @@ impl Session {
                 return;
             }
         };
+        let replay = match self.replay_request(&config, private, &name, &claims) {
+            Ok(replay) => replay,
+            Err(refusal) => {
+                self.join_error(jr, r, &topic, &refusal);
+                return;
+            }
+        };
         let echo: Vec<Value> = config.changes.iter().map(Requested::echo).collect();
         let resolved = if config.changes.is_empty() {
             None
@@ -357,6 +389,21 @@ impl Session {
                 return;
             }
         }
+        // A replaying membership joins the hub now, holding its broadcasts while the stored
+        // messages are read; the others join below, once recorded.
+        let replayed = match replay {
+            Some(replaying) => {
+                let self_broadcast = config.membership.self_broadcast;
+                match self.start_replay(&name, replaying, self_broadcast).await {
+                    Ok(replayed) => Some(replayed),
+                    Err(refusal) => {
+                        self.join_error(jr, r, &topic, &refusal);
+                        return;
+                    }
+                }
+            }
+            None => None,
+        };
         let registry_id = self.record_join(&config, jr.as_deref(), &name, &claims);
         let chan = self.resume.as_mut().map_or(0, |resume| resume.next_chan());
         let JoinConfig {
@@ -382,13 +429,18 @@ impl Session {
                 chan,
             }),
         );
-        self.join_hub(&topic);
+        if replayed.is_none() {
+            self.join_hub(&topic);
+        }
         // Subscriptions go live before the reply, so that every change committed after the
         // client hears of them is delivered.
         let system = resolved.map(|resolved| self.activate(&topic, &name, claims, resolved));
         let response = json!({"postgres_changes": echo});
         self.reply(jr.as_deref(), r.as_deref(), &topic, "ok", response);
         self.presence_state_after_join(&topic);
+        if let Some(replayed) = &replayed {
+            self.finish_replay(replayed);
+        }
         match system {
             // A resumable socket's subscriptions go live through the listener, after the
             // reply (the client matches changes to the ids it lists), caught up first.
