@@ -44,7 +44,7 @@
 //!   [`reaper`]: closes silent sessions and heartbeats the registry. [`limits`]: connection
 //!   and channel caps. [`auth`]: JWT verification, and
 //!   private channels' rights from the policies on `realtime.messages` (`auth::channel`).
-//!   [`admin`]: health, readiness, metrics.
+//!   [`admin`]: health, readiness, metrics, the admin JSON API and delivery diagnostics.
 //! - [`pg`]: pool, migrations, catalog, embedded cluster. [`local`]: local mode.
 //!   [`config`]: settings, checked once. [`telemetry`]: logging. [`shutdown`]: the one signal
 //!   every task hears, and the tracker every task is spawned on. [`state`]: shared handles.
