@@ -149,6 +149,8 @@ async fn bad_parameters_get_clear_json_errors() {
             "user",
         ),
         ("GET", "/admin/api/connections/not-a-uuid", "", 400, "UUID"),
+        ("GET", "/admin/api/audit?since=yesterday", "", 400, "since"),
+        ("GET", "/admin/api/audit?limit=5000", "", 400, "limit"),
         (
             "GET",
             "/admin/api/connections/6f1b7a52-5a1e-4d6a-9d1a-0c4f4c7e2b11",
@@ -291,4 +293,65 @@ async fn stats_and_connections_show_the_whole_cluster() {
     .await;
     b.stop().await.unwrap();
     a.stop().await.unwrap();
+}
+
+/// The audit endpoint lists every node's records newest first, filtered by kind, user, node
+/// and time, and pages back with `before`.
+#[tokio::test]
+async fn audit_records_are_listed_newest_first_with_filters() {
+    let db = TestDb::new().await;
+    let gw = TestGateway::start(&db).await;
+    let mut conn = db.connect().await;
+    let user = "8b4d2f63-5a1e-4d6a-9d1a-0c4f4c7e2b13";
+    sqlx::query(
+        "insert into realtime.audit_log (at, kind, node_id, user_id, detail) values \
+           (now() - interval '2 hours', 'reaped', 'n1', $1, '{\"n\": 1}'), \
+           (now() - interval '1 hour', 'reaped', 'n2', null, '{\"n\": 2}'), \
+           (now(), 'cap_refused', 'n1', $1, '{\"n\": 3}')",
+    )
+    .bind(uuid::Uuid::parse_str(user).unwrap())
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let ns = |page: &Value| -> Vec<i64> {
+        page["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["detail"]["n"].is_i64())
+            .map(|e| e["detail"]["n"].as_i64().unwrap())
+            .collect()
+    };
+    assert_eq!(ns(&get(gw.addr, "/admin/api/audit").await), [3, 2, 1]);
+    assert_eq!(
+        ns(&get(gw.addr, "/admin/api/audit?kind=reaped").await),
+        [2, 1]
+    );
+    assert_eq!(
+        ns(&get(gw.addr, &format!("/admin/api/audit?user={user}")).await),
+        [3, 1]
+    );
+    assert_eq!(ns(&get(gw.addr, "/admin/api/audit?node=n2").await), [2]);
+    let since = (chrono::Utc::now() - chrono::Duration::minutes(90))
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    assert_eq!(
+        ns(&get(
+            gw.addr,
+            &format!("/admin/api/audit?kind=reaped&since={since}")
+        )
+        .await),
+        [2]
+    );
+    let first = get(gw.addr, "/admin/api/audit?kind=reaped&limit=1").await;
+    assert_eq!(ns(&first), [2]);
+    let before = first["events"][0]["id"].as_i64().unwrap();
+    let next = get(
+        gw.addr,
+        &format!("/admin/api/audit?kind=reaped&limit=1&before={before}"),
+    )
+    .await;
+    assert_eq!(ns(&next), [1]);
+    assert_eq!(next["events"][0]["node_id"], "n1");
+    assert!(next["events"][0]["at"].is_string());
+    gw.stop().await.unwrap();
 }

@@ -12,6 +12,7 @@
 //! ([`ApiDoc`], served at `/admin/api/openapi.json`) is generated from the handlers'
 //! `#[utoipa::path]` attributes; a test compares the two.
 
+pub mod audit;
 pub mod connections;
 mod extract;
 pub mod stats;
@@ -125,6 +126,7 @@ fn build() -> Builder {
             Method::GET,
             get(connections::detail),
         )
+        .guarded("/admin/api/audit", Method::GET, get(audit::list))
         .open("/admin/api/openapi.json", Method::GET, get(openapi))
 }
 
@@ -224,6 +226,7 @@ pub async fn openapi() -> Response {
         stats::get,
         connections::list,
         connections::detail,
+        audit::list,
         openapi,
     ),
     modifiers(&BearerAuth),
