@@ -200,6 +200,10 @@ impl Gateway {
             ),
         );
         reaper::spawn(services);
+        shutdown.spawn(
+            "disconnect_requests",
+            admin::api::disconnect::run_requests(state.clone()),
+        );
         Ok(Gateway { state })
     }
 

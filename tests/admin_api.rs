@@ -1,12 +1,14 @@
 //! The admin JSON API (`/admin/api/`) against real gateways and PostgreSQL: the credential
-//! guards every route, and the statistics and connection lists show the whole cluster.
+//! guards every route, the statistics and connection lists show the whole cluster, and an
+//! operator's disconnect closes a real realtime-js client (4002) on this node or another one,
+//! ending its registry rows as `kicked`.
 
 mod common;
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{eventually, http_request, token, TestDb, TestGateway, WsClient};
+use common::{eventually, http_request, token, Client, Driver, TestDb, TestGateway, WsClient};
 use serde_json::{json, Value};
 
 const ADMIN_TOKEN: &str = "static-admin-token-for-tests";
@@ -37,6 +39,12 @@ async fn get(addr: SocketAddr, path: &str) -> Value {
     let (status, body) = call(addr, "GET", path, Some(&service), "").await;
     assert_eq!(status, 200, "GET {path}: {body}");
     body
+}
+
+/// POST with the service-role credential; returns status and body.
+async fn post(addr: SocketAddr, path: &str, body: &str) -> (u16, Value) {
+    let service = format!("Bearer {}", token("service_role", None));
+    call(addr, "POST", path, Some(&service), body).await
 }
 
 /// A route template with its parameters filled in.
@@ -151,6 +159,27 @@ async fn bad_parameters_get_clear_json_errors() {
         ("GET", "/admin/api/connections/not-a-uuid", "", 400, "UUID"),
         ("GET", "/admin/api/audit?since=yesterday", "", 400, "since"),
         ("GET", "/admin/api/audit?limit=5000", "", 400, "limit"),
+        (
+            "POST",
+            "/admin/api/connections/not-a-uuid/disconnect",
+            "",
+            400,
+            "UUID",
+        ),
+        (
+            "POST",
+            "/admin/api/connections/6f1b7a52-5a1e-4d6a-9d1a-0c4f4c7e2b11/disconnect",
+            "{\"why\": 1}",
+            400,
+            "why",
+        ),
+        (
+            "POST",
+            "/admin/api/connections/6f1b7a52-5a1e-4d6a-9d1a-0c4f4c7e2b11/disconnect",
+            "",
+            404,
+            "6f1b7a52-5a1e-4d6a-9d1a-0c4f4c7e2b11",
+        ),
         (
             "GET",
             "/admin/api/connections/6f1b7a52-5a1e-4d6a-9d1a-0c4f4c7e2b11",
@@ -291,6 +320,149 @@ async fn stats_and_connections_show_the_whole_cluster() {
         },
     )
     .await;
+    b.stop().await.unwrap();
+    a.stop().await.unwrap();
+}
+
+/// The active registry rows of connection `id` and how its ended rows ended.
+async fn rows_of(db: &TestDb, id: &str) -> (i64, Vec<String>) {
+    let mut conn = db.connect().await;
+    let id = uuid::Uuid::parse_str(id).unwrap();
+    let active: i64 = sqlx::query_scalar(
+        "select count(*) from public.realtime_subscription_registry \
+          where connection_id = $1 and is_active",
+    )
+    .bind(id)
+    .fetch_one(&mut conn)
+    .await
+    .unwrap();
+    let reasons: Vec<String> = sqlx::query_scalar(
+        "select close_reason from public.realtime_subscription_registry \
+          where connection_id = $1 and not is_active order by created_at",
+    )
+    .bind(id)
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    (active, reasons)
+}
+
+/// The id of the one open connection that joined `channel`, once the registry has it.
+async fn connection_on(addr: SocketAddr, channel: &str) -> String {
+    let path = format!("/admin/api/connections?channel={channel}");
+    eventually(Duration::from_secs(20), "the connection is listed", || {
+        let path = path.clone();
+        async move { get(addr, &path).await["total"] == 1 }
+    })
+    .await;
+    get(addr, &path).await["connections"][0]["connection_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// An operator kicks a real realtime-js client through the API: the client sees its socket
+/// closed with 4002, the connection's registry rows end `kicked`, and the kick is audited with
+/// the operator's reason (and found by the audit endpoint).
+#[tokio::test]
+async fn a_kicked_realtime_js_client_sees_the_close_and_its_rows_end_kicked() {
+    let db = TestDb::new().await;
+    let gw = TestGateway::start(&db).await;
+    let mut client = Driver::start_with_env(
+        Client::Js,
+        &gw,
+        json!({"component": "KickMe"}),
+        &[("REALTIME_SOCKET_EVENTS", "1")],
+    )
+    .await;
+    client
+        .send(json!({"cmd": "subscribe", "id": "s", "channel": "kick-room", "listen_broadcast": ["*"]}))
+        .await;
+    let status = client.expect(|e| e["ev"] == "status").await;
+    assert_eq!(status["status"], "SUBSCRIBED", "{status}");
+    let id = connection_on(gw.addr, "kick-room").await;
+
+    let (status, answer) = post(
+        gw.addr,
+        &format!("/admin/api/connections/{id}/disconnect"),
+        r#"{"reason": "testing the kick"}"#,
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["status"], "closing", "{answer}");
+    assert_eq!(answer["close_code"], 4002);
+    let closed = client
+        .expect(|e| e["ev"] == "socket" && e["state"] == "close")
+        .await;
+    assert_eq!(closed["code"], 4002, "{closed}");
+    assert_eq!(closed["reason"], "closed by operator", "{closed}");
+
+    eventually(Duration::from_secs(20), "the row ends kicked", || async {
+        rows_of(&db, &id).await == (0, vec!["kicked".to_owned()])
+    })
+    .await;
+    // realtime-js reconnects on its own: a new connection, the old one stays kicked.
+    let status = client
+        .expect(|e| e["ev"] == "status" && e["status"] == "SUBSCRIBED")
+        .await;
+    assert_eq!(status["channel"], "kick-room");
+    let audit = get(gw.addr, "/admin/api/audit?kind=kicked").await;
+    let events = audit["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{audit}");
+    assert_eq!(events[0]["detail"]["connection_id"], id.as_str());
+    assert_eq!(events[0]["detail"]["reason"], "testing the kick");
+    // The old connection is gone: a second disconnect finds nothing.
+    let (status, answer) = post(
+        gw.addr,
+        &format!("/admin/api/connections/{id}/disconnect"),
+        "",
+    )
+    .await;
+    assert_eq!(status, 404, "{answer}");
+    client.exit().await;
+    gw.stop().await.unwrap();
+}
+
+/// A connection on another node is closed through the database: the node asked answers 202
+/// naming the holder, and the holder closes it with 4002 within a few seconds.
+#[tokio::test]
+async fn a_connection_on_another_node_is_closed_by_its_own_node() {
+    let db = TestDb::new().await;
+    let a = TestGateway::start(&db).await;
+    let b = TestGateway::start(&db).await;
+    let mut on_b = WsClient::anon(&b).await;
+    on_b.join("realtime:far-away", json!({})).await;
+    let id = connection_on(a.addr, "far-away").await;
+    let (status, answer) = post(
+        a.addr,
+        &format!("/admin/api/connections/{id}/disconnect"),
+        "",
+    )
+    .await;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["status"], "requested", "{answer}");
+    assert_eq!(answer["node_id"], b.config.node_id.as_str(), "{answer}");
+    assert!(
+        answer["message"].as_str().unwrap().contains("another node")
+            || answer["message"]
+                .as_str()
+                .unwrap()
+                .contains(b.config.node_id.as_str()),
+        "{answer}"
+    );
+    assert_eq!(on_b.closed_with(Duration::from_secs(10)).await, Some(4002));
+    eventually(Duration::from_secs(20), "the row ends kicked", || async {
+        rows_of(&db, &id).await == (0, vec!["kicked".to_owned()])
+    })
+    .await;
+    let audit = get(a.addr, "/admin/api/audit?kind=kicked").await;
+    let event = &audit["events"][0];
+    assert_eq!(event["node_id"], b.config.node_id.as_str(), "{audit}");
+    assert_eq!(
+        event["detail"]["requested_on"],
+        a.config.node_id.as_str(),
+        "{audit}"
+    );
     b.stop().await.unwrap();
     a.stop().await.unwrap();
 }

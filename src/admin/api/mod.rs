@@ -14,6 +14,7 @@
 
 pub mod audit;
 pub mod connections;
+pub mod disconnect;
 mod extract;
 pub mod stats;
 
@@ -113,7 +114,7 @@ fn method_name(method: &Method) -> &'static str {
 
 /// Every route of the API and its handler, in one place.
 fn build() -> Builder {
-    use axum::routing::get;
+    use axum::routing::{get, post};
     Builder::new()
         .guarded("/admin/api/stats", Method::GET, get(stats::get))
         .guarded(
@@ -125,6 +126,11 @@ fn build() -> Builder {
             "/admin/api/connections/{id}",
             Method::GET,
             get(connections::detail),
+        )
+        .guarded(
+            "/admin/api/connections/{id}/disconnect",
+            Method::POST,
+            post(disconnect::disconnect),
         )
         .guarded("/admin/api/audit", Method::GET, get(audit::list))
         .open("/admin/api/openapi.json", Method::GET, get(openapi))
@@ -226,6 +232,7 @@ pub async fn openapi() -> Response {
         stats::get,
         connections::list,
         connections::detail,
+        disconnect::disconnect,
         audit::list,
         openapi,
     ),
