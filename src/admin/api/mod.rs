@@ -211,6 +211,7 @@ fn client_addr(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Socke
 #[utoipa::path(
     get,
     path = "/admin/api/openapi.json",
+    operation_id = "get_openapi_document",
     tag = "meta",
     responses((status = 200, description = "The OpenAPI 3.1 document of this API", content_type = "application/json"))
 )]
@@ -349,13 +350,13 @@ pub fn time_of_ms(ms: u64) -> Option<chrono::DateTime<chrono::Utc>> {
     chrono::DateTime::from_timestamp_millis(i64::try_from(ms).ok()?)
 }
 
-/// Every answer documented as JSON with a 200, refusals and errors with [`ErrorBody`].
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// Guards the contract the OpenAPI test relies on: the table lists each route once, every
-    /// path is under the prefix, and every guarded route names the bearer scheme.
+    /// path is under the prefix and documented with its own operation id, and every guarded
+    /// route names the bearer scheme.
     #[test]
     fn routes_are_unique_and_documented() {
         let routes = routes();
@@ -365,9 +366,15 @@ mod tests {
             assert!(seen.insert((route.method, route.path)), "{route:?} twice");
         }
         let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let mut ids = std::collections::HashSet::new();
         for route in &routes {
             let op = &doc["paths"][route.path][route.method.to_ascii_lowercase()];
             assert!(op.is_object(), "{route:?} is not documented");
+            let id = op["operationId"].as_str().unwrap_or_default();
+            assert!(
+                ids.insert(id.to_owned()),
+                "{route:?}: operation id {id:?} is not unique"
+            );
             let secured = op["security"]
                 .as_array()
                 .is_some_and(|s| s.iter().any(|r| r.get("bearer").is_some()));
