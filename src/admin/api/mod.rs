@@ -13,7 +13,9 @@
 //! `#[utoipa::path]` attributes; a test compares the two.
 
 pub mod audit;
+pub mod channels;
 pub mod connections;
+pub mod diagnostics;
 pub mod disconnect;
 mod extract;
 pub mod stats;
@@ -132,7 +134,23 @@ fn build() -> Builder {
             Method::POST,
             post(disconnect::disconnect),
         )
+        .guarded("/admin/api/channels", Method::GET, get(channels::top))
         .guarded("/admin/api/audit", Method::GET, get(audit::list))
+        .guarded(
+            "/admin/api/diagnostics/tables/{schema}/{table}",
+            Method::GET,
+            get(diagnostics::table),
+        )
+        .guarded(
+            "/admin/api/diagnostics/topics/{channel}",
+            Method::GET,
+            get(diagnostics::topic),
+        )
+        .guarded(
+            "/admin/api/diagnostics/changes/{id}",
+            Method::GET,
+            get(diagnostics::change),
+        )
         .open("/admin/api/openapi.json", Method::GET, get(openapi))
 }
 
@@ -234,7 +252,11 @@ pub async fn openapi() -> Response {
         connections::list,
         connections::detail,
         disconnect::disconnect,
+        channels::top,
         audit::list,
+        diagnostics::table,
+        diagnostics::topic,
+        diagnostics::change,
         openapi,
     ),
     modifiers(&BearerAuth),
