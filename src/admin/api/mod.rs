@@ -24,7 +24,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{HeaderMap, Method, StatusCode};
+use axum::handler::Handler;
+use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::MethodRouter;
@@ -56,10 +57,19 @@ pub struct Route {
     pub guarded: bool,
 }
 
-/// Builds the router and the table of its routes side by side, so the table is the router's
-/// own.
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Only with the operator credential.
+    Operator,
+    /// Anyone.
+    Open,
+}
+
+/// Builds the router and the table of its routes side by side: each route is added once, with
+/// its method, so the table is the router's own.
 struct Builder {
-    router: Router<AppState>,
+    guarded: Router<AppState>,
     open: Router<AppState>,
     table: Vec<Route>,
 }
@@ -67,91 +77,80 @@ struct Builder {
 impl Builder {
     fn new() -> Builder {
         Builder {
-            router: Router::new(),
+            guarded: Router::new(),
             open: Router::new(),
             table: Vec::new(),
         }
     }
 
-    /// Adds a route that asks for the credential.
-    fn guarded(
-        mut self,
-        path: &'static str,
-        method: Method,
-        handler: MethodRouter<AppState>,
-    ) -> Builder {
-        self.table.push(Route {
-            method: method_name(&method),
-            path,
-            guarded: true,
-        });
-        self.router = self.router.route(path, handler);
-        self
+    fn get<H, T>(self, access: Access, path: &'static str, handler: H) -> Builder
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        self.add(access, "GET", path, axum::routing::get(handler))
     }
 
-    /// Adds a route open to anyone.
-    fn open(
+    fn post<H, T>(self, access: Access, path: &'static str, handler: H) -> Builder
+    where
+        H: Handler<T, AppState>,
+        T: 'static,
+    {
+        self.add(access, "POST", path, axum::routing::post(handler))
+    }
+
+    fn add(
         mut self,
+        access: Access,
+        method: &'static str,
         path: &'static str,
-        method: Method,
         handler: MethodRouter<AppState>,
     ) -> Builder {
+        let guarded = access == Access::Operator;
         self.table.push(Route {
-            method: method_name(&method),
+            method,
             path,
-            guarded: false,
+            guarded,
         });
-        self.open = self.open.route(path, handler);
+        if guarded {
+            self.guarded = self.guarded.route(path, handler);
+        } else {
+            self.open = self.open.route(path, handler);
+        }
         self
-    }
-}
-
-fn method_name(method: &Method) -> &'static str {
-    if *method == Method::POST {
-        "POST"
-    } else {
-        "GET"
     }
 }
 
 /// Every route of the API and its handler, in one place.
 fn build() -> Builder {
-    use axum::routing::{get, post};
+    use Access::{Open, Operator};
     Builder::new()
-        .guarded("/admin/api/stats", Method::GET, get(stats::get))
-        .guarded(
-            "/admin/api/connections",
-            Method::GET,
-            get(connections::list),
-        )
-        .guarded(
-            "/admin/api/connections/{id}",
-            Method::GET,
-            get(connections::detail),
-        )
-        .guarded(
+        .get(Operator, "/admin/api/stats", stats::get)
+        .get(Operator, "/admin/api/connections", connections::list)
+        .get(Operator, "/admin/api/connections/{id}", connections::detail)
+        .post(
+            Operator,
             "/admin/api/connections/{id}/disconnect",
-            Method::POST,
-            post(disconnect::disconnect),
+            disconnect::disconnect,
         )
-        .guarded("/admin/api/channels", Method::GET, get(channels::top))
-        .guarded("/admin/api/audit", Method::GET, get(audit::list))
-        .guarded(
+        .get(Operator, "/admin/api/channels", channels::top)
+        .get(Operator, "/admin/api/audit", audit::list)
+        .get(
+            Operator,
             "/admin/api/diagnostics/tables/{schema}/{table}",
-            Method::GET,
-            get(diagnostics::table),
+            diagnostics::table,
         )
-        .guarded(
+        .get(
+            Operator,
             "/admin/api/diagnostics/topics/{channel}",
-            Method::GET,
-            get(diagnostics::topic),
+            diagnostics::topic,
         )
-        .guarded(
+        .get(
+            Operator,
             "/admin/api/diagnostics/changes/{id}",
-            Method::GET,
-            get(diagnostics::change),
+            diagnostics::change,
         )
-        .open("/admin/api/openapi.json", Method::GET, get(openapi))
+        .get(Open, "/admin/api/openapi.json", openapi)
 }
 
 /// The routes the API serves (method, path template, whether guarded): the table the router
@@ -162,8 +161,8 @@ pub fn routes() -> Vec<Route> {
 
 /// The API's router: the guarded routes behind the credential check, and the document.
 pub fn router(state: &AppState) -> Router<AppState> {
-    let Builder { router, open, .. } = build();
-    router
+    let Builder { guarded, open, .. } = build();
+    guarded
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             require_credential,
