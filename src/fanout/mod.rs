@@ -6,9 +6,11 @@
 //! delivery body (column selection included) once for all of them. [`visibility`] asks the
 //! database, once per page of changes, which subscribers' claims may see which row
 //! (row-level security), and the router delivers accordingly. [`trace`] keeps the last changes
-//! of each table and what became of them, for delivery diagnostics.
+//! of each table and what became of them, and [`explain`] answers from them, for delivery
+//! diagnostics.
 
 pub mod encode;
+pub mod explain;
 pub mod filter;
 pub mod router;
 pub mod subscription;

@@ -20,7 +20,8 @@ use uuid::Uuid;
 use super::{ApiPath, ApiQuery, Error, ErrorBody};
 use crate::broadcast::trace::{Origin, Sent};
 use crate::broadcast::{channel_key, Member};
-use crate::fanout::trace::{self as change_trace, Counts, Entry, Explanation, Subscriber, Who};
+use crate::fanout::explain::{event_name, Explanation, Subscriber, Who};
+use crate::fanout::trace::{Counts, Entry};
 use crate::state::AppState;
 
 /// Most subscribers one answer lists.
@@ -146,7 +147,7 @@ impl From<&Subscriber> for ChangeSubscriber {
                 .iter()
                 .map(|sub| SubscriptionView {
                     id: sub.id,
-                    event: change_trace::event_name(sub.events),
+                    event: event_name(sub.events),
                     schema: sub.schema.clone(),
                     table: sub.table.clone(),
                     filter: sub.filter_text.clone(),
