@@ -352,7 +352,7 @@ impl IntoResponse for Error {
     }
 }
 
-/// Runs a database request for the API, bounded by [`DATABASE_PATIENCE`].
+/// Runs a database request for the API, bounded by five seconds.
 ///
 /// # Errors
 /// [`Error::Database`] when it fails or takes too long.
