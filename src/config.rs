@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod cidr;
 mod cors;
+pub mod diagnostics;
 pub mod jwt;
 pub mod private;
 
@@ -80,6 +81,10 @@ pub struct Settings {
     /// Private channels.
     #[command(flatten)]
     pub private: private::PrivateSettings,
+
+    /// Delivery diagnostics: how much each node remembers of what it routed.
+    #[command(flatten)]
+    pub diagnostics: diagnostics::DiagnosticsSettings,
 
     /// Most open WebSocket connections, counted over every gateway node sharing the database.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 200)]
@@ -354,6 +359,8 @@ pub struct Config {
     pub jwt: jwt::JwtSettings,
     /// Private channels: public joins refused or not, the authorization timeout.
     pub private: private::PrivateSettings,
+    /// Changes and broadcasts remembered for delivery diagnostics.
+    pub diagnostics: diagnostics::DiagnosticsSettings,
     /// Connection cap across all nodes.
     pub max_connections: u32,
     /// Reaper and heartbeat-flush period.
@@ -560,6 +567,9 @@ impl Settings {
         self.private
             .check()
             .map_err(|m| Error::Invalid(m.to_owned()))?;
+        self.diagnostics
+            .check()
+            .map_err(|m| Error::Invalid(m.to_owned()))?;
         if self.database_url.is_none() && !self.embedded_db {
             return invalid("--database-url (DATABASE_URL) is required when EMBEDDED_DB=false");
         }
@@ -590,6 +600,7 @@ impl Settings {
             jwt_secret: self.jwt_secret,
             jwt: self.jwt,
             private: self.private,
+            diagnostics: self.diagnostics,
             max_connections: self.max_connections,
             heartbeat_interval: self.heartbeat_interval,
             heartbeat_timeout: self.heartbeat_timeout,
@@ -657,6 +668,7 @@ impl Config {
             jwt_secret: Some(jwt_secret),
             jwt: jwt::JwtSettings::default(),
             private: private::PrivateSettings::default(),
+            diagnostics: diagnostics::DiagnosticsSettings::default(),
             max_connections: 200,
             heartbeat_interval: Duration::from_secs(30),
             heartbeat_timeout: Duration::from_secs(60),

@@ -46,7 +46,7 @@
 //!   [`reaper`]: closes silent sessions and heartbeats the registry. [`limits`]: connection
 //!   and channel caps. [`auth`]: JWT verification, and
 //!   private channels' rights from the policies on `realtime.messages` (`auth::channel`).
-//!   [`admin`]: health, readiness, metrics.
+//!   [`admin`]: health, readiness, metrics, the admin JSON API and delivery diagnostics.
 //! - [`pg`]: pool, migrations, catalog, embedded cluster. [`local`]: local mode.
 //!   [`config`]: settings, checked once. [`telemetry`]: logging. [`shutdown`]: the one signal
 //!   every task hears, and the tracker every task is spawned on. [`state`]: shared handles.
@@ -110,7 +110,9 @@ impl Gateway {
         // Counters recorded from here on are exported at /metrics.
         admin::metrics::handle();
         let pool = pg::pool(url, config.db_pool_size)?;
-        let router = Arc::new(fanout::router::Router::new());
+        let mut router = fanout::router::Router::new();
+        router.trace = fanout::trace::Recorder::new(config.diagnostics.trace_changes_per_table);
+        let router = Arc::new(router);
         let catalog = Arc::new(pg::catalog::Catalog::new(pool.clone()));
         let listener_status = Arc::new(capture::listener::Status::default());
         let registry = registry::Registry::start(
@@ -142,6 +144,7 @@ impl Gateway {
                 stale_timeout: config.heartbeat_timeout,
                 maintenance_interval: config.heartbeat_interval,
                 message_retention: config.message_retention,
+                trace_depth: config.diagnostics.trace_broadcasts_per_channel,
             },
             registry.clone(),
             &shutdown,
@@ -216,6 +219,10 @@ impl Gateway {
             ),
         );
         reaper::spawn(services);
+        shutdown.spawn(
+            "disconnect_requests",
+            admin::api::disconnect::run_requests(state.clone()),
+        );
         Ok(Gateway { state })
     }
 

@@ -1,6 +1,7 @@
-//! Operator endpoints: liveness, readiness and metrics, and the credential that guards the
-//! ones that are not open ([`credential`]).
+//! Operator endpoints: liveness, readiness and metrics, the admin JSON API ([`api`]), and the
+//! credential that guards the ones that are not open ([`credential`]).
 
+pub mod api;
 pub mod catalog;
 pub mod credential;
 pub mod metrics;

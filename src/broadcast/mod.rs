@@ -54,6 +54,7 @@ pub mod publisher;
 pub mod replay;
 pub mod rest;
 pub mod store;
+pub mod trace;
 
 use std::borrow::Cow;
 use std::collections::{HashMap, HashSet};
@@ -129,6 +130,8 @@ pub struct Settings {
     pub maintenance_interval: Duration,
     /// Database messages (`realtime.messages` rows) are deleted when older than this.
     pub message_retention: Duration,
+    /// Broadcasts each channel remembers for delivery diagnostics ([`trace`]).
+    pub trace_depth: usize,
 }
 
 /// A user message to relay.
@@ -242,6 +245,8 @@ struct Shared {
     max_message_bytes: usize,
     presence_bounds: presence::Bounds,
     stats: Stats,
+    /// Broadcasts each channel remembers.
+    trace_depth: usize,
 }
 
 /// One channel on this node.
@@ -254,6 +259,8 @@ struct Topic {
     /// The topic's presence, cluster-wide. Held while its diff is fanned out and queued for
     /// the bus, so every member and every node sees one topic's diffs in one order.
     presence: Mutex<presence::State>,
+    /// Its recent broadcasts and totals (delivery diagnostics).
+    trace: trace::TopicTrace,
 }
 
 impl Topic {
@@ -262,6 +269,7 @@ impl Topic {
             topic: Arc::from(format!("realtime:{}", channel_name(key))),
             members: RwLock::default(),
             presence: Mutex::default(),
+            trace: trace::TopicTrace::default(),
         }
     }
 
@@ -296,6 +304,7 @@ impl Hub {
                 max_message_bytes: settings.max_message_bytes,
                 presence_bounds: settings.presence_bounds,
                 stats: Stats::default(),
+                trace_depth: settings.trace_depth,
             }),
         };
         let (bus_tx, bus_rx) = mpsc::unbounded_channel();
@@ -353,6 +362,31 @@ impl Hub {
     /// Local members of channel `name`.
     pub fn member_count(&self, name: &str) -> usize {
         self.topic(name).map_or(0, |t| read(&t.members).len())
+    }
+
+    /// Every channel active on this node (by hub key, [`channel_key`]), with its local members
+    /// and what it relayed since it became active here.
+    pub fn channel_totals(&self) -> Vec<(Arc<str>, usize, trace::Totals)> {
+        let topics: Vec<(Arc<str>, Arc<Topic>)> = self
+            .shared
+            .topics
+            .iter()
+            .map(|t| (Arc::clone(t.key()), Arc::clone(t.value())))
+            .collect();
+        topics
+            .into_iter()
+            .map(|(key, t)| (key, read(&t.members).len(), t.trace.totals()))
+            .collect()
+    }
+
+    /// Channel `key`'s local members, totals and recent broadcasts, if it is active here.
+    pub fn channel_trace(
+        &self,
+        key: &str,
+    ) -> Option<(Vec<Member>, trace::Totals, Vec<trace::Sent>)> {
+        let topic = self.topic(key)?;
+        let members = read(&topic.members).values().cloned().collect();
+        Some((members, topic.trace.totals(), topic.trace.recent()))
     }
 
     /// Adds a membership of channel `name` (a re-join of the same connection replaces it).
@@ -415,7 +449,7 @@ impl Hub {
             });
         }
         let key = channel_key(name, private);
-        let delivered = self.deliver(&key, from, message, None);
+        let delivered = self.deliver(&key, trace::Origin::Local(from), message, None);
         self.shared.publisher.broadcast(&key, message);
         Ok(delivered)
     }
@@ -480,7 +514,7 @@ impl Hub {
     fn deliver(
         &self,
         name: &str,
-        from: Option<ConnId>,
+        origin: trace::Origin,
         message: &Message,
         id: Option<uuid::Uuid>,
     ) -> usize {
@@ -488,7 +522,14 @@ impl Hub {
         let Some(topic) = self.topic(name) else {
             return 0;
         };
-        self.fan_out(&topic, BROADCAST_EVENT, message, from, id)
+        let from = match origin {
+            trace::Origin::Local(from) => from,
+            trace::Origin::Bus => None,
+        };
+        let fanout = self.fan_out(&topic, BROADCAST_EVENT, message, from, id);
+        let depth = self.shared.trace_depth;
+        topic.trace.broadcast(depth, origin, message, fanout);
+        usize::try_from(fanout.delivered).unwrap_or(usize::MAX)
     }
 
     fn presence_diff(&self, topic: &Topic, diff: &presence::Diff) {
@@ -496,7 +537,8 @@ impl Hub {
             return;
         }
         let message = Message::Json(Arc::from(diff.to_json()));
-        self.fan_out(topic, PRESENCE_DIFF_EVENT, &message, None, None);
+        let fanout = self.fan_out(topic, PRESENCE_DIFF_EVENT, &message, None, None);
+        topic.trace.presence(&fanout);
     }
 
     /// Queues `message` as `event` to every member of `topic` but `from` (unless it asked for
@@ -509,8 +551,12 @@ impl Hub {
         message: &Message,
         from: Option<ConnId>,
         id: Option<uuid::Uuid>,
-    ) -> usize {
+    ) -> trace::Fanout {
         let members = read(&topic.members);
+        let mut fanout = trace::Fanout {
+            members: members.len() as u64,
+            ..trace::Fanout::default()
+        };
         // Per serializer version: not encoded yet / encoded (None: not deliverable to it).
         let mut frames: [Option<Option<Frame>>; 2] = [None, None];
         // The gateway has the message from now on: delivery latency is measured from here.
@@ -518,6 +564,7 @@ impl Hub {
         let mut tally = Tally::default();
         for member in members.values() {
             if from == Some(member.conn) && !member.self_broadcast {
+                fanout.skipped_sender += 1;
                 continue;
             }
             let reads = match event {
@@ -525,6 +572,7 @@ impl Hub {
                 _ => member.reads_presence,
             };
             if !reads {
+                fanout.not_authorized += 1;
                 continue;
             }
             if event == BROADCAST_EVENT && replay::holds_back(member, id, message) {
@@ -538,12 +586,15 @@ impl Hub {
                 encode(member.vsn, &topic.topic, event, message).map(|f| f.since(origin))
             });
             let Some(frame) = frame else {
+                fanout.unencodable += 1;
                 continue;
             };
             tally.count(member.outbound.push(frame.clone()));
         }
         self.count(tally);
-        usize::try_from(tally.delivered).unwrap_or(usize::MAX)
+        fanout.delivered = tally.delivered;
+        fanout.dropped = tally.dropped;
+        fanout
     }
 
     /// Adds what one fan-out queued and dropped to the hub's stats and metrics.
@@ -564,7 +615,7 @@ impl Hub {
     /// A broadcast from another node (or the database, with its row `id`) to the channel of hub
     /// key `key`: every local member that may read it gets it.
     fn deliver_remote(&self, key: &str, message: &Message, id: Option<uuid::Uuid>) {
-        self.deliver(key, None, message, id);
+        self.deliver(key, trace::Origin::Bus, message, id);
     }
 
     /// A presence diff another node published.

@@ -83,3 +83,25 @@ fn stored_messages_are_kept_72_hours_and_at_least_10_minutes() {
         "{e}"
     );
 }
+
+#[test]
+fn diagnostics_depths_default_and_are_bounded() {
+    let c = parse(&[]).unwrap();
+    assert_eq!(c.diagnostics.trace_changes_per_table, 64);
+    assert_eq!(c.diagnostics.trace_broadcasts_per_channel, 16);
+    let c = parse(&[
+        "--trace-changes-per-table",
+        "0",
+        "--trace-broadcasts-per-channel",
+        "0",
+    ])
+    .unwrap();
+    assert_eq!(c.diagnostics.trace_changes_per_table, 0);
+    let e = parse(&["--trace-changes-per-table", "10001"]).unwrap_err();
+    assert!(
+        e.contains("--trace-changes-per-table must be at most 10000"),
+        "{e}"
+    );
+    let e = parse(&["--trace-broadcasts-per-channel", "many"]).unwrap_err();
+    assert!(e.contains("--trace-broadcasts-per-channel"), "{e}");
+}

@@ -51,6 +51,7 @@ fn sub(id: u32) -> PgSub {
         schema: "public".into(),
         table: "items".into(),
         filter: None,
+        filter_text: None,
         select: None,
     }
 }

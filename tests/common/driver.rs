@@ -19,6 +19,19 @@ pub enum Client {
 
 static CLIENTS_SETUP: OnceLock<()> = OnceLock::new();
 
+/// The folder of the real clients, installed (once per process) by tests/clients/setup.sh.
+pub fn clients_dir() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients");
+    CLIENTS_SETUP.get_or_init(|| {
+        let status = Command::new(root.join("setup.sh"))
+            .stdout(Stdio::null())
+            .status()
+            .expect("run tests/clients/setup.sh");
+        assert!(status.success(), "tests/clients/setup.sh failed");
+    });
+    root
+}
+
 /// A real client driven over stdin/stdout JSON lines (see tests/clients/README.md).
 #[derive(Debug)]
 pub struct Driver {
@@ -32,14 +45,18 @@ pub struct Driver {
 impl Driver {
     /// Installs the clients (once per process) and starts `client` against `gw`.
     pub async fn start(client: Client, gw: &TestGateway, params: serde_json::Value) -> Driver {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients");
-        CLIENTS_SETUP.get_or_init(|| {
-            let status = Command::new(root.join("setup.sh"))
-                .stdout(Stdio::null())
-                .status()
-                .expect("run tests/clients/setup.sh");
-            assert!(status.success(), "tests/clients/setup.sh failed");
-        });
+        Driver::start_with_env(client, gw, params, &[]).await
+    }
+
+    /// [`Driver::start`] with extra environment variables for the driver (e.g.
+    /// `REALTIME_SOCKET_EVENTS`, see tests/clients/README.md).
+    pub async fn start_with_env(
+        client: Client,
+        gw: &TestGateway,
+        params: serde_json::Value,
+        env: &[(&str, &str)],
+    ) -> Driver {
+        let root = clients_dir();
         let mut cmd = match client {
             Client::Js => {
                 let mut c = tokio::process::Command::new("node");
@@ -58,6 +75,7 @@ impl Driver {
             .env("REALTIME_URL", format!("ws://{}/realtime/v1", gw.addr))
             .env("REALTIME_APIKEY", token("anon", None))
             .env("REALTIME_PARAMS", params.to_string())
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
