@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod cidr;
 mod cors;
+pub mod dashboard;
 pub mod jwt;
 pub mod private;
 
@@ -80,6 +81,10 @@ pub struct Settings {
     /// Private channels.
     #[command(flatten)]
     pub private: private::PrivateSettings,
+
+    /// The admin dashboard's warning thresholds and sample interval.
+    #[command(flatten)]
+    pub dashboard: dashboard::DashboardSettings,
 
     /// Most open WebSocket connections, counted over every gateway node sharing the database.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 200)]
@@ -342,6 +347,8 @@ pub struct Config {
     pub jwt: jwt::JwtSettings,
     /// Private channels: public joins refused or not, the authorization timeout.
     pub private: private::PrivateSettings,
+    /// The admin dashboard's warning thresholds and sample interval.
+    pub dashboard: dashboard::DashboardSettings,
     /// Connection cap across all nodes.
     pub max_connections: u32,
     /// Reaper and heartbeat-flush period.
@@ -539,6 +546,9 @@ impl Settings {
         self.private
             .check()
             .map_err(|m| Error::Invalid(m.to_owned()))?;
+        self.dashboard
+            .check()
+            .map_err(|m| Error::Invalid(m.to_owned()))?;
         if self.database_url.is_none() && !self.embedded_db {
             return invalid("--database-url (DATABASE_URL) is required when EMBEDDED_DB=false");
         }
@@ -569,6 +579,7 @@ impl Settings {
             jwt_secret: self.jwt_secret,
             jwt: self.jwt,
             private: self.private,
+            dashboard: self.dashboard,
             max_connections: self.max_connections,
             heartbeat_interval: self.heartbeat_interval,
             heartbeat_timeout: self.heartbeat_timeout,
@@ -633,6 +644,7 @@ impl Config {
             jwt_secret: Some(jwt_secret),
             jwt: jwt::JwtSettings::default(),
             private: private::PrivateSettings::default(),
+            dashboard: dashboard::DashboardSettings::default(),
             max_connections: 200,
             heartbeat_interval: Duration::from_secs(30),
             heartbeat_timeout: Duration::from_secs(60),
