@@ -8,7 +8,8 @@
 //! - `ws`: [`WsClient`], a raw Phoenix client, and its frames ([`Msg`]);
 //! - `driver`: [`Driver`], a real [`Client`] (Node.js or Python) over stdin/stdout;
 //! - `process`: [`GatewayProcess`], the binary as a child, plus small process helpers;
-//! - `proxy`: [`Proxy`], a TCP proxy to PostgreSQL a test can cut and restore.
+//! - `proxy`: [`Proxy`], a TCP proxy to PostgreSQL a test can cut and restore;
+//! - `sse`: [`SseStream`], a server-sent-events reader (the admin dashboard's stream).
 
 #![allow(dead_code, unreachable_pub, missing_docs)]
 
@@ -19,9 +20,10 @@ pub mod gateway;
 pub mod http;
 pub mod process;
 pub mod proxy;
+pub mod sse;
 pub mod ws;
 
 // Every test binary uses only some of the helpers: like `dead_code` above, an unused
 // re-export is not a mistake here.
 #[allow(unused_imports)]
-pub use {db::*, driver::*, gateway::*, http::*, process::*, proxy::*, ws::*};
+pub use {db::*, driver::*, gateway::*, http::*, process::*, proxy::*, sse::*, ws::*};
