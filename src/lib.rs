@@ -44,8 +44,8 @@
 //!   [`reaper`]: closes silent sessions and heartbeats the registry. [`limits`]: connection
 //!   and channel caps. [`auth`]: JWT verification, and
 //!   private channels' rights from the policies on `realtime.messages` (`auth::channel`).
-//!   [`admin`]: health, readiness, metrics, the live dashboard at `/admin` and its
-//!   connection-cap watcher.
+//!   [`admin`]: health, readiness, metrics, the admin JSON API and delivery diagnostics, the
+//!   live dashboard at `/admin` and its connection-cap watcher.
 //! - [`pg`]: pool, migrations, catalog, embedded cluster. [`local`]: local mode.
 //!   [`config`]: settings, checked once. [`telemetry`]: logging. [`shutdown`]: the one signal
 //!   every task hears, and the tracker every task is spawned on. [`state`]: shared handles.
@@ -202,6 +202,10 @@ impl Gateway {
             ),
         );
         reaper::spawn(services);
+        shutdown.spawn(
+            "disconnect_requests",
+            admin::api::disconnect::run_requests(state.clone()),
+        );
         let dashboard = admin::dashboard::Dashboard::spawn(&state);
         Ok(Gateway { state, dashboard })
     }

@@ -53,6 +53,7 @@ pub fn router(state: AppState, dashboard: admin::dashboard::Dashboard) -> Router
         .route("/realtime/v1/websocket", get(upgrade::handler))
         .route("/socket/websocket", get(upgrade::handler))
         .merge(rest::routes(max_body))
+        .merge(admin::api::router(&state))
         .layer(cors(&state.config.cors_allowed_origins))
         // Handlers log their own failures; a 503 from /ready is an answer, not an error.
         // Spans name the path only: the query holds the socket's token (`apikey`), which is

@@ -21,6 +21,10 @@ pub struct SessionHandle {
     pub connection_id: uuid::Uuid,
     /// The socket token's user, if any.
     pub user_id: Option<uuid::Uuid>,
+    /// The socket's `component` parameter, if given.
+    pub component: Option<String>,
+    /// Milliseconds since the Unix epoch when the socket was upgraded.
+    pub connected_at_ms: u64,
     /// Cancel to end the session.
     pub token: CancellationToken,
     /// The session's queue (its depth is observable).
@@ -73,6 +77,20 @@ impl Sessions {
     /// Whether no session is live.
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
+    }
+
+    /// The live session of connection `connection_id` (the registry's and the slot's id), if it
+    /// is on this node; found by a walk of the table (for operators, not the message path).
+    pub fn by_connection_id(&self, connection_id: uuid::Uuid) -> Option<Arc<SessionHandle>> {
+        self.map
+            .iter()
+            .find(|e| e.value().connection_id == connection_id)
+            .map(|e| Arc::clone(e.value()))
+    }
+
+    /// The live session of this node's connection `id`, if any.
+    pub fn get(&self, id: ConnId) -> Option<Arc<SessionHandle>> {
+        self.map.get(&id).map(|e| Arc::clone(e.value()))
     }
 
     /// A snapshot of the live sessions' handles (no lock is held afterwards).

@@ -163,6 +163,8 @@ impl Session {
             peer: params.peer,
             connection_id: params.connection_id,
             user_id: params.claims.user_id(),
+            component: params.component.clone(),
+            connected_at_ms: now_ms(),
             token,
             outbound: outbound.clone(),
             last_heartbeat_ms: AtomicU64::new(now_ms()),

@@ -32,6 +32,17 @@ pub struct Driver {
 impl Driver {
     /// Installs the clients (once per process) and starts `client` against `gw`.
     pub async fn start(client: Client, gw: &TestGateway, params: serde_json::Value) -> Driver {
+        Driver::start_with_env(client, gw, params, &[]).await
+    }
+
+    /// [`Driver::start`] with extra environment variables for the driver (e.g.
+    /// `REALTIME_SOCKET_EVENTS`, see tests/clients/README.md).
+    pub async fn start_with_env(
+        client: Client,
+        gw: &TestGateway,
+        params: serde_json::Value,
+        env: &[(&str, &str)],
+    ) -> Driver {
         let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients");
         CLIENTS_SETUP.get_or_init(|| {
             let status = Command::new(root.join("setup.sh"))
@@ -58,6 +69,7 @@ impl Driver {
             .env("REALTIME_URL", format!("ws://{}/realtime/v1", gw.addr))
             .env("REALTIME_APIKEY", token("anon", None))
             .env("REALTIME_PARAMS", params.to_string())
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
