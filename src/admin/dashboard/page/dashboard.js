@@ -52,6 +52,12 @@ function showDashboard() {
 
 class Refused extends Error {}
 
+/** The message of a refusal's JSON body. */
+async function refusal(response) {
+  const body = await response.json().catch(() => ({}))
+  return body.message || 'the credential was refused'
+}
+
 // ---- the stream -----------------------------------------------------------------------------
 
 function setLive(state, text) {
@@ -67,9 +73,8 @@ async function readStream(signal) {
     credentials: 'omit',
     signal,
   })
-  if (response.status === 401) {
-    const body = await response.json().catch(() => ({}))
-    throw new Refused(body.message || 'the credential was refused')
+  if (response.status === 401 || response.status === 403) {
+    throw new Refused(await refusal(response))
   }
   if (!response.ok) throw new Error(`the stream answered ${response.status}`)
   showDashboard()
@@ -179,7 +184,8 @@ function time(value) {
 function seconds(value) {
   if (value == null) return '–'
   if (value < 60) return `${value.toFixed(value < 10 ? 1 : 0)} s`
-  return `${Math.floor(value / 60)} min ${Math.round(value % 60)} s`
+  const rest = Math.round(value % 60)
+  return rest === 0 ? `${Math.floor(value / 60)} min` : `${Math.floor(value / 60)} min ${rest} s`
 }
 
 function millis(value) {
@@ -273,8 +279,8 @@ async function loadConnections() {
       cache: 'no-store',
       credentials: 'omit',
     })
-    if (response.status === 401) {
-      showSignIn('the credential was refused')
+    if (response.status === 401 || response.status === 403) {
+      showSignIn(await refusal(response))
       return
     }
     if (!response.ok) {
@@ -282,8 +288,9 @@ async function loadConnections() {
       return
     }
     const body = await response.json()
-    const list = Array.isArray(body) ? body : body.connections ?? []
-    $('connections-note').textContent = `(${list.length})`
+    const list = body.connections ?? []
+    const total = body.total ?? list.length
+    $('connections-note').textContent = total > list.length ? `(${list.length} of ${total})` : `(${total})`
     fill('connections', list.map(connectionRow), 7, 'no connection')
   } catch (e) {
     $('connections-note').textContent = '(the admin API did not answer)'
@@ -317,11 +324,16 @@ async function disconnect(id, button) {
       cache: 'no-store',
       credentials: 'omit',
     })
-    if (response.status === 401) {
-      showSignIn('the credential was refused')
+    if (response.status === 401 || response.status === 403) {
+      showSignIn(await refusal(response))
       return
     }
-    button.textContent = response.ok ? 'Kicked' : `Failed (${response.status})`
+    const body = await response.json().catch(() => ({}))
+    // 200: this node is closing it; 202: the node holding it was asked to.
+    button.textContent = response.ok
+      ? (response.status === 202 ? 'Requested' : 'Kicked')
+      : `Failed: ${body.message ?? response.status}`
+    button.title = body.message ?? ''
     button.dataset.result = response.ok ? 'kicked' : 'failed'
   } catch (e) {
     button.textContent = 'Failed'
@@ -411,6 +423,16 @@ function drawChart(canvas, points, series, options) {
       drawing = true
     })
     g.stroke()
+    // A value between two gaps is a line of no length: draw it as a dot.
+    g.fillStyle = s.color
+    points.forEach((p, i) => {
+      const v = p[s.key]
+      if (v != null && points[i - 1]?.[s.key] == null && points[i + 1]?.[s.key] == null) {
+        g.beginPath()
+        g.arc(x(i), y(v), 2, 0, 2 * Math.PI)
+        g.fill()
+      }
+    })
   }
 }
 
