@@ -262,10 +262,10 @@ async fn the_page_loads_nothing_from_another_origin_and_shows_nothing_without_th
 
     let (requests, console) = page.log().await;
     // The page runs under its own policy: nothing it does is refused, nothing throws (the
-    // refused credential's 401 is the one error the browser reports).
+    // refused credential's 403 is the one error the browser reports).
     let problems: Vec<&String> = console
         .iter()
-        .filter(|l| !(l.starts_with("error: Failed to load resource") && l.contains("401")))
+        .filter(|l| !(l.starts_with("error: Failed to load resource") && l.contains("403")))
         .filter(|l| l.starts_with("error") || l.starts_with("pageerror"))
         .collect();
     assert!(problems.is_empty(), "{problems:#?}");
@@ -330,7 +330,7 @@ async fn the_stream_asks_for_the_credential_and_ends_with_it() {
     let refused = SseStream::open(gw.addr, "/admin/stream", &[("Authorization", &anon)])
         .await
         .unwrap_err();
-    assert_eq!(refused.status, 401, "{refused:?}");
+    assert_eq!(refused.status, 403, "{refused:?}");
     assert!(refused.body.contains("service_role"), "{refused:?}");
     let pool = db.pool().await;
     common::eventually(Duration::from_secs(10), "the refusals audited", || {

@@ -10,8 +10,9 @@
 //!   show: the credential expired (`token_expired`, ...), or the gateway is shutting down
 //!   (`shutdown`).
 //!
-//! The credential is checked again at every sample, so a stream opened with a token ends when
-//! the token expires. At most [`MAX_STREAMS`] streams are open on a node at once (503 beyond).
+//! Refusals are answered as the admin API answers them (401, or 403 for a token of another
+//! role) and audited. The credential is checked again at every sample, so a stream opened with
+//! a token ends when the token expires. At most [`MAX_STREAMS`] streams are open on a node at once (503 beyond).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -185,7 +186,8 @@ fn events(feed: Feed) -> impl Stream<Item = Result<Event, Infallible>> {
     })
 }
 
-/// Answers 401 and audits the refusal, as `/metrics` does.
+/// Audits the refusal and answers as the admin API does: 401 when there is no credential or it
+/// is not accepted, 403 for a valid token of another role, with `{"error", "message"}`.
 fn refuse(state: &AppState, peer: SocketAddr, headers: &HeaderMap, denied: Denied) -> Response {
     let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
     let peer = state.session.limits.clients.client_addr(peer, forwarded);
@@ -194,5 +196,12 @@ fn refuse(state: &AppState, peer: SocketAddr, headers: &HeaderMap, denied: Denie
         .session
         .registry
         .auth_refused("admin", denied.reason(), None, Some(peer), detail);
-    denied.into_response()
+    match denied {
+        Denied::WrongRole => (
+            StatusCode::FORBIDDEN,
+            Json(json!({"error": "forbidden", "message": denied.message()})),
+        )
+            .into_response(),
+        Denied::Missing | Denied::Invalid(_) => denied.into_response(),
+    }
 }
