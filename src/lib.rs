@@ -215,11 +215,6 @@ impl Gateway {
         &self.state
     }
 
-    /// The admin dashboard's sampler (for introspection and tests).
-    pub fn dashboard(&self) -> &admin::dashboard::Dashboard {
-        &self.dashboard
-    }
-
     /// Serves on `listener` until shutdown is triggered, then shuts down in order: stop
     /// accepting (the listening socket is closed), close sessions (1001) and stop background
     /// tasks (bounded by the shutdown timeout), write the registry and retire this node (its

@@ -382,9 +382,21 @@ async fn the_stream_asks_for_the_credential_and_ends_with_it() {
     assert_eq!(refused.status, 503, "{refused:?}");
     assert!(refused.body.contains("too_many_streams"), "{refused:?}");
 
-    // Shutdown ends the open streams instead of waiting on them.
+    // Streams whose client went away give their places back (at their next sample).
     let mut watching = open.pop().unwrap();
     drop(open);
+    let addr = gw.addr;
+    common::eventually(Duration::from_secs(10), "a place for a new stream", || {
+        let bearer = bearer.clone();
+        async move {
+            SseStream::open(addr, "/admin/stream", &[("Authorization", &bearer)])
+                .await
+                .is_ok()
+        }
+    })
+    .await;
+
+    // Shutdown ends the open streams instead of waiting on them.
     let stop = tokio::spawn(gw.stop());
     let end = next_named(&mut watching, "end").await;
     assert_eq!(end["reason"], "shutdown", "{end}");

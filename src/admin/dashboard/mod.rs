@@ -147,11 +147,6 @@ impl Dashboard {
         );
         Dashboard { shared }
     }
-
-    /// Dashboard streams open on this node.
-    pub fn viewers(&self) -> usize {
-        self.shared.viewers.load(Ordering::Acquire)
-    }
 }
 
 /// The dashboard's routes: the page and its two files, and the stream.

@@ -12,7 +12,10 @@
 //!
 //! Refusals are answered as the admin API answers them (401, or 403 for a token of another
 //! role) and audited. The credential is checked again at every sample, so a stream opened with
-//! a token ends when the token expires. At most [`MAX_STREAMS`] streams are open on a node at once (503 beyond).
+//! a token ends when the token expires. At most [`MAX_STREAMS`] streams are open on a node at
+//! once (503 beyond); a stream whose client went away gives its place back at its next sample.
+//! Each open stream also holds one of `--max-pending-connections` (it never leaves its HTTP
+//! phase).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
