@@ -8,7 +8,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{http_exchange, token, AdminPage, Crowd, SseStream, TestDb, TestGateway};
+use common::{http_exchange, token, AdminPage, Crowd, SseStream, TestDb, TestGateway, WsClient};
 use serde_json::Value;
 
 /// The page's JavaScript expression for the text of element `id`.
@@ -180,7 +180,8 @@ async fn the_dashboard_follows_connections_warns_near_the_cap_and_kicks() {
 
 /// Guards against a page that fetches a font, script or style from a CDN (it must work on a
 /// machine without internet access), and against one that shows anything, or leaks the
-/// credential into a URL, before a valid credential is given.
+/// credential into a URL, before a valid credential is given. Along the way, the per-node view
+/// with a second node on the database, whose connection is kicked from this node's page.
 #[tokio::test]
 async fn the_page_loads_nothing_from_another_origin_and_shows_nothing_without_the_credential() {
     let db = TestDb::new().await;
@@ -260,6 +261,50 @@ async fn the_page_loads_nothing_from_another_origin_and_shows_nothing_without_th
     )
     .await;
 
+    // A second node on the database: the nodes table lists both, the connections list shows
+    // the other node's connection, and its kick button has the other node close it.
+    let other = TestGateway::start(&db).await;
+    let other_id = other.config.node_id.clone();
+    let mut remote = WsClient::anon(&other).await;
+    page.wait(
+        "both nodes, the other with its connection",
+        &format!(
+            "[...document.querySelectorAll('#nodes tbody tr')].length === 2 \
+             && [...document.querySelectorAll('#nodes tbody tr')].some((tr) => \
+                tr.cells[0].textContent === '{other_id}' && tr.cells[2].textContent === '1')"
+        ),
+    )
+    .await;
+    let row = format!(
+        "[...document.querySelectorAll('#connections tbody tr')].find((tr) => \
+         tr.cells[1]?.textContent === '{other_id}')"
+    );
+    let id = page
+        .wait(
+            "the other node's connection",
+            &format!("{row}?.dataset.connection"),
+        )
+        .await;
+    let id = id.as_str().unwrap().to_owned();
+    page.click(&format!("#connections button.kick[data-connection='{id}']"))
+        .await;
+    assert_eq!(
+        remote.closed_with(Duration::from_secs(20)).await,
+        Some(4002)
+    );
+    // The answer is 202 (the other node was asked); a refresh of the list may have replaced
+    // the button meanwhile, as the count moved.
+    let answer = page
+        .wait(
+            "the kick's answer",
+            &format!(
+                "(() => {{ const b = document.querySelector(\"#connections \
+                 button.kick[data-connection='{id}']\"); return b ? b.dataset.result : 'gone' }})()"
+            ),
+        )
+        .await;
+    assert!(answer == "kicked" || answer == "gone", "{answer}");
+
     let (requests, console) = page.log().await;
     // The page runs under its own policy: nothing it does is refused, nothing throws (the
     // refused credential's 403 is the one error the browser reports).
@@ -292,6 +337,7 @@ async fn the_page_loads_nothing_from_another_origin_and_shows_nothing_without_th
         );
     }
     page.exit().await;
+    other.stop().await.unwrap();
     gw.stop().await.unwrap();
 }
 
