@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 mod cidr;
 mod cors;
 pub mod dashboard;
+pub mod diagnostics;
 pub mod jwt;
 pub mod private;
 
@@ -85,6 +86,10 @@ pub struct Settings {
     /// The admin dashboard's warning thresholds and sample interval.
     #[command(flatten)]
     pub dashboard: dashboard::DashboardSettings,
+
+    /// Delivery diagnostics: how much each node remembers of what it routed.
+    #[command(flatten)]
+    pub diagnostics: diagnostics::DiagnosticsSettings,
 
     /// Most open WebSocket connections, counted over every gateway node sharing the database.
     #[arg(long, env = "MAX_CONNECTIONS", default_value_t = 200)]
@@ -349,6 +354,8 @@ pub struct Config {
     pub private: private::PrivateSettings,
     /// The admin dashboard's warning thresholds and sample interval.
     pub dashboard: dashboard::DashboardSettings,
+    /// Changes and broadcasts remembered for delivery diagnostics.
+    pub diagnostics: diagnostics::DiagnosticsSettings,
     /// Connection cap across all nodes.
     pub max_connections: u32,
     /// Reaper and heartbeat-flush period.
@@ -549,6 +556,9 @@ impl Settings {
         self.dashboard
             .check()
             .map_err(|m| Error::Invalid(m.to_owned()))?;
+        self.diagnostics
+            .check()
+            .map_err(|m| Error::Invalid(m.to_owned()))?;
         if self.database_url.is_none() && !self.embedded_db {
             return invalid("--database-url (DATABASE_URL) is required when EMBEDDED_DB=false");
         }
@@ -580,6 +590,7 @@ impl Settings {
             jwt: self.jwt,
             private: self.private,
             dashboard: self.dashboard,
+            diagnostics: self.diagnostics,
             max_connections: self.max_connections,
             heartbeat_interval: self.heartbeat_interval,
             heartbeat_timeout: self.heartbeat_timeout,
@@ -645,6 +656,7 @@ impl Config {
             jwt: jwt::JwtSettings::default(),
             private: private::PrivateSettings::default(),
             dashboard: dashboard::DashboardSettings::default(),
+            diagnostics: diagnostics::DiagnosticsSettings::default(),
             max_connections: 200,
             heartbeat_interval: Duration::from_secs(30),
             heartbeat_timeout: Duration::from_secs(60),

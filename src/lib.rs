@@ -109,7 +109,9 @@ impl Gateway {
         // Counters recorded from here on are exported at /metrics.
         admin::metrics::handle();
         let pool = pg::pool(url, config.db_pool_size)?;
-        let router = Arc::new(fanout::router::Router::new());
+        let mut router = fanout::router::Router::new();
+        router.trace = fanout::trace::Recorder::new(config.diagnostics.trace_changes_per_table);
+        let router = Arc::new(router);
         let catalog = Arc::new(pg::catalog::Catalog::new(pool.clone()));
         let listener_status = Arc::new(capture::listener::Status::default());
         let registry = registry::Registry::start(
@@ -140,6 +142,7 @@ impl Gateway {
                 },
                 stale_timeout: config.heartbeat_timeout,
                 maintenance_interval: config.heartbeat_interval,
+                trace_depth: config.diagnostics.trace_broadcasts_per_channel,
             },
             &shutdown,
         );

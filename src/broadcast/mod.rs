@@ -47,6 +47,7 @@ mod key_proptests;
 pub mod publisher;
 pub mod rest;
 pub mod store;
+pub mod trace;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -115,6 +116,8 @@ pub struct Settings {
     /// How often lost nodes' presence and old bus rows are pruned, and each node audits its
     /// view of the bus (presence reloaded, missed database broadcasts delivered).
     pub maintenance_interval: Duration,
+    /// Broadcasts each channel remembers for delivery diagnostics ([`trace`]).
+    pub trace_depth: usize,
 }
 
 /// A user message to relay.
@@ -218,6 +221,8 @@ struct Shared {
     max_message_bytes: usize,
     presence_bounds: presence::Bounds,
     stats: Stats,
+    /// Broadcasts each channel remembers.
+    trace_depth: usize,
 }
 
 /// One channel on this node.
@@ -230,6 +235,8 @@ struct Topic {
     /// The topic's presence, cluster-wide. Held while its diff is fanned out and queued for
     /// the bus, so every member and every node sees one topic's diffs in one order.
     presence: Mutex<presence::State>,
+    /// Its recent broadcasts and totals (delivery diagnostics).
+    trace: trace::TopicTrace,
 }
 
 impl Topic {
@@ -238,6 +245,7 @@ impl Topic {
             topic: Arc::from(format!("realtime:{}", channel_name(key))),
             members: RwLock::default(),
             presence: Mutex::default(),
+            trace: trace::TopicTrace::default(),
         }
     }
 
@@ -269,6 +277,7 @@ impl Hub {
                 max_message_bytes: settings.max_message_bytes,
                 presence_bounds: settings.presence_bounds,
                 stats: Stats::default(),
+                trace_depth: settings.trace_depth,
             }),
         };
         let (bus_tx, bus_rx) = mpsc::unbounded_channel();
@@ -328,6 +337,31 @@ impl Hub {
         self.topic(name).map_or(0, |t| read(&t.members).len())
     }
 
+    /// Every channel active on this node (by hub key, [`channel_key`]), with its local members
+    /// and what it relayed since it became active here.
+    pub fn channel_totals(&self) -> Vec<(Arc<str>, usize, trace::Totals)> {
+        let topics: Vec<(Arc<str>, Arc<Topic>)> = self
+            .shared
+            .topics
+            .iter()
+            .map(|t| (Arc::clone(t.key()), Arc::clone(t.value())))
+            .collect();
+        topics
+            .into_iter()
+            .map(|(key, t)| (key, read(&t.members).len(), t.trace.totals()))
+            .collect()
+    }
+
+    /// Channel `key`'s local members, totals and recent broadcasts, if it is active here.
+    pub fn channel_trace(
+        &self,
+        key: &str,
+    ) -> Option<(Vec<Member>, trace::Totals, Vec<trace::Sent>)> {
+        let topic = self.topic(key)?;
+        let members = read(&topic.members).values().cloned().collect();
+        Some((members, topic.trace.totals(), topic.trace.recent()))
+    }
+
     /// Adds a membership of channel `name` (a re-join of the same connection replaces it).
     pub fn join(&self, name: &str, member: Member) {
         let topic = self
@@ -377,7 +411,7 @@ impl Hub {
             });
         }
         let key = channel_key(name, private);
-        let delivered = self.deliver(&key, from, message);
+        let delivered = self.deliver(&key, trace::Origin::Local(from), message);
         self.shared.publisher.broadcast(&key, message);
         Ok(delivered)
     }
@@ -438,12 +472,19 @@ impl Hub {
     }
 
     /// Local fan-out of a broadcast; returns how many members got it.
-    fn deliver(&self, name: &str, from: Option<ConnId>, message: &Message) -> usize {
+    fn deliver(&self, name: &str, origin: trace::Origin, message: &Message) -> usize {
         self.shared.stats.messages.fetch_add(1, Ordering::Relaxed);
         let Some(topic) = self.topic(name) else {
             return 0;
         };
-        self.fan_out(&topic, BROADCAST_EVENT, message, from)
+        let from = match origin {
+            trace::Origin::Local(from) => from,
+            trace::Origin::Bus => None,
+        };
+        let fanout = self.fan_out(&topic, BROADCAST_EVENT, message, from);
+        let depth = self.shared.trace_depth;
+        topic.trace.broadcast(depth, origin, message, fanout);
+        usize::try_from(fanout.delivered).unwrap_or(usize::MAX)
     }
 
     fn presence_diff(&self, topic: &Topic, diff: &presence::Diff) {
@@ -451,7 +492,8 @@ impl Hub {
             return;
         }
         let message = Message::Json(Arc::from(diff.to_json()));
-        self.fan_out(topic, PRESENCE_DIFF_EVENT, &message, None);
+        let fanout = self.fan_out(topic, PRESENCE_DIFF_EVENT, &message, None);
+        topic.trace.presence(&fanout);
     }
 
     /// Queues `message` as `event` to every member of `topic` but `from` (unless it asked for
@@ -462,8 +504,12 @@ impl Hub {
         event: &str,
         message: &Message,
         from: Option<ConnId>,
-    ) -> usize {
+    ) -> trace::Fanout {
         let members = read(&topic.members);
+        let mut fanout = trace::Fanout {
+            members: members.len() as u64,
+            ..trace::Fanout::default()
+        };
         // Per serializer version: not encoded yet / encoded (None: not deliverable to it).
         let mut frames: [Option<Option<Frame>>; 2] = [None, None];
         // The gateway has the message from now on: delivery latency is measured from here.
@@ -471,6 +517,7 @@ impl Hub {
         let mut tally = Tally::default();
         for member in members.values() {
             if from == Some(member.conn) && !member.self_broadcast {
+                fanout.skipped_sender += 1;
                 continue;
             }
             let reads = match event {
@@ -478,6 +525,7 @@ impl Hub {
                 _ => member.reads_presence,
             };
             if !reads {
+                fanout.not_authorized += 1;
                 continue;
             }
             let slot = match member.vsn {
@@ -488,6 +536,7 @@ impl Hub {
                 encode(member.vsn, &topic.topic, event, message).map(|f| f.since(origin))
             });
             let Some(frame) = frame else {
+                fanout.unencodable += 1;
                 continue;
             };
             tally.count(member.outbound.push(frame.clone()));
@@ -501,7 +550,9 @@ impl Hub {
             "gateway_broadcast_deliveries_total",
             "gateway_broadcast_dropped_total",
         );
-        usize::try_from(tally.delivered).unwrap_or(usize::MAX)
+        fanout.delivered = tally.delivered;
+        fanout.dropped = tally.dropped;
+        fanout
     }
 
     // ---- the bus side -----------------------------------------------------------------------
@@ -509,7 +560,7 @@ impl Hub {
     /// A broadcast from another node (or the database) to the channel of hub key `key`: every
     /// local member that may read it gets it.
     fn deliver_remote(&self, key: &str, message: &Message) {
-        self.deliver(key, None, message);
+        self.deliver(key, trace::Origin::Bus, message);
     }
 
     /// A presence diff another node published.

@@ -5,10 +5,12 @@
 //! each change's frame into the matching connections' queues, and [`encode`] writes a change's
 //! delivery body (column selection included) once for all of them. [`visibility`] asks the
 //! database, once per page of changes, which subscribers' claims may see which row
-//! (row-level security), and the router delivers accordingly.
+//! (row-level security), and the router delivers accordingly. [`trace`] keeps the last changes
+//! of each table and what became of them, for delivery diagnostics.
 
 pub mod encode;
 pub mod filter;
 pub mod router;
 pub mod subscription;
+pub mod trace;
 pub mod visibility;

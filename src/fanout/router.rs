@@ -18,6 +18,7 @@ use dashmap::DashMap;
 
 use super::encode::{self, View};
 use super::subscription::{PgSub, Verdict};
+use super::trace::{self, Record, Recorder};
 use super::visibility::{self, ClaimSet, Decision, Sight};
 use crate::auth::Claims;
 use crate::change::ChangeEvent;
@@ -51,11 +52,13 @@ pub struct PgChannel {
     /// The channel token's claims (row-level security groups deliveries by them).
     pub claims: Arc<Claims>,
     /// `claims` as JSON, as row-level security checks see them.
-    claims_json: Arc<str>,
+    pub(super) claims_json: Arc<str>,
     /// Fingerprint of `claims_json`: equal claims, equal key.
-    claims_key: u64,
+    pub(super) claims_key: u64,
     /// The role checks run as: the `role` claim, `anon` when empty.
-    role: Arc<str>,
+    pub(super) role: Arc<str>,
+    /// Its registration, as delivery diagnostics know it ([`trace`]).
+    pub(super) tag: trace::Tag,
     /// No two subscriptions share an id (then routing needs no duplicate check).
     unique_ids: bool,
     /// Frame text before the payload, written once at subscribe time.
@@ -96,6 +99,7 @@ impl PgChannel {
             claims_json,
             claims_key,
             role,
+            tag: trace::Tag::default(),
             unique_ids,
             prefix,
             suffix,
@@ -141,11 +145,13 @@ pub struct Stats {
 /// The change router of one node. Cheap to share behind an `Arc`.
 #[derive(Debug, Default)]
 pub struct Router {
-    by_table: DashMap<TableKey, Arc<DashMap<ChannelKey, Arc<PgChannel>>>>,
+    pub(super) by_table: DashMap<TableKey, Arc<DashMap<ChannelKey, Arc<PgChannel>>>>,
     /// Where each channel is registered, to remove it, and its number of subscriptions.
     registered: DashMap<ChannelKey, (HashSet<TableKey>, usize)>,
     /// What the router did so far.
     pub stats: Stats,
+    /// The recent changes of each table and what became of them (delivery diagnostics).
+    pub trace: Recorder,
 }
 
 /// Channels given frames whose writers still have to be woken: routing a batch of changes and
@@ -202,40 +208,42 @@ impl Router {
     pub fn subscribe(&self, channel: Arc<PgChannel>) {
         let key = channel.key.clone();
         let keys = channel.table_keys();
+        self.trace.registered(&channel);
+        let mut replaced = None;
         for table in &keys {
-            self.by_table
-                .entry(table.clone())
-                .or_default()
-                .insert(key.clone(), Arc::clone(&channel));
+            let map = self.by_table.entry(table.clone()).or_default();
+            replaced = map.insert(key.clone(), Arc::clone(&channel)).or(replaced);
         }
         let old = self
             .registered
             .insert(key.clone(), (keys.clone(), channel.subs.len()));
         for stale in old.unwrap_or_default().0.difference(&keys) {
-            self.remove_from(stale, &key);
+            replaced = self.remove_from(stale, &key).or(replaced);
         }
+        self.trace.departed(replaced);
     }
 
     /// Removes a channel's subscriptions, if any.
     pub fn unsubscribe(&self, key: &ChannelKey) {
         if let Some((_, (keys, _))) = self.registered.remove(key) {
+            let mut left = None;
             for table in &keys {
-                self.remove_from(table, key);
+                left = self.remove_from(table, key).or(left);
             }
+            self.trace.departed(left);
         }
     }
 
-    fn remove_from(&self, table: &TableKey, key: &ChannelKey) {
-        let now_empty = match self.by_table.get(table) {
-            Some(map) => {
-                map.remove(key);
-                map.is_empty()
-            }
-            None => false,
+    /// Removes `key`'s entry of `table`; returns the channel removed.
+    fn remove_from(&self, table: &TableKey, key: &ChannelKey) -> Option<Arc<PgChannel>> {
+        let (removed, now_empty) = match self.by_table.get(table) {
+            Some(map) => (map.remove(key).map(|(_, c)| c), map.is_empty()),
+            None => (None, false),
         };
         if now_empty {
             self.by_table.remove_if(table, |_, map| map.is_empty());
         }
+        removed
     }
 
     /// Channels with Postgres Changes subscriptions.
@@ -297,7 +305,8 @@ impl Router {
         max_change_bytes: usize,
         wakes: &mut Wakes,
     ) -> Routed {
-        let (deliveries, ids) = self.collect(change, sight);
+        let mut record = self.trace.begin();
+        let (deliveries, ids) = self.collect(change, sight, &mut record);
         let mut tally = Tally::default();
         // The whole body is encoded once, when the first recipient needs it; each distinct
         // view (column selection, allowed columns, old row hidden) once more.
@@ -395,12 +404,15 @@ impl Router {
                         frame
                     }
                 };
-                if tally.count(channel.outbound.push_deferred(frame)) == Some(true) {
+                let pushed = tally.count(channel.outbound.push_deferred(frame));
+                record.pushed(channel, *is_error || old_hidden.is_none(), pushed.is_some());
+                if pushed == Some(true) {
                     wakes.channels.push(Arc::clone(channel));
                 }
             }
         }
         self.stats.changes.fetch_add(1, Ordering::Relaxed);
+        self.trace.finish(record, change, sight, hidden);
         if hidden > 0 {
             metrics::counter!("gateway_router_rls_hidden_total").increment(hidden);
         }
@@ -454,7 +466,12 @@ impl Router {
     /// the entry tells nothing of a row it may not see), and a subscription filtering on a
     /// column its role may not select matches nothing (its answer would tell the column's
     /// value).
-    fn collect(&self, change: &ChangeEvent, sight: Sight<'_>) -> (Vec<Delivery>, Vec<u32>) {
+    fn collect(
+        &self,
+        change: &ChangeEvent,
+        sight: Sight<'_>,
+        record: &mut Record,
+    ) -> (Vec<Delivery>, Vec<u32>) {
         let careful = sight.needs_care();
         let maps: Vec<Arc<DashMap<ChannelKey, Arc<PgChannel>>>> = lookups(change)
             .iter()
@@ -470,6 +487,7 @@ impl Router {
                 if several && !seen.insert(channel.key.clone()) {
                     continue;
                 }
+                record.subscriber();
                 // The ids go into one vector shared by the whole change (no allocation per
                 // recipient). Equal ids (identical subscriptions) are listed once: channels whose
                 // ids are all distinct (the usual case) need no check; others use a set, so the
@@ -478,7 +496,10 @@ impl Router {
                 let mut allowed: Option<&[String]> = None;
                 if careful {
                     match sight.decide(channel.claims_key, &channel.claims_json, &channel.role) {
-                        Decision::Hide => continue,
+                        Decision::Hide => {
+                            record.hidden();
+                            continue;
+                        }
                         Decision::Error => {
                             let mut listed = HashSet::new();
                             for sub in channel.subs.iter().filter(|s| s.covers(change)) {
@@ -660,6 +681,7 @@ mod tests {
             schema: "public".into(),
             table: "items".into(),
             filter: None,
+            filter_text: None,
             select: None,
         }
     }

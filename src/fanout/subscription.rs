@@ -120,6 +120,8 @@ pub struct PgSub {
     pub table: String,
     /// Filter bound to the table's column types.
     pub filter: Option<BoundFilter>,
+    /// The filter as the client wrote it (delivery diagnostics show it).
+    pub filter_text: Option<String>,
     /// Selected columns (primary key always added on delivery).
     pub select: Option<Vec<String>>,
 }
@@ -253,6 +255,7 @@ async fn resolve_one(req: &Requested, catalog: &Catalog) -> Result<PgSub, Resolv
             schema,
             table,
             filter: None,
+            filter_text: None,
             select: None,
         });
     }
@@ -274,6 +277,7 @@ async fn resolve_one(req: &Requested, catalog: &Catalog) -> Result<PgSub, Resolv
         events,
         schema,
         table,
+        filter_text: bound.as_ref().map(|_| filter_text.to_owned()),
         filter: bound,
         select,
     })

@@ -58,10 +58,14 @@ pub fn claims_json(claims: &crate::auth::Claims) -> Arc<str> {
     Arc::from(claims.policy_json())
 }
 
+/// One change's decisions, by claim set fingerprint: the claims' JSON and what they get.
+type Decided = HashMap<u64, (Arc<str>, Decision)>;
+
 /// The decisions of one page of changes, by change (its index in the page) and claim set.
 #[derive(Debug, Default)]
 pub struct Decisions {
-    by_change: Vec<HashMap<u64, (Arc<str>, Decision)>>,
+    /// Shared, so that delivery diagnostics keep a change's decisions without copying them.
+    by_change: Vec<Arc<Decided>>,
     /// Per change: whether some claim set's decision is more than show-or-hide (an error, or
     /// fewer columns), which the router must know before it evaluates filters.
     careful: Vec<bool>,
@@ -81,7 +85,7 @@ impl Decisions {
 /// The decisions that apply to one change.
 #[derive(Debug, Clone, Copy)]
 pub struct Sight<'a> {
-    decided: Option<&'a HashMap<u64, (Arc<str>, Decision)>>,
+    decided: Option<&'a Arc<Decided>>,
     careful: bool,
     everything: bool,
 }
@@ -106,14 +110,53 @@ impl<'a> Sight<'a> {
     /// What the claim set (`key` its fingerprint, `claims` its JSON, `role` its role) gets.
     /// `service_role` sees everything; a claim set without an answer sees nothing.
     pub fn decide(&self, key: u64, claims: &str, role: &str) -> &'a Decision {
-        if self.everything || role == SERVICE_ROLE {
-            return &SHOW_ALL;
+        decide(
+            self.decided.map(|d| &**d),
+            self.everything,
+            key,
+            claims,
+            role,
+        )
+    }
+
+    /// These decisions, kept beyond the page (a reference count, no copy).
+    pub fn keep(&self) -> Kept {
+        Kept {
+            decided: self.decided.cloned(),
+            everything: self.everything,
         }
-        match self.decided.and_then(|m| m.get(&key)) {
-            // The fingerprint is a hash: equal claims are confirmed, never assumed.
-            Some((json, decision)) if &**json == claims => decision,
-            _ => &HIDE,
-        }
+    }
+}
+
+/// One change's decisions kept after it was routed, for delivery diagnostics
+/// ([`super::trace`]): they answer as the [`Sight`] they were kept from.
+#[derive(Debug, Clone, Default)]
+pub struct Kept {
+    decided: Option<Arc<Decided>>,
+    everything: bool,
+}
+
+impl Kept {
+    /// What the claim set got, as [`Sight::decide`] answered.
+    pub fn decide(&self, key: u64, claims: &str, role: &str) -> &Decision {
+        decide(self.decided.as_deref(), self.everything, key, claims, role)
+    }
+}
+
+fn decide<'a>(
+    decided: Option<&'a Decided>,
+    everything: bool,
+    key: u64,
+    claims: &str,
+    role: &str,
+) -> &'a Decision {
+    if everything || role == SERVICE_ROLE {
+        return &SHOW_ALL;
+    }
+    match decided.and_then(|m| m.get(&key)) {
+        // The fingerprint is a hash: equal claims are confirmed, never assumed.
+        Some((json, decision)) if &**json == claims => decision,
+        _ => &HIDE,
     }
 }
 
@@ -190,7 +233,7 @@ impl Visibility {
             let Decisions { by_change, careful } = part;
             // A part without checks says nothing per change: keep the indices aligned.
             let (mut by_change, mut careful) = if by_change.is_empty() {
-                (vec![HashMap::new(); end - start], vec![false; end - start])
+                (vec![Arc::default(); end - start], vec![false; end - start])
             } else {
                 (by_change, careful)
             };
@@ -270,7 +313,7 @@ impl Visibility {
                         }
                 )
             }));
-            by_change.push(decided);
+            by_change.push(Arc::new(decided));
         }
         // One audit record per table and claim set, however many of its rows failed.
         let mut audited = std::collections::HashSet::new();
@@ -617,13 +660,21 @@ mod tests {
         let mut one = HashMap::new();
         one.insert(7, (Arc::from("{\"a\":1}"), Decision::Error));
         let decisions = Decisions {
-            by_change: vec![one],
+            by_change: vec![Arc::new(one)],
             careful: vec![true],
         };
         let sight = decisions.sight(0);
         assert_eq!(sight.decide(7, "{\"a\":1}", "anon"), &Decision::Error);
         // Same fingerprint, other claims: never taken for the other's decision.
         assert_eq!(sight.decide(7, "{\"a\":2}", "anon"), &Decision::Hide);
+        let kept = sight.keep();
+        drop(decisions);
+        assert_eq!(kept.decide(7, "{\"a\":1}", "anon"), &Decision::Error);
+        assert_eq!(kept.decide(7, "{\"a\":2}", "anon"), &Decision::Hide);
+        assert!(matches!(
+            kept.decide(1, "{}", SERVICE_ROLE),
+            Decision::Show { .. }
+        ));
     }
 
     #[test]

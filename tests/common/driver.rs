@@ -19,6 +19,19 @@ pub enum Client {
 
 static CLIENTS_SETUP: OnceLock<()> = OnceLock::new();
 
+/// The folder of the real clients, installed (once per process) by tests/clients/setup.sh.
+pub fn clients_dir() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients");
+    CLIENTS_SETUP.get_or_init(|| {
+        let status = Command::new(root.join("setup.sh"))
+            .stdout(Stdio::null())
+            .status()
+            .expect("run tests/clients/setup.sh");
+        assert!(status.success(), "tests/clients/setup.sh failed");
+    });
+    root
+}
+
 /// A real client driven over stdin/stdout JSON lines (see tests/clients/README.md).
 #[derive(Debug)]
 pub struct Driver {
@@ -43,14 +56,7 @@ impl Driver {
         params: serde_json::Value,
         env: &[(&str, &str)],
     ) -> Driver {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients");
-        CLIENTS_SETUP.get_or_init(|| {
-            let status = Command::new(root.join("setup.sh"))
-                .stdout(Stdio::null())
-                .status()
-                .expect("run tests/clients/setup.sh");
-            assert!(status.success(), "tests/clients/setup.sh failed");
-        });
+        let root = clients_dir();
         let mut cmd = match client {
             Client::Js => {
                 let mut c = tokio::process::Command::new("node");

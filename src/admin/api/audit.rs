@@ -68,6 +68,7 @@ pub struct AuditEvent {
 #[utoipa::path(
     get,
     path = "/admin/api/audit",
+    operation_id = "list_audit_events",
     tag = "audit",
     security(("bearer" = [])),
     params(AuditQuery),

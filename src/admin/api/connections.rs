@@ -135,6 +135,7 @@ macro_rules! channel_json {
 #[utoipa::path(
     get,
     path = "/admin/api/connections",
+    operation_id = "list_connections",
     tag = "connections",
     security(("bearer" = [])),
     params(ListQuery),
@@ -287,6 +288,7 @@ pub struct QueueStats {
 #[utoipa::path(
     get,
     path = "/admin/api/connections/{id}",
+    operation_id = "get_connection",
     tag = "connections",
     security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "The connection id")),

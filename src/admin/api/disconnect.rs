@@ -61,6 +61,7 @@ pub struct Disconnected {
 #[utoipa::path(
     post,
     path = "/admin/api/connections/{id}/disconnect",
+    operation_id = "disconnect_connection",
     tag = "connections",
     security(("bearer" = [])),
     params(("id" = Uuid, Path, description = "The connection id")),

@@ -13,7 +13,9 @@
 //! `#[utoipa::path]` attributes; a test compares the two.
 
 pub mod audit;
+pub mod channels;
 pub mod connections;
+pub mod diagnostics;
 pub mod disconnect;
 mod extract;
 pub mod stats;
@@ -132,7 +134,23 @@ fn build() -> Builder {
             Method::POST,
             post(disconnect::disconnect),
         )
+        .guarded("/admin/api/channels", Method::GET, get(channels::top))
         .guarded("/admin/api/audit", Method::GET, get(audit::list))
+        .guarded(
+            "/admin/api/diagnostics/tables/{schema}/{table}",
+            Method::GET,
+            get(diagnostics::table),
+        )
+        .guarded(
+            "/admin/api/diagnostics/topics/{channel}",
+            Method::GET,
+            get(diagnostics::topic),
+        )
+        .guarded(
+            "/admin/api/diagnostics/changes/{id}",
+            Method::GET,
+            get(diagnostics::change),
+        )
         .open("/admin/api/openapi.json", Method::GET, get(openapi))
 }
 
@@ -211,6 +229,7 @@ fn client_addr(state: &AppState, peer: SocketAddr, headers: &HeaderMap) -> Socke
 #[utoipa::path(
     get,
     path = "/admin/api/openapi.json",
+    operation_id = "get_openapi_document",
     tag = "meta",
     responses((status = 200, description = "The OpenAPI 3.1 document of this API", content_type = "application/json"))
 )]
@@ -233,7 +252,11 @@ pub async fn openapi() -> Response {
         connections::list,
         connections::detail,
         disconnect::disconnect,
+        channels::top,
         audit::list,
+        diagnostics::table,
+        diagnostics::topic,
+        diagnostics::change,
         openapi,
     ),
     modifiers(&BearerAuth),
@@ -349,13 +372,13 @@ pub fn time_of_ms(ms: u64) -> Option<chrono::DateTime<chrono::Utc>> {
     chrono::DateTime::from_timestamp_millis(i64::try_from(ms).ok()?)
 }
 
-/// Every answer documented as JSON with a 200, refusals and errors with [`ErrorBody`].
 #[cfg(test)]
 mod tests {
     use super::*;
 
     /// Guards the contract the OpenAPI test relies on: the table lists each route once, every
-    /// path is under the prefix, and every guarded route names the bearer scheme.
+    /// path is under the prefix and documented with its own operation id, and every guarded
+    /// route names the bearer scheme.
     #[test]
     fn routes_are_unique_and_documented() {
         let routes = routes();
@@ -365,9 +388,15 @@ mod tests {
             assert!(seen.insert((route.method, route.path)), "{route:?} twice");
         }
         let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let mut ids = std::collections::HashSet::new();
         for route in &routes {
             let op = &doc["paths"][route.path][route.method.to_ascii_lowercase()];
             assert!(op.is_object(), "{route:?} is not documented");
+            let id = op["operationId"].as_str().unwrap_or_default();
+            assert!(
+                ids.insert(id.to_owned()),
+                "{route:?}: operation id {id:?} is not unique"
+            );
             let secured = op["security"]
                 .as_array()
                 .is_some_and(|s| s.iter().any(|r| r.get("bearer").is_some()));

@@ -123,6 +123,7 @@ pub struct ClusterNode {
 #[utoipa::path(
     get,
     path = "/admin/api/stats",
+    operation_id = "get_stats",
     tag = "cluster",
     security(("bearer" = [])),
     responses(

@@ -548,7 +548,8 @@ impl Session {
             self.params.vsn,
             subs,
             claims,
-        );
+        )
+        .for_connection(self.params.connection_id);
         self.services.router.subscribe(Arc::new(channel));
     }
 
