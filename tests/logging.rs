@@ -1,6 +1,8 @@
 //! No token reaches the log, at any level: every line the gateway writes at `trace` while a
-//! client connects with a good token, another with a bad one, and a channel joins with its own
-//! token, is searched for the tokens.
+//! client connects with a good token, another with a bad one, a channel joins with its own
+//! token, and an operator calls the admin API, is searched for the tokens. The lines of a
+//! connection carry its `connection` span (connection id, `sub`), and those of a join its
+//! `channel` span (topic, the channel token's `sub`).
 
 mod common;
 
@@ -60,6 +62,33 @@ async fn tokens_are_never_logged() {
         .await;
     let refused = tokio_tungstenite::connect_async(gw.ws_url(&bad, "2.0.0")).await;
     assert!(refused.is_err(), "a bad token is refused");
+    let operator = token("service_role", None);
+    let bearer = format!("Bearer {operator}");
+    let (status, listed) = common::http_request(
+        gw.addr,
+        "GET",
+        "/admin/api/connections",
+        &[("authorization", &bearer)],
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200, "{listed}");
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    let connection_id = listed["connections"][0]["connection_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, _) = common::http_request(
+        gw.addr,
+        "POST",
+        &format!("/admin/api/connections/{connection_id}/disconnect"),
+        &[("authorization", &bearer)],
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(status, 200);
     drop(client);
     gw.stop().await.unwrap();
     let log = String::from_utf8_lossy(&buffer.0.lock().unwrap()).into_owned();
@@ -67,7 +96,38 @@ async fn tokens_are_never_logged() {
         log.contains("/realtime/v1/websocket"),
         "the requests were logged"
     );
-    for secret in [&good, &channel_token, &bad] {
+    // The connection's lines carry its span; the joins' lines their channel's.
+    let connection_span = format!("connection{{connection_id={connection_id}");
+    let in_span = |needles: &[&str]| log.lines().any(|l| needles.iter().all(|n| l.contains(n)));
+    assert!(
+        in_span(&[
+            &connection_span,
+            "sub=eeeeeeee-0000-4000-8000-000000000005",
+            "channel joined"
+        ]),
+        "no join line in its connection span"
+    );
+    assert!(
+        in_span(&[
+            &connection_span,
+            "channel{topic=realtime:room",
+            "channel joined"
+        ]),
+        "no join line in its channel span"
+    );
+    assert!(
+        in_span(&[
+            "channel{topic=realtime:private-ish sub=eeeeeeee-0000-4000-8000-000000000006",
+            "channel joined"
+        ]),
+        "the channel span does not name the channel token's sub"
+    );
+    assert!(
+        in_span(&[&connection_span, "connection closed by an operator"])
+            || in_span(&[&connection_id, "connection closed by an operator"]),
+        "the kick is not logged with the connection"
+    );
+    for secret in [&good, &channel_token, &bad, &operator] {
         // A token's signature alone would be enough to replay it.
         let signature = secret.rsplit('.').next().unwrap();
         let lines: Vec<&str> = log.lines().filter(|l| l.contains(signature)).collect();

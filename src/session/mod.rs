@@ -193,8 +193,21 @@ impl Session {
     /// Runs the session until the socket closes or the session is cancelled. The future is
     /// boxed: it lives as long as the connection, and one allocation of its exact size is
     /// the smallest way to hold it.
+    ///
+    /// Everything it logs is inside the `connection` span: the connection's id (the registry's
+    /// `connection_id`), the socket token's `sub` and role, and the client's address. Never a
+    /// token: the `apikey` stays out of every span and event.
     pub fn run(self, socket: WebSocket) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        let span = tracing::info_span!("session", conn = self.id, peer = %self.params.peer);
+        let span = tracing::info_span!(
+            "connection",
+            connection_id = %self.params.connection_id,
+            sub = tracing::field::Empty,
+            role = %self.params.claims.role,
+            peer = %self.params.peer,
+        );
+        if let Some(sub) = &self.params.claims.sub {
+            span.record("sub", tracing::field::display(sub));
+        }
         Box::pin(self.serve(socket).instrument(span))
     }
 
@@ -460,7 +473,16 @@ impl Session {
                 let refusal = join::Refusal::JoinRateLimited;
                 self.join_error(msg.join_ref, msg.msg_ref, &topic, &refusal);
             }
-            (_, "phx_join") => Box::pin(self.join(msg)).await,
+            (_, "phx_join") => {
+                // The join's work is logged inside a `channel` span: its topic, and the
+                // channel token's `sub` once verified (never the token).
+                let span = tracing::info_span!(
+                    "channel",
+                    topic = %msg.topic,
+                    sub = tracing::field::Empty
+                );
+                Box::pin(self.join(msg)).instrument(span).await;
+            }
             (topic, "phx_leave") => {
                 let topic = topic.to_owned();
                 self.reply(jr, r, &topic, "ok", json!({}));

@@ -337,6 +337,9 @@ impl Session {
                 return;
             }
         };
+        if let Some(sub) = &claims.sub {
+            tracing::Span::current().record("sub", tracing::field::display(sub));
+        }
         let private = match self.private_access(&config, &name, &claims).await {
             Ok(private) => private,
             Err(refusal) => {
@@ -345,6 +348,7 @@ impl Session {
             }
         };
         let echo: Vec<Value> = config.changes.iter().map(Requested::echo).collect();
+        let (private_channel, changes_asked) = (config.private, config.changes.len());
         let resolved = if config.changes.is_empty() {
             None
         } else {
@@ -393,6 +397,11 @@ impl Session {
         if replication_ready {
             self.await_replication(&topic);
         }
+        tracing::debug!(
+            private = private_channel,
+            changes = changes_asked,
+            "channel joined"
+        );
     }
 
     /// The claims the channel acts with: the socket's, or those of the join's own token.
@@ -562,6 +571,7 @@ impl Session {
         refusal: &Refusal,
     ) {
         metrics::counter!("gateway_session_join_errors_total").increment(1);
+        tracing::debug!(reason = %refusal.reason(), "join refused");
         let payload =
             json!({"status": "error", "response": {"reason": refusal.reason()}}).to_string();
         let text = protocol::encode_text(
