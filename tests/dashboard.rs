@@ -142,12 +142,18 @@ async fn the_dashboard_follows_connections_warns_near_the_cap_and_kicks() {
     let id = id.as_str().expect("a connection id").to_owned();
     page.click(&format!("#connections button.kick[data-connection='{id}']"))
         .await;
-    page.wait(
-        "the kick's answer",
-        "document.querySelector('#connections button.kick[data-result]')?.dataset.result === 'kicked' \
-         || document.querySelector('#connections button.kick[data-result]')?.textContent",
-    )
-    .await;
+    let answer = page
+        .wait(
+            "the kick's answer",
+            &format!(
+                "document.getElementById('kick-result').dataset.connection === '{id}' \
+                 && document.getElementById('kick-result').dataset.result"
+            ),
+        )
+        .await;
+    assert_eq!(answer, "kicked");
+    let said = page.eval(&text_of("kick-result")).await;
+    assert!(said.as_str().unwrap().contains("4002"), "{said}");
     let closed = second
         .until(Duration::from_secs(20), |e| {
             e["ev"] == "socket" && e["state"] == "close"
@@ -292,18 +298,19 @@ async fn the_page_loads_nothing_from_another_origin_and_shows_nothing_without_th
         remote.closed_with(Duration::from_secs(20)).await,
         Some(4002)
     );
-    // The answer is 202 (the other node was asked); a refresh of the list may have replaced
-    // the button meanwhile, as the count moved.
+    // The answer is 202: the other node was asked to close it.
     let answer = page
         .wait(
             "the kick's answer",
             &format!(
-                "(() => {{ const b = document.querySelector(\"#connections \
-                 button.kick[data-connection='{id}']\"); return b ? b.dataset.result : 'gone' }})()"
+                "document.getElementById('kick-result').dataset.connection === '{id}' \
+                 && document.getElementById('kick-result').dataset.result"
             ),
         )
         .await;
-    assert!(answer == "kicked" || answer == "gone", "{answer}");
+    assert_eq!(answer, "kicked");
+    let said = page.eval(&text_of("kick-result")).await;
+    assert!(said.as_str().unwrap().contains("was asked"), "{said}");
 
     let (requests, console) = page.log().await;
     // The page runs under its own policy: nothing it does is refused, nothing throws (the

@@ -332,14 +332,21 @@ async function disconnect(id, button) {
     // 200: this node is closing it; 202: the node holding it was asked to.
     button.textContent = response.ok
       ? (response.status === 202 ? 'Requested' : 'Kicked')
-      : `Failed: ${body.message ?? response.status}`
-    button.title = body.message ?? ''
-    button.dataset.result = response.ok ? 'kicked' : 'failed'
+      : 'Failed'
+    kickResult(id, response.ok ? 'kicked' : 'failed', body.message ?? `the admin API answered ${response.status}`)
   } catch (e) {
     button.textContent = 'Failed'
-    button.dataset.result = 'failed'
+    kickResult(id, 'failed', 'the admin API did not answer')
   }
   loadConnections()
+}
+
+/** Says what became of the last kick (its row leaves the list at the next refresh). */
+function kickResult(id, result, message) {
+  const note = $('kick-result')
+  note.dataset.connection = id
+  note.dataset.result = result
+  note.textContent = `${shortId(id)}: ${message}`
 }
 
 // ---- charts ---------------------------------------------------------------------------------
