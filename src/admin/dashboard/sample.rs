@@ -22,6 +22,8 @@ pub struct Sample {
     pub node_id: String,
     /// Whether the database answered this sample's reads.
     pub database: bool,
+    /// Whether this node's change listener is connected (as `/ready` reports it).
+    pub listener_connected: bool,
     /// Connections against the cap.
     pub connections: Connections,
     /// This sample's point of the charts.

@@ -118,6 +118,7 @@ pub(super) async fn run(state: AppState, shared: Arc<Shared>) {
             seq,
             node_id: config.node_id.clone(),
             database: cluster.is_some(),
+            listener_connected: state.listener.connected.load(Ordering::Acquire),
             connections: Connections {
                 node: state.session.limits.connections_in_use(),
                 cluster,

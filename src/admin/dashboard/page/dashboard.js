@@ -219,6 +219,7 @@ function render(sample) {
       ` (${cluster ?? '?'} of ${c.cap}); the warning ends below ${c.clear_percent} %.`
   }
   $('database-down').hidden = sample.database
+  $('listener-down').hidden = sample.listener_connected
 
   const p = sample.point
   $('messages-rate').textContent = p.messages_per_second.toFixed(p.messages_per_second < 10 ? 1 : 0)
