@@ -47,6 +47,21 @@ fn changes(filter: Option<&str>) -> Value {
     json!([entry])
 }
 
+/// The id of the one open connection that joined `channel`, once the registry has it (rows
+/// are written off the message path).
+async fn connection_on(addr: SocketAddr, channel: &str) -> String {
+    let path = format!("/admin/api/connections?channel={channel}");
+    common::eventually(Duration::from_secs(20), "the connection is listed", || {
+        let path = path.clone();
+        async move { get_ok(addr, &path).await["total"] == 1 }
+    })
+    .await;
+    get_ok(addr, &path).await["connections"][0]["connection_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 /// The outbox id of the newest change.
 async fn last_change_id(db: &TestDb) -> i64 {
     let mut conn = db.connect().await;
@@ -152,11 +167,7 @@ async fn each_subscriber_is_told_what_became_of_a_change() {
     assert_eq!(got[3].2["role"], "authenticated");
     assert_eq!(got[3].2["user"], BOB);
     // One subscriber asked for by connection and channel.
-    let listed = get_ok(gw.addr, "/admin/api/connections?channel=refused").await;
-    let bob_conn = listed["connections"][0]["connection_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let bob_conn = connection_on(gw.addr, "refused").await;
     let one = outcomes(
         gw.addr,
         first,
@@ -187,11 +198,7 @@ async fn each_subscriber_is_told_what_became_of_a_change() {
 
     // Bulk rows of no owner: only the slow client's service_role sees them (the policy keeps
     // them from the others, which do not read either), until its queue overflows.
-    let slow_id = get_ok(gw.addr, "/admin/api/connections?channel=slow").await["connections"][0]
-        ["connection_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let slow_id = connection_on(gw.addr, "slow").await;
     let handle = gw
         .state
         .session

@@ -100,3 +100,25 @@ fn dashboard_thresholds_default_to_80_and_70_percent_and_must_leave_a_gap() {
     let e = parse(&["--admin-warn-percent", "many"]).unwrap_err();
     assert!(e.contains("--admin-warn-percent"), "{e}");
 }
+
+#[test]
+fn diagnostics_depths_default_and_are_bounded() {
+    let c = parse(&[]).unwrap();
+    assert_eq!(c.diagnostics.trace_changes_per_table, 64);
+    assert_eq!(c.diagnostics.trace_broadcasts_per_channel, 16);
+    let c = parse(&[
+        "--trace-changes-per-table",
+        "0",
+        "--trace-broadcasts-per-channel",
+        "0",
+    ])
+    .unwrap();
+    assert_eq!(c.diagnostics.trace_changes_per_table, 0);
+    let e = parse(&["--trace-changes-per-table", "10001"]).unwrap_err();
+    assert!(
+        e.contains("--trace-changes-per-table must be at most 10000"),
+        "{e}"
+    );
+    let e = parse(&["--trace-broadcasts-per-channel", "many"]).unwrap_err();
+    assert!(e.contains("--trace-broadcasts-per-channel"), "{e}");
+}

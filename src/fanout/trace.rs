@@ -26,10 +26,11 @@ use std::time::SystemTime;
 
 use uuid::Uuid;
 
-use super::router::{PgChannel, Router, TableKey};
+use super::router::{PgChannel, Router};
 use super::subscription::{Events, PgSub};
 use super::visibility::{Decision, Kept, Sight};
 use crate::change::{ChangeEvent, Op};
+use crate::pg::catalog::TableInfo;
 
 /// Channels that left, remembered for explanations; the oldest are forgotten first.
 const MAX_DEPARTED: usize = 4096;
@@ -95,10 +96,8 @@ pub struct Entry {
     pub seq: u64,
     /// Outbox id.
     pub id: i64,
-    /// Schema of the table.
-    pub schema: String,
     /// The table.
-    pub table: String,
+    pub table: Arc<TableInfo>,
     /// The operation.
     pub op: Op,
     /// `commit_timestamp` as delivered.
@@ -295,7 +294,8 @@ pub struct Recorder {
     seq: AtomicU64,
     /// Registrations so far.
     regs: AtomicU64,
-    tables: Mutex<HashMap<TableKey, Trail>>,
+    /// By table (its `relid`: no allocation to find it).
+    tables: Mutex<HashMap<u32, Trail>>,
     departed: Mutex<VecDeque<Subscriber>>,
 }
 
@@ -374,28 +374,19 @@ impl Recorder {
             list.dedup();
         }
         let refused = record.hidden + hidden;
-        let reached: HashSet<u64> = record
-            .got
-            .iter()
-            .chain(&record.errors)
-            .chain(&record.dropped)
-            .copied()
-            .collect();
+        let reached = union_len(&record.got, &record.errors, &record.dropped);
         let counts = Counts {
             subscribers: record.subscribers,
             delivered: record.got.len() as u64,
             error_entries: record.errors.len() as u64,
-            filtered: record
-                .subscribers
-                .saturating_sub(reached.len() as u64 + refused),
+            filtered: record.subscribers.saturating_sub(reached + refused),
             refused,
             dropped: record.dropped.len() as u64,
         };
         let entry = Arc::new(Entry {
             seq: record.seq,
             id: change.id,
-            schema: change.table.schema.clone(),
-            table: change.table.name.clone(),
+            table: Arc::clone(&change.table),
             op: change.op,
             commit_timestamp: change.commit_timestamp.clone(),
             captured_at: change.captured_at,
@@ -407,9 +398,8 @@ impl Recorder {
             dropped: record.dropped,
             sight: sight.keep(),
         });
-        let key = (change.table.schema.clone(), change.table.name.clone());
         let mut tables = lock(&self.tables);
-        let trail = tables.entry(key).or_default();
+        let trail = tables.entry(change.table.relid).or_default();
         if trail.ring.len() >= self.depth {
             trail.ring.pop_front();
         }
@@ -421,7 +411,15 @@ impl Recorder {
     /// The recent changes of `schema.table`, if this node routed any.
     pub fn trail(&self, schema: &str, table: &str) -> Option<TableTrail> {
         let tables = lock(&self.tables);
-        let trail = tables.get(&(schema.to_owned(), table.to_owned()))?;
+        // The newest trail of that name: a table dropped and created again has a new relid.
+        let trail = tables
+            .values()
+            .filter(|t| {
+                t.ring
+                    .back()
+                    .is_some_and(|e| e.table.schema == schema && e.table.name == table)
+            })
+            .max_by_key(|t| t.ring.back().map_or(0, |e| e.seq))?;
         Some(TableTrail {
             changes: trail.changes,
             totals: trail.totals,
@@ -516,7 +514,7 @@ impl Router {
     /// newest). `None` when the change is not among the kept ones.
     pub fn explain(&self, id: i64, who: Who<'_>) -> Option<(Arc<Entry>, Vec<Explanation>)> {
         let entry = self.trace.find(id)?;
-        let mut candidates = self.subscribers(&entry.schema, &entry.table);
+        let mut candidates = self.subscribers(&entry.table.schema, &entry.table.name);
         candidates.extend(
             self.trace
                 .departed_subscribers()
@@ -551,8 +549,8 @@ impl Router {
 
 /// Whether `sub` is about `entry`'s table, whatever the event.
 fn covers_table(sub: &PgSub, entry: &Entry) -> bool {
-    (sub.schema == "*" || sub.schema == entry.schema)
-        && (sub.table == "*" || sub.table == entry.table)
+    (sub.schema == "*" || sub.schema == entry.table.schema)
+        && (sub.table == "*" || sub.table == entry.table.name)
 }
 
 fn explain_one(entry: &Entry, subscriber: Subscriber) -> Explanation {
@@ -611,8 +609,8 @@ fn unreached(entry: &Entry, s: &Subscriber) -> (Outcome, String, Vec<String>) {
             format!(
                 "no subscription of the channel covers {} on {}.{}",
                 entry.op.as_str(),
-                entry.schema,
-                entry.table
+                entry.table.schema,
+                entry.table.name
             ),
             Vec::new(),
         );
@@ -651,6 +649,25 @@ fn unreached(entry: &Entry, s: &Subscriber) -> (Outcome, String, Vec<String>) {
             };
             (Outcome::Filtered, detail.to_owned(), filters)
         }
+    }
+}
+
+/// How many distinct values three sorted, deduplicated lists hold together (no allocation).
+fn union_len(a: &[u64], b: &[u64], c: &[u64]) -> u64 {
+    let (mut i, mut j, mut k, mut n) = (0, 0, 0, 0u64);
+    loop {
+        let next = [a.get(i), b.get(j), c.get(k)]
+            .into_iter()
+            .flatten()
+            .min()
+            .copied();
+        let Some(v) = next else {
+            return n;
+        };
+        n += 1;
+        i += usize::from(a.get(i) == Some(&v));
+        j += usize::from(b.get(j) == Some(&v));
+        k += usize::from(c.get(k) == Some(&v));
     }
 }
 
@@ -811,6 +828,13 @@ mod tests {
         let trail = router.trace.trail("public", "items").unwrap();
         assert_eq!(trail.changes, 2);
         assert_eq!(trail.recent[0].id, 11);
+    }
+
+    #[test]
+    fn union_len_counts_distinct_values() {
+        assert_eq!(union_len(&[], &[], &[]), 0);
+        assert_eq!(union_len(&[1, 3, 5], &[3, 4], &[5, 9]), 5);
+        assert_eq!(union_len(&[2], &[2], &[2]), 1);
     }
 
     /// With a depth of 0 nothing is kept, and the ring keeps only the newest `depth` changes.

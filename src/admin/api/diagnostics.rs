@@ -87,8 +87,8 @@ impl From<&Entry> for RoutedChange {
     fn from(e: &Entry) -> RoutedChange {
         RoutedChange {
             id: e.id,
-            schema: e.schema.clone(),
-            table: e.table.clone(),
+            schema: e.table.schema.clone(),
+            table: e.table.name.clone(),
             op: e.op.as_str(),
             commit_timestamp: e.commit_timestamp.clone(),
             captured_at: time(e.captured_at),
