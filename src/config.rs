@@ -12,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 
 mod cidr;
 mod cors;
+pub mod dashboard;
 pub mod diagnostics;
 pub mod jwt;
 pub mod private;
@@ -81,6 +82,10 @@ pub struct Settings {
     /// Private channels.
     #[command(flatten)]
     pub private: private::PrivateSettings,
+
+    /// The admin dashboard's warning thresholds and sample interval.
+    #[command(flatten)]
+    pub dashboard: dashboard::DashboardSettings,
 
     /// Delivery diagnostics: how much each node remembers of what it routed.
     #[command(flatten)]
@@ -359,6 +364,8 @@ pub struct Config {
     pub jwt: jwt::JwtSettings,
     /// Private channels: public joins refused or not, the authorization timeout.
     pub private: private::PrivateSettings,
+    /// The admin dashboard's warning thresholds and sample interval.
+    pub dashboard: dashboard::DashboardSettings,
     /// Changes and broadcasts remembered for delivery diagnostics.
     pub diagnostics: diagnostics::DiagnosticsSettings,
     /// Connection cap across all nodes.
@@ -567,6 +574,9 @@ impl Settings {
         self.private
             .check()
             .map_err(|m| Error::Invalid(m.to_owned()))?;
+        self.dashboard
+            .check()
+            .map_err(|m| Error::Invalid(m.to_owned()))?;
         self.diagnostics
             .check()
             .map_err(|m| Error::Invalid(m.to_owned()))?;
@@ -600,6 +610,7 @@ impl Settings {
             jwt_secret: self.jwt_secret,
             jwt: self.jwt,
             private: self.private,
+            dashboard: self.dashboard,
             diagnostics: self.diagnostics,
             max_connections: self.max_connections,
             heartbeat_interval: self.heartbeat_interval,
@@ -668,6 +679,7 @@ impl Config {
             jwt_secret: Some(jwt_secret),
             jwt: jwt::JwtSettings::default(),
             private: private::PrivateSettings::default(),
+            dashboard: dashboard::DashboardSettings::default(),
             diagnostics: diagnostics::DiagnosticsSettings::default(),
             max_connections: 200,
             heartbeat_interval: Duration::from_secs(30),

@@ -46,7 +46,8 @@
 //!   [`reaper`]: closes silent sessions and heartbeats the registry. [`limits`]: connection
 //!   and channel caps. [`auth`]: JWT verification, and
 //!   private channels' rights from the policies on `realtime.messages` (`auth::channel`).
-//!   [`admin`]: health, readiness, metrics, the admin JSON API and delivery diagnostics.
+//!   [`admin`]: health, readiness, metrics, the admin JSON API and delivery diagnostics, the
+//!   live dashboard at `/admin` and its connection-cap watcher.
 //! - [`pg`]: pool, migrations, catalog, embedded cluster. [`local`]: local mode.
 //!   [`config`]: settings, checked once. [`telemetry`]: logging. [`shutdown`]: the one signal
 //!   every task hears, and the tracker every task is spawned on. [`state`]: shared handles.
@@ -89,6 +90,7 @@ use crate::state::AppState;
 #[derive(Debug)]
 pub struct Gateway {
     state: AppState,
+    dashboard: admin::dashboard::Dashboard,
 }
 
 impl Gateway {
@@ -223,7 +225,8 @@ impl Gateway {
             "disconnect_requests",
             admin::api::disconnect::run_requests(state.clone()),
         );
-        Ok(Gateway { state })
+        let dashboard = admin::dashboard::Dashboard::spawn(&state);
+        Ok(Gateway { state, dashboard })
     }
 
     /// The shared state (for introspection and tests).
@@ -240,14 +243,14 @@ impl Gateway {
     /// # Errors
     /// When the listening socket fails.
     pub async fn serve(self, listener: tokio::net::TcpListener) -> Result<(), Error> {
-        let Gateway { state } = self;
+        let Gateway { state, dashboard } = self;
         let registry = state.session.registry.clone();
         let shutdown = state.shutdown.clone();
         let config = Arc::clone(&state.config);
         let pool = state.pool.clone();
         let local_addr = listener.local_addr().map_err(Error::Serve)?;
         tracing::info!(addr = %local_addr, node_id = %config.node_id, "serving");
-        let app = http::router(state);
+        let app = http::router(state, dashboard);
         let settings = http::serve::Settings {
             header_timeout: config.http_header_timeout,
             max_pending: config.max_pending_connections,

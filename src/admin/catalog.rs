@@ -117,6 +117,7 @@ pub const METRICS: &[Entry] = &[
     (C, "gateway_registry_reregistrations_total", "Times this node re-registered its live rows.", false),
     (C, "gateway_reaper_reaped_total", "Stale sessions closed by the reaper.", false),
     (C, "gateway_admin_disconnects_total", "Connections closed by an operator (admin API disconnect).", false),
+    (C, "gateway_admin_cap_crossings_total", "Times the cluster's open connections crossed the warning share of the cap (ADMIN_WARN_PERCENT), counted by the node that recorded the crossing.", false),
     // database and process
     (G, "gateway_db_pool_connections", "Connections of the gateway's database pool, by state: in_use, idle.", true),
     (G, "gateway_process_resident_memory_bytes", "Resident memory of the gateway process.", false),

@@ -1,9 +1,11 @@
-//! Operator endpoints: liveness, readiness and metrics, the admin JSON API ([`api`]), and the
-//! credential that guards the ones that are not open ([`credential`]).
+//! Operator endpoints: liveness, readiness and metrics, the admin JSON API ([`api`]), the live
+//! dashboard at `/admin` ([`dashboard`], with the connection-cap watcher), and the credential
+//! that guards the ones that are not open ([`credential`]).
 
 pub mod api;
 pub mod catalog;
 pub mod credential;
+pub mod dashboard;
 pub mod metrics;
 
 use axum::extract::State;

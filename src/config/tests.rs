@@ -85,6 +85,38 @@ fn stored_messages_are_kept_72_hours_and_at_least_10_minutes() {
 }
 
 #[test]
+fn dashboard_thresholds_default_to_80_and_70_percent_and_must_leave_a_gap() {
+    let c = parse(&[]).unwrap();
+    assert_eq!(c.dashboard.admin_warn_percent, 80);
+    assert_eq!(c.dashboard.admin_clear_percent, 70);
+    assert_eq!(c.dashboard.admin_sample_interval, Duration::from_secs(1));
+    let c = parse(&["--admin-warn-percent", "90", "--admin-clear-percent", "85"]).unwrap();
+    assert_eq!(c.dashboard.admin_warn_percent, 90);
+    let e = parse(&["--admin-warn-percent", "70"]).unwrap_err();
+    assert!(
+        e.contains("--admin-clear-percent must be at least 1 and below"),
+        "{e}"
+    );
+    let e = parse(&["--admin-warn-percent", "101"]).unwrap_err();
+    assert!(
+        e.contains("--admin-warn-percent must be between 2 and 100"),
+        "{e}"
+    );
+    let e = parse(&["--admin-clear-percent", "0"]).unwrap_err();
+    assert!(
+        e.contains("--admin-clear-percent must be at least 1"),
+        "{e}"
+    );
+    let e = parse(&["--admin-sample-interval", "10ms"]).unwrap_err();
+    assert!(
+        e.contains("--admin-sample-interval must be between 100ms and 1m"),
+        "{e}"
+    );
+    let e = parse(&["--admin-warn-percent", "many"]).unwrap_err();
+    assert!(e.contains("--admin-warn-percent"), "{e}");
+}
+
+#[test]
 fn diagnostics_depths_default_and_are_bounded() {
     let c = parse(&[]).unwrap();
     assert_eq!(c.diagnostics.trace_changes_per_table, 64);

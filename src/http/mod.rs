@@ -38,8 +38,8 @@ pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpList
     socket.listen(LISTEN_BACKLOG)
 }
 
-/// Builds the router over `state`.
-pub fn router(state: AppState) -> Router {
+/// Builds the router over `state`, with the admin dashboard's routes fed by `dashboard`.
+pub fn router(state: AppState, dashboard: admin::dashboard::Dashboard) -> Router {
     // A REST body holds at most one frame's worth, or one message of the largest size.
     let max_body = state
         .config
@@ -49,6 +49,7 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(admin::health))
         .route("/ready", get(admin::ready))
         .route("/metrics", get(admin::metrics::metrics))
+        .merge(admin::dashboard::routes(dashboard))
         .route("/realtime/v1/websocket", get(upgrade::handler))
         .route("/socket/websocket", get(upgrade::handler))
         .merge(rest::routes(max_body))
