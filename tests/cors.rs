@@ -5,14 +5,12 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::{http_exchange, token, HttpAnswer, TestDb, TestGateway, WsClient};
 use realtime_gateway::config::AllowedOrigins;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 /// tests/clients/js/browser.mjs: Chromium over the DevTools protocol (playwright-core), on a
 /// page served from its own loopback port.
@@ -26,23 +24,11 @@ struct Browser {
 
 impl Browser {
     async fn start() -> Browser {
-        let clients = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients");
-        let setup = tokio::process::Command::new(clients.join("setup.sh"))
-            .stdout(Stdio::null())
-            .status()
-            .await
-            .expect("run tests/clients/setup.sh");
-        assert!(setup.success(), "tests/clients/setup.sh failed");
-        let mut child = tokio::process::Command::new("node")
-            .arg(clients.join("js/browser.mjs"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start node tests/clients/js/browser.mjs");
-        let stdin = child.stdin.take().unwrap();
-        let lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let common::Script {
+            child,
+            stdin,
+            lines,
+        } = common::spawn_script("browser.mjs", &[]).await;
         let mut browser = Browser {
             child,
             stdin,

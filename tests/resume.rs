@@ -119,6 +119,17 @@ async fn settle(js: &mut Driver) {
     }
 }
 
+/// Waits until some socket's positions are stored.
+async fn stored(pool: &sqlx::PgPool) {
+    eventually(Duration::from_secs(10), "a position stored", || async {
+        sqlx::query_scalar::<_, bool>("select exists (select from realtime.resume_points)")
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    })
+    .await;
+}
+
 /// Inserts rows `from..to` of `notes`, one transaction each, in order.
 async fn insert(pool: &sqlx::PgPool, from: i64, to: i64) {
     for n in from..to {
@@ -288,13 +299,7 @@ async fn the_pruner_keeps_what_a_stored_position_needs_until_it_expires() {
     let mut js = subscriber(&gw, &session_id(), None).await;
     system(&mut js).await;
     js.exit().await;
-    eventually(Duration::from_secs(10), "the position stored", || async {
-        sqlx::query_scalar::<_, bool>("select exists (select from realtime.resume_points)")
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-    })
-    .await;
+    stored(&pool).await;
     insert(&pool, 1, 6).await;
     let prune = || async {
         sqlx::query_scalar::<_, i64>(
@@ -350,13 +355,7 @@ async fn a_session_ended_on_one_node_resumes_on_another() {
     got.through(&mut js, 3, true).await;
     settle(&mut js).await;
     js.exit().await;
-    eventually(Duration::from_secs(10), "the position stored", || async {
-        sqlx::query_scalar::<_, bool>("select exists (select from realtime.resume_points)")
-            .fetch_one(&pool)
-            .await
-            .unwrap()
-    })
-    .await;
+    stored(&pool).await;
     insert(&pool, 4, 8).await;
     let mut js = subscriber(&second, &session, None).await;
     let (resumed, missed) = system(&mut js).await;

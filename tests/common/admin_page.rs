@@ -1,12 +1,10 @@
 //! [`AdminPage`]: headless Chromium on the admin dashboard (tests/clients/js/dashboard.mjs),
 //! driven over stdin/stdout JSON lines, with the log of every request the page made.
 
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 /// Chromium on the admin page.
 pub struct AdminPage {
@@ -24,23 +22,11 @@ impl std::fmt::Debug for AdminPage {
 impl AdminPage {
     /// Installs the clients' packages if needed and starts the browser.
     pub async fn start() -> AdminPage {
-        let clients = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients");
-        let setup = tokio::process::Command::new(clients.join("setup.sh"))
-            .stdout(Stdio::null())
-            .status()
-            .await
-            .expect("run tests/clients/setup.sh");
-        assert!(setup.success(), "tests/clients/setup.sh failed");
-        let mut child = tokio::process::Command::new("node")
-            .arg(clients.join("js/dashboard.mjs"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start node tests/clients/js/dashboard.mjs");
-        let stdin = child.stdin.take().unwrap();
-        let lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let super::node::Script {
+            child,
+            stdin,
+            lines,
+        } = super::node::spawn_script("dashboard.mjs", &[]).await;
         let mut page = AdminPage {
             child,
             stdin,

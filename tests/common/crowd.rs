@@ -1,12 +1,9 @@
 //! [`Crowd`]: unmodified realtime-js clients in one Node.js process
 //! (tests/clients/js/crowd.mjs), each subscribed to a channel of its own, and their events.
 
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::AsyncBufReadExt;
 
 use super::gateway::{token, TestGateway};
 
@@ -14,6 +11,8 @@ use super::gateway::{token, TestGateway};
 #[derive(Debug)]
 pub struct Crowd {
     child: tokio::process::Child,
+    /// Held open: the script runs until its stdin closes or it is killed.
+    _stdin: tokio::process::ChildStdin,
     events: tokio::sync::mpsc::UnboundedReceiver<Value>,
     /// Every event read so far, for failure messages.
     pub log: Vec<Value>,
@@ -22,28 +21,21 @@ pub struct Crowd {
 impl Crowd {
     /// Starts `clients` clients against `gw`; client `i` subscribes to channel `crowd<i>`.
     pub async fn start(gw: &TestGateway, clients: usize) -> Crowd {
-        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients");
-        let setup = tokio::process::Command::new(root.join("setup.sh"))
-            .stdout(Stdio::null())
-            .status()
-            .await
-            .expect("run tests/clients/setup.sh");
-        assert!(setup.success(), "tests/clients/setup.sh failed");
-        let mut child = tokio::process::Command::new("node")
-            .arg(root.join("js/crowd.mjs"))
-            .env("REALTIME_URL", format!("ws://{}/realtime/v1", gw.addr))
-            .env("REALTIME_APIKEY", token("anon", None))
-            .env("REALTIME_CLIENTS", clients.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start node tests/clients/js/crowd.mjs");
-        let stdout = child.stdout.take().unwrap();
+        let super::node::Script {
+            child,
+            stdin,
+            mut lines,
+        } = super::node::spawn_script(
+            "crowd.mjs",
+            &[
+                ("REALTIME_URL", format!("ws://{}/realtime/v1", gw.addr)),
+                ("REALTIME_APIKEY", token("anon", None)),
+                ("REALTIME_CLIENTS", clients.to_string()),
+            ],
+        )
+        .await;
         let (tx, events) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(async move {
-            let mut lines = tokio::io::BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 let event: Value = serde_json::from_str(&line).expect("crowd prints JSON");
                 if tx.send(event).is_err() {
@@ -53,6 +45,7 @@ impl Crowd {
         });
         Crowd {
             child,
+            _stdin: stdin,
             events,
             log: Vec::new(),
         }

@@ -9,6 +9,7 @@
 //! - `ws`: [`WsClient`], a raw Phoenix client, and its frames ([`Msg`]);
 //! - `crowd`: [`Crowd`], many realtime-js clients in one Node.js process;
 //! - `driver`: [`Driver`], a real [`Client`] (Node.js or Python) over stdin/stdout;
+//! - `node`: [`spawn_script`], a Node.js script of tests/clients/js over stdin/stdout lines;
 //! - `process`: [`GatewayProcess`], the binary as a child, plus small process helpers;
 //! - `proxy`: [`Proxy`], a TCP proxy to PostgreSQL a test can cut and restore;
 //! - `sse`: [`SseStream`], a server-sent-events reader (the admin dashboard's stream).
@@ -22,6 +23,7 @@ pub mod db;
 pub mod driver;
 pub mod gateway;
 pub mod http;
+pub mod node;
 pub mod process;
 pub mod proxy;
 pub mod sse;
@@ -31,6 +33,6 @@ pub mod ws;
 // re-export is not a mistake here.
 #[allow(unused_imports)]
 pub use {
-    admin_page::*, crowd::*, db::*, driver::*, gateway::*, http::*, process::*, proxy::*, sse::*,
-    ws::*,
+    admin_page::*, crowd::*, db::*, driver::*, gateway::*, http::*, node::*, process::*, proxy::*,
+    sse::*, ws::*,
 };

@@ -440,6 +440,12 @@ impl Session {
         // client hears of them is delivered.
         let system = resolved.map(|resolved| self.activate(&topic, &name, claims, resolved));
         let response = json!({"postgres_changes": echo});
+        // Where a deferred channel goes live from: the listener's last whole read before the
+        // reply, so that nothing committed after the client hears it is missed.
+        let anchor = self
+            .defers_changes(&topic)
+            .then(|| self.live_anchor())
+            .flatten();
         self.reply(jr.as_deref(), r.as_deref(), &topic, "ok", response);
         self.presence_state_after_join(&topic);
         if let Some(replayed) = &replayed {
@@ -448,7 +454,9 @@ impl Session {
         match system {
             // A resumable socket's subscriptions go live through the listener, after the
             // reply (the client matches changes to the ids it lists), caught up first.
-            Some(system) if self.defers_changes(&topic) => self.go_live(&topic, system).await,
+            Some(system) if self.defers_changes(&topic) => {
+                self.go_live(&topic, system, anchor).await;
+            }
             Some(system) => self.push_json(jr.as_deref(), None, &topic, "system", &system),
             None => {}
         }

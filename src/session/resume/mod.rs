@@ -163,7 +163,7 @@ impl Session {
     /// Makes channel `topic`'s Postgres Changes live through the listener, caught up from the
     /// earlier socket's position when there is one, and queues the `system` message `system`
     /// with the resume's outcome.
-    pub(super) async fn go_live(&mut self, topic: &str, system: Value) {
+    pub(super) async fn go_live(&mut self, topic: &str, system: Value, anchor: Option<Position>) {
         let Some(services) = self
             .services
             .resume
@@ -193,6 +193,8 @@ impl Session {
             metrics::counter!("gateway_resume_refused_total", "reason" => reason.as_str())
                 .increment(1);
         }
+        // Not resumed: caught up from the join's reply instead, like any join.
+        let from = from.or(anchor);
         let channel = Arc::new(
             PgChannel::new(
                 ChannelKey {
@@ -212,9 +214,10 @@ impl Session {
         let build = move |outcome: Outcome| {
             let mut system = system;
             let (resumed, reason, changes) = match (outcome, refused) {
-                (Outcome::Resumed { changes }, _) => (true, None, changes),
+                (Outcome::Resumed { changes }, None) => (true, None, changes),
+                (Outcome::Resumed { .. } | Outcome::Live, Some(reason)) => (false, Some(reason), 0),
+                (Outcome::Live, None) => (false, Some(Reason::NotFound), 0),
                 (Outcome::Failed, _) => (false, Some(Reason::Unavailable), 0),
-                (Outcome::Live, reason) => (false, reason.or(Some(Reason::NotFound)), 0),
             };
             if let Some(map) = system.as_object_mut() {
                 map.insert("resumed".to_owned(), json!(resumed));
@@ -270,6 +273,14 @@ impl Session {
                 // Otherwise the listener has it and finishes it on its own.
             }
         }
+    }
+
+    /// Where a channel joined now goes live from when there is nothing to resume: everything
+    /// the listener's last whole read saw counts as before the join.
+    pub(super) fn live_anchor(&self) -> Option<Position> {
+        let spans = &self.services.resume.as_ref()?.spans;
+        let span = spans.get(spans.completed())?;
+        Some(Position::at(span.after.clone()))
     }
 
     /// Without a listener to ask (it stopped), the channel goes live at once.
