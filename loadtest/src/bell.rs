@@ -59,7 +59,12 @@ async fn listen(
     stop: &CancellationToken,
     ready: tokio::sync::oneshot::Sender<()>,
 ) -> anyhow::Result<Vec<u64>> {
-    let mut listener = PgListener::connect(url)
+    // Named, so pg_stat_activity tells it apart from the gateway's sessions.
+    let options: sqlx::postgres::PgConnectOptions = url.parse().context("database url")?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .connect_lazy_with(options.application_name("loadtest bell"));
+    let mut listener = PgListener::connect_with(&pool)
         .await
         .context("bell probe connect")?;
     listener

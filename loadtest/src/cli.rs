@@ -16,6 +16,8 @@ const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 const MAX_RATE: u32 = 100_000;
 /// Most rows one run writes (the commit-time table is preallocated from this).
 const MAX_ROWS: u64 = 20_000_000;
+/// Most gateway nodes one run spreads its clients over.
+const MAX_NODES: usize = 16;
 
 /// What a run exercises.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -41,8 +43,15 @@ pub(crate) enum Scenario {
     /// memory per connection.
     Idle,
     /// Capture cost: --writers concurrent inserters into a realtime-enabled table and into
-    /// the same table not enabled; the ratio of their throughputs.
+    /// the same table not enabled, in --rounds alternating rounds; the median ratio of their
+    /// throughputs and the WAL each insert writes.
     Capture,
+    /// The fan-out job (--clients, --rate) served by the load tester's own minimal server:
+    /// no gateway, no database. What `--baseline` compares the gateway with.
+    Baseline,
+    /// The baseline server itself (started by `--baseline` and `baseline`, not by hand).
+    #[value(hide = true)]
+    ServeBaseline,
 }
 
 impl Scenario {
@@ -57,7 +66,17 @@ impl Scenario {
             Scenario::Soak => "soak",
             Scenario::Idle => "idle",
             Scenario::Capture => "capture",
+            Scenario::Baseline => "baseline",
+            Scenario::ServeBaseline => "serve-baseline",
         }
+    }
+
+    /// Whether `--baseline` applies: the scenarios whose job the baseline server can serve.
+    fn has_baseline(self) -> bool {
+        matches!(
+            self,
+            Scenario::Seed | Scenario::Fanout | Scenario::Rls | Scenario::Idle
+        )
     }
 }
 
@@ -73,13 +92,16 @@ pub(crate) struct Args {
     #[arg(value_enum)]
     pub(crate) scenario: Scenario,
 
-    /// WebSocket base of the gateway (the clients append `/websocket`); loopback only.
+    /// WebSocket base of the gateway (the clients append `/websocket`); loopback only. Several,
+    /// comma-separated, are nodes sharing one database: client `i` connects to node
+    /// `i mod nodes`.
     #[arg(
         long,
         env = "REALTIME_URL",
-        default_value = "ws://127.0.0.1:4000/realtime/v1"
+        default_value = "ws://127.0.0.1:4000/realtime/v1",
+        value_delimiter = ','
     )]
-    pub(crate) url: String,
+    pub(crate) url: Vec<String>,
 
     /// PostgreSQL URL of the gateway's database (the writer and the probes use it); loopback
     /// or a Unix socket only.
@@ -87,8 +109,9 @@ pub(crate) struct Args {
     pub(crate) database_url: Option<String>,
 
     /// HS256 secret the gateway verifies tokens with; the clients' keys are signed with it.
+    /// Required for every scenario but `baseline`.
     #[arg(long, env = "JWT_SECRET", hide_env_values = true)]
-    pub(crate) jwt_secret: String,
+    pub(crate) jwt_secret: Option<String>,
 
     /// Client connections. Default: seed 180, fanout 1000, cap --cap + 50, churn 0 (unused),
     /// soak 200, idle 15000.
@@ -100,7 +123,8 @@ pub(crate) struct Args {
     #[arg(long, value_parser = parse_duration)]
     pub(crate) duration: Option<Duration>,
 
-    /// Changes written per second. Default: seed and soak 50, fanout 1000, others 0.
+    /// Changes written per second (by all writers together). Default: seed, soak and rls 50,
+    /// fanout and baseline 1000, others 0.
     #[arg(long)]
     pub(crate) rate: Option<u32>,
 
@@ -131,9 +155,10 @@ pub(crate) struct Args {
     #[arg(long, default_value = "25s", value_parser = parse_duration)]
     pub(crate) heartbeat_interval: Duration,
 
-    /// The gateway's process id: its RSS, open files and CPU time are read from /proc.
-    #[arg(long)]
-    pub(crate) gateway_pid: Option<u32>,
+    /// The gateway's process id: its RSS, open files and CPU time are read from /proc. With
+    /// several --url, one per node, comma-separated, in the same order (figures are summed).
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) gateway_pid: Vec<u32>,
 
     /// The gateway's connection cap (its MAX_CONNECTIONS), for the cap scenario.
     #[arg(long, default_value_t = 200)]
@@ -143,9 +168,22 @@ pub(crate) struct Args {
     #[arg(long, default_value_t = 50)]
     pub(crate) claim_sets: usize,
 
-    /// Concurrent writer connections of the capture scenario.
-    #[arg(long, default_value_t = 16)]
-    pub(crate) writers: usize,
+    /// Concurrent writer connections. Capture (default 16): inserting as fast as they can.
+    /// Seed, fanout, rls, soak, baseline (default 1): sharing --rate, each committing its own
+    /// rows in order (row `n` is writer `n mod writers`'s).
+    #[arg(long)]
+    pub(crate) writers: Option<usize>,
+
+    /// Capture: alternating rounds (each a plain and a realtime phase of
+    /// --duration / (2 x rounds)); the ratio reported is the median of the rounds'.
+    #[arg(long, default_value_t = 6)]
+    pub(crate) rounds: usize,
+
+    /// Also run the same job against the load tester's own minimal server (seed, fanout, rls,
+    /// idle), right before the gateway, and report gateway / baseline for deliveries/s, p99
+    /// latency, memory and CPU per connection and per delivery.
+    #[arg(long)]
+    pub(crate) baseline: bool,
 
     /// Soak: terminate the gateway's listener connection this often (e.g. `20s`).
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
@@ -182,8 +220,8 @@ pub(crate) struct Args {
 pub(crate) struct Plan {
     /// The scenario.
     pub(crate) scenario: Scenario,
-    /// WebSocket base URL, as given.
-    pub(crate) url: String,
+    /// WebSocket base URLs, as given: one per node.
+    pub(crate) urls: Vec<String>,
     /// Database URL, when given.
     pub(crate) database_url: Option<String>,
     /// Token secret.
@@ -206,12 +244,16 @@ pub(crate) struct Plan {
     pub(crate) connect_concurrency: usize,
     /// Heartbeat period.
     pub(crate) heartbeat_interval: Duration,
-    /// Gateway pid.
-    pub(crate) gateway_pid: Option<u32>,
+    /// Gateway pids, one per node (or none).
+    pub(crate) gateway_pids: Vec<u32>,
     /// Expected cap.
     pub(crate) cap: usize,
-    /// Capture writers.
+    /// Writer connections.
     pub(crate) writers: usize,
+    /// Capture rounds.
+    pub(crate) rounds: usize,
+    /// Run the baseline before the gateway.
+    pub(crate) baseline: bool,
     /// Distinct users of the rls scenario.
     pub(crate) claim_sets: usize,
     /// Soak kill period.
@@ -237,23 +279,25 @@ impl Args {
         let s = self.scenario;
         let clients = self.clients.unwrap_or(match s {
             Seed => 180,
-            Fanout | Rls => 1000,
+            Fanout | Rls | Baseline => 1000,
             Cap => self.cap + 50,
-            Churn | Capture => 0,
+            Churn | Capture | ServeBaseline => 0,
             Soak => 200,
             Idle => 15_000,
         });
         let duration = self.duration.unwrap_or(match s {
             Soak => Duration::from_secs(600),
-            Capture => Duration::from_secs(40),
             Cap => Duration::from_secs(5),
             _ => Duration::from_secs(60),
         });
         let rate = self.rate.unwrap_or(match s {
-            Seed | Soak => 50,
-            Fanout => 1000,
-            Rls => 50,
+            Seed | Soak | Rls => 50,
+            Fanout | Baseline => 1000,
             _ => 0,
+        });
+        let writers = self.writers.unwrap_or(match s {
+            Capture => 16,
+            _ => 1,
         });
         let connect_rate = self.connect_rate.unwrap_or(match s {
             Churn => 500,
@@ -280,8 +324,36 @@ impl Args {
         if self.connect_concurrency == 0 || self.connect_concurrency > 10_000 {
             bail!("--connect-concurrency must be between 1 and 10000");
         }
-        if self.writers == 0 || self.writers > 256 {
+        if writers == 0 || writers > 256 {
             bail!("--writers must be between 1 and 256");
+        }
+        if s == Capture && (self.rounds == 0 || self.rounds > 1000) {
+            bail!("--rounds must be between 1 and 1000");
+        }
+        if s == Capture && duration < Duration::from_millis(200) * self.rounds as u32 {
+            bail!("--duration must give each of the 2 x --rounds phases at least 100ms");
+        }
+        if self.url.is_empty() || self.url.len() > MAX_NODES {
+            bail!("--url: between 1 and {MAX_NODES} gateway nodes");
+        }
+        if !self.gateway_pid.is_empty() && self.gateway_pid.len() != self.url.len() {
+            bail!(
+                "--gateway-pid: one per --url ({} urls, {} pids)",
+                self.url.len(),
+                self.gateway_pid.len()
+            );
+        }
+        if self.url.len() > 1 && matches!(s, Cap | Churn | Capture) {
+            bail!(
+                "the {} scenario drives one gateway node: give one --url",
+                s.name()
+            );
+        }
+        if self.baseline && !s.has_baseline() {
+            bail!(
+                "--baseline applies to seed, fanout, rls and idle, not to {}",
+                s.name()
+            );
         }
         if self.payload_bytes > 1_000_000 {
             bail!("--payload-bytes is bounded at 1000000");
@@ -295,9 +367,14 @@ impl Args {
         ) {
             bail!("--synchronous-commit must be on, off, local, remote_write or remote_apply");
         }
-        if self.jwt_secret.len() < 16 {
-            bail!("--jwt-secret (JWT_SECRET) must be the gateway's secret (16+ characters)");
-        }
+        let jwt_secret = match (self.jwt_secret, s) {
+            (Some(secret), _) if secret.len() >= 16 => secret,
+            // The baseline server checks no token; the clients still send one, as to a gateway.
+            (None, Baseline | ServeBaseline) => "baseline-server-checks-no-token".to_owned(),
+            _ => {
+                bail!("--jwt-secret (JWT_SECRET) must be the gateway's secret (16+ characters)")
+            }
+        };
         if self.claim_sets == 0 || self.claim_sets > 100_000 {
             bail!("--claim-sets must be between 1 and 100000");
         }
@@ -313,9 +390,9 @@ impl Args {
         }
         Ok(Plan {
             scenario: s,
-            url: self.url,
+            urls: self.url,
             database_url: self.database_url,
-            jwt_secret: self.jwt_secret,
+            jwt_secret,
             clients,
             duration,
             rate,
@@ -325,9 +402,11 @@ impl Args {
             connect_rate,
             connect_concurrency: self.connect_concurrency,
             heartbeat_interval: self.heartbeat_interval,
-            gateway_pid: self.gateway_pid,
+            gateway_pids: self.gateway_pid,
             cap: self.cap,
-            writers: self.writers,
+            writers,
+            rounds: self.rounds,
+            baseline: self.baseline,
             claim_sets: self.claim_sets,
             kill_listener_every: self.kill_listener_every,
             synchronous_commit: self.synchronous_commit,
@@ -344,7 +423,7 @@ impl Plan {
     /// The flags that shaped this run, for the JSON result and the report.
     pub(crate) fn describe(&self) -> serde_json::Value {
         serde_json::json!({
-            "url": self.url,
+            "url": self.urls,
             "clients": self.clients,
             "duration_s": self.duration.as_secs_f64(),
             "rate": self.rate,
@@ -356,6 +435,8 @@ impl Plan {
             "heartbeat_interval_s": self.heartbeat_interval.as_secs_f64(),
             "cap": self.cap,
             "writers": self.writers,
+            "rounds": self.rounds,
+            "baseline": self.baseline,
             "kill_listener_every_s": self.kill_listener_every.as_secs_f64(),
             "synchronous_commit": self.synchronous_commit,
         })

@@ -3,22 +3,21 @@
 //! presence, heartbeats every 25 s, and nothing else sent.
 //!
 //! Each client is one lightweight task. It books what it receives into its [`Tracker`] and the
-//! shared [`Recorder`], and ends when told to stop or when the socket ends.
+//! shared [`Recorder`], and ends when told to stop or when the socket ends. Deliveries, nearly
+//! every frame of a run, are read in place from the socket's buffer ([`crate::socket`]) by the
+//! byte scanner ([`crate::scan`]): no JSON tree and no allocation per frame. Everything else
+//! (replies, presence, system messages) goes through the gateway's codec.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use realtime_gateway::protocol::{self, Inbound, InboundPayload, Vsn};
 use serde_json::{json, Value};
-use tokio::net::TcpStream;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::record::{CommitLog, Recorder, Tracker};
+use crate::socket::{self, Handshake, Kind, Socket};
 use crate::target::Target;
 
 /// The table every subscriber listens to and the writer inserts into.
@@ -28,9 +27,6 @@ pub(crate) const EVENTS_TABLE: &str = "loadtest_events";
 const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a polite close may take.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// A connected WebSocket.
-type Socket = WebSocketStream<TcpStream>;
 
 /// Why a connection attempt did not give a socket.
 #[derive(Debug)]
@@ -81,10 +77,11 @@ pub(crate) struct Client {
     subscribed: bool,
 }
 
-/// Opens a WebSocket to the gateway as realtime-js would.
+/// Opens a WebSocket to the gateway as realtime-js would: `GET path_and_query` (see
+/// [`Target::websocket_path`]).
 pub(crate) async fn connect(
     target: &Target,
-    url: &str,
+    path_and_query: &str,
     source: Option<std::net::SocketAddr>,
 ) -> Result<Client, ConnectError> {
     let attempt = async {
@@ -92,21 +89,10 @@ pub(crate) async fn connect(
             .connect_tcp(source)
             .await
             .map_err(|e| ConnectError::Failed(format!("tcp connect: {}", e.kind())))?;
-        // Small buffers: deliveries are a few hundred bytes and a run holds thousands of sockets.
-        let config = WebSocketConfig::default()
-            .read_buffer_size(8 * 1024)
-            .write_buffer_size(0);
-        match tokio_tungstenite::client_async_with_config(url, tcp, Some(config)).await {
-            Ok((ws, _response)) => Ok(ws),
-            Err(tungstenite::Error::Http(response)) => Err(ConnectError::Refused {
-                status: response.status().as_u16(),
-                body: response
-                    .body()
-                    .as_deref()
-                    .map(|b| String::from_utf8_lossy(b).into_owned())
-                    .unwrap_or_default(),
-            }),
-            Err(e) => Err(ConnectError::Failed(format!("handshake: {}", short(&e)))),
+        match socket::handshake(tcp, target.authority(), path_and_query).await {
+            Ok(Handshake::Open(ws)) => Ok(ws),
+            Ok(Handshake::Refused { status, body }) => Err(ConnectError::Refused { status, body }),
+            Err(e) => Err(ConnectError::Failed(format!("handshake: {e}"))),
         }
     };
     // The gateway answers refusals after its connect-error delay (2 s by default).
@@ -123,16 +109,26 @@ pub(crate) async fn connect(
     }
 }
 
-/// A short, stable text for a tungstenite error (no addresses or counters in it).
-fn short(e: &tungstenite::Error) -> String {
-    match e {
-        tungstenite::Error::Io(io) => format!("io {:?}", io.kind()),
-        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => {
-            "connection closed".to_owned()
-        }
-        tungstenite::Error::Protocol(p) => format!("protocol: {p}"),
-        other => other.to_string(),
+/// What ended a socket, as a short stable text (no addresses or counters in it).
+fn closed_by_server(payload: &[u8]) -> String {
+    match payload {
+        [hi, lo, reason @ ..] => format!(
+            "closed by server: {} {}",
+            u16::from_be_bytes([*hi, *lo]),
+            String::from_utf8_lossy(reason)
+        ),
+        _ => "closed by server".to_owned(),
     }
+}
+
+/// What a frame asks of the read loop.
+enum Step {
+    /// Nothing: read on.
+    Go,
+    /// Answer a ping with this payload.
+    Pong([u8; 125], usize),
+    /// The socket is done.
+    End,
 }
 
 impl Client {
@@ -159,32 +155,40 @@ impl Client {
             &payload.to_string(),
         );
         self.ws
-            .send(Message::Text(text.into()))
+            .send_text(text.as_bytes())
             .await
-            .map_err(|e| format!("send: {}", short(&e)))
+            .map_err(|e| format!("send: {e}"))
     }
 
     /// The next decoded frame; `Err` with a reason when the socket ends.
     async fn next_frame(&mut self) -> Result<Inbound, String> {
         loop {
-            match self.ws.next().await {
-                Some(Ok(Message::Text(text))) => {
-                    return protocol::decode_text(Vsn::V2, text.as_str())
+            let frame = self
+                .ws
+                .next()
+                .await
+                .map_err(|e| format!("socket error: {e}"))?;
+            let payload = self.ws.payload(&frame);
+            match frame.kind {
+                Kind::Text => {
+                    let text = std::str::from_utf8(payload)
+                        .map_err(|_| "text frame is not utf-8".to_owned())?;
+                    return protocol::decode_text(Vsn::V2, text)
                         .map_err(|e| format!("undecodable frame: {e}"));
                 }
-                Some(Ok(Message::Binary(bytes))) => {
-                    return protocol::decode_server_binary(&bytes)
+                Kind::Binary => {
+                    return protocol::decode_server_binary(payload)
                         .map_err(|e| format!("undecodable binary frame: {e}"));
                 }
-                Some(Ok(Message::Close(frame))) => {
-                    return Err(match frame {
-                        Some(f) => format!("closed by server: {} {}", u16::from(f.code), f.reason),
-                        None => "closed by server".to_owned(),
-                    });
+                Kind::Close => return Err(closed_by_server(payload)),
+                Kind::Ping => {
+                    let (copy, len) = control_copy(payload);
+                    self.ws
+                        .pong(&copy[..len])
+                        .await
+                        .map_err(|e| format!("send: {e}"))?;
                 }
-                Some(Ok(_)) => {}
-                Some(Err(e)) => return Err(format!("socket error: {}", short(&e))),
-                None => return Err("socket ended".to_owned()),
+                Kind::Pong => {}
             }
         }
     }
@@ -335,22 +339,43 @@ impl Client {
     }
 
     /// Reads until `stop`, heartbeating every `heartbeat`; books deliveries of run `run_id`
-    /// into `tracker`. Server-side ends are counted as errors.
+    /// against `commits` into `tracker` (without `commits`, every change is foreign).
+    /// Server-side ends are counted as errors.
     pub(crate) async fn run(
         &mut self,
         heartbeat: Duration,
         stop: &CancellationToken,
         rec: &Recorder,
-        deliveries: Option<(&CommitLog, i64, &mut Tracker)>,
+        tracker: &mut Tracker,
+        commits: Option<(&CommitLog, i64)>,
     ) -> Ended {
         let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut pending_beat: Option<String> = None;
-        let (commits, run_id, mut tracker) = match deliveries {
-            Some((c, id, t)) => (Some(c), id, Some(t)),
-            None => (None, 0, None),
-        };
-        let ended = loop {
+        // Every frame of one read gets the instant that read returned.
+        let mut recv_ns = rec.clock.now_ns();
+        let ended = 'run: loop {
+            loop {
+                let frame = match self.ws.parse() {
+                    Ok(Some(frame)) => frame,
+                    Ok(None) => break,
+                    Err(e) => {
+                        rec.error(&format!("socket error: {e}"));
+                        break 'run Ended::Lost;
+                    }
+                };
+                let step = self.on_frame(frame, recv_ns, rec, tracker, commits, &mut pending_beat);
+                match step {
+                    Step::Go => {}
+                    Step::Pong(copy, len) => {
+                        if let Err(e) = self.ws.pong(&copy[..len]).await {
+                            rec.error(&format!("send: {e}"));
+                            break 'run Ended::Lost;
+                        }
+                    }
+                    Step::End => break 'run Ended::Lost,
+                }
+            }
             tokio::select! {
                 biased;
                 () = stop.cancelled() => break Ended::Stopped,
@@ -367,84 +392,113 @@ impl Client {
                     rec.counters.heartbeats.fetch_add(1, Ordering::Relaxed);
                     pending_beat = Some(r);
                 }
-                frame = self.ws.next() => {
-                    let recv_ns = rec.clock.now_ns();
-                    let text = match frame {
-                        Some(Ok(Message::Text(text))) => text,
-                        Some(Ok(Message::Close(frame))) => {
-                            rec.error(&match frame {
-                                Some(f) => format!("closed by server: {} {}", u16::from(f.code), f.reason),
-                                None => "closed by server".to_owned(),
-                            });
-                            break Ended::Lost;
-                        }
-                        Some(Ok(_)) => continue,
-                        Some(Err(e)) => {
-                            rec.error(&format!("socket error: {}", short(&e)));
-                            break Ended::Lost;
-                        }
-                        None => {
-                            rec.error("socket ended");
-                            break Ended::Lost;
-                        }
-                    };
-                    // Deliveries, nearly every frame of a run, are read without building a
-                    // JSON tree; anything else goes through the gateway's codec.
-                    if let Some((run, n)) = delivery_row(text.as_str()) {
-                        match (commits, tracker.as_deref_mut()) {
-                            (Some(commits), Some(tracker)) if run == run_id => {
-                                tracker.delivered(n, recv_ns, commits, rec);
-                            }
-                            _ => {
-                                rec.counters.foreign.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                        continue;
-                    }
-                    let frame = match protocol::decode_text(Vsn::V2, text.as_str()) {
-                        Ok(f) => f,
-                        Err(e) => {
-                            rec.error(&format!("undecodable frame: {e}"));
-                            continue;
-                        }
-                    };
-                    match frame.event.as_str() {
-                        "postgres_changes" => {
-                            match (change_row(&frame), commits, tracker.as_deref_mut()) {
-                                (Some((run, n)), Some(commits), Some(tracker)) if run == run_id => {
-                                    tracker.delivered(n, recv_ns, commits, rec);
-                                }
-                                _ => {
-                                    rec.counters.foreign.fetch_add(1, Ordering::Relaxed);
-                                }
-                            }
-                        }
-                        "phx_reply" if frame.topic == "phoenix" => {
-                            if pending_beat.as_deref() == frame.msg_ref.as_deref() {
-                                pending_beat = None;
-                                rec.counters.heartbeat_replies.fetch_add(1, Ordering::Relaxed);
-                            }
-                        }
-                        _ => book_other(&frame, rec),
+                read = self.ws.read_more() => {
+                    recv_ns = rec.clock.now_ns();
+                    if let Err(e) = read {
+                        rec.error(&match e {
+                            socket::Error::Ended => "socket ended".to_owned(),
+                            e => format!("socket error: {e}"),
+                        });
+                        break Ended::Lost;
                     }
                 }
             }
         };
-        if let Some(tracker) = tracker {
-            tracker.flush(rec);
-        }
+        tracker.flush(rec);
         if ended == Ended::Lost {
             self.unsubscribed(rec);
         }
         ended
     }
 
+    /// Books one frame read by [`Client::run`].
+    fn on_frame(
+        &self,
+        frame: socket::Frame,
+        recv_ns: u64,
+        rec: &Recorder,
+        tracker: &mut Tracker,
+        commits: Option<(&CommitLog, i64)>,
+        pending_beat: &mut Option<String>,
+    ) -> Step {
+        let payload = self.ws.payload(&frame);
+        let text = match frame.kind {
+            Kind::Text => payload,
+            Kind::Binary => {
+                match protocol::decode_server_binary(payload) {
+                    Ok(f) => book_other(&f, rec),
+                    Err(e) => rec.error(&format!("undecodable binary frame: {e}")),
+                }
+                return Step::Go;
+            }
+            Kind::Ping => {
+                let (copy, len) = control_copy(payload);
+                return Step::Pong(copy, len);
+            }
+            Kind::Pong => return Step::Go,
+            Kind::Close => {
+                rec.error(&closed_by_server(payload));
+                return Step::End;
+            }
+        };
+        let d = &rec.counters.deliveries;
+        if let Some(delivery) = crate::scan::delivery(text) {
+            if delivery.table != EVENTS_TABLE {
+                d.foreign.add(tracker.shard(), 1);
+                return Step::Go;
+            }
+            if self.topic.as_deref() != Some(delivery.topic) {
+                rec.error("delivery on a topic this client did not join");
+                return Step::Go;
+            }
+            if delivery.commit_timestamp.is_none() {
+                d.unstamped.add(tracker.shard(), 1);
+            }
+            match commits {
+                Some((log, run_id)) if delivery.run == run_id => {
+                    tracker.delivered(delivery.n, recv_ns, log, rec);
+                }
+                _ => d.foreign.add(tracker.shard(), 1),
+            }
+            return Step::Go;
+        }
+        let frame = match std::str::from_utf8(text)
+            .map_err(|_| "not utf-8".to_owned())
+            .and_then(|t| protocol::decode_text(Vsn::V2, t).map_err(|e| e.to_string()))
+        {
+            Ok(f) => f,
+            Err(e) => {
+                rec.error(&format!("undecodable frame: {e}"));
+                return Step::Go;
+            }
+        };
+        match frame.event.as_str() {
+            // A delivery the scanner could not read (not this tool's table or shape).
+            "postgres_changes" => d.foreign.add(tracker.shard(), 1),
+            "phx_reply" if frame.topic == "phoenix" => {
+                if pending_beat.as_deref() == frame.msg_ref.as_deref() {
+                    *pending_beat = None;
+                    rec.counters
+                        .heartbeat_replies
+                        .fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            _ => book_other(&frame, rec),
+        }
+        Step::Go
+    }
+
     /// Closes the socket politely (close frame, wait for the server's) within a bound.
     pub(crate) async fn close(mut self, rec: &Recorder) {
         self.unsubscribed(rec);
         let close = async {
-            let _sent = self.ws.close(None).await;
-            while let Some(Ok(_)) = self.ws.next().await {}
+            if self.ws.send_close().await.is_ok() {
+                while let Ok(frame) = self.ws.next().await {
+                    if frame.kind == Kind::Close {
+                        break;
+                    }
+                }
+            }
         };
         // A server that does not answer the close is not this client's problem any more.
         let _closed = tokio::time::timeout(CLOSE_TIMEOUT, close).await;
@@ -454,6 +508,14 @@ impl Client {
     pub(crate) fn abandon(mut self, rec: &Recorder) {
         self.unsubscribed(rec);
     }
+}
+
+/// A control frame's payload (at most 125 bytes) copied out of the read buffer.
+fn control_copy(payload: &[u8]) -> ([u8; 125], usize) {
+    let mut copy = [0u8; 125];
+    let len = payload.len().min(125);
+    copy[..len].copy_from_slice(&payload[..len]);
+    (copy, len)
 }
 
 /// Counts frames that are neither deliveries nor awaited replies; a channel the server ends is
@@ -480,73 +542,18 @@ fn book_other(frame: &Inbound, rec: &Recorder) {
     }
 }
 
-/// `(run, n)` of a vsn 2 Postgres Changes delivery of [`EVENTS_TABLE`], read straight into
-/// the few fields it needs (the rest of the frame is skipped, not built); `None` for any
-/// other frame.
-fn delivery_row(text: &str) -> Option<(i64, u64)> {
-    #[derive(serde::Deserialize)]
-    struct Payload<'a> {
-        #[serde(borrow)]
-        data: Data<'a>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Data<'a> {
-        table: &'a str,
-        record: Row,
-    }
-    #[derive(serde::Deserialize)]
-    struct Row {
-        run: i64,
-        n: u64,
-    }
-    type Frame<'a> = (
-        serde::de::IgnoredAny,
-        serde::de::IgnoredAny,
-        serde::de::IgnoredAny,
-        &'a str,
-        &'a serde_json::value::RawValue,
-    );
-    let (_, _, _, event, payload): Frame<'_> = serde_json::from_str(text).ok()?;
-    if event != "postgres_changes" {
-        return None;
-    }
-    let payload: Payload<'_> = serde_json::from_str(payload.get()).ok()?;
-    (payload.data.table == EVENTS_TABLE).then_some((payload.data.record.run, payload.data.record.n))
-}
-
-/// `(run, n)` of a Postgres Changes delivery of [`EVENTS_TABLE`].
-fn change_row(frame: &Inbound) -> Option<(i64, u64)> {
-    let InboundPayload::Json(payload) = &frame.payload else {
-        return None;
-    };
-    let data = payload.get("data")?;
-    if data.get("table")?.as_str()? != EVENTS_TABLE {
-        return None;
-    }
-    let record = data.get("record")?;
-    Some((record.get("run")?.as_i64()?, record.get("n")?.as_u64()?))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn change_rows_are_read_from_the_delivery_shape() {
-        let text = r#"[null,null,"realtime:c","postgres_changes",{"ids":[1],"data":{"schema":"public","table":"loadtest_events","type":"INSERT","commit_timestamp":"2025-01-01T00:00:00.000Z","columns":[],"record":{"id":9,"run":42,"n":7,"payload":"x"},"errors":null}}]"#;
-        let frame = protocol::decode_text(Vsn::V2, text).unwrap();
-        assert_eq!(change_row(&frame), Some((42, 7)));
-        assert_eq!(delivery_row(text), Some((42, 7)));
+    fn close_reasons_are_short_and_stable() {
+        let mut payload = 4001u16.to_be_bytes().to_vec();
+        payload.extend_from_slice(b"slow consumer");
         assert_eq!(
-            delivery_row(&text.replace("loadtest_events", "todos")),
-            None
+            closed_by_server(&payload),
+            "closed by server: 4001 slow consumer"
         );
-        assert_eq!(
-            delivery_row(r#"[null,"3","phoenix","phx_reply",{"status":"ok","response":{}}]"#),
-            None
-        );
-        let other = text.replace("loadtest_events", "todos");
-        let frame = protocol::decode_text(Vsn::V2, &other).unwrap();
-        assert_eq!(change_row(&frame), None);
+        assert_eq!(closed_by_server(&[]), "closed by server");
     }
 }

@@ -7,19 +7,27 @@
 //! anything was lost, duplicated or out of order, or any client failed.
 //!
 //! - [`cli`]: flags and their per-scenario defaults. [`target`]: the gateway's address.
-//! - [`client`]: one simulated realtime-js client. [`writer`]: the paced writer. [`bell`]:
-//!   PostgreSQL's own commit-to-LISTEN latency, the floor for the gateway's.
+//! - [`client`]: one simulated realtime-js client, over [`socket`] (a WebSocket that parses
+//!   frames in place) and [`scan`] (deliveries read from the bytes). [`writer`]: the paced
+//!   writers. [`bell`]: PostgreSQL's own commit-to-LISTEN latency, the floor for the gateway's.
+//! - [`baseline`]: the same jobs served by a minimal server of the tool's own, the reference
+//!   the gateway is compared with ([`compare`]).
 //! - [`record`]: clock, commit log, counters, histograms, timeline. [`probe`]: the gateway's
-//!   process and database as seen from outside.
+//!   processes and database as seen from outside. [`pgcost`]: what a phase costs PostgreSQL.
 //! - [`scenario`]: the scenarios. [`report`]: the HTML report.
 
+mod baseline;
 mod bell;
 mod cli;
 mod client;
+mod compare;
+mod pgcost;
 mod probe;
 mod record;
 mod report;
+mod scan;
 mod scenario;
+mod socket;
 mod target;
 mod writer;
 
@@ -42,6 +50,15 @@ fn main() -> ExitCode {
         }
     };
     raise_open_files_limit();
+    if plan.scenario == cli::Scenario::ServeBaseline {
+        return match baseline::server::serve(plan.payload_bytes) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("loadtest serve-baseline: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -62,13 +79,27 @@ fn main() -> ExitCode {
     }
 }
 
-/// Runs the plan and reports; `Ok(pass)`.
+/// Runs the plan (after its baseline, when asked) and reports; `Ok(pass)`.
 async fn run(plan: cli::Plan) -> anyhow::Result<bool> {
-    let run = scenario::Run::new(plan).await?;
-    let outcome = run.execute().await;
-    run.probe.close().await;
-    let report = outcome?;
-    let result = scenario::result_json(&run, &report);
+    let baseline = match plan.scenario {
+        cli::Scenario::Baseline => None,
+        _ if plan.baseline => Some(run_baseline(plan.clone()).await?),
+        _ => None,
+    };
+    let (run, mut result) = match plan.scenario {
+        cli::Scenario::Baseline => run_baseline(plan).await?,
+        _ => {
+            let run = scenario::Run::new(plan).await?;
+            let outcome = run.execute().await;
+            run.probe.close().await;
+            let report = outcome?;
+            let result = scenario::result_json(&run, &report);
+            (run, result)
+        }
+    };
+    if let Some((_, b)) = &baseline {
+        compare::attach(&mut result, b);
+    }
     if let Some(path) = &run.plan.json {
         let text = serde_json::to_string_pretty(&result)?;
         std::fs::write(path, text + "\n")
@@ -79,10 +110,32 @@ async fn run(plan: cli::Plan) -> anyhow::Result<bool> {
         std::fs::write(path, page).map_err(|e| anyhow::anyhow!("write {}: {e}", path.display()))?;
     }
     let mut out = std::io::stdout().lock();
+    if let Some((_, b)) = &baseline {
+        out.write_all(summary(b).as_bytes())?;
+    }
     out.write_all(summary(&result).as_bytes())?;
+    if let Some(ratios) = result["vs_baseline"].as_object() {
+        let mut line = "vs baseline ".to_owned();
+        for (name, ratio) in ratios {
+            line.push_str(&format!(" {name} {ratio}"));
+        }
+        writeln!(out, "{line}")?;
+    }
     writeln!(out, "{result}")?;
     out.flush()?;
     Ok(result["pass"].as_bool() == Some(true))
+}
+
+/// Runs the plan's job against a baseline server started for it, and stops the server.
+async fn run_baseline(plan: cli::Plan) -> anyhow::Result<(scenario::Run, serde_json::Value)> {
+    let server = baseline::Server::spawn(plan.payload_bytes).await?;
+    let run = scenario::Run::baseline(plan, &server).await?;
+    let outcome = run.execute().await;
+    // Read while the server still runs: its CPU and memory come from its /proc entry.
+    let result = outcome.map(|report| scenario::result_json(&run, &report));
+    server.stop().await;
+    let result = result.map_err(|e| e.context("baseline"))?;
+    Ok((run, result))
 }
 
 /// The human-readable summary printed before the JSON line.
@@ -96,19 +149,21 @@ fn summary(r: &serde_json::Value) -> String {
         }
     };
     let mut s = format!(
-        "\n== loadtest {} : {} ==\n\
+        "\n== loadtest {} ({}) : {} ==\n\
          clients      connected {} refused {} errors {} joins ok {} subscribed {}\n\
          changes      written {}\n\
          deliveries   expected {} received {} lost {} duplicated {} out of order {} ({} before the commit returned)\n\
          latency ms   p50 {} p95 {} p99 {} p99.9 {} max {}\n\
          pg notify ms p50 {} p95 {} p99 {} (commit to LISTEN on this machine: the floor)\n\
          throughput   {} deliveries/s\n\
-         gateway      rss {} KiB (baseline {}), {} KiB per connection, {} pg connections, {} s cpu\n\
+         {:<12} rss {} KiB ({} before the clients), {} KiB per connection, {} pg connections, {} s cpu\n\
          postgres     {} s cpu (the gateway's child processes: its local-mode cluster)\n\
          loadtest     {} s cpu\n\
+         cpu/delivery gateway {} µs, loadtest {} µs, postgres {} µs\n\
          presence     tracked {} refused {}\n\
          heartbeats   sent {} replies {} missed {}\n",
         v("/scenario"),
+        v("/server"),
         if r["pass"].as_bool() == Some(true) { "PASS" } else { "FAIL" },
         v("/clients/connected"),
         v("/clients/refused"),
@@ -131,6 +186,7 @@ fn summary(r: &serde_json::Value) -> String {
         v("/detail/bell_latency_ms/p95"),
         v("/detail/bell_latency_ms/p99"),
         v("/deliveries_per_s"),
+        v("/server"),
         v("/gateway/rss_kib"),
         v("/gateway/rss_baseline_kib"),
         v("/gateway/kib_per_connection"),
@@ -138,6 +194,9 @@ fn summary(r: &serde_json::Value) -> String {
         v("/gateway/cpu_s"),
         v("/gateway/postgres_cpu_s"),
         v("/loadtest/cpu_s"),
+        v("/cpu_per_delivery_us/gateway"),
+        v("/cpu_per_delivery_us/loadtest"),
+        v("/cpu_per_delivery_us/postgres"),
         v("/presence/tracked"),
         v("/presence/refused"),
         v("/heartbeats/sent"),

@@ -1,6 +1,7 @@
-//! Looking at the gateway from outside: its process in /proc (with `--gateway-pid`), its
-//! metrics endpoint, and what it holds in PostgreSQL (connections in `pg_stat_activity`,
-//! registry rows, audit entries).
+//! Looking at the gateway from outside: its processes in /proc (with `--gateway-pid`), its
+//! metrics endpoints, and what it holds in PostgreSQL (connections in `pg_stat_activity`,
+//! registry rows, audit entries). With several nodes, process figures and metrics are summed
+//! over them.
 
 use std::time::Duration;
 
@@ -24,6 +25,18 @@ pub(crate) struct ProcStats {
 }
 
 impl ProcStats {
+    /// The sum of several processes' figures; `None` when any of them cannot be read.
+    pub(crate) fn sum(pids: &[u32]) -> Option<ProcStats> {
+        let mut total = ProcStats::default();
+        for &pid in pids {
+            let p = ProcStats::read(Some(pid))?;
+            total.rss_kib += p.rss_kib;
+            total.fds += p.fds;
+            total.cpu_s += p.cpu_s;
+        }
+        (!pids.is_empty()).then_some(total)
+    }
+
     /// Reads `/proc/<pid>` (`None` for this process: `/proc/self`).
     pub(crate) fn read(pid: Option<u32>) -> Option<ProcStats> {
         let dir = match pid {
@@ -57,14 +70,15 @@ impl ProcStats {
 /// The gateway's side of a run.
 #[derive(Debug, Clone)]
 pub(crate) struct Probe {
-    target: Target,
-    pid: Option<u32>,
+    targets: Vec<Target>,
+    pids: Vec<u32>,
     db: Option<PgPool>,
 }
 
 impl Probe {
-    /// A probe of the gateway at `target`, its process `pid` and its database `database_url`.
-    pub(crate) fn new(target: Target, pid: Option<u32>, database_url: Option<&str>) -> Probe {
+    /// A probe of the gateway nodes at `targets`, their processes `pids` (one per node, or
+    /// none) and their database `database_url`.
+    pub(crate) fn new(targets: Vec<Target>, pids: Vec<u32>, database_url: Option<&str>) -> Probe {
         let db = database_url.and_then(|url| {
             let options: PgConnectOptions = url.parse().ok()?;
             let options = options
@@ -77,12 +91,29 @@ impl Probe {
                     .connect_lazy_with(options),
             )
         });
-        Probe { target, pid, db }
+        Probe { targets, pids, db }
     }
 
-    /// The gateway process's /proc figures (with `--gateway-pid`).
+    /// The gateway processes' /proc figures, summed (with `--gateway-pid`).
     pub(crate) fn process(&self) -> Option<ProcStats> {
-        self.pid.and_then(|pid| ProcStats::read(Some(pid)))
+        ProcStats::sum(&self.pids)
+    }
+
+    /// CPU seconds of the gateways' live child processes (in local mode, the first node's
+    /// PostgreSQL).
+    pub(crate) fn children_cpu_s(&self) -> Option<f64> {
+        let mut total = None;
+        for &pid in &self.pids {
+            if let Some(cpu) = descendants_cpu_s(pid) {
+                *total.get_or_insert(0.0) += cpu;
+            }
+        }
+        total
+    }
+
+    /// The database pool, when the run has a database.
+    pub(crate) fn db(&self) -> Option<&PgPool> {
+        self.db.as_ref()
     }
 
     /// Gateway RSS in KiB: from /proc, else from the metrics endpoint's
@@ -103,21 +134,23 @@ impl Probe {
         None
     }
 
-    /// A gauge or counter from `GET /metrics` (Prometheus text), summed over its labels.
+    /// A gauge or counter from `GET /metrics` (Prometheus text), summed over its labels and
+    /// over the nodes that report it.
     pub(crate) async fn metric(&self, name: &str) -> Option<f64> {
-        let (status, body) = self.target.http_get("/metrics").await.ok()?;
-        if status != 200 {
-            return None;
-        }
         let mut found = None;
-        for line in body.lines().filter(|l| !l.starts_with('#')) {
-            let Some((key, value)) = line.rsplit_once(' ') else {
+        for target in &self.targets {
+            let Ok((200, body)) = target.http_get("/metrics").await else {
                 continue;
             };
-            let metric = key.split('{').next().unwrap_or(key);
-            if metric == name {
-                if let Ok(v) = value.parse::<f64>() {
-                    *found.get_or_insert(0.0) += v;
+            for line in body.lines().filter(|l| !l.starts_with('#')) {
+                let Some((key, value)) = line.rsplit_once(' ') else {
+                    continue;
+                };
+                let metric = key.split('{').next().unwrap_or(key);
+                if metric == name {
+                    if let Ok(v) = value.parse::<f64>() {
+                        *found.get_or_insert(0.0) += v;
+                    }
                 }
             }
         }
@@ -221,6 +254,19 @@ pub(crate) fn server_sockets(port: u16) -> (u64, u64) {
         }
     }
     (established, other)
+}
+
+/// `(parent pid, CPU seconds, CPU seconds of its exited children)` of process `pid`, from
+/// `/proc/<pid>/stat` (utime + stime, and cutime + cstime: children it has waited for).
+pub(crate) fn parent_and_cpu_s(pid: u32) -> Option<(u32, f64, f64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, after_name) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ppid = fields.get(1)?.parse().ok()?;
+    let field = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok());
+    let own = field(11)? + field(12)?;
+    let children = field(13)? + field(14)?;
+    Some((ppid, own / TICKS_PER_S, children / TICKS_PER_S))
 }
 
 /// CPU seconds used so far by the live descendants of `pid` (in local mode, the gateway's

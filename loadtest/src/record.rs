@@ -1,10 +1,11 @@
-//! What a run observes: one monotonic clock shared by the writer and every client, the commit
+//! What a run observes: one monotonic clock shared by the writers and every client, the commit
 //! instant of each written row, per-client delivery bookkeeping (lost, duplicated, out of
-//! order), latency histograms and a once-a-second timeline.
+//! order per writer), latency histograms and a once-a-second timeline.
 //!
-//! Clients are many small tasks: they count with atomics and hand latencies over in batches, so
-//! the shared histogram's lock is taken a few thousand times a second at most, whatever the
-//! delivery rate.
+//! Clients are many small tasks on every core: what they count on every delivery goes to
+//! sharded counters ([`Sharded`]: 64 cache lines, each client adding to one), and they hand
+//! latencies over in batches, so the shared histogram's lock is taken a few thousand times a
+//! second at most, whatever the delivery rate.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -133,22 +134,74 @@ pub(crate) struct Counters {
     pub(crate) heartbeat_replies: AtomicU64,
     /// Heartbeats not answered before the next one was due (realtime-js would reconnect).
     pub(crate) heartbeats_missed: AtomicU64,
-    /// Delivery frames of this run received, duplicates included.
-    pub(crate) received: AtomicU64,
-    /// Distinct (client, row) deliveries.
-    pub(crate) unique: AtomicU64,
-    /// Deliveries of a row the client had already received.
-    pub(crate) duplicated: AtomicU64,
-    /// Deliveries of a row older than one the client had already received.
-    pub(crate) out_of_order: AtomicU64,
-    /// Deliveries that arrived before the writer saw their commit return (latency taken as 0).
-    pub(crate) early: AtomicU64,
-    /// Change frames that were not rows of this run (other tables, earlier runs).
-    pub(crate) foreign: AtomicU64,
+    /// What the clients received, counted per shard.
+    pub(crate) deliveries: Deliveries,
     /// Leaves answered ok (churn).
     pub(crate) leaves_ok: AtomicU64,
     /// Connect-join-leave cycles completed (churn).
     pub(crate) cycles: AtomicU64,
+}
+
+/// Shards of a [`Sharded`] counter: more than the cores a run uses, so that client tasks on
+/// different cores seldom add to the same cache line.
+const SHARDS: usize = 64;
+
+/// An atomic counter on a cache line of its own.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Padded(AtomicU64);
+
+/// A counter every client adds to on every delivery, split in [`SHARDS`] cache lines: one
+/// shared atomic would be a line bouncing between the cores a million times a second. Each
+/// client adds to its own shard; readers sum them.
+#[derive(Debug)]
+pub(crate) struct Sharded {
+    shards: Box<[Padded]>,
+}
+
+impl Default for Sharded {
+    fn default() -> Sharded {
+        Sharded {
+            shards: (0..SHARDS).map(|_| Padded::default()).collect(),
+        }
+    }
+}
+
+impl Sharded {
+    /// Adds `n` in shard `shard` (any number; taken modulo the shards).
+    pub(crate) fn add(&self, shard: usize, n: u64) {
+        self.shards[shard % SHARDS]
+            .0
+            .fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The total.
+    pub(crate) fn sum(&self) -> u64 {
+        self.shards
+            .iter()
+            .map(|s| s.0.load(Ordering::Relaxed))
+            .sum()
+    }
+}
+
+/// Delivery counters, added to by every client on every frame.
+#[derive(Debug, Default)]
+pub(crate) struct Deliveries {
+    /// Delivery frames of this run received, duplicates included.
+    pub(crate) received: Sharded,
+    /// Distinct (client, row) deliveries.
+    pub(crate) unique: Sharded,
+    /// Deliveries of a row the client had already received.
+    pub(crate) duplicated: Sharded,
+    /// Deliveries of a row older than one the client had already received from the same
+    /// writer.
+    pub(crate) out_of_order: Sharded,
+    /// Deliveries that arrived before the writer saw their commit return (latency taken as 0).
+    pub(crate) early: Sharded,
+    /// Change frames that were not rows of this run (other tables, earlier runs).
+    pub(crate) foreign: Sharded,
+    /// Deliveries without a `commit_timestamp` string.
+    pub(crate) unstamped: Sharded,
 }
 
 /// One second of the timeline.
@@ -304,12 +357,15 @@ impl Recorder {
 
 /// One client's view of the deliveries: which rows it has seen, and latencies waiting to be
 /// handed over.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Tracker {
+    /// The shard of the shared counters this client adds to.
+    shard: usize,
     /// Bit `n` set once row `n` arrived.
     seen: Vec<u64>,
-    /// Highest row received so far.
-    highest: Option<u64>,
+    /// Highest row received so far from each writer (row `n` comes from writer
+    /// `n % writers`; each writer commits its rows in order).
+    highest: Vec<Option<u64>>,
     /// Latencies (µs) not yet handed to the recorder.
     batch: Vec<u64>,
     /// When the oldest latency in `batch` was taken.
@@ -317,12 +373,30 @@ pub(crate) struct Tracker {
 }
 
 impl Tracker {
+    /// A tracker adding to shard `shard` (e.g. the client's number), for rows written by
+    /// `writers` writers.
+    pub(crate) fn new(shard: usize, writers: usize) -> Tracker {
+        Tracker {
+            shard,
+            seen: Vec::new(),
+            highest: vec![None; writers.max(1)],
+            batch: Vec::new(),
+            batch_started_ns: 0,
+        }
+    }
+
+    /// The shard this client adds to.
+    pub(crate) fn shard(&self) -> usize {
+        self.shard
+    }
+
     /// Books the delivery of row `n` received at `recv_ns`.
     pub(crate) fn delivered(&mut self, n: u64, recv_ns: u64, commits: &CommitLog, rec: &Recorder) {
-        let c = &rec.counters;
-        c.received.fetch_add(1, Ordering::Relaxed);
+        let c = &rec.counters.deliveries;
+        let shard = self.shard;
+        c.received.add(shard, 1);
         if n >= commits.capacity() {
-            c.foreign.fetch_add(1, Ordering::Relaxed);
+            c.foreign.add(shard, 1);
             return;
         }
         let (word, bit) = (usize::try_from(n / 64).unwrap_or(usize::MAX), n % 64);
@@ -330,20 +404,22 @@ impl Tracker {
             self.seen.resize(word + 1, 0);
         }
         if self.seen[word] & (1 << bit) != 0 {
-            c.duplicated.fetch_add(1, Ordering::Relaxed);
+            c.duplicated.add(shard, 1);
             return;
         }
         self.seen[word] |= 1 << bit;
-        c.unique.fetch_add(1, Ordering::Relaxed);
-        if self.highest.is_some_and(|h| n < h) {
-            c.out_of_order.fetch_add(1, Ordering::Relaxed);
+        c.unique.add(shard, 1);
+        let lane = usize::try_from(n % self.highest.len() as u64).unwrap_or(0);
+        let highest = &mut self.highest[lane];
+        if highest.is_some_and(|h| n < h) {
+            c.out_of_order.add(shard, 1);
         }
-        self.highest = Some(self.highest.map_or(n, |h| h.max(n)));
+        *highest = Some(highest.map_or(n, |h| h.max(n)));
         let latency_us = match commits.commit_ns(n) {
             Some(commit) => recv_ns.saturating_sub(commit) / 1000,
             None => {
                 // The delivery beat the writer's own wake-up after its commit returned.
-                c.early.fetch_add(1, Ordering::Relaxed);
+                c.early.add(shard, 1);
                 0
             }
         };
@@ -378,16 +454,16 @@ mod tests {
         for n in 0..4 {
             commits.committed(n, 1_000);
         }
-        let mut t = Tracker::default();
+        let mut t = Tracker::new(3, 1);
         for n in [0, 1, 1, 3, 2] {
             t.delivered(n, 2_001_000, &commits, &rec);
         }
         t.flush(&rec);
-        let c = &rec.counters;
-        assert_eq!(c.received.load(Ordering::Relaxed), 5);
-        assert_eq!(c.unique.load(Ordering::Relaxed), 4);
-        assert_eq!(c.duplicated.load(Ordering::Relaxed), 1);
-        assert_eq!(c.out_of_order.load(Ordering::Relaxed), 1);
+        let c = &rec.counters.deliveries;
+        assert_eq!(c.received.sum(), 5);
+        assert_eq!(c.unique.sum(), 4);
+        assert_eq!(c.duplicated.sum(), 1);
+        assert_eq!(c.out_of_order.sum(), 1);
         let h = rec.latency();
         assert_eq!(h.len(), 4);
         // 2_001_000 ns received - 1_000 ns committed = 2 ms.
@@ -395,23 +471,47 @@ mod tests {
     }
 
     #[test]
+    fn order_is_checked_per_writer() {
+        let rec = Recorder::new();
+        let commits = CommitLog::new(10);
+        // Two writers: even rows from one, odd rows from the other, each in its own order.
+        let mut t = Tracker::new(0, 2);
+        for n in [1, 0, 3, 2, 5, 4] {
+            t.delivered(n, 10, &commits, &rec);
+        }
+        assert_eq!(rec.counters.deliveries.out_of_order.sum(), 0);
+        t.delivered(8, 10, &commits, &rec);
+        t.delivered(6, 10, &commits, &rec);
+        assert_eq!(rec.counters.deliveries.out_of_order.sum(), 1);
+    }
+
+    #[test]
+    fn sharded_counters_sum_every_shard() {
+        let s = Sharded::default();
+        for shard in 0..200 {
+            s.add(shard, 2);
+        }
+        assert_eq!(s.sum(), 400);
+    }
+
+    #[test]
     fn rows_outside_the_log_are_foreign() {
         let rec = Recorder::new();
         let commits = CommitLog::new(2);
-        let mut t = Tracker::default();
+        let mut t = Tracker::new(0, 1);
         t.delivered(5, 10, &commits, &rec);
-        assert_eq!(rec.counters.foreign.load(Ordering::Relaxed), 1);
-        assert_eq!(rec.counters.unique.load(Ordering::Relaxed), 0);
+        assert_eq!(rec.counters.deliveries.foreign.sum(), 1);
+        assert_eq!(rec.counters.deliveries.unique.sum(), 0);
     }
 
     #[test]
     fn a_delivery_before_the_commit_returned_counts_as_early() {
         let rec = Recorder::new();
         let commits = CommitLog::new(2);
-        let mut t = Tracker::default();
+        let mut t = Tracker::new(0, 1);
         t.delivered(0, 10, &commits, &rec);
         t.flush(&rec);
-        assert_eq!(rec.counters.early.load(Ordering::Relaxed), 1);
+        assert_eq!(rec.counters.deliveries.early.sum(), 1);
         commits.committed(1, 5);
         assert_eq!(commits.commit_ns(1), Some(5));
     }

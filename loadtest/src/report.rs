@@ -71,17 +71,25 @@ pub(crate) fn html(
         "clients",
         "deliveries",
         "latency_ms",
+        "cpu_per_delivery_us",
         "gateway",
         "presence",
         "heartbeats",
     ] {
-        if let Some(obj) = result[key].as_object() {
-            for (k, v) in obj {
-                put(
-                    &mut page,
-                    format_args!("<tr><th>{key}.{k}</th><td>{}</td></tr>", escape(&plain(v))),
-                );
-            }
+        push_rows(&mut page, key, &result[key]);
+    }
+    if result["vs_baseline"].is_object() {
+        page.push_str(
+            "</table><h2>Against the baseline</h2><p>Ratios gateway / baseline server, same job, \
+             same invocation.</p><table>",
+        );
+        push_rows(&mut page, "vs_baseline", &result["vs_baseline"]);
+        for key in ["deliveries", "latency_ms", "cpu_per_delivery_us", "gateway"] {
+            push_rows(
+                &mut page,
+                &format!("baseline.{key}"),
+                &result["baseline"][key],
+            );
         }
     }
     put(&mut page, format_args!("<tr><th>changes_written</th><td>{}</td></tr><tr><th>deliveries_per_s</th><td>{}</td></tr></table>",
@@ -171,6 +179,21 @@ pub(crate) fn html(
         ),
     );
     page
+}
+
+/// One table row per field of the object `value`, labelled `prefix.field`.
+fn push_rows(page: &mut String, prefix: &str, value: &Value) {
+    if let Some(obj) = value.as_object() {
+        for (k, v) in obj {
+            put(
+                page,
+                format_args!(
+                    "<tr><th>{prefix}.{k}</th><td>{}</td></tr>",
+                    escape(&plain(v))
+                ),
+            );
+        }
+    }
 }
 
 /// Appends formatted text; writing into a `String` cannot fail, so the result is dropped.
@@ -323,9 +346,16 @@ mod tests {
                 ..Sample::default()
             })
             .collect();
-        let result =
-            serde_json::json!({"scenario": "seed", "pass": true, "clients": {"connected": 10}});
+        let result = serde_json::json!({
+            "scenario": "seed",
+            "pass": true,
+            "clients": {"connected": 10},
+            "vs_baseline": {"p99_ms": 1.5},
+            "baseline": {"latency_ms": {"p99": 2.0}},
+        });
         let page = html(&result, &h, &timeline);
+        assert!(page.contains("vs_baseline.p99_ms</th><td>1.5"));
+        assert!(page.contains("baseline.latency_ms.p99</th><td>2.0"));
         assert!(page.contains("<svg"), "charts are inline svg");
         assert!(page.matches("<svg").count() >= 4);
         assert!(!page.contains("<script"), "no scripts");

@@ -66,12 +66,15 @@ impl Target {
         })
     }
 
-    /// The WebSocket URL a realtime-js client with `apikey` would open.
-    pub(crate) fn websocket_url(&self, apikey: &str) -> String {
-        format!(
-            "ws://{}{}/websocket?apikey={apikey}&vsn=2.0.0",
-            self.authority, self.base_path
-        )
+    /// The path and query of the WebSocket URL a realtime-js client with `apikey` would open:
+    /// what the upgrade request asks for.
+    pub(crate) fn websocket_path(&self, apikey: &str) -> String {
+        format!("{}/websocket?apikey={apikey}&vsn=2.0.0", self.base_path)
+    }
+
+    /// `host:port` as given: the upgrade's Host header.
+    pub(crate) fn authority(&self) -> &str {
+        &self.authority
     }
 
     /// Source address for client number `index` of `total`: the system's choice, unless the
@@ -179,9 +182,10 @@ mod tests {
             .unwrap();
         assert_eq!(t.addr, "127.0.0.1:4000".parse().unwrap());
         assert_eq!(
-            t.websocket_url("k"),
-            "ws://127.0.0.1:4000/realtime/v1/websocket?apikey=k&vsn=2.0.0"
+            t.websocket_path("k"),
+            "/realtime/v1/websocket?apikey=k&vsn=2.0.0"
         );
+        assert_eq!(t.authority(), "127.0.0.1:4000");
         assert!(Target::resolve("ws://10.1.2.3:4000/realtime/v1")
             .await
             .is_err());

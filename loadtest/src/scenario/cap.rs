@@ -33,13 +33,13 @@ pub(super) async fn run(run: &Run) -> anyhow::Result<Report> {
     let release = CancellationToken::new();
     let attempts_done = Arc::new(AtomicU64::new(0));
     let as_specified = Arc::new(AtomicU64::new(0));
-    let url = run.target.websocket_url(&run.token);
+    let url = run.target().websocket_path(&run.token);
     let mut tasks = JoinSet::new();
     for i in 0..clients {
         let barrier = Arc::clone(&barrier);
         let release = release.clone();
         let rec = Arc::clone(&run.rec);
-        let target = run.target.clone();
+        let target = run.target().clone();
         let url = url.clone();
         let done = Arc::clone(&attempts_done);
         let as_specified = Arc::clone(&as_specified);
@@ -77,8 +77,9 @@ pub(super) async fn run(run: &Run) -> anyhow::Result<Report> {
             }
             done.fetch_add(1, Ordering::Release);
             // Hold the slot until every attempt is answered and the hold time has passed.
+            let mut tracker = crate::record::Tracker::new(i, 1);
             let holding = client
-                .run(Duration::from_secs(25), &release, &rec, None)
+                .run(Duration::from_secs(25), &release, &rec, &mut tracker, None)
                 .await;
             if holding == client::Ended::Stopped {
                 client.close(&rec).await;

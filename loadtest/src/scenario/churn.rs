@@ -30,7 +30,7 @@ struct Snapshot {
 }
 
 async fn snapshot(run: &Run) -> Snapshot {
-    let (open, closing) = server_sockets(run.target.addr.port());
+    let (open, closing) = server_sockets(run.target().addr.port());
     Snapshot {
         registry_active: run.probe.registry_active().await,
         sockets_open: open,
@@ -95,7 +95,7 @@ pub(super) async fn run(run: &Run) -> anyhow::Result<Report> {
     };
     let total = (f64::from(rate) * plan.duration.as_secs_f64()) as usize;
     let gate = Arc::new(Semaphore::new(plan.connect_concurrency));
-    let url = run.target.websocket_url(&run.token);
+    let url = run.target().websocket_path(&run.token);
     let mut tasks = JoinSet::new();
     let start = tokio::time::Instant::now();
     let mut max_behind = Duration::ZERO;
@@ -109,7 +109,7 @@ pub(super) async fn run(run: &Run) -> anyhow::Result<Report> {
             .expect("semaphore never closed");
         max_behind = max_behind.max(tokio::time::Instant::now().saturating_duration_since(due));
         let rec = Arc::clone(&run.rec);
-        let target = run.target.clone();
+        let target = run.target().clone();
         let url = url.clone();
         let spec = JoinSpec {
             topic: run.topic_for(i),
