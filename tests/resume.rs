@@ -50,6 +50,16 @@ impl Received {
         }
     }
 
+    /// The last `system` message says `resumed: true`, and after one more row, every row of
+    /// the run has arrived once, in order (anything delivered twice would come before that row).
+    async fn resumed_with_every_row(&mut self, js: &mut Driver, pool: &sqlx::PgPool) {
+        let resumed = self.system();
+        assert_eq!(resumed["resumed"], true, "{resumed}");
+        insert(pool, ROWS + 1, ROWS + 2).await;
+        self.through(js, ROWS + 1, false).await;
+        self.exactly_once(1, ROWS + 1);
+    }
+
     /// The last `system` message.
     fn system(&self) -> &Value {
         self.systems.last().expect("a system message")
@@ -170,13 +180,8 @@ async fn a_client_cut_by_the_gateway_gets_every_change_once_after_reconnecting()
     assert_eq!(kicked, 1);
     writer.await.unwrap();
     got.through(&mut js, ROWS, true).await;
-    let resumed = got.system();
-    assert_eq!(resumed["resumed"], true, "{resumed}");
-    assert!(resumed["missed_changes"].as_u64().unwrap() > 0, "{resumed}");
-    // A last row: anything delivered twice would have come before it.
-    insert(&pool, ROWS + 1, ROWS + 2).await;
-    got.through(&mut js, ROWS + 1, false).await;
-    got.exactly_once(1, ROWS + 1);
+    assert!(got.system()["missed_changes"].as_u64().unwrap() > 0);
+    got.resumed_with_every_row(&mut js, &pool).await;
     js.exit().await;
 }
 
@@ -212,11 +217,7 @@ async fn a_client_that_went_silent_gets_what_it_never_read() {
     js.send(json!({"cmd": "wake"})).await;
     got.systems.clear();
     got.through(&mut js, ROWS, true).await;
-    let resumed = got.system();
-    assert_eq!(resumed["resumed"], true, "{resumed}");
-    insert(&pool, ROWS + 1, ROWS + 2).await;
-    got.through(&mut js, ROWS + 1, false).await;
-    got.exactly_once(1, ROWS + 1);
+    got.resumed_with_every_row(&mut js, &pool).await;
     js.exit().await;
 }
 

@@ -248,31 +248,7 @@ impl Session {
         let end = self.end_reason();
         if end == SessionEnd::Shutdown {
             // Deliver what was queued before the close frame, up to the close deadline.
-            let mut stamps = Vec::new();
-            let mut frames = 0;
-            let drain = async {
-                while let Some(frame) = queue.try_recv() {
-                    let stamp = frame.stamp;
-                    let change = !matches!(frame.body, outbound::Body::Marker);
-                    if let Some(message) = writer::to_message(frame) {
-                        let fed = futures_util::SinkExt::feed(&mut sink, message).await;
-                        if fed.is_err() {
-                            break;
-                        }
-                    }
-                    // Handed to the socket: it goes out with the close frame.
-                    if let Some(stamp) = stamp {
-                        stamps.push(stamp);
-                        frames += u64::from(change);
-                    }
-                }
-            };
-            let drained = tokio::time::timeout(CLOSE_PATIENCE, drain).await.is_ok();
-            if let Some(track) = &track {
-                let completed = track.completed();
-                let whole = drained && queue.is_empty();
-                track.wrote(&stamps, frames, whole.then_some(completed));
-            }
+            writer::drain(&mut sink, &mut queue, track.as_deref(), CLOSE_PATIENCE).await;
         }
         match end.close_frame() {
             Some((code, reason)) => {

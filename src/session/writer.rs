@@ -151,7 +151,7 @@ where
             biased;
             // A slow consumer's flush may never finish: cancellation wins.
             () = token.cancelled() => {
-                record(track, &stamps, fed.load(Ordering::Relaxed));
+                record(track, &stamps, fed.load(Ordering::Relaxed), None);
                 return Ended::Cancelled;
             }
             result = write => result,
@@ -168,8 +168,7 @@ where
             // it was recorded as routed.
             let completed = track.completed();
             let whole = queue.is_empty().then_some(completed);
-            record(Some(track), &stamps, fed.load(Ordering::Relaxed));
-            track.wrote(&[], 0, whole);
+            record(Some(track), &stamps, fed.load(Ordering::Relaxed), whole);
             if let Some(id) = track.ping_due() {
                 let ping = sink.send(Message::Ping(ping_payload(id)));
                 let sent = tokio::select! {
@@ -185,8 +184,14 @@ where
     }
 }
 
-/// Records on `track` the stamps of the first `fed` frames of a batch.
-fn record(track: Option<&Track>, stamps: &[(usize, Stamp, bool)], fed: usize) {
+/// Records on `track` the stamps of the first `fed` frames of a batch, and `completed` (the last
+/// span routed whole) when the queue was found empty after it.
+fn record(
+    track: Option<&Track>,
+    stamps: &[(usize, Stamp, bool)],
+    fed: usize,
+    completed: Option<u64>,
+) {
     let Some(track) = track else {
         return;
     };
@@ -199,7 +204,36 @@ fn record(track: Option<&Track>, stamps: &[(usize, Stamp, bool)], fed: usize) {
         .iter()
         .filter(|(i, _, change)| *i < fed && *change)
         .count();
-    track.wrote(&written, frames as u64, None);
+    track.wrote(&written, frames as u64, completed);
+}
+
+/// Hands what is still queued to `sink` (it goes out with the close frame that follows), for at
+/// most `patience`, recording the stamps of what was handed over on `track`.
+pub async fn drain<S>(sink: &mut S, queue: &mut Receiver, track: Option<&Track>, patience: Duration)
+where
+    S: Sink<Message> + Unpin,
+{
+    let mut stamps = Vec::new();
+    let mut fed = 0;
+    let drain = async {
+        while let Some(frame) = queue.try_recv() {
+            if let (Some(stamp), Some(_)) = (frame.stamp, track) {
+                stamps.push((fed, stamp, !matches!(frame.body, Body::Marker)));
+            }
+            if let Some(message) = to_message(frame) {
+                if sink.feed(message).await.is_err() {
+                    return;
+                }
+            }
+            fed += 1;
+        }
+    };
+    let drained = tokio::time::timeout(patience, drain).await.is_ok();
+    if let Some(track) = track {
+        let completed = track.completed();
+        let whole = (drained && queue.is_empty()).then_some(completed);
+        record(Some(track), &stamps, fed, whole);
+    }
 }
 
 /// Sends the close frame (after anything the socket still buffers) and flushes, giving up after

@@ -211,8 +211,10 @@ impl Session {
         let vsn = self.params.vsn;
         let jr = joined.join_ref.clone();
         let frame_topic = topic.to_owned();
-        let build = move |outcome: Outcome| {
-            let mut system = system;
+        // The `system` frame announcing an outcome: queued by the listener, or here when the
+        // listener never took the request.
+        let build = Arc::new(move |outcome: Outcome| {
+            let mut system = system.clone();
             let (resumed, reason, changes) = match (outcome, refused) {
                 (Outcome::Resumed { changes }, None) => (true, None, changes),
                 (Outcome::Resumed { .. } | Outcome::Live, Some(reason)) => (false, Some(reason), 0),
@@ -235,14 +237,17 @@ impl Session {
                 &system.to_string(),
             );
             Frame::text(Kind::System, text)
-        };
+        });
         let state = Arc::new(AtomicU8::new(PENDING));
         let (done, outcome) = tokio::sync::oneshot::channel();
         let request = Request {
             channel: Arc::clone(&channel),
             from,
             state: Arc::clone(&state),
-            system: Box::new(build),
+            system: Box::new({
+                let build = Arc::clone(&build);
+                move |outcome| build(outcome)
+            }),
             done,
         };
         // The listener takes it between two reads; a listener that cannot (its database is
@@ -250,9 +255,8 @@ impl Session {
         let sent = services.requests.send(request);
         let outcome = match sent {
             Ok(()) => tokio::time::timeout(LISTENER_PATIENCE, outcome).await.ok(),
-            Err(tokio::sync::mpsc::error::SendError(request)) => {
-                return self.live_alone(channel, request);
-            }
+            // Without a listener to ask (it stopped), the channel goes live at once.
+            Err(_) => None,
         };
         match outcome {
             Some(Ok(outcome)) => {
@@ -264,11 +268,7 @@ impl Session {
                 if abandoned.is_ok() {
                     // The listener never took it: live from now, without catching up.
                     self.services.router.subscribe(channel);
-                    let system = json!({"extension": "postgres_changes", "status": "ok",
-                        "message": "Subscribed to PostgreSQL", "channel": topic.strip_prefix("realtime:").unwrap_or(topic),
-                        "resumed": false, "missed_changes": 0, "reason": Reason::Unavailable.as_str()});
-                    let jr = self.channels.get(topic).and_then(|j| j.join_ref.clone());
-                    self.push_json(jr.as_deref(), None, topic, "system", &system);
+                    let _queued = self.outbound.push(build(Outcome::Failed));
                 }
                 // Otherwise the listener has it and finishes it on its own.
             }
@@ -281,13 +281,6 @@ impl Session {
         let spans = &self.services.resume.as_ref()?.spans;
         let span = spans.get(spans.completed())?;
         Some(Position::at(span.after.clone()))
-    }
-
-    /// Without a listener to ask (it stopped), the channel goes live at once.
-    fn live_alone(&mut self, channel: Arc<PgChannel>, request: Request) {
-        self.services.router.subscribe(channel);
-        let frame = (request.system)(Outcome::Failed);
-        let _queued = self.outbound.push(frame);
     }
 
     /// Stores where each channel with Postgres Changes stands, for the next socket of this
