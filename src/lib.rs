@@ -74,6 +74,7 @@ pub mod reaper;
 pub mod registry;
 pub mod session;
 pub mod shutdown;
+pub mod socket;
 pub mod state;
 pub mod telemetry;
 

@@ -13,12 +13,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 use std::time::SystemTime;
 
-use axum::extract::ws::Utf8Bytes;
 use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use tokio_util::sync::CancellationToken;
 
 use crate::position::Stamp;
+use crate::socket::frame;
 
 /// What a frame carries, for the delivery metrics (`gateway_messages_delivered_total{kind}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,18 +81,20 @@ impl Kind {
 /// The bytes of a frame.
 #[derive(Debug, Clone)]
 pub enum Body {
-    /// A text frame (JSON; vsn 1 objects or vsn 2 arrays).
-    Text(Utf8Bytes),
-    /// A binary frame (vsn 2 kind 4 broadcast).
-    Binary(Bytes),
+    /// A whole WebSocket frame, header included ([`crate::socket::frame`]): a text frame (JSON;
+    /// vsn 1 objects or vsn 2 arrays) or a binary one (vsn 2 kind 4 broadcast).
+    Wire(Bytes),
+    /// A whole control frame (a pong answering the client's ping): written like the others,
+    /// not counted as a delivery.
+    Control(Bytes),
     /// Nothing to write: a marker that only moves the connection's position in the change
     /// stream ([`crate::position`]) when the writer reaches it.
     Marker,
 }
 
-/// A frame waiting to be written to the socket. Fan-out builds one per distinct payload and
-/// gives each recipient a clone: the bytes are shared, and the kind and origin are copied with
-/// them (no allocation).
+/// A frame waiting to be written to the socket. Fan-out builds one per distinct payload, encoded
+/// down to the WebSocket header, and gives each recipient a clone: the bytes are shared, and the
+/// kind and origin are copied with them (no allocation, no copy).
 #[derive(Debug, Clone)]
 pub struct Frame {
     /// The bytes.
@@ -109,9 +111,9 @@ pub struct Frame {
 
 impl Frame {
     /// A text frame of `kind`.
-    pub fn text(kind: Kind, text: impl Into<Utf8Bytes>) -> Frame {
+    pub fn text(kind: Kind, text: impl AsRef<str>) -> Frame {
         Frame {
-            body: Body::Text(text.into()),
+            body: Body::Wire(frame::text(text.as_ref())),
             kind,
             origin: None,
             stamp: None,
@@ -119,10 +121,20 @@ impl Frame {
     }
 
     /// A binary frame of `kind`.
-    pub fn binary(kind: Kind, bytes: Bytes) -> Frame {
+    pub fn binary(kind: Kind, bytes: &[u8]) -> Frame {
         Frame {
-            body: Body::Binary(bytes),
+            body: Body::Wire(frame::binary(bytes)),
             kind,
+            origin: None,
+            stamp: None,
+        }
+    }
+
+    /// A pong answering a ping that carried `payload`.
+    pub fn pong(payload: &[u8]) -> Frame {
+        Frame {
+            body: Body::Control(frame::pong(payload)),
+            kind: Kind::System,
             origin: None,
             stamp: None,
         }
@@ -145,12 +157,20 @@ impl Frame {
         self
     }
 
-    /// Bytes this frame occupies in the queue.
+    /// Bytes this frame occupies in the queue (and on the wire).
     pub fn len(&self) -> usize {
         match &self.body {
-            Body::Text(t) => t.len(),
-            Body::Binary(b) => b.len(),
+            Body::Wire(b) | Body::Control(b) => b.len(),
             Body::Marker => 0,
+        }
+    }
+
+    /// The payload: what the client's WebSocket reader hands to its application (nothing for a
+    /// marker).
+    pub fn payload(&self) -> &[u8] {
+        match &self.body {
+            Body::Wire(b) | Body::Control(b) => frame::parse(b).map_or(&[], |(_, payload)| payload),
+            Body::Marker => &[],
         }
     }
 
@@ -533,11 +553,11 @@ mod tests {
         let second = tx.clone();
         tx.push(text(3)).unwrap();
         drop(tx);
-        assert_eq!(rx.recv().await.map(|f| f.len()), Some(3));
+        assert_eq!(rx.recv().await.map(|f| f.payload().len()), Some(3));
         second.push(text(2)).unwrap();
         drop(second);
         assert_eq!(
-            rx.recv().await.map(|f| f.len()),
+            rx.recv().await.map(|f| f.payload().len()),
             Some(2),
             "queued frames first"
         );
@@ -583,7 +603,8 @@ mod tests {
                     rx.written(f.len());
                 }
                 prop_assert!(tx.queued_frames() <= limits.max_frames);
-                prop_assert!(tx.queued_bytes() <= limits.max_bytes + 64);
+                // A frame over the bound is taken by an empty queue: 63 bytes and a 2-byte header.
+                prop_assert!(tx.queued_bytes() <= limits.max_bytes + 65);
             }
         }
     }

@@ -728,7 +728,7 @@ fn encode(vsn: Vsn, topic: &str, event: &str, message: &Message) -> Option<Frame
                     payload,
                     false,
                 ) {
-                    Ok(bytes) => Some(Frame::binary(Kind::Broadcast, bytes)),
+                    Ok(bytes) => Some(Frame::binary(Kind::Broadcast, &bytes)),
                     Err(e) => {
                         tracing::debug!(error = %e, "binary broadcast not encodable");
                         None

@@ -77,11 +77,22 @@ fn join(router: &Router, conn: ConnId, topic: &str, subs: Vec<PgSub>) -> Receive
     rx
 }
 
-fn text(frame: Frame) -> axum::extract::ws::Utf8Bytes {
-    match frame.body {
-        Body::Text(t) => t,
-        Body::Binary(_) | Body::Marker => panic!("not a text frame"),
+/// A queued text frame, read as the client's WebSocket reader hands it over.
+struct Text(Frame);
+
+impl Text {
+    fn as_str(&self) -> &str {
+        let Body::Wire(bytes) = &self.0.body else {
+            panic!("not a frame to write");
+        };
+        let (opcode, payload) = crate::socket::frame::parse(bytes).expect("a whole frame");
+        assert_eq!(opcode, crate::socket::frame::TEXT);
+        std::str::from_utf8(payload).expect("utf-8")
     }
+}
+
+fn text(frame: Frame) -> Text {
+    Text(frame)
 }
 
 #[test]

@@ -27,9 +27,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::{Message, WebSocket};
 use futures_util::{Stream, StreamExt};
 use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use tracing::Instrument;
 
 use crate::auth::{Claims, Verifier};
@@ -45,6 +45,7 @@ use crate::pg::catalog::Catalog;
 use crate::protocol::{self, Inbound, InboundPayload, Vsn};
 use crate::registry::Registry;
 use crate::shutdown::Shutdown;
+use crate::socket::Socket;
 pub use close::SessionEnd;
 pub use handle::{now_ms, SessionHandle, Sessions};
 
@@ -215,7 +216,7 @@ impl Session {
     /// Everything it logs is inside the `connection` span: the connection's id (the registry's
     /// `connection_id`), the socket token's `sub` and role, and the client's address. Never a
     /// token: the `apikey` stays out of every span and event.
-    pub fn run(self, socket: WebSocket) -> Pin<Box<dyn Future<Output = ()> + Send>> {
+    pub fn run(self, socket: Socket) -> Pin<Box<dyn Future<Output = ()> + Send>> {
         let span = tracing::info_span!(
             "connection",
             connection_id = %self.params.connection_id,
@@ -229,10 +230,13 @@ impl Session {
         Box::pin(self.serve(socket).instrument(span))
     }
 
-    async fn serve(mut self, socket: WebSocket) {
+    async fn serve(mut self, socket: Socket) {
         metrics::gauge!("gateway_session_connected").increment(1.0);
         tracing::debug!("session started");
-        let (mut sink, mut stream) = socket.split();
+        let Socket {
+            reader: mut stream,
+            outlet: mut sink,
+        } = socket;
         let Some(mut queue) = self.queue.take() else {
             return;
         };
@@ -244,7 +248,7 @@ impl Session {
             ended
         };
         let reader = self.read(&mut stream);
-        let (_ended, ()) = tokio::join!(writer, reader);
+        let (_ended, peer_close) = tokio::join!(writer, reader);
         let end = self.end_reason();
         if end == SessionEnd::Shutdown {
             // Deliver what was queued before the close frame, up to the close deadline.
@@ -258,10 +262,11 @@ impl Session {
                 }
             }
             None => {
-                // The client closed: flush the close reply the socket queued for it.
-                let _closed =
-                    tokio::time::timeout(CLOSE_PATIENCE, futures_util::SinkExt::close(&mut sink))
-                        .await;
+                // The client closed: answer with its own code (RFC 6455 section 5.5.1), after
+                // whatever the socket still holds.
+                if let Some(code) = peer_close {
+                    writer::close(&mut sink, code, "", CLOSE_PATIENCE).await;
+                }
             }
         }
         if end == SessionEnd::SlowConsumer {
@@ -304,10 +309,11 @@ impl Session {
         self.services.sessions.remove(self.id);
     }
 
-    /// The read loop: ends when the socket closes or the session is cancelled.
-    async fn read<S>(&mut self, stream: &mut S)
+    /// The read loop: ends when the socket closes or the session is cancelled. Returns the code
+    /// to answer the client's close frame with, when the client closed.
+    async fn read<S>(&mut self, stream: &mut S) -> Option<u16>
     where
-        S: Stream<Item = Result<Message, axum::Error>> + Unpin,
+        S: Stream<Item = Result<Message, WsError>> + Unpin,
     {
         let token = self.handle.token.clone();
         let join_timeout = self.services.config.join_timeout;
@@ -338,7 +344,7 @@ impl Session {
             }
             let message = tokio::select! {
                 biased;
-                () = token.cancelled() => return,
+                () = token.cancelled() => return None,
                 up = async { change_stream.wait_for(|up| *up).await.is_ok() },
                     if replication.is_some() && !stream_gone =>
                 {
@@ -362,7 +368,7 @@ impl Session {
                         tracing::debug!("closing a socket without channels");
                         metrics::counter!("gateway_session_channelless_closed_total").increment(1);
                         self.handle.close(SessionEnd::NoChannel);
-                        return;
+                        return None;
                     }
                     channelless_since = self.channelless_since(channelless_since);
                     continue;
@@ -404,10 +410,20 @@ impl Session {
                         }
                     }
                 }
-                Some(Ok(Message::Ping(_))) => {}
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                Some(Ok(Message::Ping(payload))) => {
+                    // Answered in order with what is queued (the reader's own reply is dropped).
+                    let _pushed = self.outbound.push(Frame::pong(&payload));
+                }
+                Some(Ok(Message::Close(frame))) => {
                     token.cancel();
-                    return;
+                    // No code is answered with 1000; a code that may not be sent back (1005,
+                    // 1006, 1015) never arrives: the reader refuses it.
+                    return Some(frame.map_or(1000, |f| u16::from(f.code)));
+                }
+                Some(Ok(Message::Frame(_))) => {}
+                Some(Err(_)) | None => {
+                    token.cancel();
+                    return None;
                 }
             }
             channelless_since = self.channelless_since(channelless_since);

@@ -8,16 +8,18 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Query, State, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use super::{Services, Session, SessionParams};
 use crate::limits::client::{self, Refused};
 use crate::limits::Acquired;
 use crate::protocol::Vsn;
+use crate::socket::Upgrade;
 
 /// Initial read buffer of a socket. Client frames are small (heartbeats, joins, pushes); a
 /// larger one grows the buffer for as long as it takes to read it. The buffer is held by every
@@ -33,7 +35,7 @@ pub async fn handler(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
-    ws: WebSocketUpgrade,
+    ws: Upgrade,
 ) -> Response {
     let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
     let clients = &state.limits.clients;
@@ -188,18 +190,19 @@ pub async fn handler(
     };
     let config = &state.config;
     let tracker = state.shutdown.clone();
-    ws.max_message_size(config.max_frame_bytes)
-        .max_frame_size(config.max_frame_bytes)
+    // The reader writes nothing (the session writes every frame), so it needs no write room.
+    let reader = WebSocketConfig::default()
+        .max_message_size(Some(config.max_frame_bytes))
+        .max_frame_size(Some(config.max_frame_bytes))
         .read_buffer_size(READ_BUFFER_BYTES)
-        .write_buffer_size(4096)
-        .max_write_buffer_size(config.max_frame_bytes.saturating_mul(2))
-        .on_failed_upgrade(|e| tracing::debug!(error = %e, "websocket upgrade failed"))
-        .on_upgrade(move |socket| {
-            let session = Session::new(state, params, permit);
-            // Tracked so shutdown waits for its close frame; it runs in the upgrade's own
-            // task (a second task per connection would cost memory for nothing).
-            tracker.track("session", session.run(socket))
-        })
+        .write_buffer_size(0)
+        .max_write_buffer_size(READ_BUFFER_BYTES);
+    ws.on_upgrade(reader, move |socket| {
+        let session = Session::new(state, params, permit);
+        // Tracked so shutdown waits for its close frame; it runs in the upgrade's own task (a
+        // second task per connection would cost memory for nothing).
+        tracker.track("session", session.run(socket))
+    })
 }
 
 /// Refuses an upgrade from an address blocked for failed authentications.

@@ -1,27 +1,27 @@
 //! Stage 5: drains a connection's outbound queue to its socket.
 //!
-//! Everything already queued is written with one flush (one write per message costs five times
-//! the throughput). On close it writes the close frame, with the code and reason chosen by the
-//! session, after what was queued before it — bounded in time, because a slow consumer may never
-//! read them.
+//! Frames arrive encoded down to the WebSocket header and shared between recipients; the writer
+//! hands everything already queued to the socket's [`Outlet`], which writes it with vectored
+//! writes (one system call for many frames, no copy into a per-socket buffer). On close it
+//! writes the close frame, with the code and reason chosen by the session, after what was queued
+//! before it — bounded in time, because a slow consumer may never read them.
 //!
 //! Each written batch is counted by kind (`gateway_messages_delivered_total{kind}`), and for
 //! each kind that carries an origin the age of the batch's oldest frame at the end of its write
 //! is one observation of `gateway_delivery_latency_seconds{kind}`: one clock read and a handful
 //! of counter updates per batch, nothing per recipient beyond a comparison.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime};
 
-use axum::extract::ws::{CloseFrame, Message};
-use futures_util::{Sink, SinkExt};
+use tokio::io::AsyncWrite;
 use tokio_util::sync::CancellationToken;
 
 use super::resume::track::{ping_payload, Track};
 use crate::outbound::{Body, Frame, Kind, Receiver};
 use crate::position::Stamp;
+use crate::socket::{frame, Outlet};
 
-/// Most frames written before one flush.
+/// Most frames taken from the queue for one flush.
 const MAX_BATCH: usize = 256;
 
 /// How the writer ended.
@@ -70,6 +70,9 @@ struct Batch {
 
 impl Batch {
     fn add(&mut self, frame: &Frame) {
+        if !matches!(frame.body, Body::Wire(_)) {
+            return;
+        }
         let i = frame.kind.index();
         self.frames[i] += 1;
         if let Some(origin) = frame.origin {
@@ -94,17 +97,17 @@ impl Batch {
     }
 }
 
-/// Writes queued frames to `sink` until `token` is cancelled, the queue closes or the socket
+/// Writes queued frames to `outlet` until `token` is cancelled, the queue closes or the socket
 /// fails. A connection that can resume has a `track`: the writer records where each written
 /// batch leaves it in the change stream and follows change frames with a ping.
-pub async fn run<S>(
-    sink: &mut S,
+pub async fn run<W>(
+    outlet: &mut Outlet<W>,
     queue: &mut Receiver,
     token: &CancellationToken,
     track: Option<&Track>,
 ) -> Ended
 where
-    S: Sink<Message> + Unpin,
+    W: AsyncWrite + Unpin,
 {
     let meters = Meters::new();
     loop {
@@ -131,30 +134,22 @@ where
             if let (Some(stamp), Some(_)) = (frame.stamp, track) {
                 stamps.push((i, stamp, !matches!(frame.body, Body::Marker)));
             }
-            if !matches!(frame.body, Body::Marker) {
-                kinds.add(frame);
-            }
+            kinds.add(frame);
         }
-        // Frames handed to the socket; a frame handed over goes out with the next flush even
-        // when this write is cancelled (the close frame flushes it).
-        let fed = AtomicUsize::new(0);
-        let write = async {
-            for frame in batch {
-                if let Some(message) = to_message(frame) {
-                    sink.feed(message).await?;
-                }
-                fed.fetch_add(1, Ordering::Relaxed);
-            }
-            sink.flush().await
-        };
+        // Every frame is handed over at once; what a cancelled flush leaves goes out with the
+        // close frame.
+        for frame in batch {
+            feed(outlet, frame);
+        }
+        let fed = frames;
         let result = tokio::select! {
             biased;
             // A slow consumer's flush may never finish: cancellation wins.
             () = token.cancelled() => {
-                record(track, &stamps, fed.load(Ordering::Relaxed), None);
+                record(track, &stamps, fed, None);
                 return Ended::Cancelled;
             }
-            result = write => result,
+            result = outlet.flush() => result,
         };
         queue.written(bytes);
         if result.is_err() {
@@ -168,9 +163,10 @@ where
             // it was recorded as routed.
             let completed = track.completed();
             let whole = queue.is_empty().then_some(completed);
-            record(Some(track), &stamps, fed.load(Ordering::Relaxed), whole);
+            record(Some(track), &stamps, fed, whole);
             if let Some(id) = track.ping_due() {
-                let ping = sink.send(Message::Ping(ping_payload(id)));
+                outlet.feed(frame::ping(&ping_payload(id)));
+                let ping = outlet.flush();
                 let sent = tokio::select! {
                     biased;
                     () = token.cancelled() => return Ended::Cancelled,
@@ -207,61 +203,51 @@ fn record(
     track.wrote(&written, frames as u64, completed);
 }
 
-/// Hands what is still queued to `sink` (it goes out with the close frame that follows), for at
-/// most `patience`, recording the stamps of what was handed over on `track`.
-pub async fn drain<S>(sink: &mut S, queue: &mut Receiver, track: Option<&Track>, patience: Duration)
-where
-    S: Sink<Message> + Unpin,
+/// Hands what is still queued to `outlet` and writes it, for at most `patience` (what is not
+/// written by then goes out ahead of the close frame that follows, if the socket takes it),
+/// recording the stamps of what was handed over on `track`.
+pub async fn drain<W>(
+    outlet: &mut Outlet<W>,
+    queue: &mut Receiver,
+    track: Option<&Track>,
+    patience: Duration,
+) where
+    W: AsyncWrite + Unpin,
 {
     let mut stamps = Vec::new();
     let mut fed = 0;
-    let drain = async {
-        while let Some(frame) = queue.try_recv() {
-            if let (Some(stamp), Some(_)) = (frame.stamp, track) {
-                stamps.push((fed, stamp, !matches!(frame.body, Body::Marker)));
-            }
-            if let Some(message) = to_message(frame) {
-                if sink.feed(message).await.is_err() {
-                    return;
-                }
-            }
-            fed += 1;
+    while let Some(frame) = queue.try_recv() {
+        if let (Some(stamp), Some(_)) = (frame.stamp, track) {
+            stamps.push((fed, stamp, !matches!(frame.body, Body::Marker)));
         }
-    };
-    let drained = tokio::time::timeout(patience, drain).await.is_ok();
+        feed(outlet, frame);
+        fed += 1;
+    }
+    let _written = tokio::time::timeout(patience, outlet.flush()).await;
     if let Some(track) = track {
         let completed = track.completed();
-        let whole = (drained && queue.is_empty()).then_some(completed);
+        let whole = queue.is_empty().then_some(completed);
         record(Some(track), &stamps, fed, whole);
     }
 }
 
-/// Sends the close frame (after anything the socket still buffers) and flushes, giving up after
-/// `patience`.
-pub async fn close<S>(sink: &mut S, code: u16, reason: &str, patience: Duration)
+/// Writes the close frame (after anything handed over before it) and shuts the write direction
+/// down, giving up after `patience`.
+pub async fn close<W>(outlet: &mut Outlet<W>, code: u16, reason: &str, patience: Duration)
 where
-    S: Sink<Message> + Unpin,
+    W: AsyncWrite + Unpin,
 {
-    let frame = Message::Close(Some(CloseFrame {
-        code,
-        reason: reason.into(),
-    }));
-    let sent = tokio::time::timeout(patience, async {
-        sink.send(frame).await?;
-        sink.close().await
-    })
-    .await;
+    let sent = tokio::time::timeout(patience, outlet.close(frame::close(code, reason))).await;
     if !matches!(sent, Ok(Ok(()))) {
         tracing::debug!(code, "close frame not delivered");
     }
 }
 
-/// The WebSocket message of `frame` (none for a marker).
-pub fn to_message(frame: Frame) -> Option<Message> {
+/// Hands `frame`'s bytes to `outlet` (nothing for a marker).
+fn feed<W: AsyncWrite + Unpin>(outlet: &mut Outlet<W>, frame: Frame) {
     match frame.body {
-        Body::Text(text) => Some(Message::Text(text)),
-        Body::Binary(bytes) => Some(Message::Binary(bytes)),
-        Body::Marker => None,
+        Body::Wire(bytes) | Body::Control(bytes) => outlet.feed(bytes),
+        Body::Marker => {}
     }
 }
 
@@ -285,20 +271,23 @@ mod tests {
         }
         let writer_token = token.clone();
         let writer = tokio::spawn(async move {
-            let mut sink: Vec<Message> = Vec::new();
-            let ended = run(&mut sink, &mut rx, &writer_token, None).await;
-            (ended, sink)
+            let mut outlet = Outlet::new(Vec::new());
+            let ended = run(&mut outlet, &mut rx, &writer_token, None).await;
+            (ended, outlet)
         });
         while tx.queued_bytes() > 0 {
             tokio::task::yield_now().await;
         }
         token.cancel();
-        let (ended, sink) = writer.await.unwrap();
+        let (ended, mut outlet) = writer.await.unwrap();
         assert_eq!(ended, Ended::Cancelled);
-        let expected: Vec<Message> = (0..10)
-            .map(|i| Message::Text(format!("m{i}").into()))
+        close(&mut outlet, 1000, "bye", Duration::from_secs(1)).await;
+        let expected: Vec<u8> = (0..10)
+            .map(|i| frame::text(&format!("m{i}")))
+            .chain([frame::close(1000, "bye")])
+            .flat_map(|b| b.to_vec())
             .collect();
-        assert_eq!(sink, expected);
+        assert_eq!(outlet.into_inner(), expected);
     }
 
     /// A batch is counted by kind and measured from the oldest origin of each kind, not the

@@ -15,6 +15,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use serde_json::{json, Value};
 use sqlx::{PgPool, Row};
@@ -136,9 +137,8 @@ impl Resumable {
 /// are counted.
 pub(super) async fn await_close_reply<S>(stream: &mut S, track: &Track)
 where
-    S: futures_util::Stream<Item = Result<axum::extract::ws::Message, axum::Error>> + Unpin,
+    S: futures_util::Stream<Item = Result<Message, WsError>> + Unpin,
 {
-    use axum::extract::ws::Message;
     use futures_util::StreamExt;
     let read = async {
         while let Some(Ok(message)) = stream.next().await {
