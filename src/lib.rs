@@ -17,6 +17,7 @@
 //!                      fanout::filter, fanout::encode (body once)    (stage 3)
 //!   outbound:          per-connection bounded queue of shared frames (stage 4)
 //!   session::writer:   drains the queue to the socket                (stage 5)
+//!   socket::Outlet:    vectored writes of the shared, pre-encoded frames
 //! ```
 //!
 //! Broadcast and presence take a shorter path to the same queues (stage 4):
@@ -39,7 +40,9 @@
 //!   (`ConnId`), [`protocol`] (frames and codecs, both serializer versions, pure), [`position`]
 //!   (where a channel stands in the change stream, for resuming sessions).
 //! - [`capture`] (stages 1–2, outbox maintenance), [`fanout`] (stage 3), [`outbound`]
-//!   (stage 4), [`session`] (stage 5 and the read loop, upgrade, joins, close codes).
+//!   (stage 4), [`session`] (stage 5 and the read loop, upgrade, joins, close codes), [`socket`]
+//!   (the WebSocket connection: handshake, server frames encoded once with their header, the
+//!   write half written with vectored writes).
 //! - [`broadcast`] and [`presence`]: the hub, the cluster bus and its wire format, replay of
 //!   stored database messages, REST.
 //! - [`registry`]: the subscription registry and audit log, written off the message path.
