@@ -10,6 +10,9 @@ use realtime_gateway::{local, pg, telemetry, Error, Shutdown};
 
 /// mimalloc: faster than the system allocator on the per-delivery and per-connection paths,
 /// and it returns freed memory to the system, so RSS comes back down after a connection storm.
+/// The `system-allocator` feature leaves it out, for heap profilers that hook `malloc`
+/// (heaptrack, valgrind): see BENCHMARKS.md.
+#[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -227,45 +227,52 @@ impl Session {
         if let Some(sub) = &self.params.claims.sub {
             span.record("sub", tracing::field::display(sub));
         }
-        Box::pin(self.serve(socket).instrument(span))
+        Box::pin(self.serve(socket.reader, socket.outlet).instrument(span))
     }
 
-    async fn serve(mut self, socket: Socket) {
+    async fn serve(mut self, mut stream: crate::socket::Reader, mut sink: crate::socket::Outlet) {
         metrics::gauge!("gateway_session_connected").increment(1.0);
         tracing::debug!("session started");
-        let Socket {
-            reader: mut stream,
-            outlet: mut sink,
-        } = socket;
         let Some(mut queue) = self.queue.take() else {
             return;
         };
         let token = self.handle.token.clone();
         let track = self.resume.as_ref().map(|r| Arc::clone(&r.track));
-        let writer = async {
-            let ended = writer::run(&mut sink, &mut queue, &token, track.as_deref()).await;
-            token.cancel();
-            ended
-        };
-        let reader = self.read(&mut stream);
-        let (_ended, peer_close) = tokio::join!(writer, reader);
+        // The session's future lives as long as the connection: the reader and the writer
+        // are built in place (a future built first and then moved in would take room twice),
+        // and what runs only at the end (drain, close, storing positions) is boxed so that it
+        // takes no room before.
+        let (_ended, peer_close) = tokio::join!(
+            async {
+                let ended = writer::run(&mut sink, &mut queue, &token, track.as_deref()).await;
+                token.cancel();
+                ended
+            },
+            self.read(&mut stream),
+        );
         let end = self.end_reason();
         if end == SessionEnd::Shutdown {
             // Deliver what was queued before the close frame, up to the close deadline.
-            writer::drain(&mut sink, &mut queue, track.as_deref(), CLOSE_PATIENCE).await;
+            Box::pin(writer::drain(
+                &mut sink,
+                &mut queue,
+                track.as_deref(),
+                CLOSE_PATIENCE,
+            ))
+            .await;
         }
         match end.close_frame() {
             Some((code, reason)) => {
-                writer::close(&mut sink, code, reason, CLOSE_PATIENCE).await;
+                Box::pin(writer::close(&mut sink, code, reason, CLOSE_PATIENCE)).await;
                 if let Some(track) = &track {
-                    resume::await_close_reply(&mut stream, track).await;
+                    Box::pin(resume::await_close_reply(&mut stream, track)).await;
                 }
             }
             None => {
                 // The client closed: answer with its own code (RFC 6455 section 5.5.1), after
                 // whatever the socket still holds.
                 if let Some(code) = peer_close {
-                    writer::close(&mut sink, code, "", CLOSE_PATIENCE).await;
+                    Box::pin(writer::close(&mut sink, code, "", CLOSE_PATIENCE)).await;
                 }
             }
         }
@@ -279,7 +286,7 @@ impl Session {
                        "queued_bytes": self.outbound.queued_bytes()}),
             );
         }
-        self.store_positions().await;
+        Box::pin(self.store_positions()).await;
         self.cleanup(end);
         metrics::gauge!("gateway_session_connected").decrement(1.0);
         tracing::debug!(reason = end.registry_reason(), "session ended");

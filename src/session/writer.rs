@@ -35,7 +35,12 @@ pub enum Ended {
     QueueClosed,
 }
 
-/// The writer's metric handles, looked up once per connection rather than once per batch.
+/// The writers' metric handles, looked up once per process (after the recorder is installed,
+/// since no writer runs before the gateway starts), not once per batch, and not held in every
+/// connection's task.
+static METERS: std::sync::OnceLock<Meters> = std::sync::OnceLock::new();
+
+/// The writers' metric handles.
 struct Meters {
     frames: metrics::Counter,
     flushes: metrics::Counter,
@@ -109,7 +114,7 @@ pub async fn run<W>(
 where
     W: AsyncWrite + Unpin,
 {
-    let meters = Meters::new();
+    let meters = METERS.get_or_init(Meters::new);
     loop {
         let first = tokio::select! {
             biased;
@@ -157,7 +162,7 @@ where
         }
         meters.frames.increment(frames as u64);
         meters.flushes.increment(1);
-        kinds.record(&meters, SystemTime::now());
+        kinds.record(meters, SystemTime::now());
         if let Some(track) = track {
             // Read before looking at the queue: every frame of that span was queued before
             // it was recorded as routed.

@@ -51,6 +51,10 @@ impl AsyncRead for Inbound {
             let n = this.early.len().min(buf.remaining());
             buf.put_slice(&this.early[..n]);
             this.early.advance(n);
+            if this.early.is_empty() {
+                // Nothing of the early bytes' allocation is kept once they are read.
+                this.early = Bytes::new();
+            }
             return Poll::Ready(Ok(()));
         }
         match &mut this.half {

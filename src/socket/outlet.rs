@@ -125,15 +125,18 @@ impl<W: AsyncWrite + Unpin> Outlet<W> {
     /// When the socket fails, or takes no more bytes.
     pub async fn flush(&mut self) -> io::Result<()> {
         while !self.pending.is_empty() {
-            let written = {
+            // The slices are built on each poll's stack, never kept in the future: a future
+            // that held them would hold 1 KiB in every connection's task.
+            let written = std::future::poll_fn(|cx| {
                 let mut slices = [IoSlice::new(&[]); MAX_SLICES];
                 let mut n = 0;
                 for (slice, frame) in slices.iter_mut().zip(&self.pending) {
                     *slice = IoSlice::new(frame);
                     n += 1;
                 }
-                self.io.write_vectored(&slices[..n]).await?
-            };
+                Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..n])
+            })
+            .await?;
             if written == 0 {
                 return Err(io::ErrorKind::WriteZero.into());
             }

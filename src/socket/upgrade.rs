@@ -171,11 +171,14 @@ fn split(upgraded: Upgraded) -> (bytes::Bytes, inbound::Half, outlet::Half) {
     match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => {
             let (read, write) = parts.io.into_inner().into_split();
-            (
-                parts.read_buf,
-                inbound::Half::Tcp(read),
-                outlet::Half::Tcp(write),
-            )
+            // The bytes read past the request are a view into the HTTP server's whole read
+            // buffer (8 KiB): keeping the view would keep the buffer for the connection's life.
+            let early = if parts.read_buf.is_empty() {
+                bytes::Bytes::new()
+            } else {
+                bytes::Bytes::copy_from_slice(&parts.read_buf)
+            };
+            (early, inbound::Half::Tcp(read), outlet::Half::Tcp(write))
         }
         Err(upgraded) => {
             let (read, write) = tokio::io::split(TokioIo::new(upgraded));
