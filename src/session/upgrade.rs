@@ -24,7 +24,7 @@ use crate::socket::Upgrade;
 /// Initial read buffer of a socket. Client frames are small (heartbeats, joins, pushes); a
 /// larger one grows the buffer for as long as it takes to read it. The buffer is held by every
 /// connection, idle or not, so it is kept small.
-const READ_BUFFER_BYTES: usize = 1024;
+const READ_BUFFER_BYTES: usize = 512;
 
 /// `Retry-After` of an upgrade refused because the database cannot be reached, in seconds.
 const RETRY_AFTER_SECS: &str = "5";
