@@ -34,12 +34,13 @@ impl Op {
         }
     }
 
-    /// Parses the outbox's `op` column.
+    /// Parses the outbox's `op` column: the letter the capture writes (`I`, `U`, `D`), or the
+    /// name rows captured before migration 0023 hold.
     pub fn parse(text: &str) -> Option<Op> {
         match text {
-            "INSERT" => Some(Op::Insert),
-            "UPDATE" => Some(Op::Update),
-            "DELETE" => Some(Op::Delete),
+            "I" | "INSERT" => Some(Op::Insert),
+            "U" | "UPDATE" => Some(Op::Update),
+            "D" | "DELETE" => Some(Op::Delete),
             _ => None,
         }
     }

@@ -496,7 +496,7 @@ async fn tables_are_enabled_by_the_publication() {
     let triggers = "select count(*) from pg_trigger \
                     where tgrelid = 'public.pub_t'::regclass and not tgisinternal \
                     and tgname = 'realtime_capture'";
-    let captured = "select count(*) from realtime.changes where table_name = 'pub_t'";
+    let captured = "select count(*) from realtime.changes where relid = 'public.pub_t'::regclass";
     let n = |sql: &'static str| {
         let url = db.url.clone();
         async move {
@@ -659,7 +659,7 @@ async fn commit_timestamp_is_the_commit_time() {
         "select to_char(pg_xact_commit_timestamp(xid::xid) at time zone 'utc', \
                         'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"'), \
                 to_char(captured_at at time zone 'utc', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') \
-         from realtime.changes where table_name = 'slow'",
+         from realtime.changes where relid = 'public.slow'::regclass",
     )
     .fetch_one(&mut conn)
     .await

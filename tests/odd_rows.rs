@@ -139,8 +139,8 @@ async fn an_undeliverable_row_is_skipped_reported_and_audited() {
         .await
         .unwrap();
     let bad_id: i64 = sqlx::query_scalar(
-        "insert into realtime.changes (relid, schema_name, table_name, op, record) \
-         values ('public.odd'::regclass, 'public', 'odd', 'INSERT', '[1, 2]'::jsonb) \
+        "insert into realtime.changes (relid, op, record) \
+         values ('public.odd'::regclass, 'I', '[1, 2]'::jsonb) \
          returning id",
     )
     .fetch_one(&mut conn)

@@ -26,7 +26,8 @@ pub struct ChangeRow {
     pub captured_at: DateTime<Utc>,
     /// Relation id of the table (its root for a partition).
     pub relid: u32,
-    /// Operation, as stored.
+    /// Operation, as stored: `I`, `U` or `D` (rows captured before migration 0023: `INSERT`,
+    /// `UPDATE` or `DELETE`).
     pub op: String,
     /// `to_jsonb(new)::text`.
     pub record: Option<String>,
@@ -227,6 +228,26 @@ mod tests {
         assert_eq!(e.commit_timestamp, "2025-05-01T12:34:56.789Z");
         assert_eq!(e.record.unwrap()["id"], 2);
         assert_eq!(e.old_full.unwrap()["id"], 1);
+    }
+
+    #[test]
+    fn operations_are_read_as_letters_and_as_names() {
+        for (letter, name, op) in [
+            ("I", "INSERT", Op::Insert),
+            ("U", "UPDATE", Op::Update),
+            ("D", "DELETE", Op::Delete),
+        ] {
+            let record = (op != Op::Delete).then(|| json!({"id": 2}));
+            let old = (op != Op::Insert).then(|| json!({"id": 1}));
+            for stored in [letter, name] {
+                let e = decode(row(stored, record.clone(), old.clone()), table()).unwrap();
+                assert_eq!(e.op, op, "{stored}");
+            }
+        }
+        assert!(matches!(
+            decode(row("T", None, None), table()),
+            Err(Error::UnknownOp(_))
+        ));
     }
 
     #[test]

@@ -727,7 +727,8 @@ impl Listener {
                     "relid": change.relid,
                     "schema": table.as_ref().map(|t| t.schema.clone()),
                     "table": table.as_ref().map(|t| t.name.clone()),
-                    "op": change.op,
+                    "op": crate::change::Op::parse(&change.op)
+                        .map_or_else(|| change.op.clone(), |op| op.as_str().to_owned()),
                     "reason": reason,
                 }),
             );

@@ -179,7 +179,8 @@ impl Listener {
 }
 
 /// One page of the changes `upper` sees and `lower` does not, of the channel's tables, with
-/// ids above `after`, in id order.
+/// ids above `after`, in id order. A change's table is its `relid` as the catalog names it now,
+/// as for live routing (a table dropped since has no name: its changes are skipped anyway).
 async fn page(
     pool: &sqlx::PgPool,
     lower: &Snapshot,
@@ -195,9 +196,11 @@ async fn page(
          where id > $1 and id <= $2 \
            and (xid >= $3::text::xid8 or xid = any($4::text[]::xid8[])) \
            and xid < $5::text::xid8 and not (xid = any($6::text[]::xid8[])) \
-           and exists (select from unnest($7::text[], $8::text[]) k(s, t) \
-                       where (k.s = '*' or k.s = c.schema_name) \
-                         and (k.t = '*' or k.t = c.table_name)) \
+           and exists (select from pg_catalog.pg_class r \
+                         join pg_catalog.pg_namespace n on n.oid = r.relnamespace \
+                         join unnest($7::text[], $8::text[]) k(s, t) \
+                           on (k.s = '*' or k.s = n.nspname) and (k.t = '*' or k.t = r.relname) \
+                       where r.oid = c.relid) \
          order by id limit $9",
     )
     .bind(after)

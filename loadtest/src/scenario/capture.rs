@@ -127,8 +127,8 @@ pub(super) async fn run(run: &Run) -> anyhow::Result<Report> {
     // Let the gateway catch up with the outbox before the final figures are read.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let backlog: Option<i64> =
-        sqlx::query_scalar("select count(*) from realtime.changes where table_name = $1")
-            .bind(REALTIME_TABLE)
+        sqlx::query_scalar("select count(*) from realtime.changes where relid = $1::regclass")
+            .bind(format!("public.{REALTIME_TABLE}"))
             .fetch_one(&mut setup)
             .await
             .ok();
