@@ -207,7 +207,7 @@ impl Gateway {
             pool.clone(),
             catalog,
             router,
-            fanout::visibility::Visibility::connect(url, config.rls_check_timeout)?
+            fanout::visibility::Visibility::new(pool.clone(), config.rls_check_timeout)
                 .with_audit(services.registry.clone()),
             listener_status,
         )

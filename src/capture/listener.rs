@@ -34,6 +34,7 @@ use sqlx::postgres::PgRow;
 use super::decode::{self, ChangeRow};
 use super::maintenance;
 use super::outbox::{fetch_page, fits, parse_snapshot, read_row, start_cursor, Cursor, Part};
+use super::schedule::{Backoff, Pace, FOLLOW_UP};
 use crate::change::{BusMessage, ChangeEvent};
 use crate::fanout::router::{Router, Wakes};
 use crate::fanout::visibility::{ClaimSet, Visibility};
@@ -54,9 +55,6 @@ pub(super) const PAGE_ROWS: i64 = 1000;
 /// Within a page, writers are woken at least every this many deliveries, which bounds how
 /// long a routed frame waits for its writer.
 const WAKE_EVERY_DELIVERIES: usize = 50_000;
-/// After a bell, or a read that found rows, read again this soon: writers that committed while
-/// another transaction's bell was ringing (and so skipped theirs) are picked up quickly.
-const FOLLOW_UP: Duration = Duration::from_millis(2);
 /// Capture triggers are reconciled with the publication this often (where the event trigger
 /// that does it at once could not be created, for want of superuser rights).
 const RECONCILE_EVERY: Duration = Duration::from_secs(5);
@@ -271,6 +269,7 @@ impl Listener {
         let mut need_read = true;
         let mut follow_up = false;
         let mut bell_rang = false;
+        let mut pace = Pace::default();
         loop {
             if listener.is_none() && tokio::time::Instant::now() >= listen_retry_at {
                 match connect_listener(&listen_pool, &self.settings.bus_channels).await {
@@ -288,12 +287,18 @@ impl Listener {
                     }
                 }
             }
-            if need_read && read_retry_at.is_none() {
+            if need_read && read_retry_at.is_none() && pace.due() {
                 need_read = false;
                 let rang = std::mem::take(&mut bell_rang);
-                match self.read(&mut cursor, &mut routed).await {
+                let started = tokio::time::Instant::now();
+                let read = self.read(&mut cursor, &mut routed).await;
+                // Any read makes the next poll due a full interval later: the poll only
+                // bounds the time without one.
+                poll.reset();
+                match read {
                     Ok(n) => {
                         follow_up = n > 0 || rang;
+                        pace.read(started, n > 0);
                         read_backoff = Backoff::new();
                     }
                     Err(e) => {
@@ -307,6 +312,10 @@ impl Listener {
             }
             let retry_listen = listener.is_none();
             let retry_read = read_retry_at.unwrap_or_else(tokio::time::Instant::now);
+            // A read asked for but held back by the spacing starts when it is due; a
+            // follow-up comes no sooner than that either.
+            let paced = need_read && read_retry_at.is_none();
+            let follow_up_at = pace.next.max(tokio::time::Instant::now() + FOLLOW_UP);
             tokio::select! {
                 biased;
                 () = shutdown.cancelled() => break,
@@ -334,7 +343,8 @@ impl Listener {
                         need_read = true; // catch up on the gap
                     }
                 },
-                () = tokio::time::sleep(FOLLOW_UP), if follow_up => need_read = true,
+                () = tokio::time::sleep_until(follow_up_at), if follow_up && !paced => need_read = true,
+                () = tokio::time::sleep_until(pace.next), if paced => {}
                 () = tokio::time::sleep_until(retry_read), if read_retry_at.is_some() => {
                     read_retry_at = None;
                     need_read = true;
@@ -768,30 +778,5 @@ async fn recv(
     match listener.as_mut() {
         Some(l) => l.try_recv().await,
         None => std::future::pending().await,
-    }
-}
-
-/// Exponential back-off from 100 ms to 5 s.
-#[derive(Debug)]
-struct Backoff(Duration);
-
-impl Backoff {
-    fn new() -> Backoff {
-        Backoff(Duration::from_millis(100))
-    }
-
-    fn next(&mut self) -> Duration {
-        let d = self.0;
-        self.0 = (self.0 * 2).min(Duration::from_secs(5));
-        d
-    }
-
-    /// Sleeps the next delay; returns true when shutdown came first.
-    async fn wait(&mut self, shutdown: &Shutdown) -> bool {
-        let d = self.next();
-        tokio::select! {
-            () = shutdown.cancelled() => true,
-            () = tokio::time::sleep(d) => false,
-        }
     }
 }

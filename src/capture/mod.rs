@@ -6,11 +6,12 @@
 //! listener hands it to the router ([`crate::fanout`], stage 3). Notifications of the cluster
 //! bus arriving on the same connection go to the broadcast hub as
 //! [`BusMessage`](crate::change::BusMessage)s. [`maintenance`] keeps the capture triggers in step
-//! with the publication and prunes the outbox. The design and its cost to writers are in
-//! docs/capture.md.
+//! with the publication and prunes the outbox; `schedule` decides when the listener reads.
+//! The design and its cost to writers are in docs/capture.md.
 
 pub mod decode;
 pub mod listener;
 pub mod maintenance;
 pub mod outbox;
 pub mod resume;
+mod schedule;

@@ -18,7 +18,6 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
 
 use crate::change::{ChangeEvent, Op, RawRow};
@@ -174,33 +173,30 @@ pub struct ClaimSet {
 /// Asks the database which claim set may see which change.
 #[derive(Debug, Clone)]
 pub struct Visibility {
+    /// The gateway's pool: each check takes a connection for its own short transaction.
     pool: PgPool,
-    /// Bound on one check, also on this side (a stalled connection must not hold capture).
+    /// Opens a check's transaction with the server's bound on it (`statement_timeout`).
+    begin: String,
+    /// Bound on one check, also on this side (a busy pool or a stalled connection must not
+    /// hold capture).
     timeout: Duration,
     audit: Option<Registry>,
 }
 
 impl Visibility {
-    /// A checker with its own connection to `url` (so a slow policy never waits behind other
-    /// work), each check bounded by `timeout`.
-    ///
-    /// # Errors
-    /// When the URL is malformed.
-    pub fn connect(url: &str, timeout: Duration) -> Result<Visibility, crate::pg::Error> {
-        let millis = timeout.as_millis().max(1).to_string();
-        let options = crate::pg::connect_options(url, crate::pg::APPLICATION_NAME)?
-            .options([("statement_timeout", millis.as_str())]);
-        let pool = PgPoolOptions::new()
-            .max_connections(1)
-            .min_connections(0)
-            .acquire_timeout(timeout)
-            .idle_timeout(Duration::from_secs(300))
-            .connect_lazy_with(options);
-        Ok(Visibility {
+    /// A checker on the gateway's `pool`, each check bounded by `timeout`: waiting for a
+    /// connection, then the check itself (server side, `statement_timeout` set for the check's
+    /// transaction only).
+    pub fn new(pool: PgPool, timeout: Duration) -> Visibility {
+        let millis = timeout.as_millis().max(1);
+        // A number, not text from outside: the whole statement is ours.
+        let begin = format!("begin; set local statement_timeout = {millis}");
+        Visibility {
             pool,
+            begin,
             timeout,
             audit: None,
-        })
+        }
     }
 
     /// Audits failed checks to `registry`.
@@ -326,14 +322,10 @@ impl Visibility {
     }
 
     async fn ask(&self, request: &Request) -> Result<Answer, crate::pg::Error> {
-        let query = sqlx::query(
-            "select t, c, r, visible, columns, error from realtime.visible_rows($1::text::jsonb)",
-        )
-        .bind(request.to_json())
-        .fetch_all(&self.pool);
-        // The server's statement timeout ends a slow check; this one ends a stalled connection.
+        // The server's statement timeout ends a slow check; this one ends a wait for a
+        // connection of a busy pool, or a stalled connection.
         let patience = self.timeout + Duration::from_secs(1);
-        let rows = tokio::time::timeout(patience, query)
+        let rows = tokio::time::timeout(patience, self.query(request))
             .await
             .map_err(|_| crate::pg::Error::Timeout(patience))??;
         let mut answer = Answer::default();
@@ -371,6 +363,22 @@ impl Visibility {
             }
         }
         Ok(answer)
+    }
+
+    /// Runs the check in a transaction of its own on a pool connection: the statement timeout
+    /// applies to it alone, and the connection goes back to the pool as it came.
+    async fn query(&self, request: &Request) -> Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
+        let mut tx = tokio::time::timeout(self.timeout, self.pool.begin_with(self.begin.clone()))
+            .await
+            .map_err(|_| sqlx::Error::PoolTimedOut)??;
+        let rows = sqlx::query(
+            "select t, c, r, visible, columns, error from realtime.visible_rows($1::text::jsonb)",
+        )
+        .bind(request.to_json())
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(rows)
     }
 
     /// Audits a failed check: of one table and claim set, or (`None`) of the whole page.
