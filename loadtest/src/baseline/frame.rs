@@ -4,53 +4,25 @@
 //! A delivery has the shape and size of the gateway's (docs/protocol.md 6.3, vsn 2): the same
 //! keys, columns and record as the events table's, so both servers move the same bytes.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use realtime_gateway::protocol::{self, Vsn};
+use realtime_gateway::socket::frame;
 
 use crate::client::EVENTS_TABLE;
 
-/// Opcode of a text frame.
-const TEXT: u8 = 0x1;
-/// Opcode of a close frame.
-const CLOSE: u8 = 0x8;
-/// Opcode of a pong.
-const PONG: u8 = 0xA;
-
-/// An unmasked server frame: `FIN` + `opcode`, the length in 7, 16 or 64 bits, the payload.
-fn frame(opcode: u8, parts: &[&[u8]]) -> Bytes {
-    let len: usize = parts.iter().map(|p| p.len()).sum();
-    let mut out = BytesMut::with_capacity(len + 10);
-    out.put_u8(0x80 | opcode);
-    match len {
-        0..=125 => out.put_u8(len as u8),
-        126..=0xFFFF => {
-            out.put_u8(126);
-            out.put_u16(len as u16);
-        }
-        _ => {
-            out.put_u8(127);
-            out.put_u64(len as u64);
-        }
-    }
-    for p in parts {
-        out.put_slice(p);
-    }
-    out.freeze()
-}
-
 /// A text frame carrying `text`.
 pub(crate) fn text(text: &str) -> Bytes {
-    frame(TEXT, &[text.as_bytes()])
+    frame::text(text)
 }
 
 /// A close frame with `code` and `reason`.
 pub(crate) fn close(code: u16, reason: &str) -> Bytes {
-    frame(CLOSE, &[&code.to_be_bytes(), reason.as_bytes()])
+    frame::close(code, reason)
 }
 
 /// A pong answering a ping's `payload`.
 pub(crate) fn pong(payload: &[u8]) -> Bytes {
-    frame(PONG, &[payload])
+    frame::pong(payload)
 }
 
 /// The delivery of row `n` of run `run` (row id `id`) on `topic`, as the gateway would send it
