@@ -28,7 +28,7 @@ async fn next(ws: &mut Ws) -> Message {
 }
 
 /// A client's ping is answered with its payload; a client's close frame is answered with its
-/// code, and the socket ends.
+/// code and reason, and the socket ends.
 #[tokio::test]
 async fn pings_are_answered_and_a_client_close_is_echoed() {
     let db = TestDb::new().await;
@@ -50,7 +50,12 @@ async fn pings_are_answered_and_a_client_close_is_echoed() {
     .await
     .unwrap();
     match next(&mut ws).await {
-        Message::Close(Some(frame)) => assert_eq!(frame.code, CloseCode::Library(4001)),
+        Message::Close(Some(frame)) => {
+            assert_eq!(
+                (frame.code, frame.reason.as_str()),
+                (CloseCode::Library(4001), "bye")
+            );
+        }
         other => panic!("expected the close reply, got {other:?}"),
     }
     let end = tokio::time::timeout(PATIENCE, ws.next())

@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tracing::Instrument;
 
 use crate::auth::{Claims, Verifier};
@@ -269,10 +269,10 @@ impl Session {
                 }
             }
             None => {
-                // The client closed: answer with its own code (RFC 6455 section 5.5.1), after
-                // whatever the socket still holds.
-                if let Some(code) = peer_close {
-                    Box::pin(writer::close(&mut sink, code, "", CLOSE_PATIENCE)).await;
+                // The client closed: answer with its own code and reason (RFC 6455 section
+                // 5.5.1), after whatever the socket still holds.
+                if let Some((code, reason)) = peer_close {
+                    Box::pin(writer::close(&mut sink, code, &reason, CLOSE_PATIENCE)).await;
                 }
             }
         }
@@ -317,8 +317,8 @@ impl Session {
     }
 
     /// The read loop: ends when the socket closes or the session is cancelled. Returns the code
-    /// to answer the client's close frame with, when the client closed.
-    async fn read<S>(&mut self, stream: &mut S) -> Option<u16>
+    /// and reason to answer the client's close frame with, when the client closed.
+    async fn read<S>(&mut self, stream: &mut S) -> Option<(u16, Utf8Bytes)>
     where
         S: Stream<Item = Result<Message, WsError>> + Unpin,
     {
@@ -425,7 +425,9 @@ impl Session {
                     token.cancel();
                     // No code is answered with 1000; a code that may not be sent back (1005,
                     // 1006, 1015) never arrives: the reader refuses it.
-                    return Some(frame.map_or(1000, |f| u16::from(f.code)));
+                    return Some(frame.map_or((1000, Utf8Bytes::default()), |f| {
+                        (u16::from(f.code), f.reason)
+                    }));
                 }
                 Some(Ok(Message::Frame(_))) => {}
                 Some(Err(_)) | None => {
