@@ -167,6 +167,7 @@ impl Frame {
 
     /// The payload: what the client's WebSocket reader hands to its application (nothing for a
     /// marker).
+    #[cfg(test)]
     pub fn payload(&self) -> &[u8] {
         match &self.body {
             Body::Wire(b) | Body::Control(b) => frame::parse(b).map_or(&[], |(_, payload)| payload),

@@ -146,12 +146,11 @@ where
         for frame in batch {
             feed(outlet, frame);
         }
-        let fed = frames;
         let result = tokio::select! {
             biased;
             // A slow consumer's flush may never finish: cancellation wins.
             () = token.cancelled() => {
-                record(track, &stamps, fed, None);
+                record(track, &stamps, frames, None);
                 return Ended::Cancelled;
             }
             result = outlet.flush() => result,
@@ -168,7 +167,7 @@ where
             // it was recorded as routed.
             let completed = track.completed();
             let whole = queue.is_empty().then_some(completed);
-            record(Some(track), &stamps, fed, whole);
+            record(Some(track), &stamps, frames, whole);
             if let Some(id) = track.ping_due() {
                 outlet.feed(frame::ping(&ping_payload(id)));
                 let ping = outlet.flush();

@@ -86,8 +86,6 @@ pub struct Outlet<W = Half> {
     /// Frames handed over and not yet written; the first may be partly written (its written
     /// bytes already advanced past).
     pending: VecDeque<Bytes>,
-    /// Bytes in `pending`.
-    pending_bytes: usize,
     /// Nothing more is written after the close frame.
     closed: bool,
 }
@@ -98,7 +96,6 @@ impl<W: AsyncWrite + Unpin> Outlet<W> {
         Outlet {
             io,
             pending: VecDeque::new(),
-            pending_bytes: 0,
             closed: false,
         }
     }
@@ -109,13 +106,13 @@ impl<W: AsyncWrite + Unpin> Outlet<W> {
         if self.closed || frame.is_empty() {
             return;
         }
-        self.pending_bytes += frame.len();
         self.pending.push_back(frame);
     }
 
     /// Bytes handed over and not written yet.
-    pub fn pending_bytes(&self) -> usize {
-        self.pending_bytes
+    #[cfg(test)]
+    fn pending_bytes(&self) -> usize {
+        self.pending.iter().map(Bytes::len).sum()
     }
 
     /// Writes everything handed over. Cancel-safe: what a cancelled flush did not write stays
@@ -165,13 +162,7 @@ impl<W: AsyncWrite + Unpin> Outlet<W> {
         self.io
     }
 
-    /// Whether the close frame was handed over.
-    pub fn is_closed(&self) -> bool {
-        self.closed
-    }
-
     fn advance(&mut self, mut written: usize) {
-        self.pending_bytes -= written;
         while written > 0 {
             let Some(front) = self.pending.front_mut() else {
                 return;
