@@ -183,3 +183,74 @@ async fn migration_keeps_existing_roles_and_helpers() {
     .unwrap();
     assert_eq!(n, 3);
 }
+
+/// Which roles tokens may act as, asked by `realtime.may_act_as` (private channels) and decided
+/// the same way inside `realtime.table_sight` (row-level security of changes): a role the
+/// gateway's login is a member of, and no other; never a superuser, the login itself or a role
+/// that does not exist. Asked with a login that is not a superuser.
+#[tokio::test]
+async fn tokens_act_only_as_roles_the_login_may_become() {
+    let db = TestDb::new().await;
+    let mut conn = db.connect().await;
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let login = format!("login_{tag}");
+    let member = format!("member_{tag}");
+    let stranger = format!("stranger_{tag}");
+    let root = format!("root_{tag}");
+    for sql in [
+        format!("create role {login} login"),
+        format!("create role {member}"),
+        format!("create role {stranger}"),
+        format!("create role {root} superuser"),
+        format!("grant {member} to {login}"),
+        format!("grant usage on schema realtime to {login}"),
+        format!("grant execute on function realtime.may_act_as(text) to {login}"),
+        format!("grant execute on function realtime.table_sight(oid, text) to {login}"),
+        "create table public.sighted (id int)".to_owned(),
+        format!("grant select on public.sighted to {member}, {stranger}"),
+    ] {
+        sqlx::query(&sql).execute(&mut conn).await.unwrap();
+    }
+    let mut tx = conn.begin().await.unwrap();
+    sqlx::query(&format!("set local session authorization {login}"))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let mut answers = Vec::new();
+    for role in [&member, &stranger, &root, &login, &format!("gone_{tag}")] {
+        let may: bool = sqlx::query_scalar("select realtime.may_act_as($1)")
+            .bind(role)
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
+        let (error, visible): (Option<String>, Option<bool>) = sqlx::query_as(
+            "select error, visible from realtime.table_sight('public.sighted'::regclass, $1)",
+        )
+        .bind(role)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+        answers.push((may, error.map(|e| e.replace(&tag, "*")), visible));
+    }
+    tx.rollback().await.unwrap();
+    let refused = |r: &str| Some(format!("tokens may not act as role {r}_*"));
+    assert_eq!(
+        answers,
+        vec![
+            (true, None, Some(true)),
+            (false, refused("stranger"), None),
+            (false, refused("root"), None),
+            (false, refused("login"), None),
+            (false, Some("role gone_* does not exist".to_owned()), None),
+        ]
+    );
+    for sql in [
+        "drop table public.sighted".to_owned(),
+        format!("revoke execute on function realtime.may_act_as(text) from {login}"),
+        format!("revoke execute on function realtime.table_sight(oid, text) from {login}"),
+        format!("revoke usage on schema realtime from {login}"),
+        format!("drop role {login}, {member}, {stranger}, {root}"),
+    ] {
+        sqlx::query(&sql).execute(&mut conn).await.unwrap();
+    }
+}

@@ -456,27 +456,13 @@ impl Listener {
         cursor: &mut Cursor,
         routed: &mut std::collections::HashSet<i64>,
     ) -> Result<Option<usize>, Error> {
-        // In-flight rows are found through the xid index: each branch is ordered by xid so the
-        // planner walks that index (a generic plan would otherwise walk the id index from the
-        // start of the outbox to the previous maximum and filter, a cost growing with the
-        // outbox). The limits only decide whether this read fits in one statement; the rows
-        // are delivered in id order.
+        // `realtime.read_changes` (migration 0025): in-flight rows are found through the xid
+        // index, each branch ordered by xid, and its plan is made once per connection. The
+        // limits only decide whether this read fits in one statement; the rows are delivered in
+        // id order.
         let rows = sqlx::query(
-            "select 0 as part, 0 as grp, null::int8 as id, null::timestamptz as captured_at, \
-                    null::int8 as relid, null::text as op, null::text as record, \
-                    null::text as old_record, pg_current_snapshot()::text as snapshot \
-             union all \
-             (select 1, 1, id, realtime.commit_time(xid, captured_at), relid::int8, op, record::text, old_record::text, null \
-              from realtime.changes \
-              where xid = any($2::text[]::xid8[]) and id <= $3 order by xid limit $4) \
-             union all \
-             (select 2, 1, id, realtime.commit_time(xid, captured_at), relid::int8, op, record::text, old_record::text, null \
-              from realtime.changes \
-              where xid >= $1::text::xid8 and id <= $3 order by xid limit $4) \
-             union all \
-             (select 3, 2, id, realtime.commit_time(xid, captured_at), relid::int8, op, record::text, old_record::text, null \
-              from realtime.changes where id > $3 order by id limit $4) \
-             order by grp, id",
+            "select part, grp, id, captured_at, relid, op, record, old_record, snapshot \
+             from realtime.read_changes($1, $2, $3, $4) order by grp, id",
         )
         .bind(&cursor.xmax)
         .bind(&cursor.xip)

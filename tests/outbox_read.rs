@@ -1,0 +1,180 @@
+//! The gateway's usual read of the outbox, `realtime.read_changes` (migration 0025): what it
+//! returns for a cursor, and that it stays a walk of the indexes from the cursor however large
+//! the outbox is, its plan being made once per connection.
+
+mod common;
+
+use common::TestDb;
+use sqlx::{Connection, PgConnection, Row};
+
+/// One captured-looking outbox row, written directly; returns its id.
+async fn capture(conn: &mut PgConnection, n: i64) -> i64 {
+    sqlx::query_scalar(
+        "insert into realtime.changes (relid, op, record) \
+         values ('pg_class'::regclass, 'I', jsonb_build_object('n', $1::int8)) returning id",
+    )
+    .bind(n)
+    .fetch_one(conn)
+    .await
+    .unwrap()
+}
+
+/// `(xmax, in-progress xids)` of the current snapshot, as the gateway keeps them.
+async fn snapshot(conn: &mut PgConnection) -> (String, Vec<String>) {
+    let text: String = sqlx::query_scalar("select pg_current_snapshot()::text")
+        .fetch_one(conn)
+        .await
+        .unwrap();
+    let mut parts = text.split(':');
+    let _xmin = parts.next();
+    let xmax = parts.next().unwrap().to_owned();
+    let xip = parts
+        .next()
+        .unwrap()
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    (xmax, xip)
+}
+
+/// `(part, id, n)` of each row a read returns, in the gateway's order, and the snapshot text.
+async fn read(
+    conn: &mut PgConnection,
+    cursor: &(String, Vec<String>),
+    max_id: i64,
+    page: i64,
+) -> (Vec<(i32, i64, i64)>, String) {
+    let rows = sqlx::query(
+        "select part, grp, id, captured_at, relid, op, record, old_record, snapshot \
+         from realtime.read_changes($1, $2, $3, $4) order by grp, id",
+    )
+    .bind(&cursor.0)
+    .bind(&cursor.1)
+    .bind(max_id)
+    .bind(page)
+    .fetch_all(conn)
+    .await
+    .unwrap();
+    let mut out = Vec::new();
+    let mut snapshot = None;
+    for row in rows {
+        let part: i32 = row.get("part");
+        if part == 0 {
+            snapshot = row.get::<Option<String>, _>("snapshot");
+            continue;
+        }
+        let record: String = row.get("record");
+        let record: serde_json::Value = serde_json::from_str(&record).unwrap();
+        assert_eq!(row.get::<String, _>("op"), "I");
+        out.push((part, row.get("id"), record["n"].as_i64().unwrap()));
+    }
+    (out, snapshot.expect("the read's snapshot"))
+}
+
+/// A row of a transaction that was in progress at the previous read is returned (part 1,
+/// found by its xid), as are rows above the previous maximum (part 3), each once, in id order,
+/// with the snapshot the read saw; a row committed before the previous read is not returned.
+#[tokio::test]
+async fn a_read_returns_in_flight_and_new_rows_with_its_snapshot() {
+    let db = TestDb::new().await;
+    let mut writer = db.connect().await;
+    let mut late = db.connect().await;
+    let mut reader = db.connect().await;
+
+    capture(&mut writer, 1).await;
+    let mut open = late.begin().await.unwrap();
+    let in_flight = capture(&mut open, 2).await;
+    let before = capture(&mut writer, 3).await;
+    // The previous read: it saw row 3, not row 2 (its transaction was still in progress).
+    let cursor = snapshot(&mut reader).await;
+    assert!(!cursor.1.is_empty(), "the open transaction is in progress");
+    open.commit().await.unwrap();
+    let after = capture(&mut writer, 4).await;
+
+    let (rows, seen) = read(&mut reader, &cursor, before, 1000).await;
+    assert_eq!(rows, vec![(1, in_flight, 2), (3, after, 4)]);
+    assert!(seen.contains(':'), "a pg_snapshot text: {seen}");
+
+    // From where that read stopped, nothing is returned again.
+    let next = snapshot(&mut reader).await;
+    let (rows, _) = read(&mut reader, &next, after, 1000).await;
+    assert_eq!(rows, vec![]);
+
+    // A page limits each part: the caller sees that the part is full.
+    let more: Vec<i64> = {
+        let mut ids = Vec::new();
+        for n in 5..10 {
+            ids.push(capture(&mut writer, n).await);
+        }
+        ids
+    };
+    let (rows, _) = read(&mut reader, &next, after, 3).await;
+    let ids: Vec<i64> = rows.iter().map(|r| r.1).collect();
+    assert_eq!(ids, more[..3].to_vec());
+}
+
+/// On an outbox of 50,000 rows, repeated reads from a cursor near its end touch only the rows
+/// they return and a few index entries, never the table from its start; the plan of the read
+/// is made once per connection (generic), so this holds for every read, not only the first.
+#[tokio::test]
+async fn reads_walk_the_indexes_from_the_cursor_whatever_the_outbox_size() {
+    let db = TestDb::new().await;
+    let mut conn = db.connect().await;
+    sqlx::query(
+        "insert into realtime.changes (relid, op, record) \
+         select 'pg_class'::regclass, 'I', jsonb_build_object('n', g) \
+         from generate_series(1, 50000) g",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    sqlx::query("analyze realtime.changes")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let max_id: i64 = sqlx::query_scalar("select max(id) from realtime.changes")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+
+    // This session's statistics are flushed before the reads, the reader's before each count.
+    flush(&mut conn).await;
+    let mut reader = db.connect().await;
+    let (seq_before, fetched_before) = counters(&mut reader).await;
+    let reads = 20;
+    for _ in 0..reads {
+        let cursor = snapshot(&mut reader).await;
+        let (rows, _) = read(&mut reader, &cursor, max_id - 5, 1000).await;
+        assert_eq!(rows.len(), 5);
+    }
+    let (seq_after, fetched_after) = counters(&mut reader).await;
+    assert_eq!(seq_after - seq_before, 0, "no read scans the table");
+    let fetched = fetched_after - fetched_before;
+    assert!(
+        fetched <= reads * 10,
+        "{fetched} rows fetched through the indexes in {reads} reads of 5 rows each"
+    );
+}
+
+/// Makes this session's pending statistics visible to every session once its statement ends.
+async fn flush(conn: &mut PgConnection) {
+    sqlx::query("select pg_stat_force_next_flush()")
+        .execute(conn)
+        .await
+        .unwrap();
+}
+
+/// The outbox's sequential tuples read and tuples fetched through its indexes, counted after
+/// this session's own pending statistics were flushed.
+async fn counters(conn: &mut PgConnection) -> (i64, i64) {
+    flush(&mut *conn).await;
+    let row = sqlx::query(
+        "select coalesce(seq_tup_read, 0)::int8 as seq, coalesce(idx_tup_fetch, 0)::int8 as fetched \
+         from pg_stat_user_tables where relid = 'realtime.changes'::regclass",
+    )
+    .fetch_one(conn)
+    .await
+    .unwrap();
+    (row.get("seq"), row.get("fetched"))
+}
