@@ -272,8 +272,8 @@ pub struct Settings {
     #[arg(long, env = "AUDIT_MAX_PENDING", default_value_t = 100_000)]
     pub audit_max_pending: usize,
 
-    /// Size of the gateway's PostgreSQL connection pool; a node holds one more connection, the
-    /// change listener's `LISTEN` connection.
+    /// PostgreSQL connections of a node besides the change listener's `LISTEN` connection: one
+    /// for the row-level security checks, the rest a pool for everything else.
     #[arg(long, env = "DB_POOL_SIZE", default_value_t = 8)]
     pub db_pool_size: u32,
 

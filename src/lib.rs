@@ -115,7 +115,9 @@ impl Gateway {
         pg::migrate(url).await?;
         // Counters recorded from here on are exported at /metrics.
         admin::metrics::handle();
-        let pool = pg::pool(url, config.db_pool_size)?;
+        // One of the pool's connections is the row-level security check's own (see
+        // `fanout::visibility`): the node holds `db_pool_size` and the listener's one more.
+        let pool = pg::pool(url, config.db_pool_size - 1)?;
         let mut router = fanout::router::Router::new();
         router.trace = fanout::trace::Recorder::new(config.diagnostics.trace_changes_per_table);
         let router = Arc::new(router);
@@ -207,7 +209,7 @@ impl Gateway {
             pool.clone(),
             catalog,
             router,
-            fanout::visibility::Visibility::new(pool.clone(), config.rls_check_timeout)
+            fanout::visibility::Visibility::connect(url, config.rls_check_timeout)?
                 .with_audit(services.registry.clone()),
             listener_status,
         )

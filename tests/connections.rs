@@ -1,8 +1,10 @@
-//! What one node holds of the database: its pool and the listener's LISTEN connection, nothing
-//! more, under load that uses every path to the database at once (outbox reads, row-level
-//! security checks, the registry, broadcast through the bus and from SQL), counted in
-//! `pg_stat_activity` against a real PostgreSQL. And a slow row-level security policy holds
-//! neither capture nor the pool: past the check's timeout its page goes to `service_role` only.
+//! What one node holds of the database: `--db-pool-size` connections (the row-level security
+//! checks' own and a pool) and the listener's LISTEN connection, nothing more, under load that
+//! uses every path to the database at once (outbox reads, row-level security checks, the
+//! registry, broadcast through the bus and from SQL), counted in `pg_stat_activity` against a
+//! real PostgreSQL. And a slow row-level security policy holds neither capture nor the pool:
+//! past the check's timeout its page goes to `service_role` only; and the checks' connection,
+//! lost between two checks, costs no change.
 
 mod common;
 
@@ -39,8 +41,8 @@ async fn gateway_connections(pool: &sqlx::PgPool) -> i64 {
     .unwrap()
 }
 
-/// Guards against a node opening connections beyond its pool and the listener's: the
-/// row-level security checker used to keep a connection of its own (pool + 2 in all).
+/// Guards against a node opening connections beyond `--db-pool-size` and the listener's: the
+/// row-level security checks' own connection counts within the size (it once came on top).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_holds_its_pool_and_one_listener_connection() {
     let db = TestDb::new().await;
@@ -157,7 +159,7 @@ async fn a_node_holds_its_pool_and_one_listener_connection() {
     gw.stop().await.unwrap();
 }
 
-/// Guards the check's bound now that it runs on the pool: a policy slower than
+/// Guards the check's bound: a policy slower than
 /// `--rls-check-timeout` ends in error entries for its subscribers (the row goes to
 /// `service_role` alone) within the timeout, and the next change is delivered as usual.
 #[tokio::test]
@@ -204,5 +206,45 @@ async fn a_slow_policy_is_ended_by_the_check_timeout() {
     sql(&db, &["insert into slow (body) values ('quick')"]).await;
     let m = user.expect_event("realtime:slow", "postgres_changes").await;
     assert_eq!(m.payload["data"]["record"]["body"], "quick");
+    gw.stop().await.unwrap();
+}
+
+/// The row-level security check's own connection, ended by the server between two checks, is
+/// replaced and the check asked again: the next change reaches its subscriber, not an error.
+#[tokio::test]
+async fn a_lost_check_connection_costs_no_change() {
+    let db = TestDb::new().await;
+    common::realtime_table(&db, "kept", "body text not null").await;
+    sql(
+        &db,
+        &[
+            "alter table kept enable row level security",
+            "create policy everyone on kept for select to authenticated using (true)",
+        ],
+    )
+    .await;
+    let gw = TestGateway::start(&db).await;
+    let star = json!([{"event": "INSERT", "schema": "public", "table": "kept"}]);
+    let mut user =
+        WsClient::connect(&gw.ws_url(&token("authenticated", Some("u1")), "2.0.0")).await;
+    user.subscribe("realtime:kept", star).await;
+    sql(&db, &["insert into kept (body) values ('one')"]).await;
+    let m = user.expect_event("realtime:kept", "postgres_changes").await;
+    assert_eq!(m.payload["data"]["record"]["body"], "one", "{}", m.payload);
+
+    let pool = db.pool().await;
+    let ended: Vec<bool> = sqlx::query_scalar(
+        "select pg_terminate_backend(pid, 5000) from pg_stat_activity \
+         where datname = current_database() and pid <> pg_backend_pid() \
+           and query like '%realtime.visible_rows%'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(ended, vec![true], "the check's connection, ended");
+
+    sql(&db, &["insert into kept (body) values ('two')"]).await;
+    let m = user.expect_event("realtime:kept", "postgres_changes").await;
+    assert_eq!(m.payload["data"]["record"]["body"], "two", "{}", m.payload);
     gw.stop().await.unwrap();
 }

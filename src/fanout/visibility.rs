@@ -18,7 +18,8 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sqlx::{PgPool, Row};
+use sqlx::postgres::PgConnectOptions;
+use sqlx::{Connection, PgConnection, Row};
 
 use crate::change::{ChangeEvent, Op, RawRow};
 use crate::registry::Registry;
@@ -173,30 +174,34 @@ pub struct ClaimSet {
 /// Asks the database which claim set may see which change.
 #[derive(Debug, Clone)]
 pub struct Visibility {
-    /// The gateway's pool: each check takes a connection for its own short transaction.
-    pool: PgPool,
-    /// Opens a check's transaction with the server's bound on it (`statement_timeout`).
-    begin: String,
-    /// Bound on one check, also on this side (a busy pool or a stalled connection must not
-    /// hold capture).
+    /// The checks' own connection (`None` until the first check, and after one is lost), with
+    /// the check's bound as its `statement_timeout`: a check is one statement and one round
+    /// trip, with no pool's liveness pings around it, and never waits behind other work. The
+    /// gateway's pool is one smaller for it (`crate::Gateway`).
+    conn: Arc<tokio::sync::Mutex<Option<PgConnection>>>,
+    options: PgConnectOptions,
+    /// Bound on one check, also on this side (a stalled connection must not hold capture).
     timeout: Duration,
     audit: Option<Registry>,
 }
 
 impl Visibility {
-    /// A checker on the gateway's `pool`, each check bounded by `timeout`: waiting for a
-    /// connection, then the check itself (server side, `statement_timeout` set for the check's
-    /// transaction only).
-    pub fn new(pool: PgPool, timeout: Duration) -> Visibility {
-        let millis = timeout.as_millis().max(1);
-        // A number, not text from outside: the whole statement is ours.
-        let begin = format!("begin; set local statement_timeout = {millis}");
-        Visibility {
-            pool,
-            begin,
+    /// A checker with its own connection to `url`, made when the first check needs it and
+    /// again after it is lost, each check bounded by `timeout`.
+    ///
+    /// # Errors
+    /// When the URL is malformed.
+    pub fn connect(url: &str, timeout: Duration) -> Result<Visibility, crate::pg::Error> {
+        // A number, not text from outside.
+        let millis = timeout.as_millis().max(1).to_string();
+        let options = crate::pg::connect_options(url, crate::pg::APPLICATION_NAME)?
+            .options([("statement_timeout", millis.as_str())]);
+        Ok(Visibility {
+            conn: Arc::default(),
+            options,
             timeout,
             audit: None,
-        }
+        })
     }
 
     /// Audits failed checks to `registry`.
@@ -322,8 +327,8 @@ impl Visibility {
     }
 
     async fn ask(&self, request: &Request) -> Result<Answer, crate::pg::Error> {
-        // The server's statement timeout ends a slow check; this one ends a wait for a
-        // connection of a busy pool, or a stalled connection.
+        // The server's statement timeout ends a slow check; this one ends a wait for the
+        // connection (being made, or held by a check that stalled) or a stalled connection.
         let patience = self.timeout + Duration::from_secs(1);
         let rows = tokio::time::timeout(patience, self.query(request))
             .await
@@ -365,20 +370,45 @@ impl Visibility {
         Ok(answer)
     }
 
-    /// Runs the check in a transaction of its own on a pool connection: the statement timeout
-    /// applies to it alone, and the connection goes back to the pool as it came.
+    /// Runs the check: one statement on the checks' own connection, where the server's
+    /// `statement_timeout` bounds it (the role and claims it sets are local to the statement's
+    /// transaction). A connection found lost (closed by the server, a restart, the network) is
+    /// replaced and the check asked once more on the new one, so losing it costs no change.
     async fn query(&self, request: &Request) -> Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
-        let mut tx = tokio::time::timeout(self.timeout, self.pool.begin_with(self.begin.clone()))
-            .await
-            .map_err(|_| sqlx::Error::PoolTimedOut)??;
-        let rows = sqlx::query(
-            "select t, c, r, visible, columns, error from realtime.visible_rows($1::text::jsonb)",
-        )
-        .bind(request.to_json())
-        .fetch_all(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(rows)
+        let mut slot = self.conn.lock().await;
+        let json = request.to_json();
+        let mut retried = false;
+        loop {
+            // Taken out while in use: if this future is dropped mid-check (its caller's
+            // timeout), the connection goes with it instead of staying mid-statement.
+            let mut conn = match slot.take() {
+                Some(conn) => conn,
+                None => PgConnection::connect_with(&self.options).await?,
+            };
+            let result = sqlx::query(
+                "select t, c, r, visible, columns, error from realtime.visible_rows($1::text::jsonb)",
+            )
+            .bind(&json)
+            .fetch_all(&mut conn)
+            .await;
+            match result {
+                Ok(rows) => {
+                    *slot = Some(conn);
+                    return Ok(rows);
+                }
+                Err(e) if retried => return Err(e),
+                // The check itself failed (its timeout, say) on a live connection: kept. A server
+                // shutting the connection down answers with an error too, so it is asked.
+                Err(e) if matches!(e, sqlx::Error::Database(_)) && conn.ping().await.is_ok() => {
+                    *slot = Some(conn);
+                    return Err(e);
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, "the row-level security check's connection was lost; asking again on a new one");
+                    retried = true;
+                }
+            }
+        }
     }
 
     /// Audits a failed check: of one table and claim set, or (`None`) of the whole page.

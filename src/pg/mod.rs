@@ -112,8 +112,23 @@ pub fn pool(url: &str, size: u32) -> Result<PgPool, Error> {
         .min_connections(0)
         .acquire_timeout(Duration::from_secs(5))
         .idle_timeout(Duration::from_secs(300))
+        // The pool tests every connection as it is released; testing it again when it is
+        // handed out would be one more round trip for nearly every statement of a busy node
+        // (the outbox reads among them). Only a connection idle for a while is tested again.
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for > TEST_IF_IDLE_FOR {
+                    sqlx::Connection::ping(conn).await?;
+                }
+                Ok(true)
+            })
+        })
         .connect_lazy_with(options))
 }
+
+/// A pool connection idle for longer than this is tested (a ping) before it is handed out.
+pub const TEST_IF_IDLE_FOR: Duration = Duration::from_secs(1);
 
 /// Applies the embedded migrations to the database at `url`. The `realtime` schema is created
 /// first and holds the migration ledger (`realtime._sqlx_migrations`), so the application's own
