@@ -218,6 +218,10 @@ impl Gateway {
         .with_audit(services.registry.clone())
         .spawn(&shutdown);
         shutdown.spawn(
+            "capture_reconciler",
+            capture::maintenance::run_reconciler(pool.clone(), shutdown.clone()),
+        );
+        shutdown.spawn(
             "outbox_pruner",
             capture::maintenance::run_pruner(
                 pool,

@@ -2,13 +2,15 @@
 //! table only by relid, the operation as one letter. An outbox that already holds rows migrates
 //! with them intact and the gateway reads rows of either form; a partitioned table published via
 //! its root is still reported under the root; writers still cannot write the outbox themselves.
+//! And the periodic reconcile of the capture triggers, waiting on a busy table, holds no one's
+//! changes.
 
 mod common;
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{TestDb, TestGateway, WsClient};
+use common::{token, TestDb, TestGateway, WsClient};
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
 
@@ -269,4 +271,78 @@ async fn writers_are_captured_but_cannot_write_the_outbox() {
         ],
     )
     .await;
+}
+
+/// The periodic reconcile of the capture triggers (for databases where the event trigger that
+/// does it at once is missing) waits up to its lock timeout on a table another transaction
+/// holds. Meanwhile a change of another table is delivered: the change is received while that
+/// same reconcile statement is still waiting.
+#[tokio::test]
+async fn a_reconcile_waiting_on_a_busy_table_holds_no_change() {
+    let db = TestDb::new().await;
+    common::realtime_table(&db, "flowing", "body text").await;
+    let mut conn = db.connect().await;
+    run(
+        &mut conn,
+        &[
+            "drop event trigger realtime_sync_capture",
+            "create table public.busy (id bigint primary key)",
+            "alter publication supabase_realtime add table public.busy",
+        ],
+    )
+    .await;
+    // Holds a lock that the trigger's creation waits for.
+    let mut holder = db.connect().await;
+    let mut held = holder.begin().await.unwrap();
+    sqlx::query("lock table public.busy in access exclusive mode")
+        .execute(&mut *held)
+        .await
+        .unwrap();
+
+    let gw = TestGateway::start(&db).await;
+    let mut c = WsClient::connect(&gw.ws_url(&token("service_role", None), "2.0.0")).await;
+    c.subscribe(
+        "realtime:flowing",
+        json!([{"event": "INSERT", "schema": "public", "table": "flowing"}]),
+    )
+    .await;
+
+    let waiting = "select query_start::text from pg_stat_activity \
+                   where datname = current_database() and wait_event_type = 'Lock' \
+                     and query like '%sync_capture%'";
+    // Polled (as `eventually` does) until the reconcile is seen waiting.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let started: String = loop {
+        let seen: Option<String> = sqlx::query_scalar(waiting)
+            .fetch_optional(&mut conn)
+            .await
+            .unwrap();
+        if let Some(seen) = seen {
+            break seen;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the reconcile waits on the lock"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    run(
+        &mut conn,
+        &["insert into flowing (body) values ('meanwhile')"],
+    )
+    .await;
+    let change = next_change(&mut c, "realtime:flowing").await;
+    assert_eq!(change["data"]["record"]["body"], "meanwhile");
+    let still: Option<String> = sqlx::query_scalar(waiting)
+        .fetch_optional(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(
+        still.as_deref(),
+        Some(started.as_str()),
+        "the same reconcile is still waiting"
+    );
+
+    held.rollback().await.unwrap();
+    gw.stop().await.unwrap();
 }

@@ -55,9 +55,6 @@ pub(super) const PAGE_ROWS: i64 = 1000;
 /// Within a page, writers are woken at least every this many deliveries, which bounds how
 /// long a routed frame waits for its writer.
 const WAKE_EVERY_DELIVERIES: usize = 50_000;
-/// Capture triggers are reconciled with the publication this often (where the event trigger
-/// that does it at once could not be created, for want of superuser rights).
-const RECONCILE_EVERY: Duration = Duration::from_secs(5);
 /// The listener connection is checked with a query this often, so a silently dead connection
 /// is noticed within seconds, not at the next TCP timeout.
 const HEALTH_CHECK_EVERY: Duration = Duration::from_secs(5);
@@ -258,8 +255,6 @@ impl Listener {
         self.report_position(&cursor).await;
         let mut report = tokio::time::interval(maintenance::REPORT_EVERY);
         report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut reconcile = tokio::time::interval(RECONCILE_EVERY);
-        reconcile.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut read_backoff = Backoff::new();
         // A failed read is retried from its own select arm, so the other duties go on.
         let mut read_retry_at: Option<tokio::time::Instant> = None;
@@ -374,7 +369,6 @@ impl Listener {
                     }
                 }
                 _ = report.tick() => self.report_position(&cursor).await,
-                _ = reconcile.tick() => maintenance::reconcile(&self.pool).await,
             }
         }
         self.status.set_connected(false);

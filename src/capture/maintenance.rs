@@ -157,10 +157,28 @@ pub async fn run_pruner(pool: PgPool, retention: Duration, stale: Duration, shut
     }
 }
 
+/// Capture triggers are reconciled with the publication this often (where the event trigger
+/// that does it at once could not be created, for want of superuser rights).
+const RECONCILE_EVERY: Duration = Duration::from_secs(5);
+
+/// Reconciles the capture triggers with the publication every [`RECONCILE_EVERY`] until
+/// shutdown. A task of its own: a reconcile takes milliseconds, and up to its lock timeout when a
+/// table is busy, which the listener's reads must not wait out.
+pub async fn run_reconciler(pool: PgPool, shutdown: Shutdown) {
+    let mut tick = tokio::time::interval(RECONCILE_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => reconcile(&pool).await,
+        }
+    }
+}
+
 /// Makes the capture triggers match the `supabase_realtime` publication. Bounded by a lock
 /// timeout: a table busy with long transactions is retried on a later tick rather than
 /// making its writers queue behind our `CREATE TRIGGER`.
-pub(super) async fn reconcile(pool: &PgPool) {
+async fn reconcile(pool: &PgPool) {
     let result: Result<serde_json::Value, sqlx::Error> = async {
         let mut tx = pool.begin().await?;
         sqlx::query("set local lock_timeout = '2s'")
