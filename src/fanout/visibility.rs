@@ -396,13 +396,13 @@ impl Visibility {
                     *slot = Some(conn);
                     return Ok(rows);
                 }
-                Err(e) if retried => return Err(e),
                 // The check itself failed (its timeout, say) on a live connection: kept. A server
                 // shutting the connection down answers with an error too, so it is asked.
                 Err(e) if matches!(e, sqlx::Error::Database(_)) && conn.ping().await.is_ok() => {
                     *slot = Some(conn);
                     return Err(e);
                 }
+                Err(e) if retried => return Err(e),
                 Err(e) => {
                     tracing::info!(error = %e, "the row-level security check's connection was lost; asking again on a new one");
                     retried = true;
