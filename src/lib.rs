@@ -54,7 +54,8 @@
 //! - [`pg`]: pool, migrations, catalog, embedded cluster. [`local`]: local mode.
 //!   [`config`]: settings, checked once. [`telemetry`]: logging. [`shutdown`]: the one signal
 //!   every task hears, and the tracker every task is spawned on. [`state`]: shared handles.
-//!   [`error`]: the start-up error and its status. [`http`]: the router.
+//!   [`error`]: the start-up error and its status. [`http`]: the router. [`room`]: maps of
+//!   connections and channels that give back their room after a peak.
 
 pub mod admin;
 pub mod auth;
@@ -75,6 +76,7 @@ pub mod presence;
 pub mod protocol;
 pub mod reaper;
 pub mod registry;
+pub mod room;
 pub mod session;
 pub mod shutdown;
 pub mod socket;

@@ -160,5 +160,6 @@ struct Running {
 impl Drop for Running {
     fn drop(&mut self) {
         self.names.remove(&self.id);
+        crate::room::give_back_shared(&self.names);
     }
 }

@@ -239,6 +239,7 @@ impl Router {
     /// Removes a channel's subscriptions, if any.
     pub fn unsubscribe(&self, key: &ChannelKey) {
         if let Some((_, (keys, _))) = self.registered.remove(key) {
+            crate::room::give_back_shared(&self.registered);
             let mut left = None;
             for table in &keys {
                 left = self.remove_from(table, key).or(left);
@@ -250,7 +251,11 @@ impl Router {
     /// Removes `key`'s entry of `table`; returns the channel removed.
     fn remove_from(&self, table: &TableKey, key: &ChannelKey) -> Option<Arc<PgChannel>> {
         let (removed, now_empty) = match self.by_table.get(table) {
-            Some(map) => (map.remove(key).map(|(_, c)| c), map.is_empty()),
+            Some(map) => {
+                let removed = map.remove(key).map(|(_, c)| c);
+                crate::room::give_back_shared(&map);
+                (removed, map.is_empty())
+            }
             None => (None, false),
         };
         if now_empty {

@@ -48,6 +48,7 @@ impl Live {
     /// A channel ended.
     pub(super) fn left(&mut self, id: Uuid) {
         self.rows.remove(&id);
+        crate::room::give_back(&mut self.rows);
     }
 
     /// `connection` took `slot`.
@@ -60,9 +61,9 @@ impl Live {
     /// `connection` ends; returns the slot it holds now (it may have changed at a
     /// re-registration), or `reported` when it is not known here.
     pub(super) fn slot_released(&mut self, reported: i32, connection: Uuid) -> i32 {
-        self.slots
-            .remove(&connection)
-            .map_or(reported, |held| held.slot)
+        let held = self.slots.remove(&connection);
+        crate::room::give_back(&mut self.slots);
+        held.map_or(reported, |held| held.slot)
     }
 
     /// Held slots as `(slot, connection)`, oldest acquisition first.

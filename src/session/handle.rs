@@ -67,6 +67,7 @@ impl Sessions {
 
     pub(super) fn remove(&self, id: ConnId) {
         self.map.remove(&id);
+        crate::room::give_back_shared(&self.map);
     }
 
     /// How many sessions are live.
