@@ -27,9 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{Stream, StreamExt};
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tracing::Instrument;
 
 use crate::auth::{Claims, Verifier};
@@ -45,7 +43,8 @@ use crate::pg::catalog::Catalog;
 use crate::protocol::{self, Inbound, InboundPayload, Vsn};
 use crate::registry::Registry;
 use crate::shutdown::Shutdown;
-use crate::socket::Socket;
+use crate::socket::inbound::Error as ReadError;
+use crate::socket::{Message, Socket};
 pub use close::SessionEnd;
 pub use handle::{now_ms, SessionHandle, Sessions};
 
@@ -317,11 +316,9 @@ impl Session {
     }
 
     /// The read loop: ends when the socket closes or the session is cancelled. Returns the code
-    /// and reason to answer the client's close frame with, when the client closed.
-    async fn read<S>(&mut self, stream: &mut S) -> Option<(u16, Utf8Bytes)>
-    where
-        S: Stream<Item = Result<Message, WsError>> + Unpin,
-    {
+    /// and reason of the close frame to send: the client's own, answering its close frame, or
+    /// the failure's when the client broke the protocol.
+    async fn read(&mut self, stream: &mut crate::socket::Reader) -> Option<(u16, String)> {
         let token = self.handle.token.clone();
         let join_timeout = self.services.config.join_timeout;
         // Since when the socket has had no channel (it has none at connect).
@@ -384,7 +381,7 @@ impl Session {
             };
             match message {
                 Some(Ok(Message::Text(text))) => {
-                    match protocol::decode_text(self.params.vsn, text.as_str()) {
+                    match protocol::decode_text(self.params.vsn, &text) {
                         Ok(inbound) => {
                             let tokens_change = changes_channels(&inbound);
                             self.dispatch(inbound).await;
@@ -424,13 +421,20 @@ impl Session {
                 Some(Ok(Message::Close(frame))) => {
                     token.cancel();
                     // No code is answered with 1000; a code that may not be sent back (1005,
-                    // 1006, 1015) never arrives: the reader refuses it.
-                    return Some(frame.map_or((1000, Utf8Bytes::default()), |f| {
-                        (u16::from(f.code), f.reason)
-                    }));
+                    // 1006, 1015) never arrives: the reader fails the connection with 1002.
+                    return Some(frame.unwrap_or((1000, String::new())));
                 }
-                Some(Ok(Message::Frame(_))) => {}
-                Some(Err(_)) | None => {
+                Some(Err(ReadError::Failed(failure))) => {
+                    token.cancel();
+                    tracing::debug!(
+                        code = failure.code,
+                        reason = failure.reason,
+                        "failing a connection that broke the protocol"
+                    );
+                    metrics::counter!("gateway_session_protocol_errors_total").increment(1);
+                    return Some((failure.code, failure.reason.to_owned()));
+                }
+                Some(Err(ReadError::Io(_))) | None => {
                     token.cancel();
                     return None;
                 }
