@@ -128,6 +128,10 @@ impl Upgrade {
     {
         let accept = derive_accept_key(self.key.as_bytes());
         let on_upgrade = self.on_upgrade;
+        // The task's memory is the largest of its states, held until the session ends: boxed,
+        // what `session` captures takes a pointer's room, and its box is freed once the session
+        // is built.
+        let session = Box::new(session);
         tokio::spawn(async move {
             let upgraded = match on_upgrade.await {
                 Ok(upgraded) => upgraded,
