@@ -231,6 +231,7 @@ impl Session {
 
     // Not an `async fn`: an async fn's arguments take room twice in its future (as arguments,
     // then as the body's bindings); the block below uses them where they are.
+    #[allow(clippy::manual_async_fn)]
     fn serve(
         mut self,
         mut stream: crate::socket::Reader,
