@@ -195,6 +195,12 @@ impl Decoder {
             code: TOO_BIG,
             reason: "message too big",
         };
+        if !matches!(
+            header.opcode,
+            CONTINUATION | TEXT | BINARY | CLOSE | PING | PONG
+        ) {
+            return Err(protocol("unknown opcode"));
+        }
         let len = header.len;
         if len > self.limits.max_frame as u64 {
             return Err(too_big);
@@ -212,17 +218,13 @@ impl Decoder {
             if len > MAX_CONTROL_PAYLOAD as u64 {
                 return Err(protocol("control frame longer than 125 bytes"));
             }
-            if !matches!(header.opcode, CLOSE | PING | PONG) {
-                return Err(protocol("unknown control opcode"));
-            }
         } else {
             match (header.opcode, &self.fragments) {
                 (CONTINUATION, None) => return Err(protocol("continuation without a message")),
-                (_, Some(_)) if header.opcode != CONTINUATION => {
+                (TEXT | BINARY, Some(_)) => {
                     return Err(protocol("new message inside a fragmented one"))
                 }
-                (CONTINUATION | TEXT | BINARY, _) => {}
-                _ => return Err(protocol("unknown data opcode")),
+                _ => {}
             }
             let before = self.fragments.as_ref().map_or(0, |f| f.data.len() as u64);
             if before + len > self.limits.max_message as u64 {
