@@ -42,6 +42,7 @@ pub const METRICS: &[Entry] = &[
     (C, "gateway_session_identity_changes_total", "Channel tokens replaced by a token of another user or role.", false),
     (C, "gateway_session_join_errors_total", "Joins answered with an error.", false),
     (C, "gateway_session_malformed_frames_total", "Client frames that could not be read.", false),
+    (C, "gateway_session_protocol_errors_total", "Connections failed for breaking the WebSocket protocol (close codes 1002, 1007, 1009).", false),
     (C, "gateway_session_replication_timeouts_total", "Channels closed because the change stream was not ready in time for their replication_ready join.", false),
     (C, "gateway_session_private_refused_total", "Private-channel joins, sends and tracks refused, by kind and cause.", true),
     (C, "gateway_session_slow_consumers_total", "Connections closed because their queue was full.", false),

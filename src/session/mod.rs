@@ -27,9 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::{Stream, StreamExt};
 use serde_json::{json, Value};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
 use tracing::Instrument;
 
 use crate::auth::{Claims, Verifier};
@@ -45,7 +43,8 @@ use crate::pg::catalog::Catalog;
 use crate::protocol::{self, Inbound, InboundPayload, Vsn};
 use crate::registry::Registry;
 use crate::shutdown::Shutdown;
-use crate::socket::Socket;
+use crate::socket::inbound::Error as ReadError;
+use crate::socket::{Message, Socket};
 pub use close::SessionEnd;
 pub use handle::{now_ms, SessionHandle, Sessions};
 
@@ -230,66 +229,75 @@ impl Session {
         Box::pin(self.serve(socket.reader, socket.outlet).instrument(span))
     }
 
-    async fn serve(mut self, mut stream: crate::socket::Reader, mut sink: crate::socket::Outlet) {
-        metrics::gauge!("gateway_session_connected").increment(1.0);
-        tracing::debug!("session started");
-        let Some(mut queue) = self.queue.take() else {
-            return;
-        };
-        let token = self.handle.token.clone();
-        let track = self.resume.as_ref().map(|r| Arc::clone(&r.track));
-        // The session's future lives as long as the connection: the reader and the writer
-        // are built in place (a future built first and then moved in would take room twice),
-        // and what runs only at the end (drain, close, storing positions) is boxed so that it
-        // takes no room before.
-        let (_ended, peer_close) = tokio::join!(
-            async {
-                let ended = writer::run(&mut sink, &mut queue, &token, track.as_deref()).await;
-                token.cancel();
-                ended
-            },
-            self.read(&mut stream),
-        );
-        let end = self.end_reason();
-        if end == SessionEnd::Shutdown {
-            // Deliver what was queued before the close frame, up to the close deadline.
-            Box::pin(writer::drain(
-                &mut sink,
-                &mut queue,
-                track.as_deref(),
-                CLOSE_PATIENCE,
-            ))
-            .await;
-        }
-        match end.close_frame() {
-            Some((code, reason)) => {
-                Box::pin(writer::close(&mut sink, code, reason, CLOSE_PATIENCE)).await;
-                if let Some(track) = &track {
-                    Box::pin(resume::await_close_reply(&mut stream, track)).await;
-                }
-            }
-            None => {
-                // The client closed: answer with its own code and reason (RFC 6455 section
-                // 5.5.1), after whatever the socket still holds.
-                if let Some((code, reason)) = peer_close {
-                    Box::pin(writer::close(&mut sink, code, &reason, CLOSE_PATIENCE)).await;
-                }
-            }
-        }
-        if end == SessionEnd::SlowConsumer {
-            self.services.registry.audit(
-                "slow_consumer",
-                self.handle.user_id,
-                Some(self.params.peer),
-                json!({"connection_id": self.params.connection_id,
-                       "queued_frames": self.outbound.queued_frames(),
-                       "queued_bytes": self.outbound.queued_bytes()}),
+    // Not an `async fn`: an async fn's arguments take room twice in its future (as arguments,
+    // then as the body's bindings); the block below uses them where they are.
+    #[allow(clippy::manual_async_fn)]
+    fn serve(
+        mut self,
+        mut stream: crate::socket::Reader,
+        mut sink: crate::socket::Outlet,
+    ) -> impl Future<Output = ()> + Send {
+        async move {
+            metrics::gauge!("gateway_session_connected").increment(1.0);
+            tracing::debug!("session started");
+            let Some(mut queue) = self.queue.take() else {
+                return;
+            };
+            let token = self.handle.token.clone();
+            let track = self.resume.as_ref().map(|r| Arc::clone(&r.track));
+            // The session's future lives as long as the connection: the reader and the writer
+            // are built in place (a future built first and then moved in would take room twice),
+            // and what runs only at the end (drain, close, storing positions) is boxed so that it
+            // takes no room before.
+            let (_ended, peer_close) = tokio::join!(
+                async {
+                    let ended = writer::run(&mut sink, &mut queue, &token, track.as_deref()).await;
+                    token.cancel();
+                    ended
+                },
+                self.read(&mut stream),
             );
+            let end = self.end_reason();
+            if end == SessionEnd::Shutdown {
+                // Deliver what was queued before the close frame, up to the close deadline.
+                Box::pin(writer::drain(
+                    &mut sink,
+                    &mut queue,
+                    track.as_deref(),
+                    CLOSE_PATIENCE,
+                ))
+                .await;
+            }
+            match end.close_frame() {
+                Some((code, reason)) => {
+                    Box::pin(writer::close(&mut sink, code, reason, CLOSE_PATIENCE)).await;
+                    if let Some(track) = &track {
+                        Box::pin(resume::await_close_reply(&mut stream, track)).await;
+                    }
+                }
+                None => {
+                    // The client closed: answer with its own code and reason (RFC 6455 section
+                    // 5.5.1), after whatever the socket still holds.
+                    if let Some((code, reason)) = peer_close {
+                        Box::pin(writer::close(&mut sink, code, &reason, CLOSE_PATIENCE)).await;
+                    }
+                }
+            }
+            if end == SessionEnd::SlowConsumer {
+                self.services.registry.audit(
+                    "slow_consumer",
+                    self.handle.user_id,
+                    Some(self.params.peer),
+                    json!({"connection_id": self.params.connection_id,
+                           "queued_frames": self.outbound.queued_frames(),
+                           "queued_bytes": self.outbound.queued_bytes()}),
+                );
+            }
+            Box::pin(self.store_positions()).await;
+            self.cleanup(end);
+            metrics::gauge!("gateway_session_connected").decrement(1.0);
+            tracing::debug!(reason = end.registry_reason(), "session ended");
         }
-        Box::pin(self.store_positions()).await;
-        self.cleanup(end);
-        metrics::gauge!("gateway_session_connected").decrement(1.0);
-        tracing::debug!(reason = end.registry_reason(), "session ended");
     }
 
     fn end_reason(&self) -> SessionEnd {
@@ -317,11 +325,9 @@ impl Session {
     }
 
     /// The read loop: ends when the socket closes or the session is cancelled. Returns the code
-    /// and reason to answer the client's close frame with, when the client closed.
-    async fn read<S>(&mut self, stream: &mut S) -> Option<(u16, Utf8Bytes)>
-    where
-        S: Stream<Item = Result<Message, WsError>> + Unpin,
-    {
+    /// and reason of the close frame to send: the client's own, answering its close frame, or
+    /// the failure's when the client broke the protocol.
+    async fn read(&mut self, stream: &mut crate::socket::Reader) -> Option<(u16, String)> {
         let token = self.handle.token.clone();
         let join_timeout = self.services.config.join_timeout;
         // Since when the socket has had no channel (it has none at connect).
@@ -383,33 +389,23 @@ impl Session {
                 message = stream.next() => message,
             };
             match message {
+                // Boxed: a message's decoding and handling take room only while they run, not
+                // in every idle session's future.
                 Some(Ok(Message::Text(text))) => {
-                    match protocol::decode_text(self.params.vsn, text.as_str()) {
-                        Ok(inbound) => {
-                            let tokens_change = changes_channels(&inbound);
-                            self.dispatch(inbound).await;
-                            if tokens_change {
-                                expiry = self.next_expiry();
-                                replication = self.next_replication_deadline();
-                            }
-                        }
-                        Err(e) => self.malformed(&e),
+                    if Box::pin(self.text(text)).await {
+                        expiry = self.next_expiry();
+                        replication = self.next_replication_deadline();
                     }
                 }
                 Some(Ok(Message::Binary(_))) if self.params.vsn != Vsn::V2 => {
                     self.malformed(&"binary frames need vsn 2.0.0");
                 }
-                Some(Ok(Message::Binary(bytes))) => match protocol::decode_binary_bytes(&bytes) {
-                    Ok(inbound) => {
-                        let tokens_change = changes_channels(&inbound);
-                        self.dispatch(inbound).await;
-                        if tokens_change {
-                            expiry = self.next_expiry();
-                            replication = self.next_replication_deadline();
-                        }
+                Some(Ok(Message::Binary(bytes))) => {
+                    if Box::pin(self.binary(bytes)).await {
+                        expiry = self.next_expiry();
+                        replication = self.next_replication_deadline();
                     }
-                    Err(e) => self.malformed(&e),
-                },
+                }
                 Some(Ok(Message::Pong(payload))) => {
                     if let Some(resume) = &self.resume {
                         if let Some(id) = resume::track::pong_id(&payload) {
@@ -424,19 +420,55 @@ impl Session {
                 Some(Ok(Message::Close(frame))) => {
                     token.cancel();
                     // No code is answered with 1000; a code that may not be sent back (1005,
-                    // 1006, 1015) never arrives: the reader refuses it.
-                    return Some(frame.map_or((1000, Utf8Bytes::default()), |f| {
-                        (u16::from(f.code), f.reason)
-                    }));
+                    // 1006, 1015) never arrives: the reader fails the connection with 1002.
+                    return Some(frame.unwrap_or((1000, String::new())));
                 }
-                Some(Ok(Message::Frame(_))) => {}
-                Some(Err(_)) | None => {
+                Some(Err(ReadError::Failed(failure))) => {
+                    token.cancel();
+                    tracing::debug!(
+                        code = failure.code,
+                        reason = failure.reason,
+                        "failing a connection that broke the protocol"
+                    );
+                    metrics::counter!("gateway_session_protocol_errors_total").increment(1);
+                    return Some((failure.code, failure.reason.to_owned()));
+                }
+                Some(Err(ReadError::Io(_))) | None => {
                     token.cancel();
                     return None;
                 }
             }
             channelless_since = self.channelless_since(channelless_since);
         }
+    }
+
+    /// Decodes and handles a text message; whether the channels' deadlines may have moved.
+    async fn text(&mut self, text: String) -> bool {
+        match protocol::decode_text(self.params.vsn, &text) {
+            Ok(inbound) => self.handle(inbound).await,
+            Err(e) => {
+                self.malformed(&e);
+                false
+            }
+        }
+    }
+
+    /// Decodes and handles a binary message (vsn 2); whether the channels' deadlines may have
+    /// moved.
+    async fn binary(&mut self, bytes: bytes::Bytes) -> bool {
+        match protocol::decode_binary_bytes(&bytes) {
+            Ok(inbound) => self.handle(inbound).await,
+            Err(e) => {
+                self.malformed(&e);
+                false
+            }
+        }
+    }
+
+    async fn handle(&mut self, inbound: Inbound) -> bool {
+        let tokens_change = changes_channels(&inbound);
+        self.dispatch(inbound).await;
+        tokens_change
     }
 
     /// Since when the socket has had no channel, given what it was before the last event.

@@ -13,18 +13,12 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use super::{Services, Session, SessionParams};
 use crate::limits::client::{self, Refused};
 use crate::limits::Acquired;
 use crate::protocol::Vsn;
-use crate::socket::Upgrade;
-
-/// Initial read buffer of a socket. Client frames are small (heartbeats, joins, pushes); a
-/// larger one grows the buffer for as long as it takes to read it. The buffer is held by every
-/// connection, idle or not, so it is kept small.
-const READ_BUFFER_BYTES: usize = 512;
+use crate::socket::{Limits, Upgrade};
 
 /// `Retry-After` of an upgrade refused because the database cannot be reached, in seconds.
 const RETRY_AFTER_SECS: &str = "5";
@@ -190,14 +184,11 @@ pub async fn handler(
     };
     let config = &state.config;
     let tracker = state.shutdown.clone();
-    // The reader writes nothing (the session writes every frame), so it needs no write room.
-    let reader = WebSocketConfig::default()
-        .max_message_size(Some(config.max_frame_bytes))
-        .max_frame_size(Some(config.max_frame_bytes))
-        .read_buffer_size(READ_BUFFER_BYTES)
-        .write_buffer_size(0)
-        .max_write_buffer_size(READ_BUFFER_BYTES);
-    ws.on_upgrade(reader, move |socket| {
+    let limits = Limits {
+        max_frame: config.max_frame_bytes,
+        max_message: config.max_frame_bytes,
+    };
+    ws.on_upgrade(limits, move |socket| {
         let session = Session::new(state, params, permit);
         // Tracked so shutdown waits for its close frame; it runs in the upgrade's own task (a
         // second task per connection would cost memory for nothing).

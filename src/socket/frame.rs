@@ -71,26 +71,73 @@ pub fn close(code: u16, reason: &str) -> Bytes {
     encode(CLOSE, &payload)
 }
 
-/// The opcode and payload of a frame this module encoded; `None` for anything else (too
-/// short, masked, not final, or a length that disagrees with the bytes).
-pub fn parse(frame: &[u8]) -> Option<(u8, &[u8])> {
-    let (&first, rest) = frame.split_first()?;
-    let (&second, rest) = rest.split_first()?;
-    if first & 0xF0 != 0x80 || second & 0x80 != 0 {
-        return None;
+/// Opcode of a continuation frame (a fragmented message's later frames).
+pub const CONTINUATION: u8 = 0x0;
+
+/// A frame's header (5.2), as it arrived: the first 2 to 14 bytes of any frame, the client's
+/// (masked) or the server's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// FIN: the last frame of its message.
+    pub fin: bool,
+    /// RSV1 to RSV3, in place (`0x70` of the first byte); no extension gives them a meaning.
+    pub rsv: u8,
+    /// The opcode (the low 4 bits of the first byte).
+    pub opcode: u8,
+    /// The masking key, when the frame is masked.
+    pub mask: Option<[u8; 4]>,
+    /// The payload length the frame announces.
+    pub len: u64,
+    /// Bytes the header takes.
+    pub size: usize,
+}
+
+impl Header {
+    /// Whether the opcode is a control frame's (close, ping, pong and the reserved `0xB`–`0xF`).
+    pub fn is_control(&self) -> bool {
+        self.opcode & 0x8 != 0
     }
-    let (len, rest) = match second & 0x7F {
+}
+
+/// The header at the start of `bytes`; `None` while `bytes` does not hold all of it.
+pub fn header(bytes: &[u8]) -> Option<Header> {
+    let (&first, rest) = bytes.split_first()?;
+    let (&second, rest) = rest.split_first()?;
+    let (len, rest, len_bytes) = match second & 0x7F {
         126 => {
             let (len, rest) = rest.split_first_chunk::<2>()?;
-            (usize::from(u16::from_be_bytes(*len)), rest)
+            (u64::from(u16::from_be_bytes(*len)), rest, 2)
         }
         127 => {
             let (len, rest) = rest.split_first_chunk::<8>()?;
-            (usize::try_from(u64::from_be_bytes(*len)).ok()?, rest)
+            (u64::from_be_bytes(*len), rest, 8)
         }
-        len => (usize::from(len), rest),
+        len => (u64::from(len), rest, 0),
     };
-    (rest.len() == len).then_some((first & 0x0F, rest))
+    let mask = if second & 0x80 != 0 {
+        Some(*rest.first_chunk::<4>()?)
+    } else {
+        None
+    };
+    Some(Header {
+        fin: first & 0x80 != 0,
+        rsv: first & 0x70,
+        opcode: first & 0x0F,
+        mask,
+        len,
+        size: 2 + len_bytes + if mask.is_some() { 4 } else { 0 },
+    })
+}
+
+/// The opcode and payload of a frame this module encoded; `None` for anything else (too
+/// short, masked, not final, or a length that disagrees with the bytes).
+pub fn parse(frame: &[u8]) -> Option<(u8, &[u8])> {
+    let header = header(frame)?;
+    if !header.fin || header.rsv != 0 || header.mask.is_some() {
+        return None;
+    }
+    let payload = &frame[header.size..];
+    (payload.len() as u64 == header.len).then_some((header.opcode, payload))
 }
 
 fn put_header(out: &mut BytesMut, opcode: u8, len: usize) {
@@ -171,6 +218,35 @@ mod tests {
             let (_, announced, header_bytes) = tungstenite_reads(&bytes);
             prop_assert_eq!(announced, payload.len() as u64);
             prop_assert_eq!(header_bytes + payload.len(), bytes.len());
+        }
+
+        /// Any bytes read as a header read as tungstenite reads them: the same fields, the same
+        /// length and size, and neither reads a header from fewer bytes than the other.
+        #[test]
+        fn any_header_reads_as_tungstenite_reads_it(bytes in prop::collection::vec(any::<u8>(), 0..16)) {
+            let mut cursor = std::io::Cursor::new(&bytes[..]);
+            let theirs = match FrameHeader::parse(&mut cursor) {
+                Ok(theirs) => theirs,
+                Err(_) => {
+                    // Tungstenite refuses a whole header with a reserved opcode.
+                    let ours = header(&bytes).expect("a whole header");
+                    prop_assert!(matches!(ours.opcode, 0x3..=0x7 | 0xB..=0xF));
+                    return Ok(());
+                }
+            };
+            match (header(&bytes), theirs) {
+                (None, None) => {}
+                (Some(ours), Some((theirs, len))) => {
+                    prop_assert_eq!(ours.fin, theirs.is_final);
+                    prop_assert_eq!(ours.rsv, u8::from(theirs.rsv1) << 6 | u8::from(theirs.rsv2) << 5 | u8::from(theirs.rsv3) << 4);
+                    prop_assert_eq!(ours.opcode, u8::from(theirs.opcode));
+                    prop_assert_eq!(ours.mask, theirs.mask);
+                    prop_assert_eq!(ours.len, len);
+                    prop_assert_eq!(ours.size as u64, cursor.position());
+                    prop_assert_eq!(ours.is_control(), matches!(theirs.opcode, OpCode::Control(_)));
+                }
+                (ours, theirs) => prop_assert!(false, "ours {:?}, tungstenite's {:?}", ours, theirs),
+            }
         }
 
         /// Nothing but what `encode` makes parses: cut or lengthened frames do not.

@@ -1,5 +1,5 @@
 //! The WebSocket handshake (RFC 6455 section 4.2) over HTTP/1.1, and the split of the upgraded
-//! connection into the reader's stream and the writer's [`Outlet`].
+//! connection into the [`Reader`] of the client's messages and the writer's [`Outlet`].
 //!
 //! The checks and refusals are those of axum's `WebSocketUpgrade`, which this replaces so that
 //! the gateway owns the write side of the connection.
@@ -14,14 +14,10 @@ use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::WebSocketStream;
 
-use super::inbound::{self, Inbound};
+use super::decode::Limits;
+use super::inbound::{self, Reader};
 use super::outlet::{self, Outlet};
-
-/// A client's messages, as the session reads them.
-pub type Reader = WebSocketStream<Inbound>;
 
 /// An upgraded connection: the client's messages, and the outlet for the server's frames.
 #[derive(Debug)]
@@ -124,14 +120,18 @@ impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
 
 impl Upgrade {
     /// Answers `101 Switching Protocols` and runs `session` on the upgraded connection, in a
-    /// task of its own; the reader is set up with `config`.
-    pub fn on_upgrade<F, Fut>(self, config: WebSocketConfig, session: F) -> Response
+    /// task of its own; the reader accepts frames and messages up to `limits`.
+    pub fn on_upgrade<F, Fut>(self, limits: Limits, session: F) -> Response
     where
         F: FnOnce(Socket) -> Fut + Send + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
         let accept = derive_accept_key(self.key.as_bytes());
         let on_upgrade = self.on_upgrade;
+        // The task's memory is the largest of its states, held until the session ends: boxed,
+        // what `session` captures takes a pointer's room, and its box is freed once the session
+        // is built.
+        let session = Box::new(session);
         tokio::spawn(async move {
             let upgraded = match on_upgrade.await {
                 Ok(upgraded) => upgraded,
@@ -141,14 +141,8 @@ impl Upgrade {
                 }
             };
             let (early, read, write) = split(upgraded);
-            let reader = WebSocketStream::from_raw_socket(
-                Inbound::new(early, read),
-                Role::Server,
-                Some(config),
-            )
-            .await;
             session(Socket {
-                reader,
+                reader: Reader::new(early, read, limits),
                 outlet: Outlet::new(write),
             })
             .await;

@@ -11,11 +11,11 @@
 
 pub mod track;
 
+use crate::socket::{Message, Reader};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
 use serde_json::{json, Value};
 use sqlx::{PgPool, Row};
@@ -135,11 +135,7 @@ impl Resumable {
 /// Reads the client's side of the close handshake, for at most [`CLOSE_REPLY_PATIENCE`]: its
 /// close frame confirms every frame written before the gateway's, and pongs that arrive first
 /// are counted.
-pub(super) async fn await_close_reply<S>(stream: &mut S, track: &Track)
-where
-    S: futures_util::Stream<Item = Result<Message, WsError>> + Unpin,
-{
-    use futures_util::StreamExt;
+pub(super) async fn await_close_reply(stream: &mut Reader, track: &Track) {
     let read = async {
         while let Some(Ok(message)) = stream.next().await {
             match message {
