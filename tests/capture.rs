@@ -10,7 +10,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{token, TestDb, TestGateway, WsClient};
+use common::{eventually, token, TestDb, TestGateway, WsClient};
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection};
 
@@ -310,22 +310,27 @@ async fn a_reconcile_waiting_on_a_busy_table_holds_no_change() {
     let waiting = "select query_start::text from pg_stat_activity \
                    where datname = current_database() and wait_event_type = 'Lock' \
                      and query like '%sync_capture%'";
-    // Polled (as `eventually` does) until the reconcile is seen waiting.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    let started: String = loop {
-        let seen: Option<String> = sqlx::query_scalar(waiting)
-            .fetch_optional(&mut conn)
-            .await
-            .unwrap();
-        if let Some(seen) = seen {
-            break seen;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the reconcile waits on the lock"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let pool = db.pool().await;
+    eventually(
+        Duration::from_secs(20),
+        "the reconcile waits on the lock",
+        || {
+            let pool = pool.clone();
+            async move {
+                let seen: Option<String> = sqlx::query_scalar(waiting)
+                    .fetch_optional(&pool)
+                    .await
+                    .unwrap();
+                seen.is_some()
+            }
+        },
+    )
+    .await;
+    let started: Option<String> = sqlx::query_scalar(waiting)
+        .fetch_optional(&pool)
+        .await
+        .unwrap();
+    assert!(started.is_some(), "the reconcile waits on the lock");
     run(
         &mut conn,
         &["insert into flowing (body) values ('meanwhile')"],
@@ -334,14 +339,10 @@ async fn a_reconcile_waiting_on_a_busy_table_holds_no_change() {
     let change = next_change(&mut c, "realtime:flowing").await;
     assert_eq!(change["data"]["record"]["body"], "meanwhile");
     let still: Option<String> = sqlx::query_scalar(waiting)
-        .fetch_optional(&mut conn)
+        .fetch_optional(&pool)
         .await
         .unwrap();
-    assert_eq!(
-        still.as_deref(),
-        Some(started.as_str()),
-        "the same reconcile is still waiting"
-    );
+    assert_eq!(still, started, "the same reconcile is still waiting");
 
     held.rollback().await.unwrap();
     gw.stop().await.unwrap();

@@ -165,27 +165,14 @@ async fn a_node_holds_its_pool_and_one_listener_connection() {
 #[tokio::test]
 async fn a_slow_policy_is_ended_by_the_check_timeout() {
     let db = TestDb::new().await;
-    common::realtime_table(&db, "slow", "body text not null").await;
-    sql(
-        &db,
-        &[
-            "alter table slow enable row level security",
-            "create policy sleepy on slow for select to authenticated \
-             using (body <> 'sleep' or pg_sleep(30) is null)",
-        ],
-    )
-    .await;
+    protected_table(&db, "slow", "body <> 'sleep' or pg_sleep(30) is null").await;
     let gw = TestGateway::start_with(&db, |c| {
         c.db_pool_size = POOL;
         c.rls_check_timeout = Duration::from_millis(300);
     })
     .await;
-    let star = json!([{"event": "INSERT", "schema": "public", "table": "slow"}]);
-    let mut user =
-        WsClient::connect(&gw.ws_url(&token("authenticated", Some("u1")), "2.0.0")).await;
-    let mut service = WsClient::connect(&gw.ws_url(&token("service_role", None), "2.0.0")).await;
-    user.subscribe("realtime:slow", star.clone()).await;
-    service.subscribe("realtime:slow", star).await;
+    let mut user = subscriber(&gw, "slow", token("authenticated", Some("u1"))).await;
+    let mut service = subscriber(&gw, "slow", token("service_role", None)).await;
     let started = std::time::Instant::now();
     sql(&db, &["insert into slow (body) values ('sleep')"]).await;
     let m = user.expect_event("realtime:slow", "postgres_changes").await;
@@ -214,20 +201,9 @@ async fn a_slow_policy_is_ended_by_the_check_timeout() {
 #[tokio::test]
 async fn a_lost_check_connection_costs_no_change() {
     let db = TestDb::new().await;
-    common::realtime_table(&db, "kept", "body text not null").await;
-    sql(
-        &db,
-        &[
-            "alter table kept enable row level security",
-            "create policy everyone on kept for select to authenticated using (true)",
-        ],
-    )
-    .await;
+    protected_table(&db, "kept", "true").await;
     let gw = TestGateway::start(&db).await;
-    let star = json!([{"event": "INSERT", "schema": "public", "table": "kept"}]);
-    let mut user =
-        WsClient::connect(&gw.ws_url(&token("authenticated", Some("u1")), "2.0.0")).await;
-    user.subscribe("realtime:kept", star).await;
+    let mut user = subscriber(&gw, "kept", token("authenticated", Some("u1"))).await;
     sql(&db, &["insert into kept (body) values ('one')"]).await;
     let m = user.expect_event("realtime:kept", "postgres_changes").await;
     assert_eq!(m.payload["data"]["record"]["body"], "one", "{}", m.payload);
@@ -247,4 +223,32 @@ async fn a_lost_check_connection_costs_no_change() {
     let m = user.expect_event("realtime:kept", "postgres_changes").await;
     assert_eq!(m.payload["data"]["record"]["body"], "two", "{}", m.payload);
     gw.stop().await.unwrap();
+}
+
+/// `public.<table>` (`body text`), published, with row-level security on and one policy letting
+/// `authenticated` select the rows for which `using` holds.
+async fn protected_table(db: &TestDb, table: &str, using: &str) {
+    common::realtime_table(db, table, "body text not null").await;
+    sql(
+        db,
+        &[
+            &format!("alter table {table} enable row level security"),
+            &format!(
+                "create policy readers on {table} for select to authenticated using ({using})"
+            ),
+        ],
+    )
+    .await;
+}
+
+/// A socket with `token`, subscribed to the inserts of `table` on `realtime:<table>`.
+async fn subscriber(gw: &TestGateway, table: &str, token: String) -> WsClient {
+    let mut client = WsClient::connect(&gw.ws_url(&token, "2.0.0")).await;
+    client
+        .subscribe(
+            &format!("realtime:{table}"),
+            json!([{"event": "INSERT", "schema": "public", "table": table}]),
+        )
+        .await;
+    client
 }

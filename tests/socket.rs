@@ -19,6 +19,12 @@ const PATIENCE: Duration = Duration::from_secs(10);
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// A tungstenite client's socket to `gw`, with an anon key.
+async fn open(gw: &TestGateway) -> Ws {
+    let url = gw.ws_url(&token("anon", None), "2.0.0");
+    tokio_tungstenite::connect_async(url).await.unwrap().0
+}
+
 async fn next(ws: &mut Ws) -> Message {
     tokio::time::timeout(PATIENCE, ws.next())
         .await
@@ -33,9 +39,7 @@ async fn next(ws: &mut Ws) -> Message {
 async fn pings_are_answered_and_a_client_close_is_echoed() {
     let db = TestDb::new().await;
     let gw = TestGateway::start(&db).await;
-    let (mut ws, _) = tokio_tungstenite::connect_async(gw.ws_url(&token("anon", None), "2.0.0"))
-        .await
-        .unwrap();
+    let mut ws = open(&gw).await;
     ws.send(Message::Ping(b"are you there".to_vec().into()))
         .await
         .unwrap();
@@ -71,9 +75,7 @@ async fn pings_are_answered_and_a_client_close_is_echoed() {
 async fn frames_of_every_length_class_arrive_whole() {
     let db = TestDb::new().await;
     let gw = TestGateway::start(&db).await;
-    let (mut ws, _) = tokio_tungstenite::connect_async(gw.ws_url(&token("anon", None), "2.0.0"))
-        .await
-        .unwrap();
+    let mut ws = open(&gw).await;
     let join = json!(["1", "1", "realtime:sizes", "phx_join",
                       {"config": {"broadcast": {"self": true}}}]);
     ws.send(Message::Text(join.to_string().into()))
