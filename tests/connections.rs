@@ -4,7 +4,8 @@
 //! registry, broadcast through the bus and from SQL), counted in `pg_stat_activity` against a
 //! real PostgreSQL. And a slow row-level security policy holds neither capture nor the pool:
 //! past the check's timeout its page goes to `service_role` only; and the checks' connection,
-//! lost between two checks, costs no change.
+//! lost between two checks, costs no change; and a pool connection ended while idle is replaced
+//! before use.
 
 mod common;
 
@@ -251,4 +252,30 @@ async fn subscriber(gw: &TestGateway, table: &str, token: String) -> WsClient {
         )
         .await;
     client
+}
+
+/// A pool connection that sat idle longer than `pg::TEST_IF_IDLE_FOR` and was ended by the server
+/// meanwhile is tested as it is handed out and replaced: the next statement runs.
+#[tokio::test]
+async fn an_idle_pool_connection_ended_by_the_server_is_replaced() {
+    let db = TestDb::new().await;
+    let pool = realtime_gateway::pg::pool(&db.url, 2).unwrap();
+    let pid: i32 = sqlx::query_scalar("select pg_backend_pid()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    let admin = db.pool().await;
+    let ended: bool = sqlx::query_scalar("select pg_terminate_backend($1, 5000)")
+        .bind(pid)
+        .fetch_one(&admin)
+        .await
+        .unwrap();
+    assert!(ended);
+    // Not a synchronization: the connection must have been idle this long to be tested.
+    tokio::time::sleep(realtime_gateway::pg::TEST_IF_IDLE_FOR + Duration::from_millis(200)).await;
+    let other: i32 = sqlx::query_scalar("select pg_backend_pid()")
+        .fetch_one(&pool)
+        .await
+        .expect("a statement on a replaced connection");
+    assert_ne!(other, pid);
 }
