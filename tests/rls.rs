@@ -320,7 +320,11 @@ async fn an_unavailable_check_delivers_to_service_role_only() {
     }
     assert_eq!(until_marker(&mut service, "one").await.len(), 1);
 
-    sql(&db, &["drop function realtime.visible_rows(jsonb)"]).await;
+    sql(
+        &db,
+        &["drop function realtime.visible_rows(text[], text[], oid[], text[], int[], int[])"],
+    )
+    .await;
     sql(
         &db,
         &[

@@ -3,7 +3,7 @@
 //! Before a page of changes is routed, [`Visibility::decide`] asks the database once which of
 //! the distinct claim sets subscribed to each change's table may see it, with PostgreSQL's own
 //! rules (table and column privileges, `BYPASSRLS`, owners, permissive and restrictive `SELECT`
-//! policies): `realtime.visible_rows` (migrations/0013) evaluates every applicable policy under
+//! policies): `realtime.visible_rows` (migrations/0013, 0026) evaluates every applicable policy under
 //! the claim set's role and `request.jwt.claims`, over the row as it was captured. The router
 //! then looks each group of recipients' [`Decision`] up through a [`Sight`]: the change, the
 //! change with fewer columns, an error entry, or nothing.
@@ -376,7 +376,7 @@ impl Visibility {
     /// replaced and the check asked once more on the new one, so losing it costs no change.
     async fn query(&self, request: &Request) -> Result<Vec<sqlx::postgres::PgRow>, sqlx::Error> {
         let mut slot = self.conn.lock().await;
-        let json = request.to_json();
+        let arrays = request.to_arrays();
         let mut retried = false;
         loop {
             // Taken out while in use: if this future is dropped mid-check (its caller's
@@ -386,9 +386,15 @@ impl Visibility {
                 None => PgConnection::connect_with(&self.options).await?,
             };
             let result = sqlx::query(
-                "select t, c, r, visible, columns, error from realtime.visible_rows($1::text::jsonb)",
+                "select t, c, r, visible, columns, error \
+                 from realtime.visible_rows($1, $2, $3::int8[]::oid[], $4, $5, $6)",
             )
-            .bind(&json)
+            .bind(&arrays.roles)
+            .bind(&arrays.claims)
+            .bind(&arrays.relids)
+            .bind(&arrays.rows)
+            .bind(&arrays.pair_tables)
+            .bind(&arrays.pair_claims)
             .fetch_all(&mut conn)
             .await;
             match result {
@@ -526,35 +532,49 @@ impl Request {
         Place { table, row, old }
     }
 
-    fn to_json(&self) -> String {
-        let mut out = String::from("{\"claims\":[");
-        for (i, set) in self.claims.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            let _ = write!(
-                out,
-                "{{\"role\":{},\"claims\":{}}}",
-                serde_json::Value::from(&*set.role),
-                serde_json::Value::from(&*set.json)
-            );
+    /// The request as `realtime.visible_rows`' arrays (migrations/0026), sent in binary:
+    /// per claim set its role and claims, per table its relid and rows (a JSON array), and the
+    /// (table, claim set) pairs asked about.
+    fn to_arrays(&self) -> Arrays<'_> {
+        let pairs: usize = self.tables.iter().map(|t| t.claims.len()).sum();
+        let mut arrays = Arrays {
+            roles: Vec::with_capacity(self.claims.len()),
+            claims: Vec::with_capacity(self.claims.len()),
+            relids: Vec::with_capacity(self.tables.len()),
+            rows: Vec::with_capacity(self.tables.len()),
+            pair_tables: Vec::with_capacity(pairs),
+            pair_claims: Vec::with_capacity(pairs),
+        };
+        for set in &self.claims {
+            arrays.roles.push(&set.role);
+            arrays.claims.push(&set.json);
         }
-        out.push_str("],\"tables\":[");
-        for (i, table) in self.tables.iter().enumerate() {
-            if i > 0 {
-                out.push(',');
+        for (t, table) in self.tables.iter().enumerate() {
+            arrays.relids.push(i64::from(table.relid));
+            arrays.rows.push(format!("[{}]", table.rows.join(",")));
+            for &claim in &table.claims {
+                arrays.pair_tables.push(position(t));
+                arrays.pair_claims.push(position(claim));
             }
-            let _ = write!(
-                out,
-                "{{\"relid\":{},\"claims\":{:?},\"rows\":[{}]}}",
-                table.relid,
-                table.claims,
-                table.rows.join(",")
-            );
         }
-        out.push_str("]}");
-        out
+        arrays
     }
+}
+
+/// [`Request`] as the arrays `realtime.visible_rows` takes.
+#[derive(Debug)]
+struct Arrays<'a> {
+    roles: Vec<&'a str>,
+    claims: Vec<&'a str>,
+    relids: Vec<i64>,
+    rows: Vec<String>,
+    pair_tables: Vec<i32>,
+    pair_claims: Vec<i32>,
+}
+
+/// An index as the database's `int` (a request never holds 2^31 of anything).
+fn position(i: usize) -> i32 {
+    i32::try_from(i).unwrap_or(i32::MAX)
 }
 
 /// A captured row as a JSON object, its values as PostgreSQL wrote them.
