@@ -63,6 +63,7 @@ pub const METRICS: &[Entry] = &[
     (C, "gateway_listener_changes_total", "Changes read from the outbox.", false),
     (C, "gateway_listener_read_errors_total", "Outbox reads that failed.", false),
     (C, "gateway_listener_reconnects_total", "Reconnections of the change listener.", false),
+    (G, "gateway_listener_bell_resting", "1 while this node rests the capture bell (reading at its sustained pace).", false),
     (G, "gateway_outbox_backlog_rows", "Outbox rows above the last id this node read (sampled at scrape).", false),
     (G, "gateway_outbox_backlog_age_seconds", "Age of the oldest outbox row above the last id this node read; 0 without backlog.", false),
     (C, "gateway_capture_gaps_total", "Changes found missed (pruned before this node read them).", false),

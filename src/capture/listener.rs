@@ -31,6 +31,7 @@ use sqlx::{PgPool, Row};
 use chrono::Utc;
 use sqlx::postgres::PgRow;
 
+use super::bell::Rest;
 use super::decode::{self, ChangeRow};
 use super::maintenance;
 use super::outbox::{fetch_page, fits, parse_snapshot, read_row, start_cursor, Cursor, Part};
@@ -265,6 +266,7 @@ impl Listener {
         let mut follow_up = false;
         let mut bell_rang = false;
         let mut pace = Pace::default();
+        let mut rest = Rest::default();
         loop {
             if listener.is_none() && tokio::time::Instant::now() >= listen_retry_at {
                 match connect_listener(&listen_pool, &self.settings.bus_channels).await {
@@ -295,6 +297,18 @@ impl Listener {
                         follow_up = n > 0 || rang;
                         pace.read(started, n > 0);
                         read_backoff = Backoff::new();
+                        if let Some(l) = listener.as_mut() {
+                            match rest.follow(l, pace.sustained()).await {
+                                // Given back: a writer that skipped its bell just before is
+                                // found by the follow-up.
+                                Ok(woke) => follow_up |= woke,
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "listener connection lost");
+                                    self.lose(&mut listener, &mut rest);
+                                    need_read = true;
+                                }
+                            }
+                        }
                     }
                     Err(e) => {
                         tracing::warn!(error = %crate::error::chain(&e), "cannot read the outbox; retrying");
@@ -331,10 +345,7 @@ impl Listener {
                             Err(e) => tracing::warn!(error = %e, "listener connection lost"),
                             Ok(_) => tracing::warn!("listener connection lost"),
                         }
-                        self.status.reconnects.fetch_add(1, Ordering::Relaxed);
-                        metrics::counter!("gateway_listener_reconnects_total").increment(1);
-                        listener = None;
-                        self.status.set_connected(false);
+                        self.lose(&mut listener, &mut rest);
                         need_read = true; // catch up on the gap
                     }
                 },
@@ -361,9 +372,7 @@ impl Listener {
                         ).await;
                         if !matches!(ok, Ok(Ok(_))) {
                             tracing::warn!("listener connection failed its health check");
-                            listener = None;
-                            self.status.set_connected(false);
-                            self.status.reconnects.fetch_add(1, Ordering::Relaxed);
+                            self.lose(&mut listener, &mut rest);
                             need_read = true;
                         }
                     }
@@ -376,6 +385,16 @@ impl Listener {
         drop(listener);
         listen_pool.close().await;
         tracing::info!("change listener stopped");
+    }
+
+    /// Drops a lost `LISTEN` connection (and with its session, the bell's rest); the loop
+    /// connects again.
+    fn lose(&self, listener: &mut Option<PgListener>, rest: &mut Rest) {
+        *listener = None;
+        rest.lost();
+        self.status.set_connected(false);
+        self.status.reconnects.fetch_add(1, Ordering::Relaxed);
+        metrics::counter!("gateway_listener_reconnects_total").increment(1);
     }
 
     /// Reads and routes every change committed since the cursor; returns how many. `routed`

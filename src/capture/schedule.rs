@@ -19,6 +19,9 @@ pub(super) const FOLLOW_UP: Duration = Duration::from_millis(2);
 /// to this. Bells that ring meanwhile are answered by that one read. A read that finds nothing
 /// ends the streak, so at low rates a bell is answered at once.
 pub(super) const MAX_READ_SPACING: Duration = Duration::from_millis(10);
+/// After this many reads in a row that found rows (about 50 ms of changes without a break),
+/// the node's reads keep up without bells and it rests the bell ([`super::bell`]).
+pub(super) const REST_AFTER: u32 = 8;
 
 /// Spacing of reads under sustained load (see [`MAX_READ_SPACING`]).
 #[derive(Debug)]
@@ -42,6 +45,11 @@ impl Pace {
     /// Whether a read may start now.
     pub(super) fn due(&self) -> bool {
         tokio::time::Instant::now() >= self.next
+    }
+
+    /// Whether reads run at their sustained pace (see [`REST_AFTER`]).
+    pub(super) fn sustained(&self) -> bool {
+        self.streak >= REST_AFTER
     }
 
     /// Records a read that started at `started` and found rows or not.
@@ -106,6 +114,7 @@ mod tests {
             pace.read(past, true);
         }
         assert_eq!(pace.next, past + MAX_READ_SPACING);
+        assert!(pace.sustained());
         // A read starting in an hour: the next one is not due before it.
         let later = tokio::time::Instant::now() + Duration::from_secs(3600);
         pace.read(later, true);
@@ -115,6 +124,7 @@ mod tests {
             pace.next, past,
             "a read that found nothing ends the spacing"
         );
+        assert!(!pace.sustained(), "and the sustained pace");
         pace.read(past, true);
         assert_eq!(pace.next, past);
     }
