@@ -1,6 +1,6 @@
 //! The bell's rest: while changes flow without a break, nobody needs the bell.
 //!
-//! Under sustained load a node reads the outbox at its own pace, every 10 ms at most
+//! Under sustained load a node reads the outbox at its own pace, every 20 ms at most
 //! ([`super::schedule::Pace`]), and every bell that rings meanwhile only repeats what that read
 //! will find. Each bell still costs: the writer's `NOTIFY` (the cluster-wide notification lock,
 //! a signal to every listening backend) and, in each node's `LISTEN` backend, a wake-up to read

@@ -18,7 +18,7 @@ pub(super) const FOLLOW_UP: Duration = Duration::from_millis(2);
 /// next one starts no sooner than `k − 1` × [`FOLLOW_UP`] after the previous one started, up
 /// to this. Bells that ring meanwhile are answered by that one read. A read that finds nothing
 /// ends the streak, so at low rates a bell is answered at once.
-pub(super) const MAX_READ_SPACING: Duration = Duration::from_millis(10);
+pub(super) const MAX_READ_SPACING: Duration = Duration::from_millis(20);
 /// After this many reads in a row that found rows (about 50 ms of changes without a break),
 /// the node's reads keep up without bells and it rests the bell ([`super::bell`]).
 pub(super) const REST_AFTER: u32 = 8;
