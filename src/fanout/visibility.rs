@@ -3,10 +3,10 @@
 //! Before a page of changes is routed, [`Visibility::decide`] asks the database once which of
 //! the distinct claim sets subscribed to each change's table may see it, with PostgreSQL's own
 //! rules (table and column privileges, `BYPASSRLS`, owners, permissive and restrictive `SELECT`
-//! policies): `realtime.visible_rows` (migrations/0013, 0026) evaluates every applicable policy under
-//! the claim set's role and `request.jwt.claims`, over the row as it was captured. The router
-//! then looks each group of recipients' [`Decision`] up through a [`Sight`]: the change, the
-//! change with fewer columns, an error entry, or nothing.
+//! policies): `realtime.visible_rows` (migrations/0013, 0026) evaluates every applicable policy
+//! under the claim set's role and `request.jwt.claims`, over the row as it was captured. The
+//! router then looks each group of recipients' [`Decision`] up through a [`Sight`]: the change,
+//! the change with fewer columns, an error entry, or nothing.
 //!
 //! Closed by default: a claim set the database gave no answer for sees nothing, and when the
 //! check itself fails every claim set but `service_role` gets an error entry in place of the
