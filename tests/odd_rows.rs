@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{eventually, http_get, realtime_table, TestDb, TestGateway, WsClient};
+use common::{eventually, realtime_table, TestDb, TestGateway, WsClient};
 use serde_json::{json, Value};
 
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -26,14 +26,6 @@ async fn next_change(c: &mut WsClient, topic: &str) -> (String, Value) {
             return (raw, payload);
         }
     }
-}
-
-async fn metric(gw: &TestGateway, name: &str) -> f64 {
-    let (_, body) = http_get(gw.addr, "/metrics").await.unwrap();
-    body.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// Ordinary inserts of a `numeric` 1e309, a numeric with 40+ digits and a jsonb nested 1,000
@@ -125,7 +117,7 @@ async fn an_undeliverable_row_is_skipped_reported_and_audited() {
     let db = TestDb::new().await;
     realtime_table(&db, "odd", "n numeric").await;
     let gw = TestGateway::start(&db).await;
-    let failed_before = metric(&gw, "gateway_capture_rows_failed_total").await;
+    let failed_before = gw.metric("gateway_capture_rows_failed_total").await;
     let mut c = WsClient::anon(&gw).await;
     let ids = c
         .subscribe(
@@ -168,7 +160,7 @@ async fn an_undeliverable_row_is_skipped_reported_and_audited() {
     assert_eq!(after["data"]["record"]["n"], 3);
 
     eventually(PATIENCE, "the failure counted", || async {
-        metric(&gw, "gateway_capture_rows_failed_total").await > failed_before
+        gw.metric("gateway_capture_rows_failed_total").await > failed_before
     })
     .await;
     let pool = db.pool().await;
@@ -211,14 +203,14 @@ async fn a_failing_read_does_not_hold_up_the_bus() {
     )
     .await;
     let mut conn = db.connect().await;
-    let errors_before = metric(&gw, "gateway_listener_read_errors_total").await;
+    let errors_before = gw.metric("gateway_listener_read_errors_total").await;
     sqlx::query("alter table realtime.changes rename to changes_away")
         .execute(&mut conn)
         .await
         .unwrap();
     // Five failed reads: the next retry is 3.2 s away.
     eventually(Duration::from_secs(20), "failed reads", || async {
-        metric(&gw, "gateway_listener_read_errors_total").await >= errors_before + 5.0
+        gw.metric("gateway_listener_read_errors_total").await >= errors_before + 5.0
     })
     .await;
     sqlx::query("select realtime.send('{\"x\": 1}', 'ping', 'odd', false)")

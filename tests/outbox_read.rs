@@ -1,6 +1,7 @@
-//! The gateway's usual read of the outbox, `realtime.read_changes` (migration 0025): what it
-//! returns for a cursor, and that it stays a walk of the indexes from the cursor however large
-//! the outbox is, its plan being made once per connection.
+//! The gateway's usual read of the outbox, `realtime.read_changes` (migrations 0025, 0027):
+//! what it returns for a cursor, what its tables show the roles it is asked about, and that it
+//! stays a walk of the indexes from the cursor however large the outbox is, its plan being
+//! made once per connection.
 
 mod common;
 
@@ -45,31 +46,155 @@ async fn read(
     max_id: i64,
     page: i64,
 ) -> (Vec<(i32, i64, i64)>, String) {
+    let (rows, snapshot, _) = read_as(conn, cursor, max_id, page, &["anon"]).await;
+    (rows, snapshot)
+}
+
+/// What a table shows a role, as a read answers it: `(relid, role, visible, columns, error)`.
+type Sight = (
+    i64,
+    String,
+    Option<bool>,
+    Option<Vec<String>>,
+    Option<String>,
+);
+
+/// [`read`], asking what the tables read show `roles`; also returns those answers.
+async fn read_as(
+    conn: &mut PgConnection,
+    cursor: &(String, Vec<String>),
+    max_id: i64,
+    page: i64,
+    roles: &[&str],
+) -> (Vec<(i32, i64, i64)>, String, Vec<Sight>) {
     let rows = sqlx::query(
-        "select part, grp, id, captured_at, relid, op, record, old_record, snapshot \
-         from realtime.read_changes($1, $2, $3, $4) order by grp, id",
+        "select part, grp, id, captured_at, relid, op, record, old_record, snapshot, \
+                role, error, visible, columns \
+         from realtime.read_changes($1, $2, $3, $4, $5) order by grp, id, relid, role",
     )
     .bind(&cursor.0)
     .bind(&cursor.1)
     .bind(max_id)
     .bind(page)
+    .bind(roles)
     .fetch_all(conn)
     .await
     .unwrap();
     let mut out = Vec::new();
     let mut snapshot = None;
+    let mut sights = Vec::new();
     for row in rows {
         let part: i32 = row.get("part");
         if part == 0 {
             snapshot = row.get::<Option<String>, _>("snapshot");
             continue;
         }
+        if part == 4 {
+            sights.push((
+                row.get("relid"),
+                row.get("role"),
+                row.get("visible"),
+                row.get("columns"),
+                row.get("error"),
+            ));
+            continue;
+        }
         let record: String = row.get("record");
         let record: serde_json::Value = serde_json::from_str(&record).unwrap();
         assert_eq!(row.get::<String, _>("op"), "I");
-        out.push((part, row.get("id"), record["n"].as_i64().unwrap()));
+        out.push((part, row.get("id"), record["n"].as_i64().unwrap_or(-1)));
     }
-    (out, snapshot.expect("the read's snapshot"))
+    (out, snapshot.expect("the read's snapshot"), sights)
+}
+
+/// Each read answers, for every table it returns rows of and every role asked about, what
+/// `realtime.table_sight` answers whatever the row; a role or table it cannot answer for costs
+/// that pair an error, not the read.
+#[tokio::test]
+async fn a_read_answers_what_its_tables_show_each_role() {
+    let db = TestDb::new().await;
+    let mut conn = db.connect().await;
+    for statement in [
+        "create table public.open_rows (id int8 primary key)",
+        "create table public.own_rows (id int8 primary key, owner text)",
+        "alter table public.own_rows enable row level security",
+        "create policy own on public.own_rows for select using (owner = current_user)",
+        "create table public.no_rows (id int8 primary key, secret text)",
+        "revoke all on public.no_rows from anon, authenticated",
+        "grant select (id) on public.no_rows to authenticated",
+    ] {
+        sqlx::query(statement).execute(&mut conn).await.unwrap();
+    }
+    let cursor = snapshot(&mut conn).await;
+    let max_id: i64 = sqlx::query_scalar("select coalesce(max(id), 0) from realtime.changes")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    let mut relids = Vec::new();
+    for table in ["open_rows", "own_rows", "no_rows"] {
+        let relid: i64 = sqlx::query_scalar(
+            "insert into realtime.changes (relid, op, record) \
+             values ($1::regclass, 'I', '{}') returning relid::int8",
+        )
+        .bind(format!("public.{table}"))
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        relids.push(relid);
+    }
+    // Two rows of one table: one answer per table and role, however many rows.
+    capture_into(&mut conn, "public.open_rows").await;
+
+    let (rows, _, sights) = read_as(
+        &mut conn,
+        &cursor,
+        max_id,
+        1000,
+        &["anon", "authenticated", "no_such_role"],
+    )
+    .await;
+    assert_eq!(rows.len(), 4);
+    let answer = |relid: i64, role: &str| {
+        let found: Vec<&Sight> = sights
+            .iter()
+            .filter(|s| s.0 == relid && s.1 == role)
+            .collect();
+        assert_eq!(
+            found.len(),
+            1,
+            "one answer for {relid} and {role}: {sights:?}"
+        );
+        (found[0].2, found[0].3.clone(), found[0].4.is_some())
+    };
+    assert_eq!(sights.len(), 9, "{sights:?}");
+    let (open, own, none) = (relids[0], relids[1], relids[2]);
+    assert_eq!(answer(open, "anon"), (Some(true), None, false));
+    // Policies decide row by row: neither an answer nor an error.
+    assert_eq!(answer(own, "authenticated"), (None, None, false));
+    assert_eq!(answer(none, "anon"), (Some(false), None, false));
+    assert_eq!(
+        answer(none, "authenticated"),
+        (Some(true), Some(vec!["id".to_owned()]), false)
+    );
+    for relid in [open, own, none] {
+        assert_eq!(answer(relid, "no_such_role"), (None, None, true));
+    }
+
+    // No role asked about: no answer, the same rows.
+    let (again, _, sights) = read_as(&mut conn, &cursor, max_id, 1000, &[]).await;
+    assert_eq!(again, rows);
+    assert!(sights.is_empty());
+}
+
+/// One more outbox row of `table`, written directly.
+async fn capture_into(conn: &mut PgConnection, table: &str) {
+    sqlx::query(
+        "insert into realtime.changes (relid, op, record) values ($1::regclass, 'I', '{}')",
+    )
+    .bind(table)
+    .execute(conn)
+    .await
+    .unwrap();
 }
 
 /// A row of a transaction that was in progress at the previous read is returned (part 1,

@@ -284,6 +284,9 @@ async fn a_failing_check_costs_only_its_own_claim_set() {
 
 /// Closed by default: while the check cannot run at all, only service_role receives; the
 /// others get error entries, never the rows. A role the database does not know gets errors.
+/// What a table shows a role whatever the row comes with the outbox read (migration 0027): a
+/// table without policies is still delivered while only the row check is gone, and gets error
+/// entries once the read cannot answer either.
 #[tokio::test]
 async fn an_unavailable_check_delivers_to_service_role_only() {
     let (db, gw) = start().await;
@@ -309,17 +312,13 @@ async fn an_unavailable_check_delivers_to_service_role_only() {
     // error entries for both tables, no row.
     for odd in [&mut stranger, &mut root] {
         for table in ["notes", "markers"] {
-            let m = odd.expect_event("realtime:watch", "postgres_changes").await;
-            let data = &m.payload["data"];
-            assert_eq!(
-                (&data["table"], &data["record"]),
-                (&json!(table), &json!({}))
-            );
-            assert!(data["errors"].to_string().contains("row-level security"));
+            expect_error_entry(odd, table).await;
         }
     }
     assert_eq!(until_marker(&mut service, "one").await.len(), 1);
 
+    // The row check is gone: notes, whose policies need it, gets an error entry; markers, which
+    // the read answered for the role, arrives.
     sql(
         &db,
         &["drop function realtime.visible_rows(text[], text[], oid[], text[], int[], int[])"],
@@ -333,17 +332,128 @@ async fn an_unavailable_check_delivers_to_service_role_only() {
         ],
     )
     .await;
-    // Error entries in place of both changes, not the rows.
+    expect_error_entry(&mut a, "notes").await;
+    assert!(until_marker(&mut a, "two").await.is_empty());
+
+    // The read's answer is gone too: error entries in place of both changes, not the rows.
+    sql(
+        &db,
+        &["alter function realtime.table_sight(oid, text) rename to table_sight_gone"],
+    )
+    .await;
+    sql(
+        &db,
+        &[
+            &format!("insert into notes (user_id, body) values ('{A}', 'a2')"),
+            "insert into markers (label) values ('three')",
+        ],
+    )
+    .await;
     for table in ["notes", "markers"] {
-        let m = a.expect_event("realtime:watch", "postgres_changes").await;
-        let data = &m.payload["data"];
-        assert_eq!(
-            (&data["table"], &data["record"]),
-            (&json!(table), &json!({}))
-        );
+        expect_error_entry(&mut a, table).await;
     }
     let all = until_marker(&mut service, "two").await;
     assert_eq!(summary(&all), vec![("INSERT".into(), json!("a1"))]);
+    let all = until_marker(&mut service, "three").await;
+    assert_eq!(summary(&all), vec![("INSERT".into(), json!("a2"))]);
+}
+
+/// The next change `c` receives is an error entry in place of a change of `table`.
+async fn expect_error_entry(c: &mut WsClient, table: &str) {
+    let m = c.expect_event("realtime:watch", "postgres_changes").await;
+    let data = &m.payload["data"];
+    assert_eq!(
+        (&data["table"], &data["record"]),
+        (&json!(table), &json!({}))
+    );
+    assert!(
+        data["errors"].to_string().contains("row-level security"),
+        "{data}"
+    );
+}
+
+/// Once the read knows a role, a table it answers for whatever the row costs no check: every
+/// row (no row-level security) or none (no privilege), decided afresh by each read. A table
+/// whose policies decide row by row is still checked. The checks are counted by the database:
+/// the check function is wrapped in one that records each call.
+#[tokio::test]
+async fn tables_the_read_answers_for_cost_no_check() {
+    let db = TestDb::new().await;
+    protected_tables(&db).await;
+    sql(
+        &db,
+        &[
+            "create table public.checks_asked (at timestamptz default now())",
+            "alter function realtime.visible_rows(text[], text[], oid[], text[], int[], int[]) \
+             rename to visible_rows_counted",
+            "create function realtime.visible_rows(roles text[], claims text[], relids oid[], \
+                 table_rows text[], pair_tables int[], pair_claims int[]) \
+             returns table (t int, c int, r int, visible boolean, columns text[], error text) \
+             language plpgsql as $$ begin \
+                 insert into public.checks_asked default values; \
+                 return query select * from realtime.visible_rows_counted(roles, claims, \
+                     relids, table_rows, pair_tables, pair_claims); \
+             end $$",
+        ],
+    )
+    .await;
+    let gw = TestGateway::start(&db).await;
+    let pool = db.pool().await;
+    let asked = || async {
+        sqlx::query_scalar::<_, i64>("select count(*) from public.checks_asked")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    };
+    let mut a = client(&gw, "authenticated", Some(A)).await;
+    // service_role sees every change, unchecked: once it has a change, the read that brought
+    // it has been decided for `a` too.
+    let mut service = client(&gw, "service_role", None).await;
+    watch(&mut a, star()).await;
+    watch(&mut service, star()).await;
+    // The first page the role's claim sets are decided for is checked; that notes the role.
+    sql(&db, &["insert into markers (label) values ('one')"]).await;
+    assert!(until_marker(&mut a, "one").await.is_empty());
+    let first = asked().await;
+    assert_eq!(first, 1, "the first page was checked");
+
+    sql(&db, &["insert into markers (label) values ('two')"]).await;
+    assert!(until_marker(&mut a, "two").await.is_empty());
+    // While the privilege is gone, the change is not delivered; once it is back, it is.
+    sql(
+        &db,
+        &[
+            "revoke select on markers from authenticated",
+            "insert into markers (label) values ('hidden')",
+        ],
+    )
+    .await;
+    for label in ["one", "two", "hidden"] {
+        assert!(until_marker(&mut service, label).await.is_empty());
+    }
+    sql(
+        &db,
+        &[
+            "grant select on markers to authenticated",
+            "insert into markers (label) values ('three')",
+        ],
+    )
+    .await;
+    assert!(until_marker(&mut a, "three").await.is_empty());
+    assert_eq!(asked().await, first, "no check for markers");
+
+    sql(
+        &db,
+        &[
+            &format!("insert into notes (user_id, body) values ('{A}', 'a1')"),
+            &format!("insert into notes (user_id, body) values ('{B}', 'b1')"),
+            "insert into markers (label) values ('four')",
+        ],
+    )
+    .await;
+    let got = until_marker(&mut a, "four").await;
+    assert_eq!(summary(&got), vec![("INSERT".into(), json!("a1"))]);
+    assert!(asked().await > first, "notes checked row by row");
 }
 
 /// A filter on a column the role may not select would answer questions about its values: such

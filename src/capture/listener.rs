@@ -34,10 +34,13 @@ use sqlx::postgres::PgRow;
 use super::bell::Rest;
 use super::decode::{self, ChangeRow};
 use super::maintenance;
-use super::outbox::{fetch_page, fits, parse_snapshot, read_row, start_cursor, Cursor, Part};
+use super::outbox::{
+    fetch_at_once, fetch_page, fits, parse_snapshot, read_row, start_cursor, AtOnce, Cursor, Part,
+};
 use super::schedule::{Backoff, Pace, FOLLOW_UP};
 use crate::change::{BusMessage, ChangeEvent};
 use crate::fanout::router::{Router, Wakes};
+use crate::fanout::table_sight::TableSights;
 use crate::fanout::visibility::{ClaimSet, Visibility};
 use crate::pg::catalog::Catalog;
 use crate::pg::Error;
@@ -440,7 +443,14 @@ impl Listener {
                 let rows = fetch_page(&mut tx, part, cursor, after).await?;
                 let n = rows.len();
                 after = self
-                    .deliver(&self.router, rows, &mut max_id, routed, span.seq)
+                    .deliver(
+                        &self.router,
+                        rows,
+                        &TableSights::default(),
+                        &mut max_id,
+                        routed,
+                        span.seq,
+                    )
                     .await?
                     .0
                     .unwrap_or(after);
@@ -469,40 +479,16 @@ impl Listener {
         cursor: &mut Cursor,
         routed: &mut std::collections::HashSet<i64>,
     ) -> Result<Option<usize>, Error> {
-        // `realtime.read_changes` (migration 0025): in-flight rows are found through the xid
-        // index, each branch ordered by xid, and its plan is made once per connection. The
-        // limits only decide whether this read fits in one statement; the rows are delivered in
-        // id order.
-        let rows = sqlx::query(
-            "select part, grp, id, captured_at, relid, op, record, old_record, snapshot \
-             from realtime.read_changes($1, $2, $3, $4) order by grp, id",
-        )
-        .bind(&cursor.xmax)
-        .bind(&cursor.xip)
-        .bind(cursor.max_id)
-        .bind(PAGE_ROWS)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut parts = [0usize; 4];
-        let mut snapshot = None;
-        for row in &rows {
-            let part: i32 = row.try_get("part")?;
-            parts[usize::try_from(part).unwrap_or(0).min(3)] += 1;
-            if part == 0 {
-                snapshot = row.try_get::<Option<String>, _>("snapshot")?;
-            }
-        }
-        let Some(snapshot) = snapshot else {
-            return Err(Error::Sqlx(sqlx::Error::Protocol(
-                "outbox read returned no snapshot".into(),
-            )));
-        };
-        if parts[1..].iter().any(|&n| n >= PAGE_ROWS as usize) {
+        let Some(AtOnce {
+            snapshot,
+            changes,
+            sights,
+        }) = fetch_at_once(&self.pool, cursor, self.visibility.roles()).await?
+        else {
             return Ok(None);
-        }
+        };
         let (xmax_now, xip_now) = parse_snapshot(&snapshot);
         let mut max_id = cursor.max_id;
-        let changes: Vec<_> = rows.into_iter().skip(1).collect();
         let total = changes.len();
         let span = self.spans.begin(
             cursor,
@@ -512,8 +498,15 @@ impl Listener {
                 max_id: i64::MAX,
             },
         );
-        self.deliver(&self.router, changes, &mut max_id, routed, span.seq)
-            .await?;
+        self.deliver(
+            &self.router,
+            changes,
+            &sights,
+            &mut max_id,
+            routed,
+            span.seq,
+        )
+        .await?;
         self.advance(cursor, xmax_now, xip_now, max_id, total, routed);
         self.spans.complete(span.seq);
         Ok(Some(total))
@@ -571,13 +564,15 @@ impl Listener {
         }
     }
 
-    /// Decodes one page, asks row-level security about it once, and routes it through
-    /// `router` (skipping ids in `routed`, adding the ones it routes), its frames stamped with
-    /// span `seq`; returns its last id and the frames queued.
+    /// Decodes one page, asks row-level security about it once (where `sights`, the read's
+    /// answers, do not decide), and routes it through `router` (skipping ids in `routed`,
+    /// adding the ones it routes), its frames stamped with span `seq`; returns its last id and
+    /// the frames queued.
     pub(super) async fn deliver(
         &self,
         router: &Router,
         rows: Vec<PgRow>,
+        sights: &TableSights,
         max_id: &mut i64,
         routed: &mut std::collections::HashSet<i64>,
         seq: u64,
@@ -615,7 +610,7 @@ impl Listener {
             std::collections::HashMap::new();
         let decisions = self
             .visibility
-            .decide(&events, |event| {
+            .decide(&events, sights, |event| {
                 by_table
                     .entry(event.table.relid)
                     .or_insert_with(|| router.claim_sets(event))

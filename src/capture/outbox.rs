@@ -1,5 +1,6 @@
-//! The outbox's reads: where a read starts ([`start_cursor`]), one page of a read's part
-//! ([`fetch_page`]) and an outbox row's columns ([`read_row`]). The listener
+//! The outbox's reads: where a read starts ([`start_cursor`]), the usual read in one statement
+//! ([`fetch_at_once`]), one page of a read's part ([`fetch_page`]) and an outbox row's columns
+//! ([`read_row`]). The listener
 //! ([`super::listener`]) drives them; its module header explains the snapshot arithmetic.
 
 use sqlx::postgres::PgRow;
@@ -8,6 +9,7 @@ use sqlx::{PgPool, Row};
 use super::decode::ChangeRow;
 use super::listener::PAGE_ROWS;
 use crate::change::RawRow;
+use crate::fanout::table_sight::TableSights;
 use crate::pg::catalog::TableInfo;
 use crate::pg::Error;
 
@@ -22,6 +24,77 @@ pub(super) enum Part {
     InFlight,
     /// Rows with ids above the previous maximum.
     Above,
+}
+
+/// What the usual read returned.
+pub(super) struct AtOnce {
+    /// The snapshot it saw (`pg_current_snapshot()` as text).
+    pub(super) snapshot: String,
+    /// The changes, in id order.
+    pub(super) changes: Vec<PgRow>,
+    /// What each table of the changes shows each role asked about, whatever the row.
+    pub(super) sights: TableSights,
+}
+
+/// The usual read from `cursor` in one statement (one snapshot, one round trip), with what its
+/// tables show `roles`; `None` when a part fills its page (the caller then reads page by page).
+pub(super) async fn fetch_at_once(
+    pool: &PgPool,
+    cursor: &Cursor,
+    roles: Vec<String>,
+) -> Result<Option<AtOnce>, Error> {
+    // `realtime.read_changes` (migrations 0025, 0027): in-flight rows are found through the
+    // xid index, each branch ordered by xid, and its plan is made once per connection. The
+    // limits only decide whether this read fits in one statement; the rows are delivered in
+    // id order. Part 4 answers what each table read shows each role (`fanout::table_sight`).
+    let rows = sqlx::query(
+        "select part, grp, id, captured_at, relid, op, record, old_record, snapshot, \
+                role, error, visible, columns \
+         from realtime.read_changes($1, $2, $3, $4, $5) order by grp, id",
+    )
+    .bind(&cursor.xmax)
+    .bind(&cursor.xip)
+    .bind(cursor.max_id)
+    .bind(PAGE_ROWS)
+    .bind(roles)
+    .fetch_all(pool)
+    .await?;
+    let mut parts = [0usize; 5];
+    let mut snapshot = None;
+    let mut sights = TableSights::default();
+    let mut changes = Vec::with_capacity(rows.len());
+    for row in rows {
+        let part: i32 = row.try_get("part")?;
+        let part = usize::try_from(part).unwrap_or(0).min(4);
+        parts[part] += 1;
+        match part {
+            0 => snapshot = row.try_get::<Option<String>, _>("snapshot")?,
+            4 => {
+                let relid: i64 = row.try_get("relid")?;
+                sights.add(
+                    u32::try_from(relid).unwrap_or(0),
+                    row.try_get("role")?,
+                    row.try_get("error")?,
+                    row.try_get("visible")?,
+                    row.try_get("columns")?,
+                );
+            }
+            _ => changes.push(row),
+        }
+    }
+    let Some(snapshot) = snapshot else {
+        return Err(Error::Sqlx(sqlx::Error::Protocol(
+            "outbox read returned no snapshot".into(),
+        )));
+    };
+    if parts[1..4].iter().any(|&n| n >= PAGE_ROWS as usize) {
+        return Ok(None);
+    }
+    Ok(Some(AtOnce {
+        snapshot,
+        changes,
+        sights,
+    }))
 }
 
 /// One page of `part`, rows with ids above `after`.

@@ -21,6 +21,7 @@ use sqlx::postgres::PgRow;
 use super::listener::{Listener, PAGE_ROWS};
 use super::outbox::Cursor;
 use crate::fanout::router::{PgChannel, Router};
+use crate::fanout::table_sight::TableSights;
 use crate::outbound::Frame;
 use crate::pg::Error;
 use crate::position::{Position, Snapshot, Stamp, THROUGH};
@@ -151,7 +152,14 @@ impl Listener {
                 let mut max_id = 0;
                 let mut routed = std::collections::HashSet::new();
                 let (last, frames) = self
-                    .deliver(&router, rows, &mut max_id, &mut routed, span.seq)
+                    .deliver(
+                        &router,
+                        rows,
+                        &TableSights::default(),
+                        &mut max_id,
+                        &mut routed,
+                        span.seq,
+                    )
                     .await?;
                 queued += frames;
                 match last {

@@ -12,6 +12,10 @@
 //! check itself fails every claim set but `service_role` gets an error entry in place of the
 //! change. Error entries never carry the database's message (a failing cast could quote a value
 //! of a row the subscriber may not see); the log and the audit record do.
+//!
+//! A claim set whose table the outbox read already answered for its role whatever the row
+//! ([`super::table_sight`]: no row-level security, no privilege, an error) is decided from that
+//! answer; only the others are asked.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -21,6 +25,7 @@ use std::time::{Duration, Instant};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection, Row};
 
+use super::table_sight::{Roles, TableSight, TableSights, Verdict};
 use crate::change::{ChangeEvent, Op, RawRow};
 use crate::registry::Registry;
 
@@ -183,6 +188,8 @@ pub struct Visibility {
     /// Bound on one check, also on this side (a stalled connection must not hold capture).
     timeout: Duration,
     audit: Option<Registry>,
+    /// The roles of recently decided claim sets, which the outbox reads answer for.
+    roles: Arc<Roles>,
 }
 
 impl Visibility {
@@ -201,6 +208,7 @@ impl Visibility {
             options,
             timeout,
             audit: None,
+            roles: Arc::default(),
         })
     }
 
@@ -210,11 +218,18 @@ impl Visibility {
         self
     }
 
+    /// The roles a read of the outbox should answer for ([`super::table_sight`]).
+    pub fn roles(&self) -> Vec<String> {
+        self.roles.current()
+    }
+
     /// Decides every change of a page for the claim sets `subscribed` returns for its table
-    /// (`service_role` left out by the caller). One query for the whole page.
+    /// (`service_role` left out by the caller): from `sights`, the read's answers, where they
+    /// decide whatever the row, and with one query for the rest of the page.
     pub async fn decide(
         &self,
         changes: &[ChangeEvent],
+        sights: &TableSights,
         mut subscribed: impl FnMut(&ChangeEvent) -> Vec<ClaimSet>,
     ) -> Decisions {
         // A page of big rows is asked about in parts, so no request nears the database's
@@ -229,7 +244,7 @@ impl Visibility {
                 end += 1;
             }
             let part = self
-                .decide_part(&changes[start..end], &mut subscribed)
+                .decide_part(&changes[start..end], sights, &mut subscribed)
                 .await;
             let Decisions { by_change, careful } = part;
             // A part without checks says nothing per change: keep the indices aligned.
@@ -248,57 +263,65 @@ impl Visibility {
     async fn decide_part(
         &self,
         changes: &[ChangeEvent],
+        sights: &TableSights,
         subscribed: &mut impl FnMut(&ChangeEvent) -> Vec<ClaimSet>,
     ) -> Decisions {
         let mut request = Request::default();
-        let mut places: Vec<Option<Place>> = Vec::with_capacity(changes.len());
+        // Per table of the part: the claim sets the read's answers decide, with the answer.
+        let mut known: HashMap<u32, Vec<(ClaimSet, TableSight)>> = HashMap::new();
+        // Per change: its table, and where its rows are in the request when it is asked about.
+        let mut places: Vec<(u32, Option<Place>)> = Vec::with_capacity(changes.len());
         for change in changes {
-            // A table's claim sets are asked for once per request: its first change.
-            let claim_sets = if request.table_index.contains_key(&change.table.relid) {
-                Vec::new()
-            } else {
-                let claim_sets = subscribed(change);
-                if claim_sets.is_empty() {
-                    places.push(None);
-                    continue;
+            let relid = change.table.relid;
+            // A table's claim sets are gathered once per part: its first change.
+            let mut asked = Vec::new();
+            if let std::collections::hash_map::Entry::Vacant(entry) = known.entry(relid) {
+                let mut decided = Vec::new();
+                for set in subscribed(change) {
+                    self.roles.note(&set.role);
+                    match sights.decided(relid, &set.role) {
+                        Some(sight) => decided.push((set, sight.clone())),
+                        None => asked.push(set),
+                    }
                 }
-                claim_sets
+                entry.insert(decided);
+            }
+            let place = if !asked.is_empty() || request.table_index.contains_key(&relid) {
+                Some(request.add(change, asked))
+            } else {
+                None
             };
-            places.push(Some(request.add(change, claim_sets)));
+            places.push((relid, place));
         }
-        if request.tables.is_empty() {
+        if request.tables.is_empty() && known.values().all(Vec::is_empty) {
             return Decisions::default();
         }
-        let started = Instant::now();
-        let answer = self.ask(&request).await;
-        metrics::histogram!("gateway_router_rls_check_seconds")
-            .record(started.elapsed().as_secs_f64());
-        metrics::counter!("gateway_router_rls_checks_total").increment(request.checks);
-        let answer = match answer {
-            Ok(answer) => answer,
-            Err(e) => {
-                metrics::counter!("gateway_router_rls_failures_total").increment(1);
-                tracing::warn!(error = %crate::error::chain(&e),
-                    "row-level security check failed; the page's changes go to service_role only");
-                self.audit_failure(&request, None, &crate::error::chain(&e));
-                Answer::default()
-            }
+        // `None`: the check failed, and every claim set it was asked about gets an error entry.
+        let answer = if request.tables.is_empty() {
+            Some(Answer::default())
+        } else {
+            self.answer(&request).await
         };
-        let failed = answer.tables.is_empty();
         let mut by_change = Vec::with_capacity(changes.len());
         let mut careful = Vec::with_capacity(changes.len());
-        for place in places {
+        for (relid, place) in places {
             let mut decided = HashMap::new();
+            for (set, sight) in known.get(&relid).into_iter().flatten() {
+                let decision = table_decision(sight);
+                if decision == Decision::Error {
+                    metrics::counter!("gateway_router_rls_errors_total").increment(1);
+                }
+                decided.insert(set.key, (Arc::clone(&set.json), decision));
+            }
             if let Some(place) = place {
                 let table = &request.tables[place.table];
                 for &claim in &table.claims {
                     let set = &request.claims[claim];
-                    let decision = if failed {
-                        Decision::Error
-                    } else {
-                        answer.decide(place, claim)
+                    let decision = match &answer {
+                        None => Decision::Error,
+                        Some(answer) => answer.decide(place, claim),
                     };
-                    if decision == Decision::Error && !failed {
+                    if decision == Decision::Error && answer.is_some() {
                         metrics::counter!("gateway_router_rls_errors_total").increment(1);
                     }
                     decided.insert(set.key, (Arc::clone(&set.json), decision));
@@ -317,13 +340,51 @@ impl Visibility {
             by_change.push(Arc::new(decided));
         }
         // One audit record per table and claim set, however many of its rows failed.
+        for (relid, sets) in &known {
+            for (set, sight) in sets {
+                if let Some(reason) = &sight.error {
+                    self.audit_failure(Some(*relid), Some(&set.role), reason);
+                }
+            }
+        }
         let mut audited = std::collections::HashSet::new();
-        for (t, c, reason) in &answer.errors {
+        for (t, c, reason) in answer.iter().flat_map(|a| &a.errors) {
             if audited.insert((*t, *c)) {
-                self.audit_failure(&request, Some((*t, *c)), reason);
+                self.audit_failure(
+                    request.tables.get(*t).map(|t| t.relid),
+                    request.claims.get(*c).map(|c| &*c.role),
+                    reason,
+                );
             }
         }
         Decisions { by_change, careful }
+    }
+
+    /// Asks the database about `request`; `None` when the check failed (logged, counted and
+    /// audited).
+    async fn answer(&self, request: &Request) -> Option<Answer> {
+        let started = Instant::now();
+        let answer = self.ask(request).await.and_then(|answer| {
+            // Every claim set asked about has a table-level answer: none at all is a failure.
+            if answer.tables.is_empty() {
+                let nothing = sqlx::Error::Protocol("the check answered nothing".into());
+                return Err(crate::pg::Error::Sqlx(nothing));
+            }
+            Ok(answer)
+        });
+        metrics::histogram!("gateway_router_rls_check_seconds")
+            .record(started.elapsed().as_secs_f64());
+        metrics::counter!("gateway_router_rls_checks_total").increment(request.checks);
+        match answer {
+            Ok(answer) => Some(answer),
+            Err(e) => {
+                metrics::counter!("gateway_router_rls_failures_total").increment(1);
+                tracing::warn!(error = %crate::error::chain(&e),
+                    "row-level security check failed; the page's changes go to service_role only");
+                self.audit_failure(None, None, &crate::error::chain(&e));
+                None
+            }
+        }
     }
 
     async fn ask(&self, request: &Request) -> Result<Answer, crate::pg::Error> {
@@ -343,12 +404,7 @@ impl Visibility {
             match r {
                 None => {
                     let columns: Option<Vec<String>> = row.try_get("columns")?;
-                    let verdict = match (&error, visible) {
-                        (Some(_), _) => TableVerdict::Error,
-                        (None, Some(true)) => TableVerdict::All,
-                        (None, Some(false)) => TableVerdict::None,
-                        (None, None) => TableVerdict::Rows,
-                    };
+                    let verdict = Verdict::of(error.is_some(), visible);
                     if let Some(reason) = error {
                         answer.errors.push((t, c, reason));
                     }
@@ -417,17 +473,10 @@ impl Visibility {
         }
     }
 
-    /// Audits a failed check: of one table and claim set, or (`None`) of the whole page.
-    fn audit_failure(&self, request: &Request, at: Option<(usize, usize)>, reason: &str) {
+    /// Audits a failed check: of one table and role, or (`None`) of the whole page.
+    fn audit_failure(&self, relid: Option<u32>, role: Option<&str>, reason: &str) {
         let Some(audit) = &self.audit else {
             return;
-        };
-        let (relid, role) = match at {
-            Some((t, c)) => (
-                request.tables.get(t).map(|t| t.relid),
-                request.claims.get(c).map(|c| c.role.to_string()),
-            ),
-            None => (None, None),
         };
         audit.audit(
             "rls_check_failed",
@@ -435,6 +484,19 @@ impl Visibility {
             None,
             serde_json::json!({"relid": relid, "role": role, "reason": reason}),
         );
+    }
+}
+
+/// What a claim set gets of every change of a table whose answer decides whatever the row.
+fn table_decision(sight: &TableSight) -> Decision {
+    match sight.verdict {
+        Verdict::All => Decision::Show {
+            columns: sight.columns.clone(),
+            old_hidden: false,
+        },
+        Verdict::None => Decision::Hide,
+        // Never given a row check's verdict to decide; closed if it were.
+        Verdict::Rows | Verdict::Error => Decision::Error,
     }
 }
 
@@ -595,16 +657,8 @@ fn row_json(raw: &RawRow) -> String {
     out
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TableVerdict {
-    All,
-    None,
-    Rows,
-    Error,
-}
-
 /// A table's verdict for a claim set, and the columns the role may select.
-type TableAnswer = (TableVerdict, Option<Arc<[String]>>);
+type TableAnswer = (Verdict, Option<Arc<[String]>>);
 
 /// What `realtime.visible_rows` answered.
 #[derive(Debug, Default)]
@@ -625,10 +679,10 @@ impl Answer {
             old_hidden,
         };
         match verdict {
-            TableVerdict::Error => Decision::Error,
-            TableVerdict::None => Decision::Hide,
-            TableVerdict::All => show(false),
-            TableVerdict::Rows => {
+            Verdict::Error => Decision::Error,
+            Verdict::None => Decision::Hide,
+            Verdict::All => show(false),
+            Verdict::Rows => {
                 // No row to check (an error entry in place of an undeliverable change): not
                 // even that a change happened is shown.
                 let Some(row) = place.row else {
@@ -655,13 +709,13 @@ mod tests {
 
     fn answer() -> Answer {
         let mut a = Answer::default();
-        a.tables.insert((0, 0), (TableVerdict::Rows, None));
+        a.tables.insert((0, 0), (Verdict::Rows, None));
         a.tables.insert(
             (0, 1),
-            (TableVerdict::All, Some(Arc::from(vec!["id".to_owned()]))),
+            (Verdict::All, Some(Arc::from(vec!["id".to_owned()]))),
         );
-        a.tables.insert((0, 2), (TableVerdict::None, None));
-        a.tables.insert((0, 3), (TableVerdict::Error, None));
+        a.tables.insert((0, 2), (Verdict::None, None));
+        a.tables.insert((0, 3), (Verdict::Error, None));
         a.rows.insert((0, 0, 0), true);
         a.rows.insert((0, 0, 2), false);
         a.rows.insert((0, 0, 3), true);

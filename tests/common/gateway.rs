@@ -71,6 +71,16 @@ impl TestGateway {
         .await;
     }
 
+    /// The sum of the `/metrics` samples whose line starts with `name` (every label set of a
+    /// metric, when `name` is its whole name).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let (_, body) = http_get(self.addr, "/metrics").await.expect("/metrics");
+        body.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
     /// Triggers shutdown and waits for `run` to return.
     pub async fn stop(self) -> Result<(), realtime_gateway::Error> {
         self.shutdown.trigger();
