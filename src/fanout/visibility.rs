@@ -13,9 +13,8 @@
 //! change. Error entries never carry the database's message (a failing cast could quote a value
 //! of a row the subscriber may not see); the log and the audit record do.
 //!
-//! A claim set whose table the outbox read already answered for its role whatever the row
-//! ([`super::table_sight`]: no row-level security, no privilege, an error) is decided from that
-//! answer; only the others are asked.
+//! A claim set whose table the outbox read answered for its role whatever the row (no policy
+//! to apply, no privilege, an error: [`super::table_sight`]) is decided from that answer.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -791,15 +790,10 @@ mod tests {
 
     #[test]
     fn rows_are_sent_as_written() {
+        let value = |v: &str| serde_json::value::RawValue::from_string(v.to_owned()).unwrap();
         let raw: RawRow = vec![
-            (
-                "n".into(),
-                serde_json::value::RawValue::from_string("1.50".into()).unwrap(),
-            ),
-            (
-                "q\"uote".into(),
-                serde_json::value::RawValue::from_string("{\"x\": [1]}".into()).unwrap(),
-            ),
+            ("n".into(), value("1.50")),
+            ("q\"uote".into(), value("{\"x\": [1]}")),
         ];
         assert_eq!(row_json(&raw), r#"{"n":1.50,"q\"uote":{"x": [1]}}"#);
     }
