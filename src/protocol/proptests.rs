@@ -235,6 +235,7 @@ fn ref_field() -> impl Strategy<Value = Value> {
         3 => tricky_string(8).prop_map(Value::from),
         1 => any::<i64>().prop_map(Value::from),
         1 => json_value(),
+        1 => "[a-z]{250,260}".prop_map(Value::from),
     ]
 }
 
@@ -253,6 +254,9 @@ fn expect_string(value: Option<&Value>, field: &'static str) -> Result<String, S
 fn expect_ref(value: Option<&Value>, field: &'static str) -> Result<Option<String>, String> {
     match value {
         None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.len() > super::MAX_REF_BYTES => {
+            Err(Error::RefTooLong(field).to_string())
+        }
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(Value::Number(n)) => Ok(Some(n.to_string())),
         Some(_) => Err(Error::BadRef(field).to_string()),

@@ -115,6 +115,18 @@ fn bad_refs_are_rejected() {
     assert!(matches!(err, Error::BadRef("ref")), "{err:?}");
     let err = decode_text(Vsn::V2, r#"[{},null,"t","e",{}]"#).unwrap_err();
     assert!(matches!(err, Error::BadRef("join_ref")), "{err:?}");
+    // A ref of the wrong type is named as such however long its text.
+    let big = json!({ "k": "x".repeat(300) });
+    let err = decode_text(Vsn::V2, &json!([big, null, "t", "e", {}]).to_string()).unwrap_err();
+    assert!(matches!(err, Error::BadRef("join_ref")), "{err:?}");
+    let long = "x".repeat(256);
+    let err = decode_text(Vsn::V2, &json!([long, null, "t", "e", {}]).to_string()).unwrap_err();
+    assert!(matches!(err, Error::RefTooLong("join_ref")), "{err:?}");
+    let err = decode_text(
+        Vsn::V2,
+        &json!(["x".repeat(255), null, "t", "e", {}]).to_string(),
+    );
+    assert!(err.is_ok(), "{err:?}");
 }
 
 #[test]

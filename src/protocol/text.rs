@@ -231,12 +231,13 @@ fn take_ref(raw: Option<&RawValue>, field: &'static str) -> Result<Option<String
     let Some(raw) = raw else {
         return Ok(None);
     };
-    // The raw text bounds the decoded one (escapes only shorten it).
-    if raw.get().len() > super::MAX_REF_BYTES + 2 {
-        return Err(Error::RefTooLong(field));
-    }
     match raw.get().as_bytes().first() {
         Some(b'n') => Ok(None),
+        // The raw text bounds the decoded one (escapes only shorten it); checked once the
+        // type is known to be right, so that a wrong type is named as such whatever its size.
+        Some(b'"' | b'-' | b'0'..=b'9') if raw.get().len() > super::MAX_REF_BYTES + 2 => {
+            Err(Error::RefTooLong(field))
+        }
         Some(b'"') => serde_json::from_str(raw.get())
             .map(Some)
             .map_err(Error::Json),
