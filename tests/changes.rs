@@ -353,7 +353,13 @@ async fn no_change_lost_or_doubled_when_the_listener_drops() {
         }));
     }
     let mut killed: Vec<i32> = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while killed.len() < 10 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the listener did not come back after {} kills",
+            killed.len()
+        );
         // The listener's current backend: one we have not killed yet.
         let pids: Vec<i32> = sqlx::query_scalar(
             "select pid from pg_stat_activity where datname = current_database() \
@@ -370,7 +376,7 @@ async fn no_change_lost_or_doubled_when_the_listener_drops() {
                 .unwrap();
             killed.push(pid);
         } else {
-            // Wait for the listener to come back before the next kill.
+            // Poll pacing until the listener is back; the query above is the synchronization.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
