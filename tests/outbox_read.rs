@@ -1,4 +1,4 @@
-//! The gateway's usual read of the outbox, `realtime.read_changes` (migrations 0025, 0027):
+//! The gateway's usual read of the outbox, `realtime.read_changes` (migrations 0025, 0027, 0028):
 //! what it returns for a cursor, what its tables show the roles it is asked about, and that it
 //! stays a walk of the indexes from the cursor however large the outbox is, its plan being
 //! made once per connection.
@@ -184,6 +184,198 @@ async fn a_read_answers_what_its_tables_show_each_role() {
     let (again, _, sights) = read_as(&mut conn, &cursor, max_id, 1000, &[]).await;
     assert_eq!(again, rows);
     assert!(sights.is_empty());
+}
+
+/// The read answers what `realtime.table_sight`, the row check's own decision, answers, for
+/// every kind of table and role: no row-level security, policies, some columns, a schema the
+/// role may not use, an owner's table with row-level security forced or not, a role that
+/// bypasses it, a superuser, the login itself, a role that does not exist, and a table dropped
+/// since its row was captured.
+#[tokio::test]
+async fn a_reads_answers_are_the_checks_answers() {
+    let db = TestDb::new().await;
+    let mut conn = db.connect().await;
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let owner = format!("owner_{tag}");
+    let bypass = format!("bypass_{tag}");
+    let root = format!("root_{tag}");
+    let login: String = sqlx::query_scalar("select session_user::text")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    for statement in [
+        "create table public.open_rows (id int8)".to_owned(),
+        "grant select on public.open_rows to anon, authenticated".to_owned(),
+        "create table public.own_rows (id int8, owner text)".to_owned(),
+        "alter table public.own_rows enable row level security".to_owned(),
+        "create policy own on public.own_rows for select using (owner = current_user)".to_owned(),
+        "grant select on public.own_rows to anon, authenticated".to_owned(),
+        "create table public.some_columns (id int8, secret text)".to_owned(),
+        "revoke all on public.some_columns from anon, authenticated".to_owned(),
+        "grant select (id) on public.some_columns to authenticated".to_owned(),
+        "create schema closed".to_owned(),
+        "create table closed.rows (id int8)".to_owned(),
+        "grant select on closed.rows to anon, authenticated".to_owned(),
+        format!("create role {owner}"),
+        format!("create role {bypass} bypassrls"),
+        format!("create role {root} superuser"),
+        format!("grant select on public.own_rows to {bypass}"),
+        "create table public.owned (id int8)".to_owned(),
+        "create table public.forced (id int8)".to_owned(),
+        "create table public.dropped (id int8)".to_owned(),
+    ] {
+        sqlx::query(&statement).execute(&mut conn).await.unwrap();
+    }
+    for table in ["owned", "forced"] {
+        for statement in [
+            format!("alter table public.{table} owner to {owner}"),
+            format!("alter table public.{table} enable row level security"),
+            format!("grant select on public.{table} to anon"),
+        ] {
+            sqlx::query(&statement).execute(&mut conn).await.unwrap();
+        }
+    }
+    sqlx::query("alter table public.forced force row level security")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let cursor = snapshot(&mut conn).await;
+    let max_id: i64 = sqlx::query_scalar("select coalesce(max(id), 0) from realtime.changes")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+    for table in [
+        "public.open_rows",
+        "public.own_rows",
+        "public.some_columns",
+        "closed.rows",
+        "public.owned",
+        "public.forced",
+        "public.dropped",
+    ] {
+        capture_into(&mut conn, table).await;
+    }
+    sqlx::query("drop table public.dropped")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+
+    let gone = format!("gone_{tag}");
+    let roles = [
+        "anon",
+        "authenticated",
+        "service_role",
+        &owner,
+        &bypass,
+        &root,
+        &login,
+        &gone,
+    ];
+    let (rows, _, sights) = read_as(&mut conn, &cursor, max_id, 1000, &roles).await;
+    assert_eq!(rows.len(), 7);
+    assert_eq!(sights.len(), 7 * roles.len(), "{sights:?}");
+    let mut kinds = std::collections::BTreeSet::new();
+    for (relid, role, visible, columns, error) in &sights {
+        let check: (Option<String>, Option<bool>, Option<Vec<String>>) = sqlx::query_as(
+            "select error, visible, columns from realtime.table_sight($1::int8::oid, $2)",
+        )
+        .bind(relid)
+        .bind(role)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        assert_eq!(
+            (error, visible, columns),
+            (&check.0, &check.1, &check.2),
+            "table {relid}, role {role}"
+        );
+        kinds.insert(match (error, visible, columns) {
+            (Some(e), _, _) => e.replace(&tag, "*"),
+            (None, Some(true), Some(_)) => "some columns".to_owned(),
+            (None, Some(v), None) => format!("all rows: {v}"),
+            (None, None, _) => "row by row".to_owned(),
+            other => panic!("an answer the check never gives: {other:?}"),
+        });
+    }
+    let expected: std::collections::BTreeSet<String> = [
+        "all rows: false".to_owned(),
+        "all rows: true".to_owned(),
+        "row by row".to_owned(),
+        "some columns".to_owned(),
+        "the table no longer exists".to_owned(),
+        "role gone_* does not exist".to_owned(),
+        "tokens may not act as role root_*".to_owned(),
+        format!("tokens may not act as role {login}"),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(kinds, expected, "every kind of answer compared");
+    for statement in [
+        "drop table public.owned, public.forced".to_owned(),
+        format!("drop owned by {bypass}"),
+        format!("drop role {owner}, {bypass}, {root}"),
+    ] {
+        sqlx::query(&statement).execute(&mut conn).await.unwrap();
+    }
+}
+
+/// The read's answer cannot fail while the tables, schemas and roles it looks at are dropped
+/// under it (migration 0028): one connection creates and drops them as fast as it can while
+/// another asks about each of them with every role; every ask answers (an error entry for what
+/// is gone), none raises.
+#[tokio::test]
+async fn answers_never_fail_while_what_they_look_at_is_dropped() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let db = TestDb::new().await;
+    let mut asker = db.connect().await;
+    let mut ddl = db.connect().await;
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let prefix = format!("churn_{tag}_");
+    let rounds = 60;
+    let names: Vec<String> = (0..rounds).map(|i| format!("{prefix}{i}")).collect();
+    let done = std::sync::Arc::new(AtomicBool::new(false));
+    let churn = {
+        let (names, done) = (names.clone(), done.clone());
+        tokio::spawn(async move {
+            for name in &names {
+                for statement in [
+                    format!("create role {name}"),
+                    format!("create schema {name}"),
+                    format!("create table {name}.open (id int8)"),
+                    format!("create table {name}.some (id int8, secret text)"),
+                    format!("create table {name}.own (id int8)"),
+                    format!("alter table {name}.own enable row level security"),
+                    format!("grant usage on schema {name} to {name}"),
+                    format!("grant select on {name}.open, {name}.own to {name}"),
+                    format!("grant select (id) on {name}.some to {name}"),
+                    format!("drop schema {name} cascade"),
+                    format!("drop role {name}"),
+                ] {
+                    sqlx::query(&statement).execute(&mut ddl).await.unwrap();
+                }
+            }
+            done.store(true, Ordering::Release);
+        })
+    };
+    let (mut asks, mut seen) = (0u64, 0u64);
+    while !done.load(Ordering::Acquire) {
+        let answers: Vec<(Option<String>,)> = sqlx::query_as(
+            "select s.error from pg_class c \
+             join pg_namespace n on n.oid = c.relnamespace \
+             cross join unnest($1::text[]) as r(name) \
+             cross join lateral realtime.table_sight_inline(c.oid, r.name) s \
+             where starts_with(n.nspname, $2)",
+        )
+        .bind(&names)
+        .bind(&prefix)
+        .fetch_all(&mut asker)
+        .await
+        .unwrap_or_else(|e| panic!("ask {asks} failed: {e}"));
+        asks += 1;
+        seen += u64::from(!answers.is_empty());
+    }
+    churn.await.unwrap();
+    assert!(seen > 0, "{asks} asks, none while a table was there");
 }
 
 /// One more outbox row of `table`, written directly.

@@ -185,9 +185,9 @@ async fn migration_keeps_existing_roles_and_helpers() {
 }
 
 /// Which roles tokens may act as, asked by `realtime.may_act_as` (private channels) and decided
-/// the same way inside `realtime.table_sight` (row-level security of changes): a role the
-/// gateway's login is a member of, and no other; never a superuser, the login itself or a role
-/// that does not exist. Asked with a login that is not a superuser.
+/// the same way inside `realtime.table_sight` and `realtime.table_sight_inline` (row-level
+/// security of changes): a role the gateway's login is a member of, and no other; never a
+/// superuser, the login itself or a role that does not exist. Asked with a login that is not a superuser.
 #[tokio::test]
 async fn tokens_act_only_as_roles_the_login_may_become() {
     let db = TestDb::new().await;
@@ -206,6 +206,8 @@ async fn tokens_act_only_as_roles_the_login_may_become() {
         format!("grant usage on schema realtime to {login}"),
         format!("grant execute on function realtime.may_act_as(text) to {login}"),
         format!("grant execute on function realtime.table_sight(oid, text) to {login}"),
+        format!("grant execute on function realtime.table_sight_inline(oid, text) to {login}"),
+        format!("grant execute on function realtime.selectable_columns(oid, oid) to {login}"),
         "create table public.sighted (id int)".to_owned(),
         format!("grant select on public.sighted to {member}, {stranger}"),
     ] {
@@ -230,6 +232,16 @@ async fn tokens_act_only_as_roles_the_login_may_become() {
         .fetch_one(&mut *tx)
         .await
         .unwrap();
+        // The outbox read's answer (migration 0028) decides alike.
+        let read: (Option<String>, Option<bool>) = sqlx::query_as(
+            "select error, visible \
+             from realtime.table_sight_inline('public.sighted'::regclass, $1)",
+        )
+        .bind(role)
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+        assert_eq!(read, (error.clone(), visible), "{role}");
         answers.push((may, error.map(|e| e.replace(&tag, "*")), visible));
     }
     tx.rollback().await.unwrap();
@@ -248,6 +260,8 @@ async fn tokens_act_only_as_roles_the_login_may_become() {
         "drop table public.sighted".to_owned(),
         format!("revoke execute on function realtime.may_act_as(text) from {login}"),
         format!("revoke execute on function realtime.table_sight(oid, text) from {login}"),
+        format!("revoke execute on function realtime.table_sight_inline(oid, text) from {login}"),
+        format!("revoke execute on function realtime.selectable_columns(oid, oid) from {login}"),
         format!("revoke usage on schema realtime from {login}"),
         format!("drop role {login}, {member}, {stranger}, {root}"),
     ] {

@@ -36,6 +36,7 @@ use super::decode::{self, ChangeRow};
 use super::maintenance;
 use super::outbox::{
     fetch_at_once, fetch_page, fits, parse_snapshot, read_row, start_cursor, AtOnce, Cursor, Part,
+    SightAsked,
 };
 use super::schedule::{Backoff, Pace, FOLLOW_UP};
 use crate::change::{BusMessage, ChangeEvent};
@@ -133,6 +134,8 @@ pub struct Listener {
     pub(super) router: Arc<Router>,
     /// Row-level security: who may see which change.
     visibility: Visibility,
+    /// Whether the usual read answers what its tables show roles.
+    sight: SightAsked,
     status: Arc<Status>,
     audit: Option<Registry>,
     /// Records this node's read position for the pruner.
@@ -162,6 +165,7 @@ impl Listener {
             catalog,
             router,
             visibility,
+            sight: SightAsked::default(),
             status,
             audit: None,
             spans: Arc::default(),
@@ -483,7 +487,7 @@ impl Listener {
             snapshot,
             changes,
             sights,
-        }) = fetch_at_once(&self.pool, cursor, self.visibility.roles()).await?
+        }) = fetch_at_once(&self.pool, cursor, self.visibility.roles(), &self.sight).await?
         else {
             return Ok(None);
         };

@@ -36,29 +36,66 @@ pub(super) struct AtOnce {
     pub(super) sights: TableSights,
 }
 
+/// How long reads go without the tables' answers (part 4) after asking for them failed.
+const SIGHT_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Whether the usual read asks what its tables show roles. The answer cannot fail on the
+/// objects it looks at (migration 0028), but should its functions be missing or broken, a read
+/// must not stop capture with them: the read is made again without the answers, the row checks
+/// decide every claim set, and reads go without the answers for [`SIGHT_RETRY_AFTER`].
+#[derive(Debug, Default)]
+pub(super) struct SightAsked {
+    off_until: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl SightAsked {
+    fn on(&self) -> bool {
+        let mut off = self.off_until.lock().unwrap_or_else(|e| e.into_inner());
+        match *off {
+            Some(until) if std::time::Instant::now() < until => false,
+            Some(_) => {
+                *off = None;
+                true
+            }
+            None => true,
+        }
+    }
+
+    fn failed(&self) {
+        let mut off = self.off_until.lock().unwrap_or_else(|e| e.into_inner());
+        *off = Some(std::time::Instant::now() + SIGHT_RETRY_AFTER);
+    }
+}
+
 /// The usual read from `cursor` in one statement (one snapshot, one round trip), with what its
-/// tables show `roles`; `None` when a part fills its page (the caller then reads page by page).
+/// tables show `roles` while `sight` allows; `None` when a part fills its page (the caller then
+/// reads page by page).
 pub(super) async fn fetch_at_once(
     pool: &PgPool,
     cursor: &Cursor,
     roles: Vec<String>,
+    sight: &SightAsked,
 ) -> Result<Option<AtOnce>, Error> {
-    // `realtime.read_changes` (migrations 0025, 0027): in-flight rows are found through the
+    // `realtime.read_changes` (migrations 0025, 0027, 0028): in-flight rows are found through the
     // xid index, each branch ordered by xid, and its plan is made once per connection. The
     // limits only decide whether this read fits in one statement; the rows are delivered in
     // id order. Part 4 answers what each table read shows each role (`fanout::table_sight`).
-    let rows = sqlx::query(
-        "select part, grp, id, captured_at, relid, op, record, old_record, snapshot, \
-                role, error, visible, columns \
-         from realtime.read_changes($1, $2, $3, $4, $5) order by grp, id",
-    )
-    .bind(&cursor.xmax)
-    .bind(&cursor.xip)
-    .bind(cursor.max_id)
-    .bind(PAGE_ROWS)
-    .bind(roles)
-    .fetch_all(pool)
-    .await?;
+    let rows = if sight.on() {
+        match read_with_sight(pool, cursor, roles).await {
+            Err(sqlx::Error::Database(e)) => {
+                tracing::warn!(
+                    error = %e,
+                    "the outbox read cannot answer what its tables show roles; reading \
+                     without the answers, the row checks decide (asked again in a minute)"
+                );
+                sight.failed();
+                read_without_sight(pool, cursor).await?
+            }
+            read => read?,
+        }
+    } else {
+        read_without_sight(pool, cursor).await?
+    };
     let mut parts = [0usize; 5];
     let mut snapshot = None;
     let mut sights = TableSights::default();
@@ -95,6 +132,42 @@ pub(super) async fn fetch_at_once(
         changes,
         sights,
     }))
+}
+
+/// The usual read with part 4, what each table read shows each of `roles`.
+async fn read_with_sight(
+    pool: &PgPool,
+    cursor: &Cursor,
+    roles: Vec<String>,
+) -> Result<Vec<PgRow>, sqlx::Error> {
+    sqlx::query(
+        "select part, grp, id, captured_at, relid, op, record, old_record, snapshot, \
+                role, error, visible, columns \
+         from realtime.read_changes($1, $2, $3, $4, $5) order by grp, id",
+    )
+    .bind(&cursor.xmax)
+    .bind(&cursor.xip)
+    .bind(cursor.max_id)
+    .bind(PAGE_ROWS)
+    .bind(roles)
+    .fetch_all(pool)
+    .await
+}
+
+/// The usual read without part 4, as migration 0025 made it.
+async fn read_without_sight(pool: &PgPool, cursor: &Cursor) -> Result<Vec<PgRow>, sqlx::Error> {
+    sqlx::query(
+        "select part, grp, id, captured_at, relid, op, record, old_record, snapshot, \
+                null::text as role, null::text as error, null::bool as visible, \
+                null::text[] as columns \
+         from realtime.read_changes($1, $2, $3, $4) order by grp, id",
+    )
+    .bind(&cursor.xmax)
+    .bind(&cursor.xip)
+    .bind(cursor.max_id)
+    .bind(PAGE_ROWS)
+    .fetch_all(pool)
+    .await
 }
 
 /// One page of `part`, rows with ids above `after`.
