@@ -7,15 +7,20 @@
 --
 -- * the function is a single select, stable, with no settings of its own, so PostgreSQL inlines
 --   it into realtime.read_changes' statement (which sets search_path): no call, no plan of its
---   own. its names are schema-qualified, for callers with another search_path.
--- * it cannot raise for a table, schema or role that is dropped while the read runs: the
---   catalog rows come from the statement's catalog snapshot and every privilege is asked by oid,
---   and PostgreSQL's oid forms answer null for an object that no longer exists. a null answer
---   shows the table to nobody; a table gone from the catalog, a role unknown or one tokens may
---   not act as is an error entry, as before. so the exception block has nothing left to catch.
+--   own. its names and operators are schema-qualified, for callers with another search_path.
+-- * it cannot raise for a table, schema or role dropped while the read runs: the catalog rows
+--   come from the statement's snapshot, and every privilege is asked by oid of the catalog as
+--   it is now, where PostgreSQL's oid forms answer null for an object gone since. a table or
+--   schema dropped after the snapshot is then shown to nobody (no change, no error entry); a
+--   role dropped after it is one tokens may not act as (an error entry); a table dropped
+--   before it, an unknown role, one tokens may not act as: error entries, as before. the
+--   exception block has nothing left to catch.
 -- * the columns a role may select, for a table it may not select as a whole, are asked only in
 --   that case, through realtime.selectable_columns (not inlined, so a read that does not need
 --   them does not plan them).
+-- * the gateway's login needs execute on both functions (it owns them when it migrated the
+--   database); without it the read fails (permission denied), and the listener then reads
+--   without the answers.
 --
 -- realtime.read_changes(text, text[], int8, int8, text[]) is 0027's with the new function in
 -- place of realtime.read_sight, which goes. realtime.table_sight stays: realtime.visible_rows
@@ -41,47 +46,52 @@ language sql
 stable
 as $$
     select
-        d.error,
+        c.error,
         case
-            when d.error is not null then null
-            when d.schema_ok is not true or d.table_ok is null then false
-            when not d.table_ok and pg_catalog.cardinality(d.columns) = 0 then false
-            when d.rls is not false then null
+            when c.error is not null then null
+            -- null: the schema or table was dropped after the statement's snapshot
+            when c.schema_ok is not true or c.table_ok is null then false
+            when not c.table_ok and c.columns is null then false
+            when c.rls is not false then null
             else true
         end,
-        case when d.error is null and d.schema_ok and not d.table_ok
-                  and pg_catalog.cardinality(d.columns) > 0
-             then d.columns
-        end
+        c.columns
     from (
         select
-            case
-                when cl.oid is null then 'the table no longer exists'
-                when ro.oid is null then pg_catalog.format(
-                    'role %s does not exist', pg_catalog.quote_ident(role_name))
-                -- as realtime.may_act_as: a role the gateway's login is a member of, never a
-                -- superuser nor the login itself.
-                when ro.rolsuper
-                     or role_name operator(pg_catalog.=) pg_catalog.session_user()::text
-                     or not pg_catalog.pg_has_role(pg_catalog.session_user(), ro.oid, 'MEMBER')
-                    then pg_catalog.format(
-                        'tokens may not act as role %s', pg_catalog.quote_ident(role_name))
-            end as error,
-            pg_catalog.has_schema_privilege(ro.oid, cl.relnamespace, 'USAGE') as schema_ok,
-            pg_catalog.has_table_privilege(ro.oid, cl.oid, 'SELECT') as table_ok,
-            case
-                when not pg_catalog.has_table_privilege(ro.oid, cl.oid, 'SELECT')
-                    then coalesce(realtime.selectable_columns(ro.oid, cl.oid), '{}')
-            end as columns,
-            not (ro.rolbypassrls or not cl.relrowsecurity
-                 or (not cl.relforcerowsecurity
-                     and pg_catalog.pg_has_role(ro.oid, cl.relowner, 'USAGE'))) as rls
-        from (select) as one
-        left join pg_catalog.pg_class cl on cl.oid operator(pg_catalog.=) relid
-        left join pg_catalog.pg_roles ro on ro.rolname operator(pg_catalog.=) role_name
-        -- computed once: without it the planner copies the columns' expression into each use
+            d.error, d.schema_ok, d.table_ok, d.rls,
+            case when d.error is null and d.schema_ok and not d.table_ok
+                 then realtime.selectable_columns(d.role_id, d.rel_id)
+            end as columns
+        from (
+            select
+                case
+                    when cl.oid is null then 'the table no longer exists'
+                    when ro.oid is null then pg_catalog.format(
+                        'role %s does not exist', pg_catalog.quote_ident(role_name))
+                    -- as realtime.may_act_as: a role the gateway's login is a member of, never
+                    -- a superuser nor the login itself.
+                    when ro.rolsuper
+                         or role_name operator(pg_catalog.=) pg_catalog.session_user()::pg_catalog.text
+                         or not pg_catalog.pg_has_role(pg_catalog.session_user(), ro.oid, 'MEMBER')
+                        then pg_catalog.format(
+                            'tokens may not act as role %s', pg_catalog.quote_ident(role_name))
+                end as error,
+                ro.oid as role_id,
+                cl.oid as rel_id,
+                pg_catalog.has_schema_privilege(ro.oid, cl.relnamespace, 'USAGE') as schema_ok,
+                pg_catalog.has_table_privilege(ro.oid, cl.oid, 'SELECT') as table_ok,
+                not (ro.rolbypassrls or not cl.relrowsecurity
+                     or (not cl.relforcerowsecurity
+                         and pg_catalog.pg_has_role(ro.oid, cl.relowner, 'USAGE'))) as rls
+            from (select) as one
+            left join pg_catalog.pg_class cl on cl.oid operator(pg_catalog.=) relid
+            left join pg_catalog.pg_roles ro on ro.rolname operator(pg_catalog.=) role_name
+            -- each level is computed once (offset 0 keeps the planner from copying a level's
+            -- expressions into every use of them above)
+            offset 0
+        ) d
         offset 0
-    ) d
+    ) c
 $$;
 
 revoke all on function realtime.table_sight_inline(oid, text) from public;

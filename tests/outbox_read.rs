@@ -188,15 +188,17 @@ async fn a_read_answers_what_its_tables_show_each_role() {
 
 /// The read answers what `realtime.table_sight`, the row check's own decision, answers, for
 /// every kind of table and role: no row-level security, policies, some columns, a schema the
-/// role may not use, an owner's table with row-level security forced or not, a role that
-/// bypasses it, a superuser, the login itself, a role that does not exist, and a table dropped
-/// since its row was captured.
+/// role may not use, some columns under policies, an owner's table with row-level security
+/// forced or not (asked by its owner and by a member of the owner), a role that bypasses it, a
+/// superuser, the login itself, a role that does not exist, and a table dropped since its row
+/// was captured.
 #[tokio::test]
 async fn a_reads_answers_are_the_checks_answers() {
     let db = TestDb::new().await;
     let mut conn = db.connect().await;
     let tag = uuid::Uuid::new_v4().simple().to_string();
     let owner = format!("owner_{tag}");
+    let member = format!("member_{tag}");
     let bypass = format!("bypass_{tag}");
     let root = format!("root_{tag}");
     let login: String = sqlx::query_scalar("select session_user::text")
@@ -213,10 +215,16 @@ async fn a_reads_answers_are_the_checks_answers() {
         "create table public.some_columns (id int8, secret text)".to_owned(),
         "revoke all on public.some_columns from anon, authenticated".to_owned(),
         "grant select (id) on public.some_columns to authenticated".to_owned(),
+        "create table public.some_own (id int8, owner text)".to_owned(),
+        "alter table public.some_own enable row level security".to_owned(),
+        "create policy own on public.some_own for select using (owner = current_user)".to_owned(),
+        "revoke all on public.some_own from anon, authenticated".to_owned(),
+        "grant select (id, owner) on public.some_own to authenticated".to_owned(),
         "create schema closed".to_owned(),
         "create table closed.rows (id int8)".to_owned(),
         "grant select on closed.rows to anon, authenticated".to_owned(),
         format!("create role {owner}"),
+        format!("create role {member} in role {owner}"),
         format!("create role {bypass} bypassrls"),
         format!("create role {root} superuser"),
         format!("grant select on public.own_rows to {bypass}"),
@@ -248,6 +256,7 @@ async fn a_reads_answers_are_the_checks_answers() {
         "public.open_rows",
         "public.own_rows",
         "public.some_columns",
+        "public.some_own",
         "closed.rows",
         "public.owned",
         "public.forced",
@@ -266,14 +275,15 @@ async fn a_reads_answers_are_the_checks_answers() {
         "authenticated",
         "service_role",
         &owner,
+        &member,
         &bypass,
         &root,
         &login,
         &gone,
     ];
     let (rows, _, sights) = read_as(&mut conn, &cursor, max_id, 1000, &roles).await;
-    assert_eq!(rows.len(), 7);
-    assert_eq!(sights.len(), 7 * roles.len(), "{sights:?}");
+    assert_eq!(rows.len(), 8);
+    assert_eq!(sights.len(), 8 * roles.len(), "{sights:?}");
     let mut kinds = std::collections::BTreeSet::new();
     for (relid, role, visible, columns, error) in &sights {
         let check: (Option<String>, Option<bool>, Option<Vec<String>>) = sqlx::query_as(
@@ -293,7 +303,8 @@ async fn a_reads_answers_are_the_checks_answers() {
             (Some(e), _, _) => e.replace(&tag, "*"),
             (None, Some(true), Some(_)) => "some columns".to_owned(),
             (None, Some(v), None) => format!("all rows: {v}"),
-            (None, None, _) => "row by row".to_owned(),
+            (None, None, None) => "row by row".to_owned(),
+            (None, None, Some(_)) => "row by row, some columns".to_owned(),
             other => panic!("an answer the check never gives: {other:?}"),
         });
     }
@@ -301,6 +312,7 @@ async fn a_reads_answers_are_the_checks_answers() {
         "all rows: false".to_owned(),
         "all rows: true".to_owned(),
         "row by row".to_owned(),
+        "row by row, some columns".to_owned(),
         "some columns".to_owned(),
         "the table no longer exists".to_owned(),
         "role gone_* does not exist".to_owned(),
@@ -313,16 +325,17 @@ async fn a_reads_answers_are_the_checks_answers() {
     for statement in [
         "drop table public.owned, public.forced".to_owned(),
         format!("drop owned by {bypass}"),
-        format!("drop role {owner}, {bypass}, {root}"),
+        format!("drop role {member}, {owner}, {bypass}, {root}"),
     ] {
         sqlx::query(&statement).execute(&mut conn).await.unwrap();
     }
 }
 
 /// The read's answer cannot fail while the tables, schemas and roles it looks at are dropped
-/// under it (migration 0028): one connection creates and drops them as fast as it can while
-/// another asks about each of them with every role; every ask answers (an error entry for what
-/// is gone), none raises.
+/// under it (migration 0028): one connection creates and drops them as fast as it can, with an
+/// outbox row of each table, while another asks about each of them with every role, by
+/// itself and through the read; every ask answers (an error entry, or nothing, for what is
+/// gone), none raises.
 #[tokio::test]
 async fn answers_never_fail_while_what_they_look_at_is_dropped() {
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -344,12 +357,18 @@ async fn answers_never_fail_while_what_they_look_at_is_dropped() {
                     format!("create table {name}.open (id int8)"),
                     format!("create table {name}.some (id int8, secret text)"),
                     format!("create table {name}.own (id int8)"),
+                    format!(
+                        "insert into realtime.changes (relid, op, record) \
+                         select c.oid, 'I', '{{}}' from pg_class c \
+                         where c.relnamespace = '{name}'::regnamespace and c.relkind = 'r'"
+                    ),
                     format!("alter table {name}.own enable row level security"),
                     format!("grant usage on schema {name} to {name}"),
                     format!("grant select on {name}.open, {name}.own to {name}"),
                     format!("grant select (id) on {name}.some to {name}"),
                     format!("drop schema {name} cascade"),
                     format!("drop role {name}"),
+                    "delete from realtime.changes".to_owned(),
                 ] {
                     sqlx::query(&statement).execute(&mut ddl).await.unwrap();
                 }
@@ -359,23 +378,52 @@ async fn answers_never_fail_while_what_they_look_at_is_dropped() {
     };
     let (mut asks, mut seen) = (0u64, 0u64);
     while !done.load(Ordering::Acquire) {
-        let answers: Vec<(Option<String>,)> = sqlx::query_as(
-            "select s.error from pg_class c \
-             join pg_namespace n on n.oid = c.relnamespace \
-             cross join unnest($1::text[]) as r(name) \
-             cross join lateral realtime.table_sight_inline(c.oid, r.name) s \
-             where starts_with(n.nspname, $2)",
-        )
-        .bind(&names)
-        .bind(&prefix)
-        .fetch_all(&mut asker)
-        .await
-        .unwrap_or_else(|e| panic!("ask {asks} failed: {e}"));
+        let through_read = asks % 2 == 1;
+        let query = if through_read {
+            sqlx::query_as(
+                "select s.error from realtime.read_changes('1', '{}', 0, 1000, $1) s \
+                 where s.part = 4",
+            )
+            .bind(&names)
+        } else {
+            sqlx::query_as(
+                "select s.error from pg_class c \
+                 join pg_namespace n on n.oid = c.relnamespace \
+                 cross join unnest($1::text[]) as r(name) \
+                 cross join lateral realtime.table_sight_inline(c.oid, r.name) s \
+                 where starts_with(n.nspname, $2)",
+            )
+            .bind(&names)
+            .bind(&prefix)
+        };
+        let answers: Vec<(Option<String>,)> = query
+            .fetch_all(&mut asker)
+            .await
+            .unwrap_or_else(|e| panic!("ask {asks} (through the read: {through_read}): {e}"));
         asks += 1;
         seen += u64::from(!answers.is_empty());
     }
     churn.await.unwrap();
     assert!(seen > 0, "{asks} asks, none while a table was there");
+}
+
+/// PostgreSQL inlines the answer into the statement that asks it (no function call per table
+/// and role): the plan scans the catalog itself, and has no function scan of it.
+#[tokio::test]
+async fn the_answer_is_inlined_into_the_statement() {
+    let db = TestDb::new().await;
+    let mut conn = db.connect().await;
+    let plan: Vec<String> = sqlx::query_scalar(
+        "explain select s.* from unnest(array['pg_class'::regclass::oid]) as t(relid) \
+         cross join unnest(array['anon', 'authenticated']) as r(name) \
+         cross join lateral realtime.table_sight_inline(t.relid, r.name) s",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    let plan = plan.join("\n");
+    assert!(!plan.contains("table_sight_inline"), "{plan}");
+    assert!(plan.contains("pg_class"), "{plan}");
 }
 
 /// One more outbox row of `table`, written directly.

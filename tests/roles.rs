@@ -225,23 +225,25 @@ async fn tokens_act_only_as_roles_the_login_may_become() {
             .fetch_one(&mut *tx)
             .await
             .unwrap();
-        let (error, visible): (Option<String>, Option<bool>) = sqlx::query_as(
-            "select error, visible from realtime.table_sight('public.sighted'::regclass, $1)",
-        )
-        .bind(role)
-        .fetch_one(&mut *tx)
-        .await
-        .unwrap();
+        let (error, visible, columns): (Option<String>, Option<bool>, Option<Vec<String>>) =
+            sqlx::query_as(
+                "select error, visible, columns \
+                 from realtime.table_sight('public.sighted'::regclass, $1)",
+            )
+            .bind(role)
+            .fetch_one(&mut *tx)
+            .await
+            .unwrap();
         // The outbox read's answer (migration 0028) decides alike.
-        let read: (Option<String>, Option<bool>) = sqlx::query_as(
-            "select error, visible \
+        let read: (Option<String>, Option<bool>, Option<Vec<String>>) = sqlx::query_as(
+            "select error, visible, columns \
              from realtime.table_sight_inline('public.sighted'::regclass, $1)",
         )
         .bind(role)
         .fetch_one(&mut *tx)
         .await
         .unwrap();
-        assert_eq!(read, (error.clone(), visible), "{role}");
+        assert_eq!(read, (error.clone(), visible, columns), "{role}");
         answers.push((may, error.map(|e| e.replace(&tag, "*")), visible));
     }
     tx.rollback().await.unwrap();

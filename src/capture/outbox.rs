@@ -41,8 +41,10 @@ const SIGHT_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(60
 
 /// Whether the usual read asks what its tables show roles. The answer cannot fail on the
 /// objects it looks at (migration 0028), but should its functions be missing or broken, a read
-/// must not stop capture with them: the read is made again without the answers, the row checks
-/// decide every claim set, and reads go without the answers for [`SIGHT_RETRY_AFTER`].
+/// must not stop capture with them: after an error that says so ([`answer_broken`]) the read is
+/// made again without the answers, the row checks decide every claim set, and reads go without
+/// the answers for [`SIGHT_RETRY_AFTER`]. Other errors (a timeout, a lost connection) are the
+/// read's, and go to the caller as before.
 #[derive(Debug, Default)]
 pub(super) struct SightAsked {
     off_until: std::sync::Mutex<Option<std::time::Instant>>,
@@ -82,7 +84,7 @@ pub(super) async fn fetch_at_once(
     // id order. Part 4 answers what each table read shows each role (`fanout::table_sight`).
     let rows = if sight.on() {
         match read_with_sight(pool, cursor, roles).await {
-            Err(sqlx::Error::Database(e)) => {
+            Err(sqlx::Error::Database(e)) if answer_broken(e.code().as_deref()) => {
                 tracing::warn!(
                     error = %e,
                     "the outbox read cannot answer what its tables show roles; reading \
@@ -132,6 +134,13 @@ pub(super) async fn fetch_at_once(
         changes,
         sights,
     }))
+}
+
+/// Whether a failed read's SQLSTATE says the answer itself cannot be had: a function, privilege
+/// or object missing or wrong (class 42), or an internal error (`XX000`, such as a catalog
+/// lookup that failed).
+fn answer_broken(code: Option<&str>) -> bool {
+    code.is_some_and(|c| c.starts_with("42") || c == "XX000")
 }
 
 /// The usual read with part 4, what each table read shows each of `roles`.
@@ -267,6 +276,18 @@ pub(super) fn parse_snapshot(snapshot: &str) -> (String, Vec<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_broken_answer_turns_the_answers_off() {
+        for code in ["42883", "42501", "42P01", "XX000"] {
+            assert!(answer_broken(Some(code)), "{code}");
+        }
+        // A statement timeout, an administrator's termination, a deadlock, no memory, none.
+        for code in ["57014", "57P01", "40P01", "53200"] {
+            assert!(!answer_broken(Some(code)), "{code}");
+        }
+        assert!(!answer_broken(None));
+    }
 
     #[test]
     fn snapshots_are_parsed() {
