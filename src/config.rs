@@ -230,6 +230,13 @@ pub struct Settings {
     #[arg(long, env = "CHANGE_POLL_INTERVAL", default_value = "50ms", value_parser = parse_duration)]
     pub change_poll_interval: Duration,
 
+    /// While every read of the outbox finds changes, reads are spaced out up to this: longer
+    /// means fewer reads and row-level security checks per node for the database, and up to
+    /// this much more before a change is read (`0ms`: read again as soon as a read ends; at
+    /// most `1s`).
+    #[arg(long, env = "CHANGE_READ_SPACING", default_value = "20ms", value_parser = parse_duration)]
+    pub change_read_spacing: Duration,
+
     /// Longest a row-level security check of one page of changes may take; past it the page's
     /// changes reach `service_role` subscribers only, the others get an error entry (e.g. `5s`).
     #[arg(long, env = "RLS_CHECK_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
@@ -427,6 +434,8 @@ pub struct Config {
     pub connect_error_delay: Duration,
     /// Outbox poll period.
     pub change_poll_interval: Duration,
+    /// Longest spacing of outbox reads under sustained load.
+    pub change_read_spacing: Duration,
     /// Bound on one page's row-level security check.
     pub rls_check_timeout: Duration,
     /// Outbox retention.
@@ -557,6 +566,9 @@ impl Settings {
         if self.change_poll_interval.is_zero() {
             return invalid("--change-poll-interval must be greater than zero");
         }
+        if self.change_read_spacing > Duration::from_secs(1) {
+            return invalid("--change-read-spacing must be at most 1s");
+        }
         if self.change_retention < Duration::from_secs(1) {
             return invalid("--change-retention must be at least 1s");
         }
@@ -642,6 +654,7 @@ impl Settings {
             join_error_delay: self.join_error_delay,
             connect_error_delay: self.connect_error_delay,
             change_poll_interval: self.change_poll_interval,
+            change_read_spacing: self.change_read_spacing,
             rls_check_timeout: self.rls_check_timeout,
             change_retention: self.change_retention,
             // Never longer than the outbox keeps changes.
@@ -712,6 +725,7 @@ impl Config {
             join_error_delay: Duration::from_secs(5),
             connect_error_delay: Duration::from_secs(2),
             change_poll_interval: Duration::from_millis(50),
+            change_read_spacing: Duration::from_millis(20),
             rls_check_timeout: Duration::from_secs(5),
             change_retention: Duration::from_secs(600),
             resume_window: Duration::from_secs(120),

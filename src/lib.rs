@@ -204,6 +204,7 @@ impl Gateway {
             capture::listener::Settings {
                 database_url: url.clone(),
                 poll_interval: config.change_poll_interval,
+                read_spacing: config.change_read_spacing,
                 max_change_bytes: config.max_change_bytes,
                 node_id: config.node_id.clone(),
                 bus_channels: vec![broadcast::envelope::CHANNEL.to_owned()],

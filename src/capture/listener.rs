@@ -71,6 +71,8 @@ pub struct Settings {
     pub database_url: String,
     /// Read the outbox at least this often even without a bell.
     pub poll_interval: Duration,
+    /// Longest spacing of reads under sustained load ([`super::schedule::Pace`]).
+    pub read_spacing: Duration,
     /// Changes over this many bytes are truncated with `Error 413`.
     pub max_change_bytes: usize,
     /// This node, as its read position is recorded.
@@ -272,7 +274,7 @@ impl Listener {
         let mut need_read = true;
         let mut follow_up = false;
         let mut bell_rang = false;
-        let mut pace = Pace::default();
+        let mut pace = Pace::new(self.settings.read_spacing);
         let mut rest = Rest::default();
         loop {
             if listener.is_none() && tokio::time::Instant::now() >= listen_retry_at {

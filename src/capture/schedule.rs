@@ -14,34 +14,34 @@ use crate::shutdown::Shutdown;
 /// After a bell, or a read that found rows, read again this soon: writers that committed while
 /// another transaction's bell was ringing (and so skipped theirs) are picked up quickly.
 pub(super) const FOLLOW_UP: Duration = Duration::from_millis(2);
-/// Under sustained load reads are spaced out: after `k` reads in a row that found rows, the
-/// next one starts no sooner than `k − 1` × [`FOLLOW_UP`] after the previous one started, up
-/// to this. Bells that ring meanwhile are answered by that one read. A read that finds nothing
-/// ends the streak, so at low rates a bell is answered at once.
-pub(super) const MAX_READ_SPACING: Duration = Duration::from_millis(20);
 /// After this many reads in a row that found rows (about 50 ms of changes without a break),
 /// the node's reads keep up without bells and it rests the bell ([`super::bell`]).
 pub(super) const REST_AFTER: u32 = 8;
 
-/// Spacing of reads under sustained load (see [`MAX_READ_SPACING`]).
+/// Spacing of reads under sustained load: after `k` reads in a row that found rows, the next
+/// one starts no sooner than `k − 1` × [`FOLLOW_UP`] after the previous one started, up to the
+/// maximum spacing (`--change-read-spacing`). Bells that ring meanwhile are answered by that one
+/// read. A read that finds nothing ends the streak, so at low rates a bell is answered at once.
 #[derive(Debug)]
 pub(super) struct Pace {
     /// Reads in a row that found rows.
     streak: u32,
+    /// The longest spacing.
+    max_spacing: Duration,
     /// The next read starts no sooner than this.
     pub(super) next: tokio::time::Instant,
 }
 
-impl Default for Pace {
-    fn default() -> Pace {
+impl Pace {
+    /// Reads spaced up to `max_spacing` apart under sustained load.
+    pub(super) fn new(max_spacing: Duration) -> Pace {
         Pace {
             streak: 0,
+            max_spacing,
             next: tokio::time::Instant::now(),
         }
     }
-}
 
-impl Pace {
     /// Whether a read may start now.
     pub(super) fn due(&self) -> bool {
         tokio::time::Instant::now() >= self.next
@@ -61,7 +61,7 @@ impl Pace {
         };
         // The first read with rows holds nothing back: a lone change is answered at once.
         let spaced = self.streak.saturating_sub(1).min(64);
-        self.next = started + (FOLLOW_UP * spaced).min(MAX_READ_SPACING);
+        self.next = started + (FOLLOW_UP * spaced).min(self.max_spacing);
     }
 }
 
@@ -96,9 +96,11 @@ mod tests {
 
     /// Guards the low-rate promise: a lone change, and the read after a quiet one, are never
     /// held back; only a streak of reads with rows is spaced out, up to the maximum.
+    const MAX_READ_SPACING: Duration = Duration::from_millis(20);
+
     #[test]
     fn reads_are_spaced_only_under_sustained_load() {
-        let mut pace = Pace::default();
+        let mut pace = Pace::new(MAX_READ_SPACING);
         assert!(pace.due());
         // A read that started now: what it sets without spacing is due at once.
         let past = tokio::time::Instant::now();
@@ -127,5 +129,23 @@ mod tests {
         assert!(!pace.sustained(), "and the sustained pace");
         pace.read(past, true);
         assert_eq!(pace.next, past);
+    }
+
+    /// The spacing is the setting's: up to a longer maximum, and none at all with `0ms`, where
+    /// a streak of reads with rows still counts towards the sustained pace.
+    #[test]
+    fn the_maximum_spacing_is_the_settings() {
+        let past = tokio::time::Instant::now();
+        let mut slow = Pace::new(Duration::from_millis(100));
+        for _ in 0..100 {
+            slow.read(past, true);
+        }
+        assert_eq!(slow.next, past + Duration::from_millis(100));
+        let mut none = Pace::new(Duration::ZERO);
+        for _ in 0..REST_AFTER {
+            none.read(past, true);
+            assert_eq!(none.next, past);
+        }
+        assert!(none.sustained());
     }
 }

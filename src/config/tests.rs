@@ -26,6 +26,20 @@ fn defaults_are_the_documented_ones() {
     assert_eq!(c.max_auth_failures, 5);
     assert_eq!(c.auth_failure_window, Duration::from_secs(300));
     assert!(c.trusted_proxies.is_empty());
+    assert_eq!(c.change_read_spacing, Duration::from_millis(20));
+}
+
+#[test]
+fn read_spacing_goes_from_none_to_a_second() {
+    let c = parse(&["--change-read-spacing", "0ms"]).unwrap();
+    assert_eq!(c.change_read_spacing, Duration::ZERO);
+    let c = parse(&["--change-read-spacing", "1s"]).unwrap();
+    assert_eq!(c.change_read_spacing, Duration::from_secs(1));
+    let e = parse(&["--change-read-spacing", "1001ms"]).unwrap_err();
+    assert!(
+        e.contains("--change-read-spacing must be at most 1s"),
+        "{e}"
+    );
 }
 
 #[test]
