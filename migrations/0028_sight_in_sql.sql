@@ -8,13 +8,16 @@
 -- * the function is a single select, stable, with no settings of its own, so PostgreSQL inlines
 --   it into realtime.read_changes' statement (which sets search_path): no call, no plan of its
 --   own. its names and operators are schema-qualified, for callers with another search_path.
--- * it cannot raise for a table, schema or role dropped while the read runs: the catalog rows
---   come from the statement's snapshot, and every privilege is asked by oid of the catalog as
---   it is now, where PostgreSQL's oid forms answer null for an object gone since. a table or
---   schema dropped after the snapshot is then shown to nobody (no change, no error entry); a
---   role dropped after it is one tokens may not act as (an error entry); a table dropped
---   before it, an unknown role, one tokens may not act as: error entries, as before. the
---   exception block has nothing left to catch.
+-- * a table, schema or role dropped while the read runs: the catalog rows come from the
+--   statement's snapshot, and every privilege is asked by oid of the catalog as it is now,
+--   where PostgreSQL's oid forms answer null for an object gone since. a table or schema
+--   dropped after the snapshot is then shown to nobody (no change, no error entry); a role
+--   dropped after it is one tokens may not act as (an error entry); a table dropped before it,
+--   an unknown role, one tokens may not act as: error entries, as before. in a narrow race
+--   (the object dropped between postgresql's own existence check and its privilege lookup)
+--   the statement raises "schema/relation with oid ... does not exist"; the gateway then reads
+--   again without the answers and the row checks decide, so no exception block is paid for on
+--   every read.
 -- * the columns a role may select, for a table it may not select as a whole, are asked only in
 --   that case, through realtime.selectable_columns (not inlined, so a read that does not need
 --   them does not plan them).

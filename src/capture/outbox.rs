@@ -39,9 +39,10 @@ pub(super) struct AtOnce {
 /// How long reads go without the tables' answers (part 4) after asking for them failed.
 const SIGHT_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Whether the usual read asks what its tables show roles. The answer cannot fail on the
-/// objects it looks at (migration 0028), but should its functions be missing or broken, a read
-/// must not stop capture with them: after an error that says so ([`answer_broken`]) the read is
+/// Whether the usual read asks what its tables show roles. The answer fails only when its
+/// functions are missing or broken, or in the narrow race of an object dropped between the
+/// read's snapshot and a privilege asked of it (migration 0028); either way a read must not
+/// stop capture with it: after an error that says so ([`answer_broken`]) the read is
 /// made again without the answers, the row checks decide every claim set, and reads go without
 /// the answers for [`SIGHT_RETRY_AFTER`]. Other errors (a timeout, a lost connection) are the
 /// read's, and go to the caller as before.
@@ -137,10 +138,11 @@ pub(super) async fn fetch_at_once(
 }
 
 /// Whether a failed read's SQLSTATE says the answer itself cannot be had: a function, privilege
-/// or object missing or wrong (class 42), or an internal error (`XX000`, such as a catalog
-/// lookup that failed).
+/// or object missing or wrong (class 42), a schema dropped between the read's snapshot and a
+/// privilege asked of it (class 3F), or an internal error (`XX000`, such as a catalog lookup
+/// that failed).
 fn answer_broken(code: Option<&str>) -> bool {
-    code.is_some_and(|c| c.starts_with("42") || c == "XX000")
+    code.is_some_and(|c| c.starts_with("42") || c.starts_with("3F") || c == "XX000")
 }
 
 /// The usual read with part 4, what each table read shows each of `roles`.
@@ -279,7 +281,7 @@ mod tests {
 
     #[test]
     fn only_a_broken_answer_turns_the_answers_off() {
-        for code in ["42883", "42501", "42P01", "XX000"] {
+        for code in ["42883", "42501", "42P01", "3F000", "XX000"] {
             assert!(answer_broken(Some(code)), "{code}");
         }
         // A statement timeout, an administrator's termination, a deadlock, no memory, none.
