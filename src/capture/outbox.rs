@@ -84,7 +84,7 @@ pub(super) async fn fetch_at_once(
     // limits only decide whether this read fits in one statement; the rows are delivered in
     // id order. Part 4 answers what each table read shows each role (`fanout::table_sight`).
     let rows = if sight.on() {
-        match read_with_sight(pool, cursor, roles).await {
+        match read(pool, cursor, Some(roles)).await {
             Err(sqlx::Error::Database(e)) if answer_broken(e.code().as_deref()) => {
                 tracing::warn!(
                     error = %e,
@@ -92,12 +92,12 @@ pub(super) async fn fetch_at_once(
                      without the answers, the row checks decide (asked again in a minute)"
                 );
                 sight.failed();
-                read_without_sight(pool, cursor).await?
+                read(pool, cursor, None).await?
             }
-            read => read?,
+            rows => rows?,
         }
     } else {
-        read_without_sight(pool, cursor).await?
+        read(pool, cursor, None).await?
     };
     let mut parts = [0usize; 5];
     let mut snapshot = None;
@@ -145,38 +145,31 @@ fn answer_broken(code: Option<&str>) -> bool {
     code.is_some_and(|c| c.starts_with("42") || c.starts_with("3F") || c == "XX000")
 }
 
-/// The usual read with part 4, what each table read shows each of `roles`.
-async fn read_with_sight(
+/// The usual read: with part 4, what each table read shows each of `roles`; without it (as
+/// migration 0025 made the read) when `roles` is `None`.
+async fn read(
     pool: &PgPool,
     cursor: &Cursor,
-    roles: Vec<String>,
+    roles: Option<Vec<String>>,
 ) -> Result<Vec<PgRow>, sqlx::Error> {
-    sqlx::query(
+    let query = sqlx::query(if roles.is_some() {
         "select part, grp, id, captured_at, relid, op, record, old_record, snapshot, \
                 role, error, visible, columns \
-         from realtime.read_changes($1, $2, $3, $4, $5) order by grp, id",
-    )
-    .bind(&cursor.xmax)
-    .bind(&cursor.xip)
-    .bind(cursor.max_id)
-    .bind(PAGE_ROWS)
-    .bind(roles)
-    .fetch_all(pool)
-    .await
-}
-
-/// The usual read without part 4, as migration 0025 made it.
-async fn read_without_sight(pool: &PgPool, cursor: &Cursor) -> Result<Vec<PgRow>, sqlx::Error> {
-    sqlx::query(
+         from realtime.read_changes($1, $2, $3, $4, $5) order by grp, id"
+    } else {
         "select part, grp, id, captured_at, relid, op, record, old_record, snapshot, \
                 null::text as role, null::text as error, null::bool as visible, \
                 null::text[] as columns \
-         from realtime.read_changes($1, $2, $3, $4) order by grp, id",
-    )
+         from realtime.read_changes($1, $2, $3, $4) order by grp, id"
+    })
     .bind(&cursor.xmax)
     .bind(&cursor.xip)
     .bind(cursor.max_id)
-    .bind(PAGE_ROWS)
+    .bind(PAGE_ROWS);
+    match roles {
+        Some(roles) => query.bind(roles),
+        None => query,
+    }
     .fetch_all(pool)
     .await
 }

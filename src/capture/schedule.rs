@@ -94,10 +94,10 @@ impl Backoff {
 mod tests {
     use super::*;
 
-    /// Guards the low-rate promise: a lone change, and the read after a quiet one, are never
-    /// held back; only a streak of reads with rows is spaced out, up to the maximum.
     const MAX_READ_SPACING: Duration = Duration::from_millis(20);
 
+    /// Guards the low-rate promise: a lone change, and the read after a quiet one, are never
+    /// held back; only a streak of reads with rows is spaced out, up to the maximum.
     #[test]
     fn reads_are_spaced_only_under_sustained_load() {
         let mut pace = Pace::new(MAX_READ_SPACING);
