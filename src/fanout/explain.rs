@@ -39,7 +39,8 @@ pub struct Subscriber {
     pub sub: Option<String>,
     claims_key: u64,
     claims_json: Arc<str>,
-    since: u64,
+    /// Sequence number of the first change routed after it was registered.
+    pub(super) since: u64,
     /// Sequence number of the first change routed after it left (`None`: still subscribed).
     pub until: Option<u64>,
     /// Frames queued to it.

@@ -500,7 +500,7 @@ impl Router {
         &self,
         change: &ChangeEvent,
         sight: Sight<'_>,
-        record: &mut Record,
+        record: &mut Record<'_>,
     ) -> (Vec<Delivery>, Vec<u32>) {
         let careful = sight.needs_care();
         let maps: Vec<Arc<DashMap<ChannelKey, Arc<PgChannel>>>> = lookups(change)

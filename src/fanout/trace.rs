@@ -12,8 +12,11 @@
 //!
 //! Every channel registration gets a number and the sequence number of the first change routed
 //! after it ([`Tag`]), so an answer can tell "not subscribed yet" from "filtered". Channels that
-//! leave are remembered (their subscriptions and claims, not their queue) for as long as a
-//! bounded list holds them, so a slow consumer that was closed can still be told "dropped".
+//! leave are remembered (their subscriptions and claims, not their queue), so a slow consumer
+//! that was closed can still be told "dropped": for as long as a kept change was routed while
+//! they were subscribed, and at most [`MAX_DEPARTED`] of them. A channel that left before every
+//! kept change can no longer be part of an answer, and is forgotten (a departed channel holds a
+//! few KiB: a node whose connections come and go must not keep thousands it has no use for).
 //!
 //! Costs on the routing path: one counter per subscriber looked at, one vector push per frame
 //! queued, and per change one short-lived lock to append the entry. With a depth of 0 the
@@ -142,8 +145,10 @@ pub struct TableTrail {
 /// What routing one change did, noted while it is routed; handed back to
 /// [`Recorder::finish`].
 #[derive(Debug)]
-pub struct Record {
-    on: bool,
+pub struct Record<'a> {
+    /// The recorder's count of changes in flight, which this record is part of until it is
+    /// dropped (finished, or a routing that panicked); `None` when nothing is kept.
+    in_flight: Option<&'a AtomicU64>,
     seq: u64,
     subscribers: u64,
     hidden: u64,
@@ -152,7 +157,15 @@ pub struct Record {
     dropped: Vec<u64>,
 }
 
-impl Record {
+impl Drop for Record<'_> {
+    fn drop(&mut self) {
+        if let Some(in_flight) = self.in_flight.take() {
+            in_flight.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Record<'_> {
     /// A channel subscribed to the change's table looked at it.
     pub fn subscriber(&mut self) {
         self.subscribers += 1;
@@ -169,7 +182,7 @@ impl Record {
         if queued {
             channel.tag.delivered.fetch_add(1, Ordering::Relaxed);
         }
-        if !self.on {
+        if self.in_flight.is_none() {
             return;
         }
         let reg = channel.tag.reg.load(Ordering::Relaxed);
@@ -193,6 +206,9 @@ pub struct Recorder {
     /// By table (its `relid`: no allocation to find it).
     tables: Mutex<HashMap<u32, Trail>>,
     departed: Mutex<VecDeque<Subscriber>>,
+    /// Changes begun and not finished yet: their entries are not in the rings, so while any
+    /// is in flight, what a departed channel may still be needed for is not known.
+    in_flight: AtomicU64,
 }
 
 impl Default for Recorder {
@@ -213,6 +229,7 @@ impl Recorder {
             regs: AtomicU64::new(0),
             tables: Mutex::default(),
             departed: Mutex::default(),
+            in_flight: AtomicU64::new(0),
         }
     }
 
@@ -239,19 +256,57 @@ impl Recorder {
         if self.depth == 0 {
             return;
         }
-        let until = self.seq.load(Ordering::Acquire);
-        let mut departed = lock(&self.departed);
-        if departed.len() >= MAX_DEPARTED {
-            departed.pop_front();
+        let until = self.seq.load(Ordering::SeqCst);
+        {
+            let mut departed = lock(&self.departed);
+            if departed.len() >= MAX_DEPARTED {
+                departed.pop_front();
+            }
+            departed.push_back(Subscriber::of(&channel, Some(until)));
         }
-        departed.push_back(Subscriber::of(&channel, Some(until)));
+        self.forget_departed();
+    }
+
+    /// Forgets the departed channels no kept change can be explained with: those that left
+    /// before the oldest change the rings hold or came after the newest (all of them, when
+    /// the rings hold none). Does
+    /// nothing while a change is being routed (its entry, which may need them, is not kept
+    /// yet); the next change's end or the next departure does it then.
+    fn forget_departed(&self) {
+        if lock(&self.departed).is_empty() {
+            return;
+        }
+        // With none in flight, every change begun so far is finished and its entry is in the
+        // rings (or already left them). A change begun later is counted in flight after this
+        // load and numbered after every channel remembered had left: it needs none of them.
+        if self.in_flight.load(Ordering::SeqCst) != 0 {
+            return;
+        }
+        let kept = lock(&self.tables)
+            .values()
+            .filter_map(|trail| Some((trail.ring.front()?.seq, trail.ring.back()?.seq)))
+            .reduce(|(a, b), (c, d)| (a.min(c), b.max(d)));
+        let mut departed = lock(&self.departed);
+        match kept {
+            None => departed.clear(),
+            // A channel was subscribed to the changes numbered from its `since` to below its
+            // `until`: it is needed while that overlaps what the rings keep.
+            Some((oldest, newest)) => {
+                departed.retain(|s| s.since <= newest && s.until.is_none_or(|until| until > oldest))
+            }
+        }
     }
 
     /// Starts the record of the next change.
-    pub fn begin(&self) -> Record {
+    pub fn begin(&self) -> Record<'_> {
+        let in_flight = (self.depth > 0).then_some(&self.in_flight);
+        if let Some(in_flight) = in_flight {
+            // Counted before the number is taken: see `forget_departed`.
+            in_flight.fetch_add(1, Ordering::SeqCst);
+        }
         Record {
-            on: self.depth > 0,
-            seq: self.seq.fetch_add(1, Ordering::AcqRel),
+            in_flight,
+            seq: self.seq.fetch_add(1, Ordering::SeqCst),
             subscribers: 0,
             hidden: 0,
             got: Vec::new(),
@@ -261,8 +316,14 @@ impl Recorder {
     }
 
     /// Keeps what routing `change` did; `hidden` more channels were hidden by group.
-    pub fn finish(&self, mut record: Record, change: &ChangeEvent, sight: Sight<'_>, hidden: u64) {
-        if !record.on {
+    pub fn finish(
+        &self,
+        mut record: Record<'_>,
+        change: &ChangeEvent,
+        sight: Sight<'_>,
+        hidden: u64,
+    ) {
+        if record.in_flight.is_none() {
             return;
         }
         for list in [&mut record.got, &mut record.errors, &mut record.dropped] {
@@ -289,19 +350,24 @@ impl Recorder {
             routed_at: SystemTime::now(),
             undeliverable: change.undeliverable.clone(),
             counts,
-            got: record.got,
-            errors: record.errors,
-            dropped: record.dropped,
+            got: std::mem::take(&mut record.got),
+            errors: std::mem::take(&mut record.errors),
+            dropped: std::mem::take(&mut record.dropped),
             sight: sight.keep(),
         });
-        let mut tables = lock(&self.tables);
-        let trail = tables.entry(change.table.relid).or_default();
-        if trail.ring.len() >= self.depth {
-            trail.ring.pop_front();
+        {
+            let mut tables = lock(&self.tables);
+            let trail = tables.entry(change.table.relid).or_default();
+            if trail.ring.len() >= self.depth {
+                trail.ring.pop_front();
+            }
+            trail.ring.push_back(entry);
+            trail.totals.add(&counts);
+            trail.changes += 1;
         }
-        trail.ring.push_back(entry);
-        trail.totals.add(&counts);
-        trail.changes += 1;
+        // Out of flight after its entry is kept: see `forget_departed`.
+        drop(record);
+        self.forget_departed();
     }
 
     /// The recent changes of `schema.table`, if this node routed any.
@@ -365,8 +431,96 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 mod tests {
     use super::*;
     use crate::fanout::explain::tests::{change, join, sub};
-    use crate::fanout::router::{Router, Wakes};
+    use crate::fanout::explain::{Outcome, Who};
+    use crate::fanout::router::{ChannelKey, Router, Wakes};
     use crate::fanout::visibility::Sight;
+
+    fn leave(router: &Router, conn: u64, name: &str) {
+        router.unsubscribe(&ChannelKey {
+            conn,
+            topic: Arc::from(format!("realtime:{name}")),
+        });
+    }
+
+    fn departed(router: &Router) -> Vec<String> {
+        let mut names: Vec<String> = router
+            .trace
+            .departed_subscribers()
+            .iter()
+            .map(|s| s.name().to_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// A channel that left is remembered while a kept change was routed when it was
+    /// subscribed, and forgotten once the rings have moved past it; with no change kept, a
+    /// channel that leaves is not remembered at all (connections coming and going on a quiet
+    /// node keep nothing).
+    #[test]
+    fn departed_channels_are_kept_only_while_a_kept_change_needs_them() {
+        let mut router = Router::new();
+        router.trace = Recorder::new(2);
+        let _quiet = join(&router, 1, "quiet", vec![sub("*", None)], 8);
+        leave(&router, 1, "quiet");
+        assert!(
+            departed(&router).is_empty(),
+            "no change kept: nothing to explain"
+        );
+
+        let _a = join(&router, 2, "a", vec![sub("*", None)], 8);
+        let _b = join(&router, 3, "b", vec![sub("*", None)], 8);
+        let mut wakes = Wakes::default();
+        router.route(&change(1), Sight::everything(), 1 << 20, &mut wakes);
+        leave(&router, 2, "a");
+        router.route(&change(2), Sight::everything(), 1 << 20, &mut wakes);
+        leave(&router, 3, "b");
+        assert_eq!(departed(&router), ["a", "b"]);
+        let who = Who {
+            connection_id: Some(Uuid::from_u128(2)),
+            channel: Some("a"),
+        };
+        let (_, explained) = router.explain(1, who).unwrap();
+        assert_eq!(explained[0].outcome, Outcome::Delivered);
+
+        // Change 1 leaves the ring of two: "a" got only change 1, "b" got change 2 as well.
+        router.route(&change(3), Sight::everything(), 1 << 20, &mut wakes);
+        assert_eq!(departed(&router), ["b"]);
+        router.route(&change(4), Sight::everything(), 1 << 20, &mut wakes);
+        assert!(departed(&router).is_empty());
+    }
+
+    /// A channel that leaves while a change is being routed is kept for that change, whose
+    /// entry is not in the ring yet.
+    #[test]
+    fn a_change_in_flight_keeps_the_channels_that_leave_under_it() {
+        let mut router = Router::new();
+        router.trace = Recorder::new(4);
+        let _a = join(&router, 1, "a", vec![sub("*", None)], 8);
+        let record = router.trace.begin();
+        leave(&router, 1, "a");
+        assert_eq!(departed(&router), ["a"]);
+        router
+            .trace
+            .finish(record, &change(1), Sight::everything(), 0);
+        assert_eq!(
+            departed(&router),
+            ["a"],
+            "change 1 was routed while it was subscribed"
+        );
+        let who = Who {
+            connection_id: Some(Uuid::from_u128(1)),
+            channel: Some("a"),
+        };
+        let (_, explained) = router.explain(1, who).unwrap();
+        assert_eq!(explained.len(), 1);
+
+        // A record dropped unfinished (a routing that panicked) is out of flight as well.
+        let _b = join(&router, 2, "b", vec![sub("*", None)], 8);
+        drop(router.trace.begin());
+        leave(&router, 2, "b");
+        assert_eq!(departed(&router), ["a"], "b left after every kept change");
+    }
 
     #[test]
     fn union_len_counts_distinct_values() {
