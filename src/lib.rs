@@ -69,6 +69,7 @@ pub mod fanout;
 pub mod http;
 pub mod limits;
 pub mod local;
+pub mod memory;
 pub mod outbound;
 pub mod pg;
 pub mod position;

@@ -8,15 +8,16 @@ use clap::Parser;
 use realtime_gateway::config::{Cli, Command};
 use realtime_gateway::{local, pg, telemetry, Error, Shutdown};
 
-/// mimalloc: faster than the system allocator on the per-delivery and per-connection paths,
-/// and it returns freed memory to the system, so RSS comes back down after a connection storm.
-/// The `system-allocator` feature leaves it out, for heap profilers that hook `malloc`
-/// (heaptrack, valgrind): see BENCHMARKS.md.
+/// mimalloc, without transparent huge pages (`realtime_gateway::memory`): faster than the
+/// system allocator on the per-delivery and per-connection paths, and it returns freed memory
+/// to the system. The `system-allocator` feature leaves it out, for heap profilers that hook
+/// `malloc` (heaptrack, valgrind): see BENCHMARKS.md.
 #[cfg(not(feature = "system-allocator"))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    let huge_pages = realtime_gateway::memory::no_huge_pages();
     let cli = Cli::parse();
     let mut config = match cli.settings.check() {
         Ok(config) => config,
@@ -26,6 +27,9 @@ fn main() -> ExitCode {
         }
     };
     telemetry::init(config.log_format);
+    if let Err(e) = huge_pages {
+        tracing::debug!(error = %e, "transparent huge pages left as the system has them");
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

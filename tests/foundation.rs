@@ -126,6 +126,14 @@ fn local_mode_serves_and_stops_its_postgres() {
             "/ready 200",
             || async { matches!(http_get(addr, "/ready").await, Ok((200, _))) },
         ));
+        // Transparent huge pages are off for the gateway and its PostgreSQL (src/memory.rs),
+        // on kernels that say so in /proc (Linux 5.0 and later).
+        for p in [child.id(), pg_pid] {
+            let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap();
+            if let Some(line) = status.lines().find(|l| l.starts_with("THP_enabled:")) {
+                assert!(line.ends_with('0'), "process {p}: {line}");
+            }
+        }
         let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).unwrap());
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
         let status = child.wait().unwrap();

@@ -36,12 +36,15 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// The same allocator as the gateway: the load tester shares the machine with it, and every
-/// CPU second it saves is one the gateway can use.
+/// The same allocator as the gateway, set up alike (no transparent huge pages): the load
+/// tester shares the machine with it, every CPU second it saves is one the gateway can use, and
+/// the baseline server (`serve-baseline`) holds its memory the way the gateway does.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // Without the setting (an old kernel), only more memory: nothing to report.
+    realtime_gateway::memory::no_huge_pages().ok();
     let plan = match cli::Args::parse().plan() {
         Ok(plan) => plan,
         Err(e) => {
