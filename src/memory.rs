@@ -4,11 +4,12 @@
 //! its arenas with transparent huge pages, and the kernel keeps a 2 MiB page whole while any
 //! byte of it is in use: a gateway holds many small long-lived objects (a connection is a few
 //! KiB) among many short-lived ones, so its memory stays near its high-water mark, in 2 MiB
-//! steps. Measured with `loadtest` (BENCHMARKS.md, Analysis), huge pages held about 2.4 KiB
-//! more per idle connection and 11 MiB more at rest, and after a connection storm memory came
-//! back down less; they saved about 0.1 µs of CPU per delivery (fewer TLB misses). mimalloc is
-//! built without its huge-page advice (the `no_thp` feature), and [`no_huge_pages`] turns them
-//! off for the process, for systems whose setting gives them to every mapping (`always`).
+//! steps. Measured with `loadtest` (BENCHMARKS.md, "After this run"), huge pages held about
+//! 1.6 KiB more per idle connection and 11 MiB more at rest, and after a connection storm they
+//! kept anywhere from 1.6 to 17 MiB (3–4 MiB without); the CPU they save on TLB misses was
+//! within the runs' spread. mimalloc is built without its huge-page advice (the `no_thp`
+//! feature), and [`no_huge_pages`] turns them off for the process, for systems whose setting
+//! gives them to every mapping (`always`).
 
 /// Turns transparent huge pages off for this process (and the processes it starts, such as
 /// local mode's PostgreSQL). Called first thing in `main`, before the heap grows. An error (a

@@ -128,6 +128,7 @@ fn local_mode_serves_and_stops_its_postgres() {
         ));
         // Transparent huge pages are off for the gateway and its PostgreSQL (src/memory.rs),
         // on kernels that say so in /proc (Linux 5.0 and later).
+        #[cfg(target_os = "linux")]
         for p in [child.id(), pg_pid] {
             let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap();
             if let Some(line) = status.lines().find(|l| l.starts_with("THP_enabled:")) {

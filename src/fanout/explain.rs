@@ -19,6 +19,7 @@ use super::subscription::{Events, PgSub};
 use super::trace::Entry;
 use super::visibility::Decision;
 use crate::change::Op;
+use crate::pg::catalog::TableInfo;
 
 /// A channel registration, live or departed, as explanations see it.
 #[derive(Debug, Clone)]
@@ -208,7 +209,7 @@ impl Router {
             self.trace
                 .departed_subscribers()
                 .into_iter()
-                .filter(|s| s.subs.iter().any(|sub| covers_table(sub, &entry))),
+                .filter(|s| s.subs.iter().any(|sub| covers_table(sub, &entry.table))),
         );
         let mut chosen: HashMap<(Uuid, crate::conn::ConnId, Arc<str>), Subscriber> = HashMap::new();
         for s in candidates.into_iter().filter(|s| who.admits(s)) {
@@ -236,10 +237,10 @@ impl Router {
     }
 }
 
-/// Whether `sub` is about `entry`'s table, whatever the event.
-fn covers_table(sub: &PgSub, entry: &Entry) -> bool {
-    (sub.schema == "*" || sub.schema == entry.table.schema)
-        && (sub.table == "*" || sub.table == entry.table.name)
+/// Whether `sub` is about `table`, whatever the event.
+pub(super) fn covers_table(sub: &PgSub, table: &TableInfo) -> bool {
+    (sub.schema == "*" || sub.schema == table.schema)
+        && (sub.table == "*" || sub.table == table.name)
 }
 
 fn explain_one(entry: &Entry, subscriber: Subscriber) -> Explanation {
@@ -290,7 +291,7 @@ fn unreached(entry: &Entry, s: &Subscriber) -> (Outcome, String, Vec<String>) {
     let covering: Vec<&PgSub> = s
         .subs
         .iter()
-        .filter(|sub| covers_table(sub, entry) && sub.events.contains(entry.op))
+        .filter(|sub| covers_table(sub, &entry.table) && sub.events.contains(entry.op))
         .collect();
     if covering.is_empty() {
         return (

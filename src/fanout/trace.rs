@@ -19,17 +19,18 @@
 //! few KiB: a node whose connections come and go must not keep thousands it has no use for).
 //!
 //! Costs on the routing path: one counter per subscriber looked at, one vector push per frame
-//! queued, and per change one short-lived lock to append the entry. With a depth of 0 the
-//! recorder keeps nothing.
+//! queued, and per change one short-lived lock to append the entry; at most every 250 ms, a
+//! pass over the departed channels against the rings (each departure makes one as well). With a
+//! depth of 0 the recorder keeps nothing.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use uuid::Uuid;
 
-use super::explain::Subscriber;
+use super::explain::{self, Subscriber};
 use super::router::PgChannel;
 use super::visibility::{Kept, Sight};
 use crate::change::{ChangeEvent, Op};
@@ -209,7 +210,15 @@ pub struct Recorder {
     /// Changes begun and not finished yet: their entries are not in the rings, so while any
     /// is in flight, what a departed channel may still be needed for is not known.
     in_flight: AtomicU64,
+    /// When the recorder was made, and when (milliseconds after) routing last looked at the
+    /// departed list: see [`Recorder::pass_due`].
+    started: Instant,
+    last_pass: AtomicU64,
+    pass_every_ms: u64,
 }
+
+/// How often, at most, the routing path looks for departed channels to forget.
+const PASS_EVERY: Duration = Duration::from_millis(250);
 
 impl Default for Recorder {
     fn default() -> Recorder {
@@ -230,6 +239,9 @@ impl Recorder {
             tables: Mutex::default(),
             departed: Mutex::default(),
             in_flight: AtomicU64::new(0),
+            started: Instant::now(),
+            last_pass: AtomicU64::new(0),
+            pass_every_ms: u64::try_from(PASS_EVERY.as_millis()).unwrap_or(u64::MAX),
         }
     }
 
@@ -257,44 +269,64 @@ impl Recorder {
             return;
         }
         let until = self.seq.load(Ordering::SeqCst);
-        {
-            let mut departed = lock(&self.departed);
-            if departed.len() >= MAX_DEPARTED {
-                departed.pop_front();
-            }
-            departed.push_back(Subscriber::of(&channel, Some(until)));
+        let mut departed = lock(&self.departed);
+        if departed.len() >= MAX_DEPARTED {
+            departed.pop_front();
         }
-        self.forget_departed();
+        departed.push_back(Subscriber::of(&channel, Some(until)));
+        self.forget_departed(&mut departed);
     }
 
-    /// Forgets the departed channels no kept change can be explained with: those that left
-    /// before the oldest change the rings hold or came after the newest (all of them, when
-    /// the rings hold none). Does
-    /// nothing while a change is being routed (its entry, which may need them, is not kept
-    /// yet); the next change's end or the next departure does it then.
-    fn forget_departed(&self) {
-        if lock(&self.departed).is_empty() {
+    /// Forgets the departed channels no kept change can be explained with: a channel is kept
+    /// while the ring of a table it subscribed to holds a change routed while it was
+    /// subscribed (all are forgotten when the rings hold nothing). Does nothing while a change
+    /// is being routed (its entry, which may need them, is not kept yet); the next change's
+    /// end or the next departure does it then.
+    ///
+    /// Called with the list locked, and it stays locked throughout (the tables are locked
+    /// inside it, never the other way round): a channel that leaves meanwhile waits, and is
+    /// judged by the next pass.
+    fn forget_departed(&self, departed: &mut VecDeque<Subscriber>) {
+        if departed.is_empty() {
             return;
         }
-        // With none in flight, every change begun so far is finished and its entry is in the
-        // rings (or already left them). A change begun later is counted in flight after this
-        // load and numbered after every channel remembered had left: it needs none of them.
+        // With none in flight, every change begun so far is finished and its entry is in its
+        // ring (or already left it). A change begun later is counted in flight after this
+        // load, so it is numbered after every channel on the list had left: it needs none.
         if self.in_flight.load(Ordering::SeqCst) != 0 {
             return;
         }
-        let kept = lock(&self.tables)
+        // Each ring in routing order (one listener routes one change at a time), so its
+        // front and back are its oldest and newest change.
+        let kept: Vec<(Arc<TableInfo>, u64, u64)> = lock(&self.tables)
             .values()
-            .filter_map(|trail| Some((trail.ring.front()?.seq, trail.ring.back()?.seq)))
-            .reduce(|(a, b), (c, d)| (a.min(c), b.max(d)));
-        let mut departed = lock(&self.departed);
-        match kept {
-            None => departed.clear(),
-            // A channel was subscribed to the changes numbered from its `since` to below its
-            // `until`: it is needed while that overlaps what the rings keep.
-            Some((oldest, newest)) => {
-                departed.retain(|s| s.since <= newest && s.until.is_none_or(|until| until > oldest))
-            }
-        }
+            .filter_map(|trail| {
+                let (front, back) = (trail.ring.front()?, trail.ring.back()?);
+                Some((Arc::clone(&back.table), front.seq, back.seq))
+            })
+            .collect();
+        // A channel was subscribed to the changes numbered from its `since` to below its
+        // `until`: it is needed while that overlaps a ring of a table it subscribed to.
+        departed.retain(|s| {
+            let until = s.until.unwrap_or(u64::MAX);
+            kept.iter().any(|(table, oldest, newest)| {
+                s.since <= *newest
+                    && until > *oldest
+                    && s.subs.iter().any(|sub| explain::covers_table(sub, table))
+            })
+        });
+    }
+
+    /// Whether the routing path should look at the departed list now: at most once every
+    /// [`PASS_EVERY`] (a pass scans the list against every ring; departures do it on their own).
+    fn pass_due(&self) -> bool {
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = self.last_pass.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= self.pass_every_ms
+            && self
+                .last_pass
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// Starts the record of the next change.
@@ -367,7 +399,9 @@ impl Recorder {
         }
         // Out of flight after its entry is kept: see `forget_departed`.
         drop(record);
-        self.forget_departed();
+        if self.pass_due() {
+            self.forget_departed(&mut lock(&self.departed));
+        }
     }
 
     /// The recent changes of `schema.table`, if this node routed any.
@@ -442,6 +476,12 @@ mod tests {
         });
     }
 
+    /// A recorder whose routing path looks at the departed list after every change.
+    fn every_change(mut recorder: Recorder) -> Recorder {
+        recorder.pass_every_ms = 0;
+        recorder
+    }
+
     fn departed(router: &Router) -> Vec<String> {
         let mut names: Vec<String> = router
             .trace
@@ -460,7 +500,7 @@ mod tests {
     #[test]
     fn departed_channels_are_kept_only_while_a_kept_change_needs_them() {
         let mut router = Router::new();
-        router.trace = Recorder::new(2);
+        router.trace = every_change(Recorder::new(2));
         let _quiet = join(&router, 1, "quiet", vec![sub("*", None)], 8);
         leave(&router, 1, "quiet");
         assert!(
@@ -520,6 +560,45 @@ mod tests {
         drop(router.trace.begin());
         leave(&router, 2, "b");
         assert_eq!(departed(&router), ["a"], "b left after every kept change");
+    }
+
+    /// Another table's old changes keep no channel that was not subscribed to it; a departure
+    /// looks at the list whenever the routing path does not (here: never).
+    #[test]
+    fn a_quiet_table_keeps_only_its_own_subscribers() {
+        let mut router = Router::new();
+        let mut recorder = Recorder::new(1);
+        recorder.pass_every_ms = u64::MAX;
+        router.trace = recorder;
+        let quiet = |id| {
+            let mut c = change(id);
+            c.table = Arc::new(TableInfo {
+                relid: 2,
+                name: "quiet".into(),
+                ..(*c.table).clone()
+            });
+            c
+        };
+        let mut all_tables = sub("*", None);
+        all_tables.table = "*".into();
+        let _q = join(&router, 1, "both", vec![all_tables], 8);
+        let _a = join(&router, 2, "items", vec![sub("*", None)], 8);
+        let mut wakes = Wakes::default();
+        router.route(&quiet(1), Sight::everything(), 1 << 20, &mut wakes);
+        router.route(&change(2), Sight::everything(), 1 << 20, &mut wakes);
+        leave(&router, 1, "both");
+        leave(&router, 2, "items");
+        assert_eq!(departed(&router), ["both", "items"]);
+        // Change 2 leaves the items ring; the quiet table's change 1 stays.
+        router.route(&change(3), Sight::everything(), 1 << 20, &mut wakes);
+        assert_eq!(departed(&router).len(), 2, "the routing path did not look");
+        let _c = join(&router, 3, "c", vec![sub("*", None)], 8);
+        leave(&router, 3, "c");
+        assert_eq!(
+            departed(&router),
+            ["both"],
+            "subscribed when the quiet table's kept change was routed"
+        );
     }
 
     #[test]
