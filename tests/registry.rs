@@ -634,7 +634,7 @@ async fn one_refused_row_fails_alone_and_its_batch_lands() {
         channel_name: channel,
         user_id: None,
         component_name: None,
-        table_filters: json!([]),
+        table_filters: serde_json::value::to_raw_value(&json!([])).unwrap(),
         connection_id: connection,
         remote_addr: "127.0.0.1:1".into(),
         created_at: chrono::Utc::now(),

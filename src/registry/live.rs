@@ -4,7 +4,7 @@
 //! declared lost while cut from it), they are written again from here ([`super::reregister`]).
 //!
 //! Cost: one [`JoinRow`] per open channel (about 200 bytes, plus the subscription id, names and
-//! filters as joined, plus the map's entry, ~250–400 bytes for a typical channel) and 40 bytes
+//! filters as joined, the filters as compact JSON text, plus the map's entry) and 40 bytes
 //! (plus the entry) per open connection, held by the writer task only.
 
 use std::collections::HashMap;

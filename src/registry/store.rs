@@ -249,7 +249,7 @@ pub(super) async fn insert_rows(
         .iter()
         .map(|(r, _)| r.component_name.as_deref())
         .collect();
-    let filters: Vec<&Value> = rows.iter().map(|(r, _)| &r.table_filters).collect();
+    let filters: Vec<&str> = rows.iter().map(|(r, _)| r.table_filters.get()).collect();
     let conns: Vec<Uuid> = rows.iter().map(|(r, _)| r.connection_id).collect();
     let addrs: Vec<&str> = rows.iter().map(|(r, _)| r.remote_addr.as_str()).collect();
     let created: Vec<DateTime<Utc>> = rows.iter().map(|(r, _)| r.created_at).collect();
@@ -275,10 +275,11 @@ pub(super) async fn insert_rows(
            (id, subscription_id, channel_name, user_id, claimed_user_id, component_name, \
             table_filters, last_heartbeat_at, is_active, created_at, node_id, connection_id, \
             remote_addr, closed_at, close_reason) \
-         select u.id, u.sub, u.channel, {user}, u.user_id, u.component, u.filters, u.created, \
-                u.closed_at is null, u.created, $10, u.conn, u.addr, u.closed_at, u.reason \
+         select u.id, u.sub, u.channel, {user}, u.user_id, u.component, u.filters::jsonb, \
+                u.created, u.closed_at is null, u.created, $10, u.conn, u.addr, u.closed_at, \
+                u.reason \
          from unnest($1::uuid[], $2::text[], $3::text[], $4::uuid[], $5::text[], \
-                     $6::jsonb[], $7::uuid[], $8::text[], $9::timestamptz[], \
+                     $6::text[], $7::uuid[], $8::text[], $9::timestamptz[], \
                      $11::timestamptz[], $12::text[]) \
               as u(id, sub, channel, user_id, component, filters, conn, addr, created, \
                    closed_at, reason) \

@@ -571,7 +571,8 @@ impl Session {
                 .component
                 .clone()
                 .or_else(|| self.params.component.clone()),
-            table_filters: config.table_filters(),
+            table_filters: serde_json::value::to_raw_value(&config.table_filters())
+                .unwrap_or_else(|_| serde_json::value::RawValue::NULL.to_owned()),
             connection_id: self.params.connection_id,
             remote_addr: self.params.peer.to_string(),
             created_at: chrono::Utc::now(),
