@@ -13,20 +13,20 @@
 //! Every channel registration gets a number and the sequence number of the first change routed
 //! after it ([`Tag`]), so an answer can tell "not subscribed yet" from "filtered". Channels that
 //! leave are remembered (their subscriptions and claims, not their queue), so a slow consumer
-//! that was closed can still be told "dropped": for as long as a kept change was routed while
-//! they were subscribed, and at most [`MAX_DEPARTED`] of them. A channel that left before every
-//! kept change can no longer be part of an answer, and is forgotten (a departed channel holds a
-//! few KiB: a node whose connections come and go must not keep thousands it has no use for).
+//! that was closed can still be told "dropped": while the ring of a table they subscribed to
+//! holds a change routed while they were subscribed, and at most [`MAX_DEPARTED`] of them. The
+//! others can no longer be part of an answer and are forgotten: a node whose connections come
+//! and go keeps none it has no use for.
 //!
 //! Costs on the routing path: one counter per subscriber looked at, one vector push per frame
-//! queued, and per change one short-lived lock to append the entry; at most every 250 ms, a
-//! pass over the departed channels against the rings (each departure makes one as well). With a
-//! depth of 0 the recorder keeps nothing.
+//! queued, and per change one short-lived lock to append the entry; at most every
+//! [`PASS_EVERY_MS`], a pass over the departed channels against the rings (each departure makes
+//! one as well). With a depth of 0 the recorder keeps nothing.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use uuid::Uuid;
 
@@ -217,8 +217,8 @@ pub struct Recorder {
     pass_every_ms: u64,
 }
 
-/// How often, at most, the routing path looks for departed channels to forget.
-const PASS_EVERY: Duration = Duration::from_millis(250);
+/// How often, at most, the routing path looks for departed channels to forget, in ms.
+const PASS_EVERY_MS: u64 = 250;
 
 impl Default for Recorder {
     fn default() -> Recorder {
@@ -241,7 +241,7 @@ impl Recorder {
             in_flight: AtomicU64::new(0),
             started: Instant::now(),
             last_pass: AtomicU64::new(0),
-            pass_every_ms: u64::try_from(PASS_EVERY.as_millis()).unwrap_or(u64::MAX),
+            pass_every_ms: PASS_EVERY_MS,
         }
     }
 
@@ -318,7 +318,7 @@ impl Recorder {
     }
 
     /// Whether the routing path should look at the departed list now: at most once every
-    /// [`PASS_EVERY`] (a pass scans the list against every ring; departures do it on their own).
+    /// [`PASS_EVERY_MS`] (a pass scans the list against every ring; departures do it on their own).
     fn pass_due(&self) -> bool {
         let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
         let last = self.last_pass.load(Ordering::Relaxed);
