@@ -1,6 +1,8 @@
 //! Logging: a `tracing` subscriber writing text or JSON lines to stderr, filtered by `RUST_LOG`
 //! (default `info`, server notices at `warn`).
 
+use std::io::IsTerminal;
+
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
@@ -11,8 +13,11 @@ pub fn init(format: LogFormat) {
     // Server notices ("already exists, skipping") are not worth an info line each.
     let spec =
         std::env::var("RUST_LOG").unwrap_or_else(|_| "info,sqlx::postgres::notice=warn".into());
+    // Colours only for a terminal: a log file or collector gets plain text, and each
+    // connection's span keeps its fields without escape codes (it holds them while it lives).
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter(&spec))
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Text => builder.try_init(),

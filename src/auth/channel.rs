@@ -255,14 +255,13 @@ fn is_refused(e: &sqlx::Error) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
 
     fn claims(role: &str) -> Claims {
         Claims {
             role: role.to_owned(),
             exp: 1,
             sub: Some("u".to_owned()),
-            other: BTreeMap::new(),
+            other: Default::default(),
         }
     }
 

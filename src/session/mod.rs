@@ -30,7 +30,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tracing::Instrument;
 
-use crate::auth::{Claims, Verifier};
+use crate::auth::{Claims, TokenDigest, Verifier};
 use crate::broadcast::{Hub, Membership};
 use crate::config::Config;
 use crate::conn::ConnId;
@@ -88,8 +88,8 @@ const CLOSE_PATIENCE: Duration = Duration::from_secs(5);
 pub struct SessionParams {
     /// Serializer.
     pub vsn: Vsn,
-    /// The socket's API key, as given.
-    pub apikey: String,
+    /// The digest of the socket's API key, as given.
+    pub apikey: TokenDigest,
     /// Its verified claims.
     pub claims: Arc<Claims>,
     /// Remote address.
@@ -111,8 +111,8 @@ struct Joined {
     name: String,
     /// The channel token's claims.
     claims: Arc<Claims>,
-    /// The channel token, if it differs from the socket's.
-    token: Option<String>,
+    /// The digest of the channel's token, if it differs from the socket's.
+    token: Option<TokenDigest>,
     /// Whether Postgres Changes subscriptions are registered for it.
     has_changes: bool,
     /// The validated subscriptions (kept to re-register on a new token).
@@ -658,8 +658,8 @@ impl Session {
         let Some(joined) = self.channels.get(&topic) else {
             return;
         };
-        let current = joined.token.as_deref().unwrap_or(&self.params.apikey);
-        if token.starts_with("sb_") || token == current {
+        let current = joined.token.unwrap_or(self.params.apikey);
+        if token.starts_with("sb_") || TokenDigest::of(token) == current {
             return;
         }
         match self.services.verifier.verify(token) {
@@ -673,7 +673,7 @@ impl Session {
                 };
                 identity_changed(&self.services, self.params.peer, joined, &claims);
                 joined.claims = Arc::clone(&claims);
-                joined.token = Some(token.to_owned());
+                joined.token = Some(TokenDigest::of(token));
                 if joined.has_changes {
                     let subs = joined.subs.clone();
                     self.subscribe_changes(&topic, subs, claims);

@@ -15,6 +15,7 @@ use axum::Json;
 use serde_json::json;
 
 use super::{Services, Session, SessionParams};
+use crate::auth::TokenDigest;
 use crate::limits::client::{self, Refused};
 use crate::limits::Acquired;
 use crate::protocol::Vsn;
@@ -172,7 +173,7 @@ pub async fn handler(
     let params = SessionParams {
         connection_id,
         vsn,
-        apikey,
+        apikey: TokenDigest::of(&apikey),
         claims: Arc::new(claims),
         peer,
         // Bounded like a join's `component`; a longer one is not recorded at all.

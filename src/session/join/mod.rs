@@ -12,7 +12,7 @@ use std::sync::Arc;
 use serde_json::{json, Map, Value};
 
 use super::{Joined, Session};
-use crate::auth::Claims;
+use crate::auth::{Claims, TokenDigest};
 use crate::broadcast::Membership;
 use crate::fanout::router::{ChannelKey, PgChannel};
 use crate::fanout::subscription::{self, PgSub, Requested, Resolve};
@@ -475,11 +475,11 @@ impl Session {
         &self,
         config: &JoinConfig,
         name: &str,
-    ) -> Result<(Arc<Claims>, Option<String>), Refusal> {
+    ) -> Result<(Arc<Claims>, Option<TokenDigest>), Refusal> {
         let token = config
             .token
             .as_deref()
-            .filter(|t| !t.starts_with("sb_") && *t != self.params.apikey);
+            .filter(|t| !t.starts_with("sb_") && TokenDigest::of(t) != self.params.apikey);
         let Some(token) = token else {
             // The socket's token was checked at connect; it may have expired since.
             let left = self.params.claims.seconds_left();
@@ -498,7 +498,7 @@ impl Session {
             return Ok((Arc::clone(&self.params.claims), None));
         };
         match self.services.verifier.verify(token) {
-            Ok(claims) => Ok((Arc::new(claims), Some(token.to_owned()))),
+            Ok(claims) => Ok((Arc::new(claims), Some(TokenDigest::of(token)))),
             Err(e) => {
                 metrics::counter!("gateway_session_auth_failures_total").increment(1);
                 self.services.registry.auth_refused(
