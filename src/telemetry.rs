@@ -13,11 +13,14 @@ pub fn init(format: LogFormat) {
     // Server notices ("already exists, skipping") are not worth an info line each.
     let spec =
         std::env::var("RUST_LOG").unwrap_or_else(|_| "info,sqlx::postgres::notice=warn".into());
-    // Colours only for a terminal: a log file or collector gets plain text, and each
-    // connection's span keeps its fields without escape codes (it holds them while it lives).
+    // Colours only for a terminal, and not when `NO_COLOR` is set: a log file or collector gets
+    // plain text, and each connection's span keeps its fields without escape codes (it holds
+    // them while it lives).
+    let ansi = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter(&spec))
-        .with_ansi(std::io::stderr().is_terminal())
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Text => builder.try_init(),

@@ -134,10 +134,16 @@ impl Default for OtherClaims {
 }
 
 impl OtherClaims {
-    /// The claims, as a map (built on each call).
+    /// The claims, as a map (built on each call). Numbers come back as they were verified:
+    /// serde_json parses floats exactly (`float_roundtrip`) and writes them in their shortest
+    /// exact form, so the text is no approximation.
+    ///
+    /// # Panics
+    /// Never: the text is an object this type wrote with the limits it is read with. Were it
+    /// ever unreadable, no claims at all would be the wrong answer for row-level security, so it
+    /// would fail the connection's task instead.
     pub fn map(&self) -> serde_json::Map<String, serde_json::Value> {
-        // The text is always an object this type wrote, so parsing it cannot fail.
-        serde_json::from_str(&self.0).unwrap_or_default()
+        serde_json::from_str(&self.0).expect("claims text written by OtherClaims is readable")
     }
 
     /// The claim `name`, if the token has it.
@@ -145,7 +151,7 @@ impl OtherClaims {
         self.map().remove(name)
     }
 
-    /// The claims as JSON text (an object, keys sorted).
+    /// The claims as JSON text (an object, its own keys sorted).
     pub fn as_json(&self) -> &str {
         &self.0
     }
@@ -153,8 +159,10 @@ impl OtherClaims {
 
 impl FromIterator<(String, serde_json::Value)> for OtherClaims {
     fn from_iter<I: IntoIterator<Item = (String, serde_json::Value)>>(iter: I) -> OtherClaims {
-        let map: serde_json::Map<String, serde_json::Value> = iter.into_iter().collect();
-        OtherClaims(serde_json::Value::Object(map).to_string().into_boxed_str())
+        // Sorted whatever serde_json's map keeps (its `preserve_order` keeps insertion order).
+        let map: std::collections::BTreeMap<String, serde_json::Value> = iter.into_iter().collect();
+        let text = serde_json::to_string(&map).expect("a map of JSON values always serializes");
+        OtherClaims(text.into_boxed_str())
     }
 }
 
@@ -184,6 +192,11 @@ impl TokenDigest {
         let mut bytes = [0; 32];
         bytes.copy_from_slice(digest.as_ref());
         TokenDigest(bytes)
+    }
+
+    /// Whether this is the digest of `token`, as given.
+    pub fn is_of(&self, token: &str) -> bool {
+        TokenDigest::of(token) == *self
     }
 }
 
@@ -509,6 +522,7 @@ mod tests {
                 "amr": [{"method": "password", "timestamp": 1}],
                 "aal": "aal1",
                 "big": 1e20,
+                "tiny": 2.0042528230657334e-07,
             }),
             SECRET,
             Algorithm::HS256,
@@ -524,6 +538,7 @@ mod tests {
                 "amr": [{"method": "password", "timestamp": 1}],
                 "aal": "aal1",
                 "big": 1e20,
+                "tiny": 2.0042528230657334e-07,
             })
         );
         assert_eq!(
@@ -536,11 +551,34 @@ mod tests {
         assert_eq!(back, c);
     }
 
+    proptest::proptest! {
+        /// Row-level security sees a float claim exactly as the token has it, however often
+        /// the claims are read back from their text.
+        #[test]
+        fn float_claims_keep_every_bit(x in proptest::num::f64::NORMAL | proptest::num::f64::SUBNORMAL | proptest::num::f64::ZERO) {
+            let t = token(
+                serde_json::json!({"role": "anon", "exp": now_secs() + 60, "x": x, "nested": {"y": x}}),
+                SECRET,
+                Algorithm::HS256,
+            );
+            let c = Verifier::new(SECRET).verify(&t).unwrap();
+            for _ in 0..3 {
+                let seen: serde_json::Value = serde_json::from_str(&c.policy_json()).unwrap();
+                proptest::prop_assert_eq!(seen["x"].as_f64().map(f64::to_bits), Some(x.to_bits()));
+                proptest::prop_assert_eq!(seen["nested"]["y"].as_f64().map(f64::to_bits), Some(x.to_bits()));
+            }
+        }
+    }
+
     #[test]
     fn a_token_digest_tells_tokens_apart_and_shows_nothing() {
         let a = sign(SECRET, "anon", None, 60).unwrap();
         let b = sign(SECRET, "authenticated", Some("u"), 60).unwrap();
         assert_eq!(TokenDigest::of(&a), TokenDigest::of(&a.clone()));
+        assert!(TokenDigest::of(&a).is_of(&a));
+        assert!(!TokenDigest::of(&a).is_of(&b));
+        // Compared as given: the same token with whitespace is another text.
+        assert!(!TokenDigest::of(&a).is_of(&format!(" {a}")));
         assert_ne!(TokenDigest::of(&a), TokenDigest::of(&b));
         // One character apart (the signature's last) is another token.
         let mut c = a.clone();

@@ -659,7 +659,7 @@ impl Session {
             return;
         };
         let current = joined.token.unwrap_or(self.params.apikey);
-        if token.starts_with("sb_") || TokenDigest::of(token) == current {
+        if token.starts_with("sb_") || current.is_of(token) {
             return;
         }
         match self.services.verifier.verify(token) {

@@ -479,7 +479,7 @@ impl Session {
         let token = config
             .token
             .as_deref()
-            .filter(|t| !t.starts_with("sb_") && TokenDigest::of(t) != self.params.apikey);
+            .filter(|t| !t.starts_with("sb_") && !self.params.apikey.is_of(t));
         let Some(token) = token else {
             // The socket's token was checked at connect; it may have expired since.
             let left = self.params.claims.seconds_left();
