@@ -32,8 +32,8 @@ pub struct Subscriber {
     pub conn: crate::conn::ConnId,
     /// The topic, `realtime:<name>`.
     pub topic: Arc<str>,
-    /// Its subscriptions.
-    pub subs: Vec<PgSub>,
+    /// Its subscriptions (shared with the router's entry).
+    pub subs: Arc<[PgSub]>,
     /// Its token's role and `sub`.
     pub role: Arc<str>,
     /// The `sub` claim.
@@ -56,7 +56,7 @@ impl Subscriber {
             connection_id: channel.tag.connection_id,
             conn: channel.key.conn,
             topic: Arc::clone(&channel.key.topic),
-            subs: channel.subs.clone(),
+            subs: Arc::clone(&channel.subs),
             role: Arc::clone(&channel.role),
             sub: channel.claims.sub.clone(),
             claims_key: channel.claims_key,

@@ -48,8 +48,9 @@ pub struct PgChannel {
     pub outbound: Outbound,
     /// The connection's serializer.
     pub vsn: Vsn,
-    /// Validated subscriptions, in join order.
-    pub subs: Vec<PgSub>,
+    /// Validated subscriptions, in join order: one copy, shared with the session's channel (to
+    /// register them again on a new token) and with delivery diagnostics.
+    pub subs: Arc<[PgSub]>,
     /// The channel token's claims (row-level security groups deliveries by them).
     pub claims: Arc<Claims>,
     /// `claims` as JSON, as row-level security checks see them.
@@ -77,9 +78,10 @@ impl PgChannel {
         key: ChannelKey,
         outbound: Outbound,
         vsn: Vsn,
-        subs: Vec<PgSub>,
+        subs: impl Into<Arc<[PgSub]>>,
         claims: Arc<Claims>,
     ) -> PgChannel {
+        let subs = subs.into();
         let prefix = protocol::frame_prefix(vsn, None, None, &key.topic, "postgres_changes");
         let suffix = protocol::frame_suffix(vsn, None).into_owned();
         let claims_json = visibility::claims_json(&claims);

@@ -115,8 +115,9 @@ struct Joined {
     token: Option<TokenDigest>,
     /// Whether Postgres Changes subscriptions are registered for it.
     has_changes: bool,
-    /// The validated subscriptions (kept to re-register on a new token).
-    subs: Vec<subscription::PgSub>,
+    /// The validated subscriptions (kept to re-register on a new token; shared with the
+    /// router's entry).
+    subs: Arc<[subscription::PgSub]>,
     /// Its registry row.
     registry_id: uuid::Uuid,
     /// Broadcast and presence settings of the join config ([`relay`]).
@@ -675,7 +676,7 @@ impl Session {
                 joined.claims = Arc::clone(&claims);
                 joined.token = Some(TokenDigest::of(token));
                 if joined.has_changes {
-                    let subs = joined.subs.clone();
+                    let subs = Arc::clone(&joined.subs);
                     self.subscribe_changes(&topic, subs, claims);
                 }
             }

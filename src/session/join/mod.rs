@@ -423,7 +423,7 @@ impl Session {
                 claims: Arc::clone(&claims),
                 token,
                 has_changes: false,
-                subs: Vec::new(),
+                subs: Arc::from([]),
                 registry_id,
                 hub: membership,
                 tracked_bytes: 0,
@@ -591,8 +591,9 @@ impl Session {
     ) -> Value {
         match resolved {
             Ok(subs) => {
+                let subs: Arc<[PgSub]> = subs.into();
                 if self.resume.is_none() {
-                    self.subscribe_changes(topic, subs.clone(), claims);
+                    self.subscribe_changes(topic, Arc::clone(&subs), claims);
                 }
                 if let Some(joined) = self.channels.get_mut(topic) {
                     joined.has_changes = true;
@@ -621,7 +622,7 @@ impl Session {
     }
 
     /// Registers (or replaces) the router entry of channel `topic`.
-    pub(super) fn subscribe_changes(&self, topic: &str, subs: Vec<PgSub>, claims: Arc<Claims>) {
+    pub(super) fn subscribe_changes(&self, topic: &str, subs: Arc<[PgSub]>, claims: Arc<Claims>) {
         let chan = self.channels.get(topic).map_or(0, |j| j.chan);
         let channel = PgChannel::new(
             ChannelKey {

@@ -199,7 +199,7 @@ impl Session {
                 },
                 self.outbound.clone(),
                 self.params.vsn,
-                joined.subs.clone(),
+                Arc::clone(&joined.subs),
                 Arc::clone(&joined.claims),
             )
             .with_chan(joined.chan),
