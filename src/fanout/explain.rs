@@ -32,7 +32,7 @@ pub struct Subscriber {
     pub conn: crate::conn::ConnId,
     /// The topic, `realtime:<name>`.
     pub topic: Arc<str>,
-    /// Its subscriptions (shared with the router's entry).
+    /// Its subscriptions (shared with its router entry and session while it is joined).
     pub subs: Arc<[PgSub]>,
     /// Its token's role and `sub`.
     pub role: Arc<str>,

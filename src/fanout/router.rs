@@ -49,7 +49,7 @@ pub struct PgChannel {
     /// The connection's serializer.
     pub vsn: Vsn,
     /// Validated subscriptions, in join order: one copy, shared with the session's channel (to
-    /// register them again on a new token) and with delivery diagnostics.
+    /// register them again on a new token) and with what delivery diagnostics keep of it.
     pub subs: Arc<[PgSub]>,
     /// The channel token's claims (row-level security groups deliveries by them).
     pub claims: Arc<Claims>,
