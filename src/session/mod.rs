@@ -659,8 +659,11 @@ impl Session {
         let Some(joined) = self.channels.get(&topic) else {
             return;
         };
-        let current = joined.token.unwrap_or(self.params.apikey);
-        if token.starts_with("sb_") || current.is_of(token) {
+        if token.starts_with("sb_") {
+            return;
+        }
+        let digest = TokenDigest::of(token);
+        if digest == joined.token.unwrap_or(self.params.apikey) {
             return;
         }
         match self.services.verifier.verify(token) {
@@ -674,7 +677,7 @@ impl Session {
                 };
                 identity_changed(&self.services, self.params.peer, joined, &claims);
                 joined.claims = Arc::clone(&claims);
-                joined.token = Some(TokenDigest::of(token));
+                joined.token = Some(digest);
                 if joined.has_changes {
                     let subs = Arc::clone(&joined.subs);
                     self.subscribe_changes(&topic, subs, claims);

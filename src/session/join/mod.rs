@@ -476,11 +476,13 @@ impl Session {
         config: &JoinConfig,
         name: &str,
     ) -> Result<(Arc<Claims>, Option<TokenDigest>), Refusal> {
-        let token = config
+        let own = config
             .token
             .as_deref()
-            .filter(|t| !t.starts_with("sb_") && !self.params.apikey.is_of(t));
-        let Some(token) = token else {
+            .filter(|t| !t.starts_with("sb_"))
+            .map(|t| (t, TokenDigest::of(t)))
+            .filter(|(_, digest)| *digest != self.params.apikey);
+        let Some((token, digest)) = own else {
             // The socket's token was checked at connect; it may have expired since.
             let left = self.params.claims.seconds_left();
             if left <= 0 {
@@ -498,7 +500,7 @@ impl Session {
             return Ok((Arc::clone(&self.params.claims), None));
         };
         match self.services.verifier.verify(token) {
-            Ok(claims) => Ok((Arc::new(claims), Some(TokenDigest::of(token)))),
+            Ok(claims) => Ok((Arc::new(claims), Some(digest))),
             Err(e) => {
                 metrics::counter!("gateway_session_auth_failures_total").increment(1);
                 self.services.registry.auth_refused(
