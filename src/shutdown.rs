@@ -103,10 +103,14 @@ impl Shutdown {
             names: Arc::clone(&self.running),
             id,
         };
-        self.tracker.track_future(async move {
-            let _running = running;
-            task.await
-        })
+        // Not an async block: one that moved `task` in and awaited it would hold it twice
+        // (as its capture, then as what it awaits), and a session's task lives as long as
+        // its connection.
+        self.tracker
+            .track_future(futures_util::FutureExt::map(task, move |output| {
+                drop(running);
+                output
+            }))
     }
 
     /// Waits up to `timeout` for every tracked task to finish; logs the names of stragglers.

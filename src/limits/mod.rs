@@ -47,8 +47,8 @@ pub enum Error {
 pub struct Limits {
     requests: mpsc::UnboundedSender<Request>,
     max_connections: u32,
-    in_use: Arc<AtomicUsize>,
-    registry: Registry,
+    /// This node's count of open connections, and where their slots are given back.
+    held: Arc<Held>,
     /// Most channels one connection may join.
     pub max_channels_per_connection: usize,
     /// Limits per client address and user.
@@ -75,13 +75,21 @@ pub enum Acquired {
     Refused(client::Refused),
 }
 
+/// What every permit of a node shares: one pointer in each connection's task, not a copy.
+#[derive(Debug)]
+struct Held {
+    /// Open connections of this node.
+    in_use: AtomicUsize,
+    /// Where a dropped permit's slot is given back.
+    registry: Registry,
+}
+
 /// A held connection slot; dropping it frees the slot.
 #[derive(Debug)]
 pub struct ConnectionPermit {
     slot: i32,
     connection: Uuid,
-    registry: Registry,
-    in_use: Arc<AtomicUsize>,
+    held: Arc<Held>,
     client: Option<client::ClientGuard>,
 }
 
@@ -94,8 +102,8 @@ impl ConnectionPermit {
 
 impl Drop for ConnectionPermit {
     fn drop(&mut self) {
-        self.in_use.fetch_sub(1, Ordering::AcqRel);
-        self.registry.release_slot(self.slot, self.connection);
+        self.held.in_use.fetch_sub(1, Ordering::AcqRel);
+        self.held.registry.release_slot(self.slot, self.connection);
     }
 }
 
@@ -129,8 +137,10 @@ impl Limits {
         Limits {
             requests,
             max_connections,
-            in_use: Arc::default(),
-            registry,
+            held: Arc::new(Held {
+                in_use: AtomicUsize::new(0),
+                registry,
+            }),
             max_channels_per_connection: max_channels,
             clients,
         }
@@ -163,19 +173,18 @@ impl Limits {
             SlotAnswer::PerAddr => return Ok(Acquired::Refused(client::Refused::PerAddr)),
             SlotAnswer::PerUser => return Ok(Acquired::Refused(client::Refused::PerUser)),
         };
-        self.in_use.fetch_add(1, Ordering::AcqRel);
+        self.held.in_use.fetch_add(1, Ordering::AcqRel);
         Ok(Acquired::Permit(ConnectionPermit {
             slot,
             connection,
-            registry: self.registry.clone(),
-            in_use: Arc::clone(&self.in_use),
+            held: Arc::clone(&self.held),
             client: None,
         }))
     }
 
     /// This node's open connections.
     pub fn connections_in_use(&self) -> usize {
-        self.in_use.load(Ordering::Acquire)
+        self.held.in_use.load(Ordering::Acquire)
     }
 
     /// The cluster-wide cap.

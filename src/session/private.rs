@@ -165,13 +165,13 @@ impl Session {
             d.insert("role".into(), claims.db_role().into());
             d.insert(
                 "connection_id".into(),
-                self.params.connection_id.to_string().into(),
+                self.handle.connection_id.to_string().into(),
             );
         }
         self.services.registry.audit(
             "private_refused",
             claims.user_id(),
-            Some(self.params.peer),
+            Some(self.handle.peer),
             detail,
         );
     }

@@ -105,6 +105,10 @@ impl Batch {
 /// Writes queued frames to `outlet` until `token` is cancelled, the queue closes or the socket
 /// fails. A connection that can resume has a `track`: the writer records where each written
 /// batch leaves it in the change stream and follows change frames with a ping.
+///
+/// Between batches the writer holds only its arguments and two wake-ups (the queue's and the
+/// token's). A batch's write is boxed ([`write`]): the batch, its tallies and the flush take
+/// room only while they run, not in every idle connection's task.
 pub async fn run<W>(
     outlet: &mut Outlet<W>,
     queue: &mut Receiver,
@@ -114,7 +118,6 @@ pub async fn run<W>(
 where
     W: AsyncWrite + Unpin,
 {
-    let meters = METERS.get_or_init(Meters::new);
     loop {
         let first = tokio::select! {
             biased;
@@ -124,64 +127,83 @@ where
                 None => return Ended::QueueClosed,
             },
         };
-        // The rest of the batch under one lock; a fresh vector each time, so an idle
-        // connection holds no batch room.
-        let mut batch = vec![first];
-        queue.take_batch(&mut batch, MAX_BATCH - 1);
-        let frames = batch.len();
-        let mut bytes = 0;
-        let mut kinds = Batch::default();
-        // Stamps of frames for a resumable connection, by their place in the batch, and
-        // whether each is a change frame (not a marker).
-        let mut stamps = Vec::new();
-        for (i, frame) in batch.iter().enumerate() {
-            bytes += frame.len();
-            if let (Some(stamp), Some(_)) = (frame.stamp, track) {
-                stamps.push((i, stamp, !matches!(frame.body, Body::Marker)));
-            }
-            kinds.add(frame);
+        if let Some(ended) = Box::pin(write(first, outlet, queue, token, track)).await {
+            return ended;
         }
-        // Every frame is handed over at once; what a cancelled flush leaves goes out with the
-        // close frame.
-        for frame in batch {
-            feed(outlet, frame);
+    }
+}
+
+/// Writes `first` and what is queued behind it (up to [`MAX_BATCH`] frames); `Some` when the
+/// writer ends.
+async fn write<W>(
+    first: Frame,
+    outlet: &mut Outlet<W>,
+    queue: &mut Receiver,
+    token: &CancellationToken,
+    track: Option<&Track>,
+) -> Option<Ended>
+where
+    W: AsyncWrite + Unpin,
+{
+    let meters = METERS.get_or_init(Meters::new);
+    // The rest of the batch under one lock; a fresh vector each time, so an idle connection
+    // holds no batch room.
+    let mut batch = vec![first];
+    queue.take_batch(&mut batch, MAX_BATCH - 1);
+    let frames = batch.len();
+    let mut bytes = 0;
+    let mut kinds = Batch::default();
+    // Stamps of frames for a resumable connection, by their place in the batch, and whether
+    // each is a change frame (not a marker).
+    let mut stamps = Vec::new();
+    for (i, frame) in batch.iter().enumerate() {
+        bytes += frame.len();
+        if let (Some(stamp), Some(_)) = (frame.stamp, track) {
+            stamps.push((i, stamp, !matches!(frame.body, Body::Marker)));
         }
-        let result = tokio::select! {
-            biased;
-            // A slow consumer's flush may never finish: cancellation wins.
-            () = token.cancelled() => {
-                record(track, &stamps, frames, None);
-                return Ended::Cancelled;
-            }
-            result = outlet.flush() => result,
-        };
-        queue.written(bytes);
-        if result.is_err() {
-            return Ended::SocketError;
+        kinds.add(frame);
+    }
+    // Every frame is handed over at once; what a cancelled flush leaves goes out with the
+    // close frame.
+    for frame in batch {
+        feed(outlet, frame);
+    }
+    let result = tokio::select! {
+        biased;
+        // A slow consumer's flush may never finish: cancellation wins.
+        () = token.cancelled() => {
+            record(track, &stamps, frames, None);
+            return Some(Ended::Cancelled);
         }
-        meters.frames.increment(frames as u64);
-        meters.flushes.increment(1);
-        kinds.record(meters, SystemTime::now());
-        if let Some(track) = track {
-            // Read before looking at the queue: every frame of that span was queued before
-            // it was recorded as routed.
-            let completed = track.completed();
-            let whole = queue.is_empty().then_some(completed);
-            record(Some(track), &stamps, frames, whole);
-            if let Some(id) = track.ping_due() {
-                outlet.feed(frame::ping(&ping_payload(id)));
-                let ping = outlet.flush();
-                let sent = tokio::select! {
-                    biased;
-                    () = token.cancelled() => return Ended::Cancelled,
-                    sent = ping => sent,
-                };
-                if sent.is_err() {
-                    return Ended::SocketError;
-                }
+        result = outlet.flush() => result,
+    };
+    queue.written(bytes);
+    if result.is_err() {
+        return Some(Ended::SocketError);
+    }
+    meters.frames.increment(frames as u64);
+    meters.flushes.increment(1);
+    kinds.record(meters, SystemTime::now());
+    if let Some(track) = track {
+        // Read before looking at the queue: every frame of that span was queued before it was
+        // recorded as routed.
+        let completed = track.completed();
+        let whole = queue.is_empty().then_some(completed);
+        record(Some(track), &stamps, frames, whole);
+        if let Some(id) = track.ping_due() {
+            outlet.feed(frame::ping(&ping_payload(id)));
+            let ping = outlet.flush();
+            let sent = tokio::select! {
+                biased;
+                () = token.cancelled() => return Some(Ended::Cancelled),
+                sent = ping => sent,
+            };
+            if sent.is_err() {
+                return Some(Ended::SocketError);
             }
         }
     }
+    None
 }
 
 /// Records on `track` the stamps of the first `fed` frames of a batch, and `completed` (the last

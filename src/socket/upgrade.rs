@@ -10,6 +10,7 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
+use futures_util::future::{Either, FutureExt};
 use hyper::upgrade::{OnUpgrade, Upgraded};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
@@ -127,26 +128,24 @@ impl Upgrade {
         Fut: Future<Output = ()> + Send + 'static,
     {
         let accept = derive_accept_key(self.key.as_bytes());
-        let on_upgrade = self.on_upgrade;
-        // The task's memory is the largest of its states, held until the session ends: boxed,
-        // what `session` captures takes a pointer's room, and its box is freed once the session
-        // is built.
-        let session = Box::new(session);
-        tokio::spawn(async move {
-            let upgraded = match on_upgrade.await {
-                Ok(upgraded) => upgraded,
-                Err(e) => {
-                    tracing::debug!(error = %e, "websocket upgrade failed");
-                    return;
-                }
-            };
-            let (early, read, write) = split(upgraded);
-            session(Socket {
-                reader: Reader::new(early, read, limits),
-                outlet: Outlet::new(write),
-            })
-            .await;
+        // The task's memory is the largest of its states, held until the session ends. Its
+        // future is the upgrade, then the session, one in place of the other: the session's
+        // future is held once, and nothing of the upgrade is kept beside it (an async block
+        // would keep what it captured for as long as it runs).
+        let task = self.on_upgrade.then(move |upgraded| match upgraded {
+            Ok(upgraded) => {
+                let (early, read, write) = split(upgraded);
+                Either::Left(session(Socket {
+                    reader: Reader::new(early, read, limits),
+                    outlet: Outlet::new(write),
+                }))
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "websocket upgrade failed");
+                Either::Right(std::future::ready(()))
+            }
         });
+        tokio::spawn(task);
         let mut response = StatusCode::SWITCHING_PROTOCOLS.into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));

@@ -492,7 +492,7 @@ impl Session {
                     "join",
                     e.reason(),
                     self.params.claims.user_id(),
-                    Some(self.params.peer),
+                    Some(self.handle.peer),
                     json!({"channel": name, "message": e.to_string()}),
                 );
                 return Err(Refusal::Token(e.join_reason()));
@@ -507,7 +507,7 @@ impl Session {
                     "join",
                     e.reason(),
                     None,
-                    Some(self.params.peer),
+                    Some(self.handle.peer),
                     json!({"channel": name, "message": e.to_string()}),
                 );
                 self.count_auth_failure();
@@ -520,7 +520,7 @@ impl Session {
     /// join is refused anyway; a later upgrade from a blocked address is refused with 429).
     fn count_auth_failure(&self) {
         let clients = std::sync::Arc::clone(&self.services.limits.clients);
-        let addr = self.params.peer.ip();
+        let addr = self.handle.peer.ip();
         self.services
             .shutdown
             .spawn("auth_failure_count", async move {
@@ -566,17 +566,17 @@ impl Session {
             subscription_id: self
                 .services
                 .registry
-                .subscription_id(self.params.connection_id, jr),
+                .subscription_id(self.handle.connection_id, jr),
             channel_name: name.to_owned(),
             user_id: claims.user_id(),
             component_name: config
                 .component
                 .clone()
-                .or_else(|| self.params.component.clone()),
+                .or_else(|| self.handle.component.clone()),
             table_filters: serde_json::value::to_raw_value(&config.table_filters())
                 .unwrap_or_else(|_| serde_json::value::RawValue::NULL.to_owned()),
-            connection_id: self.params.connection_id,
-            remote_addr: self.params.peer.to_string(),
+            connection_id: self.handle.connection_id,
+            remote_addr: self.handle.peer.to_string(),
             created_at: chrono::Utc::now(),
         });
         registry_id
@@ -637,7 +637,7 @@ impl Session {
             claims,
         )
         .with_chan(chan)
-        .for_connection(self.params.connection_id);
+        .for_connection(self.handle.connection_id);
         self.services.router.subscribe(Arc::new(channel));
     }
 
