@@ -69,11 +69,11 @@ impl Shutdown {
         F::Output: Send + 'static,
     {
         let task = self.final_tracker.track_future(task);
-        tokio::spawn(async move {
-            let output = task.await;
+        // Not an async block, for the reason given in [`Shutdown::track`].
+        tokio::spawn(futures_util::FutureExt::map(task, move |output| {
             tracing::debug!(task = name, "final task ended");
             output
-        })
+        }))
     }
 
     /// Waits up to `timeout` for the tasks of the final tracker; logs when they overran.

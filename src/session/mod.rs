@@ -224,8 +224,8 @@ impl Session {
     }
 
     /// Runs the session until the socket closes or the session is cancelled. The future is not
-    /// boxed: it is held in the connection's task itself, whose allocation is rounded up to
-    /// 128 bytes anyway; one allocation per connection instead of two.
+    /// boxed: it is held in the connection's task itself (one allocation per connection, not
+    /// two), whose size is a multiple of 128 bytes since tokio aligns it to 128.
     ///
     /// Everything it logs is inside the `connection` span: the connection's id (the registry's
     /// `connection_id`), the socket token's `sub` and role, and the client's address. Never a
@@ -353,7 +353,7 @@ impl Session {
         let mut replication = self.next_replication_deadline();
         let mut stream_gone = false;
         // The wait for the change stream, boxed and only while a channel waits for it: most
-        // sessions never wait, and an idle session's future holds no room for it.
+        // sessions never wait, and an idle session's future holds only a pointer for it.
         let mut stream_wait: Option<Pin<Box<dyn Future<Output = bool> + Send>>> = None;
         // One timer for every deadline (token expiry, no channel, replication wait), reset only
         // when the earliest of them moves (not per message).
