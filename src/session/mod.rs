@@ -7,6 +7,7 @@
 //! session task alone. When the session ends — client close, shutdown, slow consumer, reaper —
 //! its subscriptions leave the router and the socket gets the close code of [`SessionEnd`].
 
+mod channels;
 pub mod close;
 pub mod handle;
 pub mod join;
@@ -19,7 +20,6 @@ mod private;
 mod relay;
 mod replication;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -117,8 +117,8 @@ struct Params {
 struct Joined {
     /// The membership's join ref.
     join_ref: Option<String>,
-    /// The channel name (topic without `realtime:`).
-    name: String,
+    /// The full topic, `realtime:<name>` (the key of [`channels::Channels`]).
+    topic: String,
     /// The channel token's claims.
     claims: Arc<Claims>,
     /// The digest of the channel's token, if it differs from the socket's.
@@ -144,6 +144,13 @@ struct Joined {
     chan: u32,
 }
 
+impl Joined {
+    /// The channel name (the topic without `realtime:`).
+    fn name(&self) -> &str {
+        self.topic.strip_prefix("realtime:").unwrap_or(&self.topic)
+    }
+}
+
 /// One connection's session task.
 #[derive(Debug)]
 pub struct Session {
@@ -153,8 +160,8 @@ pub struct Session {
     handle: Arc<SessionHandle>,
     outbound: Outbound,
     queue: Option<outbound::Receiver>,
-    /// Joined channels; boxed, so the map's empty buckets stay small.
-    channels: HashMap<String, Box<Joined>>,
+    /// Joined channels, by topic.
+    channels: channels::Channels,
     /// Joins per second ([`crate::limits::rate`]).
     join_rate: TokenBucket,
     /// Client events per second.
@@ -214,7 +221,7 @@ impl Session {
             handle,
             outbound,
             queue: Some(queue),
-            channels: HashMap::new(),
+            channels: channels::Channels::default(),
             join_rate,
             event_rate,
             rate_audited: None,
@@ -332,7 +339,7 @@ impl Session {
     }
 
     fn cleanup(&mut self, end: SessionEnd) {
-        let topics: Vec<String> = self.channels.keys().cloned().collect();
+        let topics: Vec<String> = self.channels.topics().map(str::to_owned).collect();
         for topic in topics {
             self.leave(&topic, end.registry_reason());
         }
@@ -526,9 +533,9 @@ impl Session {
         let now = crate::auth::now_secs();
         let expired: Vec<String> = self
             .channels
-            .iter()
-            .filter(|(_, j)| j.claims.exp <= now)
-            .map(|(topic, _)| topic.clone())
+            .values()
+            .filter(|j| j.claims.exp <= now)
+            .map(|j| j.topic.clone())
             .collect();
         for topic in expired {
             let Some(joined) = self.leave(&topic, "token_expired") else {
@@ -540,12 +547,12 @@ impl Session {
                 "token_expired",
                 joined.claims.user_id(),
                 Some(self.handle.peer),
-                json!({"channel": joined.name, "expired_s_ago": ago}),
+                json!({"channel": joined.name(), "expired_s_ago": ago}),
             );
             let jr = joined.join_ref.as_deref();
             let system = json!({"extension": "system", "status": "error",
                                 "message": format!("Token has expired {ago} seconds ago"),
-                                "reason": "token_expired", "channel": joined.name});
+                                "reason": "token_expired", "channel": joined.name()});
             self.push_json(jr, None, &topic, "system", &system);
             self.push_json(jr, jr, &topic, "phx_close", &json!({}));
         }
@@ -712,7 +719,7 @@ impl Session {
             }
             Err(e) => {
                 let (services, peer) = (&self.services, Some(self.handle.peer));
-                let detail = json!({"channel": joined.name, "message": e.to_string()});
+                let detail = json!({"channel": joined.name(), "message": e.to_string()});
                 let user = joined.claims.user_id();
                 services
                     .registry
@@ -720,7 +727,7 @@ impl Session {
                 if let Some(joined) = self.leave(&topic, "token_expired") {
                     let jr = joined.join_ref.as_deref();
                     let system = json!({"extension": "system", "status": "error",
-                                        "message": e.to_string(), "channel": joined.name});
+                                        "message": e.to_string(), "channel": joined.name()});
                     self.push_json(jr, None, &topic, "system", &system);
                     self.push_json(jr, jr, &topic, "phx_close", &json!({}));
                 }
@@ -757,12 +764,12 @@ fn identity_changed(services: &Services, peer: SocketAddr, joined: &Joined, new:
         return;
     }
     metrics::counter!("gateway_session_identity_changes_total").increment(1);
-    tracing::debug!(channel = %joined.name, "channel token names another identity");
+    tracing::debug!(channel = %joined.name(), "channel token names another identity");
     services.registry.audit(
         "token_identity_changed",
         new.user_id(),
         Some(peer),
-        json!({"channel": joined.name, "old_sub": old.sub, "new_sub": new.sub,
+        json!({"channel": joined.name(), "old_sub": old.sub, "new_sub": new.sub,
                "old_role": old.role, "new_role": new.role}),
     );
     if old.user_id() != new.user_id() {

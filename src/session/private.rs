@@ -88,7 +88,7 @@ impl Joined {
 
     /// The channel's key in the broadcast hub (a private channel is not its public namesake).
     pub(super) fn hub_key(&self) -> Cow<'_, str> {
-        broadcast::channel_key(&self.name, self.private.is_some())
+        broadcast::channel_key(self.name(), self.private.is_some())
     }
 }
 
@@ -202,7 +202,7 @@ impl Session {
         }
         slot.audited = Some(now);
         let refused = std::mem::take(&mut slot.count);
-        let (name, claims) = (joined.name.clone(), Arc::clone(&joined.claims));
+        let (name, claims) = (joined.name().to_owned(), Arc::clone(&joined.claims));
         let detail = json!({ "refused_since_last_record": refused });
         self.private_refused(denied.kind(), "denied", &name, &claims, detail);
         false
@@ -241,7 +241,7 @@ impl Session {
         let Some(before) = self.channels.get(topic).and_then(|j| j.private) else {
             return true;
         };
-        let Some(name) = self.channels.get(topic).map(|j| j.name.clone()) else {
+        let Some(name) = self.channels.get(topic).map(|j| j.name().to_owned()) else {
             return false;
         };
         let checked = self
@@ -275,7 +275,7 @@ impl Session {
         if let Some(joined) = self.leave(topic, "token_expired") {
             let jr = joined.join_ref.as_deref();
             let system = json!({"extension": "system", "status": "error", "message": message,
-                                "reason": "unauthorized", "channel": joined.name});
+                                "reason": "unauthorized", "channel": joined.name()});
             self.push_json(jr, None, topic, "system", &system);
             self.push_json(jr, jr, topic, "phx_close", &json!({}));
         }

@@ -66,7 +66,7 @@ impl Session {
             let ack = self.channels.get(&msg.topic).filter(|j| j.hub.ack);
             if let Some(joined) = ack {
                 let (jr, r) = (msg.join_ref.as_deref(), msg.msg_ref.as_deref());
-                let reason = Denied::Broadcast.reason(&joined.name);
+                let reason = Denied::Broadcast.reason(joined.name());
                 self.reply(jr, r, &msg.topic, "error", json!({ "reason": reason }));
             }
             return;
@@ -101,7 +101,7 @@ impl Session {
             },
         };
         let sent = self.services.hub.send(
-            &joined.name,
+            joined.name(),
             joined.private.is_some(),
             Some(self.id),
             &message,
@@ -167,9 +167,9 @@ impl Session {
                 let size = serde_json::to_string(&tracked).map_or(0, |t| t.len()) + key.len();
                 let elsewhere: usize = self
                     .channels
-                    .iter()
-                    .filter(|(t, _)| t.as_str() != topic)
-                    .map(|(_, j)| j.tracked_bytes)
+                    .values()
+                    .filter(|j| j.topic != topic)
+                    .map(|j| j.tracked_bytes)
                     .sum();
                 let limit = self.services.config.max_presence_bytes_per_connection;
                 if elsewhere + size > limit {

@@ -45,9 +45,9 @@ impl Session {
     pub(super) fn replication_up(&mut self) {
         let waiting: Vec<String> = self
             .channels
-            .iter()
-            .filter(|(_, joined)| joined.replication_deadline.is_some())
-            .map(|(topic, _)| topic.clone())
+            .values()
+            .filter(|joined| joined.replication_deadline.is_some())
+            .map(|joined| joined.topic.clone())
             .collect();
         for topic in waiting {
             self.replication_established(&topic);
@@ -59,9 +59,9 @@ impl Session {
     pub(super) fn replication_timed_out(&mut self, now: tokio::time::Instant) {
         let late: Vec<String> = self
             .channels
-            .iter()
-            .filter(|(_, joined)| joined.replication_deadline.is_some_and(|at| at <= now))
-            .map(|(topic, _)| topic.clone())
+            .values()
+            .filter(|joined| joined.replication_deadline.is_some_and(|at| at <= now))
+            .map(|joined| joined.topic.clone())
             .collect();
         for topic in late {
             let Some(joined) = self.leave(&topic, "replication_timeout") else {
@@ -71,7 +71,7 @@ impl Session {
             tracing::debug!(topic = %topic, "change stream not ready in time");
             let jr = joined.join_ref.as_deref();
             let system = json!({"extension": "system", "status": "error",
-                                "message": NOT_IN_TIME, "channel": joined.name});
+                                "message": NOT_IN_TIME, "channel": joined.name()});
             self.push_json(jr, None, &topic, "system", &system);
             self.push_json(jr, jr, &topic, "phx_close", &json!({}));
         }
@@ -83,7 +83,7 @@ impl Session {
         };
         joined.replication_deadline = None;
         let system = json!({"extension": "system", "status": "ok",
-                            "message": ESTABLISHED, "channel": joined.name});
+                            "message": ESTABLISHED, "channel": joined.name()});
         let jr = joined.join_ref.clone();
         self.push_json(jr.as_deref(), None, topic, "system", &system);
     }

@@ -415,24 +415,21 @@ impl Session {
             replication_ready,
             ..
         } = config;
-        self.channels.insert(
-            topic.clone(),
-            Box::new(Joined {
-                join_ref: jr.clone(),
-                name: name.clone(),
-                claims: Arc::clone(&claims),
-                token,
-                has_changes: false,
-                subs: Arc::from([]),
-                registry_id,
-                hub: membership,
-                tracked_bytes: 0,
-                private,
-                denied: Default::default(),
-                replication_deadline: None,
-                chan,
-            }),
-        );
+        self.channels.insert(Box::new(Joined {
+            join_ref: jr.clone(),
+            topic: topic.clone(),
+            claims: Arc::clone(&claims),
+            token,
+            has_changes: false,
+            subs: Arc::from([]),
+            registry_id,
+            hub: membership,
+            tracked_bytes: 0,
+            private,
+            denied: Default::default(),
+            replication_deadline: None,
+            chan,
+        }));
         if replayed.is_none() {
             self.join_hub(&topic);
         }

@@ -293,14 +293,14 @@ impl Session {
         let by_chan: HashMap<u32, Position> = positions.into_iter().collect();
         let (mut topics, mut identities, mut stored, mut hold_ids, mut hold_xmins) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for (topic, joined) in &self.channels {
+        for joined in self.channels.values() {
             let Some(position) = by_chan.get(&joined.chan).filter(|_| joined.has_changes) else {
                 continue;
             };
             let Ok(text) = serde_json::to_string(position) else {
                 continue;
             };
-            topics.push(topic.clone());
+            topics.push(joined.topic.clone());
             identities.push(identity(&joined.claims));
             stored.push(text);
             hold_ids.push(position.before.max_id);
