@@ -95,7 +95,9 @@ async fn a_channel_ends_when_its_token_expires_unless_refreshed() {
 async fn a_socket_token_that_expired_cannot_join() {
     let db = TestDb::new().await;
     let gw = TestGateway::start(&db).await;
-    let mut c = WsClient::connect(&gw.ws_url(&token_for(1), "2.0.0")).await;
+    // Two seconds, not one: `exp` has whole seconds, so a one-second token signed late in a
+    // second has expired a few milliseconds later, before a loaded machine upgrades the socket.
+    let mut c = WsClient::connect(&gw.ws_url(&token_for(2), "2.0.0")).await;
     let reply = c.join("realtime:first", json!({})).await;
     assert_eq!(reply["status"], "ok");
     // The first channel ends when the socket's token expires ...
