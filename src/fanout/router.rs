@@ -161,8 +161,10 @@ pub struct Stats {
 #[derive(Debug, Default)]
 pub struct Router {
     pub(super) by_table: DashMap<TableKey, Arc<DashMap<ChannelKey, Arc<PgChannel>>>>,
-    /// Where each channel is registered, to remove it, and its number of subscriptions.
-    registered: DashMap<ChannelKey, (HashSet<TableKey>, usize)>,
+    /// Where each channel is registered, to remove it, and its number of subscriptions. A
+    /// slice, not a set: a channel names a table or a few, and a set's first allocation took
+    /// more than 200 bytes for one.
+    registered: DashMap<ChannelKey, (Box<[TableKey]>, usize)>,
     /// What the router did so far.
     pub stats: Stats,
     /// The recent changes of each table and what became of them (delivery diagnostics).
@@ -229,11 +231,14 @@ impl Router {
             let map = self.by_table.entry(table.clone()).or_default();
             replaced = map.insert(key.clone(), Arc::clone(&channel)).or(replaced);
         }
-        let old = self
-            .registered
-            .insert(key.clone(), (keys.clone(), channel.subs.len()));
-        for stale in old.unwrap_or_default().0.difference(&keys) {
-            replaced = self.remove_from(stale, &key).or(replaced);
+        let old = self.registered.insert(
+            key.clone(),
+            (keys.iter().cloned().collect(), channel.subs.len()),
+        );
+        for stale in old.iter().flat_map(|(old, _)| old.iter()) {
+            if !keys.contains(stale) {
+                replaced = self.remove_from(stale, &key).or(replaced);
+            }
         }
         self.trace.departed(replaced);
     }
@@ -243,7 +248,7 @@ impl Router {
         if let Some((_, (keys, _))) = self.registered.remove(key) {
             crate::room::give_back_shared(&self.registered);
             let mut left = None;
-            for table in &keys {
+            for table in keys.iter() {
                 left = self.remove_from(table, key).or(left);
             }
             self.trace.departed(left);

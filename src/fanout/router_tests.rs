@@ -168,3 +168,49 @@ fn ids_are_listed_once_in_join_order() {
         frame.as_str()
     );
 }
+
+/// A channel registered again with other tables leaves the tables it no longer names, keeps
+/// the ones it still names, and leaves every one of them when it unsubscribes.
+#[test]
+fn a_channel_registered_again_leaves_the_tables_it_no_longer_names() {
+    let on = |table: &str, id: u32| PgSub {
+        table: table.into(),
+        ..sub(id)
+    };
+    let router = Router::new();
+    let _queue = join(
+        &router,
+        1,
+        "realtime:room",
+        vec![on("items", 1), on("orders", 2)],
+    );
+    let tables = |router: &Router| {
+        let mut names: Vec<String> = router
+            .by_table
+            .iter()
+            .map(|entry| entry.key().1.clone())
+            .collect();
+        names.sort();
+        names
+    };
+    assert_eq!(tables(&router), ["items", "orders"]);
+    assert_eq!(router.subscription_count(), 2);
+    let _queue = join(
+        &router,
+        1,
+        "realtime:room",
+        vec![on("orders", 3), on("users", 4)],
+    );
+    assert_eq!(tables(&router), ["orders", "users"]);
+    assert_eq!(router.channel_count(), 1);
+    assert_eq!(router.subscription_count(), 2);
+    let mut wakes = Wakes::default();
+    let routed = router.route(&change(), Sight::everything(), 1 << 20, &mut wakes);
+    assert_eq!(routed.delivered, 0, "a change of items reaches nobody");
+    router.unsubscribe(&ChannelKey {
+        conn: 1,
+        topic: Arc::from("realtime:room"),
+    });
+    assert!(tables(&router).is_empty());
+    assert_eq!(router.channel_count(), 0);
+}
