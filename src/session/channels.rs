@@ -2,9 +2,10 @@
 //!
 //! A vector of boxed channels sorted by topic: lookups are a binary search, a join or a leave
 //! moves pointers. Each channel holds its own topic, so the topic is kept once. An idle
-//! connection usually has one channel: the table then takes one pointer's room (a hash map's
-//! first allocation, with the topic as its key, took 152 bytes and a second copy of the
-//! topic). A connection has at most `--max-channels-per-connection` channels.
+//! connection usually has one channel: the table then takes one allocation of four pointers,
+//! 32 bytes (a hash map's first allocation, with the topic as its key, took 152 bytes and a
+//! second copy of the topic). A connection has at most `--max-channels-per-connection`
+//! channels; leaving them all takes them from the end, so no removal moves the others.
 
 use super::Joined;
 

@@ -340,7 +340,8 @@ impl Session {
 
     fn cleanup(&mut self, end: SessionEnd) {
         let topics: Vec<String> = self.channels.topics().map(str::to_owned).collect();
-        for topic in topics {
+        // From the last topic: each leave then removes the table's last channel.
+        for topic in topics.into_iter().rev() {
             self.leave(&topic, end.registry_reason());
         }
         self.services.sessions.remove(self.id);
