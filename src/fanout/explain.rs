@@ -69,7 +69,7 @@ impl Subscriber {
 
     /// The channel name (the topic without `realtime:`).
     pub fn name(&self) -> &str {
-        self.topic.strip_prefix("realtime:").unwrap_or(&self.topic)
+        crate::protocol::channel_name(&self.topic)
     }
 
     fn registered_at(&self, seq: u64) -> bool {

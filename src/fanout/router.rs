@@ -302,11 +302,7 @@ impl Router {
             if !seen.insert(channel.key.clone()) {
                 continue;
             }
-            let name = channel
-                .key
-                .topic
-                .strip_prefix("realtime:")
-                .unwrap_or(&channel.key.topic);
+            let name = protocol::channel_name(&channel.key.topic);
             let text = protocol::encode_text(
                 channel.vsn,
                 None,

@@ -53,6 +53,15 @@ const V1_NULL_REF_SUFFIX: &str = ",\"ref\":null}";
 /// What `frame_suffix` returns for every vsn 2 frame.
 const V2_SUFFIX: &str = "]";
 
+/// What every channel's topic starts with: `realtime:<name>`.
+pub const TOPIC_PREFIX: &str = "realtime:";
+
+/// The channel name of `topic` (the topic without [`TOPIC_PREFIX`]); a topic without the
+/// prefix is its own name.
+pub fn channel_name(topic: &str) -> &str {
+    topic.strip_prefix(TOPIC_PREFIX).unwrap_or(topic)
+}
+
 /// Longest `ref` or `join_ref` accepted (clients send short counters).
 pub const MAX_REF_BYTES: usize = 255;
 

@@ -147,7 +147,7 @@ struct Joined {
 impl Joined {
     /// The channel name (the topic without `realtime:`).
     fn name(&self) -> &str {
-        self.topic.strip_prefix("realtime:").unwrap_or(&self.topic)
+        protocol::channel_name(&self.topic)
     }
 }
 

@@ -123,7 +123,7 @@ fn by_messages(state: &AppState, limit: usize) -> Vec<ChannelMessages> {
     let services = &state.session;
     let mut changes: HashMap<String, u64> = HashMap::new();
     services.router.for_each_channel(|topic, delivered| {
-        let name = topic.strip_prefix("realtime:").unwrap_or(topic);
+        let name = crate::protocol::channel_name(topic);
         *changes.entry(name.to_owned()).or_default() += delivered;
     });
     let mut out: Vec<ChannelMessages> = services

@@ -178,7 +178,7 @@ async fn single(
         Ok(message) => message,
         Err(e) => return respond(Err(e)),
     };
-    let topic = topic.strip_prefix("realtime:").unwrap_or(&topic);
+    let topic = crate::protocol::channel_name(&topic);
     if private {
         if let Err(e) = private::authorize(&state, &claims, addr, [topic]).await {
             return respond(Err(e));
@@ -316,7 +316,7 @@ fn batch_messages(body: &[u8], bounds: RestBounds) -> Result<Vec<(String, bool, 
                 None => return Err(Error::Invalid(format!("messages[{i}].id must be a string"))),
             },
         };
-        let topic = topic.strip_prefix("realtime:").unwrap_or(&topic);
+        let topic = crate::protocol::channel_name(&topic);
         bounds.check(topic, &event)?;
         out.push((
             topic.to_owned(),

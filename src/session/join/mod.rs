@@ -322,7 +322,7 @@ impl Session {
             InboundPayload::Json(payload) => JoinConfig::parse(payload),
             InboundPayload::Raw(_) | InboundPayload::Binary(_) => JoinConfig::parse(&Value::Null),
         };
-        let Some(name) = topic.strip_prefix("realtime:") else {
+        let Some(name) = topic.strip_prefix(protocol::TOPIC_PREFIX) else {
             let reason = json!({"reason": "unmatched topic"});
             self.reply(jr.as_deref(), r.as_deref(), &topic, "error", reason);
             return;
