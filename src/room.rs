@@ -1,11 +1,10 @@
 //! Maps that give their room back. A hash map keeps its capacity when entries leave, so a map of
-//! connections or channels would hold, for good, the room of its busiest moment: the registry's
-//! copy of the open channels (208 bytes a slot) that once held 15,000 keeps 32,768 slots,
-//! 6.5 MiB, after they are gone. After a removal, a map at most a quarter full shrinks; the next
-//! shrink needs the map to fall to a quarter of its new room again, so the rehashing stays a
-//! small, amortized cost.
+//! connections or channels would hold, for good, the room of its busiest moment: a map of
+//! 208-byte entries that once held 15,000 keeps 32,768 slots, 6.5 MiB, after they are gone.
+//! After a removal, a map at most a quarter full shrinks; the next shrink needs the map to fall
+//! to a quarter of its new room again, so the rehashing stays a small, amortized cost.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, Hash};
 
 use dashmap::DashMap;
@@ -20,6 +19,14 @@ pub fn give_back<K: Eq + Hash, V, S: BuildHasher>(map: &mut HashMap<K, V, S>) {
     let room = (map.len() * 2).max(KEEP);
     if map.capacity() > room * 2 {
         map.shrink_to(room);
+    }
+}
+
+/// [`give_back`] for a set.
+pub fn give_back_set<T: Eq + Hash, S: BuildHasher>(set: &mut HashSet<T, S>) {
+    let room = (set.len() * 2).max(KEEP);
+    if set.capacity() > room * 2 {
+        set.shrink_to(room);
     }
 }
 
@@ -47,6 +54,17 @@ mod tests {
             give_back(&mut map);
         }
         assert!(map.capacity() < KEEP * 2, "{} of {peak}", map.capacity());
+
+        let mut set = HashSet::new();
+        for i in 0..100_000u64 {
+            set.insert(i);
+        }
+        let peak = set.capacity();
+        for i in 0..100_000u64 {
+            set.remove(&i);
+            give_back_set(&mut set);
+        }
+        assert!(set.capacity() < KEEP * 2, "{} of {peak}", set.capacity());
 
         let shared = DashMap::new();
         for i in 0..100_000u64 {

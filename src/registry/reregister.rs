@@ -100,18 +100,16 @@ pub(super) async fn reregister(
         // Their rows stay closed, for the reason they end; the sessions' own ends find them
         // closed already (a row joined during the outage ends with the same reason).
         let ended: Vec<Uuid> = live
-            .rows
-            .values()
+            .rows()
             .filter(|r| victims.contains(&r.connection_id))
             .map(|r| r.id)
             .collect();
         store::mark_reclaimed(pool, &ended).await?;
     }
     let rows: Vec<(JoinRow, RowEnd)> = live
-        .rows
-        .values()
+        .rows()
         .filter(|r| !victims.contains(&r.connection_id))
-        .map(|r| (r.clone(), None))
+        .map(|r| (r.to_row(), None))
         .collect();
     let total = rows.len();
     let written = write_split(

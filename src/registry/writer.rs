@@ -377,6 +377,8 @@ impl Writer {
 
     async fn flush_inserts(&mut self) -> bool {
         let rows: Vec<(JoinRow, RowEnd)> = self.pending.inserts.drain().map(|(_, r)| r).collect();
+        // Not the room of a storm of joins, kept for good.
+        crate::room::give_back(&mut self.pending.inserts);
         let mut complete = true;
         for chunk in chunks(rows) {
             let written = self.insert(chunk, self.check_users).await;
@@ -435,6 +437,7 @@ impl Writer {
 
     async fn flush_closes(&mut self) -> bool {
         let rows: Vec<(Uuid, RowClose)> = self.pending.closes.drain().collect();
+        crate::room::give_back(&mut self.pending.closes);
         let mut complete = true;
         for chunk in chunks(rows) {
             let pool = self.pool.clone();
