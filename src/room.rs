@@ -1,6 +1,6 @@
 //! Maps that give their room back. A hash map keeps its capacity when entries leave, so a map of
 //! connections or channels would hold, for good, the room of its busiest moment: a map of
-//! 208-byte entries that once held 15,000 keeps 32,768 slots, 6.5 MiB, after they are gone.
+//! 192-byte entries that once held 15,000 keeps 32,768 slots, 6.0 MiB, after they are gone.
 //! After a removal, a map at most a quarter full shrinks; the next shrink needs the map to fall
 //! to a quarter of its new room again, so the rehashing stays a small, amortized cost.
 
