@@ -67,9 +67,18 @@ fn count_refusal(kind: &'static str, cause: &'static str) {
         .increment(1);
 }
 
-/// Refused sends of one channel not audited yet, per [`Denied`] kind.
+/// Refused sends of one channel not audited yet, per [`Denied`] kind; nothing until the first
+/// refusal (a pointer in every channel, not the 48 bytes of both kinds).
 #[derive(Debug, Default)]
-pub(super) struct DeniedSends([DeniedKind; 2]);
+pub(super) struct DeniedSends(Option<Box<[DeniedKind; 2]>>);
+
+impl DeniedSends {
+    /// The refusals of `denied`'s kind.
+    fn of(&mut self, denied: Denied) -> &mut DeniedKind {
+        let kinds = self.0.get_or_insert_with(Box::default);
+        &mut kinds[usize::from(denied == Denied::Track)]
+    }
+}
 
 /// Refused sends of one kind.
 #[derive(Debug, Default)]
@@ -190,7 +199,7 @@ impl Session {
         if allowed {
             return true;
         }
-        let slot = &mut joined.denied.0[usize::from(denied == Denied::Track)];
+        let slot = joined.denied.of(denied);
         slot.count += 1;
         let now = tokio::time::Instant::now();
         let due = slot
@@ -299,5 +308,15 @@ mod tests {
             read_revoked_text("r"),
             "You no longer have permission to read from this Channel topic: r"
         );
+    }
+
+    #[test]
+    fn refused_sends_are_kept_per_kind_from_the_first() {
+        let mut denied = DeniedSends::default();
+        assert!(denied.0.is_none(), "nothing is held before a refusal");
+        denied.of(Denied::Broadcast).count += 2;
+        denied.of(Denied::Track).count += 1;
+        assert_eq!(denied.of(Denied::Broadcast).count, 2);
+        assert_eq!(denied.of(Denied::Track).count, 1);
     }
 }

@@ -168,7 +168,7 @@ impl Session {
                 let elsewhere: usize = self
                     .channels
                     .values()
-                    .filter(|j| j.topic != topic)
+                    .filter(|j| &*j.topic != topic)
                     .map(|j| j.tracked_bytes)
                     .sum();
                 let limit = self.services.config.max_presence_bytes_per_connection;

@@ -47,7 +47,7 @@ impl Session {
             .channels
             .values()
             .filter(|joined| joined.replication_deadline.is_some())
-            .map(|joined| joined.topic.clone())
+            .map(|joined| joined.topic.to_string())
             .collect();
         for topic in waiting {
             self.replication_established(&topic);
@@ -61,7 +61,7 @@ impl Session {
             .channels
             .values()
             .filter(|joined| joined.replication_deadline.is_some_and(|at| at <= now))
-            .map(|joined| joined.topic.clone())
+            .map(|joined| joined.topic.to_string())
             .collect();
         for topic in late {
             let Some(joined) = self.leave(&topic, "replication_timeout") else {

@@ -416,10 +416,10 @@ impl Session {
             ..
         } = config;
         self.channels.insert(Box::new(Joined {
-            join_ref: jr.clone(),
-            topic: topic.clone(),
+            join_ref: jr.as_deref().map(Box::from),
+            topic: topic.as_str().into(),
             claims: Arc::clone(&claims),
-            token,
+            token: token.map(Box::new),
             has_changes: false,
             subs: Arc::from([]),
             registry_id,

@@ -300,7 +300,7 @@ impl Session {
             let Ok(text) = serde_json::to_string(position) else {
                 continue;
             };
-            topics.push(joined.topic.clone());
+            topics.push(joined.topic.to_string());
             identities.push(identity(&joined.claims));
             stored.push(text);
             hold_ids.push(position.before.max_id);
