@@ -121,8 +121,8 @@ struct Joined {
     topic: Box<str>,
     /// The channel token's claims.
     claims: Arc<Claims>,
-    /// The digest of the channel's token, if it differs from the socket's (boxed: most
-    /// channels have none, and hold a pointer rather than 33 bytes).
+    /// The digest of the channel's token, if it differs from the socket's (boxed: a channel
+    /// joined with the socket's token holds a pointer rather than 33 bytes).
     token: Option<Box<TokenDigest>>,
     /// Whether Postgres Changes subscriptions are registered for it.
     has_changes: bool,
@@ -145,8 +145,9 @@ struct Joined {
     chan: u32,
 }
 
-// Every joined channel is one allocation of this size: 160 bytes in mimalloc's size classes
-// (it was 240, in the 256-byte class, before the rare parts were boxed).
+// Every joined channel is one allocation of this size: 160 bytes in the size classes of
+// mimalloc, the default allocator (it was 240, in the 256-byte class, before the token's
+// digest and the refused sends were boxed).
 const _: () = assert!(std::mem::size_of::<Joined>() <= 160);
 
 impl Joined {
