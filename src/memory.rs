@@ -7,9 +7,9 @@
 //! steps. Measured with `loadtest` (BENCHMARKS.md, "Memory per connection since the previous
 //! run"), huge pages held about 1.6 KiB more per idle connection and 11 MiB more at rest, and
 //! after a connection storm they kept anywhere from 1.6 to 17 MiB (2.6 to 3.9 MiB without);
-//! the CPU they save on TLB misses was within the runs' spread. mimalloc is built without its huge-page advice (the `no_thp`
-//! feature), and [`no_huge_pages`] turns them off for the process, for systems whose setting
-//! gives them to every mapping (`always`).
+//! the CPU they save on TLB misses was within the runs' spread. mimalloc is built without its
+//! huge-page advice (the `no_thp` feature), and [`no_huge_pages`] turns them off for the
+//! process, for systems whose setting gives them to every mapping (`always`).
 
 /// Turns transparent huge pages off for this process (and the processes it starts, such as
 /// local mode's PostgreSQL). Called first thing in `main`, before the heap grows. An error (a

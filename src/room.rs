@@ -12,20 +12,24 @@ use dashmap::DashMap;
 /// Maps with less room than this are left as they are.
 const KEEP: usize = 64;
 
-/// Shrinks `map` to twice its length (at least [`KEEP`]) when it has more than twice that room,
-/// so at most a quarter full. A shrunk map has less than twice the room asked for, so the next
-/// removal does not shrink it again.
+/// The room to shrink to: twice `len` (at least [`KEEP`]), when `capacity` is more than twice
+/// that, so at most a quarter full. A shrunk collection has less than twice the room asked
+/// for, so the next removal does not shrink it again.
+fn shrunk_room(len: usize, capacity: usize) -> Option<usize> {
+    let room = (len * 2).max(KEEP);
+    (capacity > room * 2).then_some(room)
+}
+
+/// Shrinks `map` when it is at most a quarter full ([`shrunk_room`]).
 pub fn give_back<K: Eq + Hash, V, S: BuildHasher>(map: &mut HashMap<K, V, S>) {
-    let room = (map.len() * 2).max(KEEP);
-    if map.capacity() > room * 2 {
+    if let Some(room) = shrunk_room(map.len(), map.capacity()) {
         map.shrink_to(room);
     }
 }
 
 /// [`give_back`] for a set.
 pub fn give_back_set<T: Eq + Hash, S: BuildHasher>(set: &mut HashSet<T, S>) {
-    let room = (set.len() * 2).max(KEEP);
-    if set.capacity() > room * 2 {
+    if let Some(room) = shrunk_room(set.len(), set.capacity()) {
         set.shrink_to(room);
     }
 }

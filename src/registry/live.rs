@@ -245,6 +245,11 @@ mod tests {
         }
     }
 
+    /// The rows kept, as they would be written again.
+    fn kept(live: &Live) -> Vec<JoinRow> {
+        live.rows().map(LiveRow::to_row).collect()
+    }
+
     fn same(a: &JoinRow, b: &JoinRow) {
         assert_eq!(a.id, b.id);
         assert_eq!(a.subscription_id, b.subscription_id);
@@ -271,7 +276,7 @@ mod tests {
             let row = join_row(texts, component, user.map(Uuid::from_u128), &filters);
             let mut live = Live::default();
             live.joined(&row);
-            let kept: Vec<JoinRow> = live.rows().map(LiveRow::to_row).collect();
+            let kept = kept(&live);
             prop_assert_eq!(kept.len(), 1);
             same(&kept[0], &row);
         }
@@ -291,20 +296,20 @@ mod tests {
         let user = Uuid::new_v4();
         live.user_changed(b.id, Some(user));
         live.user_changed(Uuid::new_v4(), Some(user));
-        let mut kept: Vec<JoinRow> = live.rows().map(LiveRow::to_row).collect();
-        kept.sort_by_key(|r| r.id == b.id);
-        same(&kept[0], &a);
-        assert_eq!(kept[1].user_id, Some(user));
+        let mut rows = kept(&live);
+        rows.sort_by_key(|r| r.id == b.id);
+        same(&rows[0], &a);
+        assert_eq!(rows[1].user_id, Some(user));
         live.left(a.id);
-        let kept: Vec<Uuid> = live.rows().map(|r| r.id).collect();
-        assert_eq!(kept, vec![b.id]);
+        let ids: Vec<Uuid> = live.rows().map(|r| r.id).collect();
+        assert_eq!(ids, vec![b.id]);
         // A row reported again under its id replaces the one kept.
         let mut again = join_row(texts(), Some("d".into()), None, &filters);
         again.id = b.id;
         live.joined(&again);
-        let kept: Vec<JoinRow> = live.rows().map(LiveRow::to_row).collect();
-        assert_eq!(kept.len(), 1);
-        same(&kept[0], &again);
+        let rows = kept(&live);
+        assert_eq!(rows.len(), 1);
+        same(&rows[0], &again);
     }
 
     #[test]
