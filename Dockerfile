@@ -14,6 +14,7 @@ RUN mkdir -p src loadtest/src \
  && cargo build --release --locked -p realtime-gateway \
  && rm -rf src loadtest/src
 COPY src src
+COPY build.rs build.rs
 COPY migrations migrations
 COPY loadtest/src loadtest/src
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked -p realtime-gateway
