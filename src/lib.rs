@@ -177,7 +177,7 @@ impl Gateway {
                 registry.clone(),
                 config.max_connections,
                 config.max_channels_per_connection,
-                limits::client::ClientLimits::new(pool.clone(), &config),
+                limits::client::ClientLimits::new(pool.clone(), &config, &shutdown),
                 &shutdown,
             ),
             registry,

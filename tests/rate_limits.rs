@@ -99,6 +99,40 @@ async fn failed_authentications_are_limited_per_address_across_nodes() {
     b.stop().await.unwrap();
 }
 
+/// Upgrades arriving together have their addresses looked up together, in one statement per
+/// batch: each gets its own address's answer, whether its window is running (blocked), over, or
+/// was never started.
+#[tokio::test]
+async fn upgrades_arriving_together_each_get_their_own_address_answer() {
+    let db = TestDb::new().await;
+    let gw = TestGateway::start_with(&db, behind_proxy).await;
+    let pool = db.pool().await;
+    sqlx::query(
+        "insert into realtime.auth_failures (addr, window_start, failures) \
+         select '10.1.0.' || i, now(), 5 from generate_series(1, 20) i \
+         union all \
+         select '10.2.0.' || i, now() - interval '1 hour', 9 from generate_series(1, 20) i",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let good = token("anon", None);
+    let addrs: Vec<String> = (1..=20)
+        .flat_map(|i| ["10.1.0", "10.2.0", "10.3.0"].map(|net| format!("{net}.{i}")))
+        .collect();
+    let results =
+        futures_util::future::join_all(addrs.iter().map(|addr| upgrade(&gw, &good, addr))).await;
+    for (addr, result) in addrs.iter().zip(results) {
+        if addr.starts_with("10.1.") {
+            let refused = result.err();
+            assert_eq!(refused, Some((429, BLOCKED.to_owned())), "{addr}");
+        } else {
+            assert!(result.is_ok(), "{addr}: {:?}", result.err());
+        }
+    }
+    gw.stop().await.unwrap();
+}
+
 /// The same, with the gateways as two separate processes of the binary.
 #[tokio::test]
 async fn failed_authentications_are_limited_across_gateway_processes() {

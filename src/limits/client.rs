@@ -5,11 +5,13 @@
 //! 0015) counts the address and user across every node.
 //!
 //! Failed authentications: a fixed window per address, started by its first failure. Each
-//! failure is one upsert that returns the window's count; each upgrade asks one indexed
-//! look-up whether its address is blocked (count at the limit in a window not yet over),
-//! unless this node already knows: a blocked address is cached with its window's end, so a
-//! blocked client costs no query per attempt. Blocked upgrades are refused with 429 before
-//! their token is even read.
+//! failure is one upsert that returns the window's count. Each upgrade asks whether its address
+//! is blocked (count at the limit in a window not yet over), unless this node already knows: a
+//! blocked address is cached with its window's end, so a blocked client costs no query per
+//! attempt. The upgrades waiting at one moment ask together, in one indexed look-up of all their
+//! addresses, the way they take their slots (super): a connect storm costs the database one
+//! statement per batch, not one per upgrade. Blocked upgrades are refused with 429 before their
+//! token is even read.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -17,10 +19,16 @@ use std::time::Duration;
 
 use dashmap::DashMap;
 use sqlx::PgPool;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use super::Error;
 use crate::config::{Cidr, Config};
+use crate::shutdown::Shutdown;
+
+/// Most upgrades whose addresses are looked up in one statement.
+const MAX_CHECK_BATCH: usize = 512;
 
 /// Reply text of an upgrade refused for failed authentications (HTTP 429).
 pub const AUTH_FAILURES_TEXT: &str = "Too many failed authentication attempts";
@@ -41,7 +49,10 @@ pub struct ClientLimits {
     trusted: Vec<Cidr>,
     max_failures: u32,
     window: Duration,
-    blocked: DashMap<IpAddr, Instant>,
+    /// Addresses known to be blocked, until their window's end.
+    blocked: Arc<DashMap<IpAddr, Instant>>,
+    /// Where upgrades ask whether their address is blocked ([`serve_checks`]).
+    checks: mpsc::UnboundedSender<Check>,
     max_per_addr: u32,
     max_per_user: u32,
     per_addr: Arc<DashMap<IpAddr, u32>>,
@@ -81,15 +92,42 @@ impl Drop for ClientGuard {
     }
 }
 
+/// An upgrade's question: is its address blocked?
+#[derive(Debug)]
+struct Check {
+    addr: IpAddr,
+    reply: oneshot::Sender<Result<bool, Error>>,
+}
+
 impl ClientLimits {
-    /// The limits of `config`, asking `pool` about failed authentications.
-    pub fn new(pool: PgPool, config: &Config) -> ClientLimits {
+    /// The limits of `config`, asking `pool` about failed authentications. With the
+    /// failed-authentication limit on, starts the task that answers upgrades' checks on the
+    /// shutdown tracker; it ends at shutdown.
+    pub fn new(pool: PgPool, config: &Config, shutdown: &Shutdown) -> ClientLimits {
+        let blocked = Arc::new(DashMap::new());
+        let (checks, queue) = mpsc::unbounded_channel();
+        if config.max_auth_failures > 0 {
+            let lookup = Lookup {
+                pool: pool.clone(),
+                window: config.auth_failure_window,
+                limit: limit_of(config.max_auth_failures),
+                blocked: Arc::clone(&blocked),
+            };
+            let stop = shutdown.clone();
+            shutdown.spawn("auth_failure_checks", async move {
+                tokio::select! {
+                    () = serve_checks(lookup, queue) => {}
+                    () = stop.cancelled() => {}
+                }
+            });
+        }
         ClientLimits {
             pool,
             trusted: config.trusted_proxies.clone(),
             max_failures: config.max_auth_failures,
             window: config.auth_failure_window,
-            blocked: DashMap::new(),
+            blocked,
+            checks,
             max_per_addr: config.max_connections_per_addr,
             max_per_user: config.max_connections_per_user,
             per_addr: Arc::default(),
@@ -104,34 +142,24 @@ impl ClientLimits {
         client_addr(&self.trusted, peer, forwarded)
     }
 
-    /// Whether `addr` is blocked for failed authentications (one indexed look-up, none when
-    /// this node already knows it is blocked).
+    /// Whether `addr` is blocked for failed authentications: asked of the database together
+    /// with the other upgrades waiting (one indexed look-up per batch), unless this node already
+    /// knows it is blocked.
     ///
     /// # Errors
-    /// When the database cannot be asked.
-    pub async fn is_blocked(&self, addr: IpAddr) -> Result<bool, sqlx::Error> {
+    /// When the database cannot be asked, or the node is stopping.
+    pub async fn is_blocked(&self, addr: IpAddr) -> Result<bool, Error> {
         if self.max_failures == 0 {
             return Ok(false);
         }
         if self.is_known_blocked(addr) {
             return Ok(true);
         }
-        let row: Option<(i32, f64)> = sqlx::query_as(
-            "select failures, extract(epoch from window_start + make_interval(secs => $2) - now())::float8
-               from realtime.auth_failures
-              where addr = $1 and window_start > now() - make_interval(secs => $2)",
-        )
-        .bind(addr.to_string())
-        .bind(self.window.as_secs_f64())
-        .fetch_optional(&self.pool)
-        .await?;
-        Ok(match row {
-            Some((failures, left)) if failures >= self.limit() => {
-                self.block(addr, left);
-                true
-            }
-            _ => false,
-        })
+        let (reply, answer) = oneshot::channel();
+        self.checks
+            .send(Check { addr, reply })
+            .map_err(|_| Error::Stopped)?;
+        answer.await.map_err(|_| Error::Stopped)?
     }
 
     /// Whether this node knows `addr` is blocked for failed authentications (no query: REST
@@ -174,7 +202,7 @@ impl ClientLimits {
         .fetch_one(&self.pool)
         .await?;
         if failures >= self.limit() {
-            self.block(addr, left);
+            block(&self.blocked, addr, left);
         }
         Ok(failures > self.limit())
     }
@@ -216,12 +244,7 @@ impl ClientLimits {
     }
 
     fn limit(&self) -> i32 {
-        i32::try_from(self.max_failures).unwrap_or(i32::MAX)
-    }
-
-    fn block(&self, addr: IpAddr, left_secs: f64) {
-        let left = Duration::from_secs_f64(left_secs.clamp(0.0, 365.0 * 86_400.0));
-        self.blocked.insert(addr, Instant::now() + left);
+        limit_of(self.max_failures)
     }
 
     /// Counts a connection of `addr` and `user`, unless one of them is at its limit.
@@ -252,6 +275,73 @@ impl ClientLimits {
             guard.user = Some(user);
         }
         Ok(guard)
+    }
+}
+
+/// The failed-authentication limit as the database counts it.
+fn limit_of(max_failures: u32) -> i32 {
+    i32::try_from(max_failures).unwrap_or(i32::MAX)
+}
+
+/// Notes that `addr` is blocked for `left_secs` more seconds.
+fn block(blocked: &DashMap<IpAddr, Instant>, addr: IpAddr, left_secs: f64) {
+    let left = Duration::from_secs_f64(left_secs.clamp(0.0, 365.0 * 86_400.0));
+    blocked.insert(addr, Instant::now() + left);
+}
+
+/// What [`serve_checks`] asks with.
+struct Lookup {
+    pool: PgPool,
+    window: Duration,
+    limit: i32,
+    blocked: Arc<DashMap<IpAddr, Instant>>,
+}
+
+impl Lookup {
+    /// The addresses among `addrs` blocked now, with the seconds left of their window.
+    async fn blocked_among(&self, addrs: &[String]) -> Result<Vec<(String, f64)>, sqlx::Error> {
+        sqlx::query_as(
+            "select addr, extract(epoch from window_start + make_interval(secs => $2) - now())::float8
+               from realtime.auth_failures
+              where addr = any($1) and window_start > now() - make_interval(secs => $2)
+                and failures >= $3",
+        )
+        .bind(addrs)
+        .bind(self.window.as_secs_f64())
+        .bind(self.limit)
+        .fetch_all(&self.pool)
+        .await
+    }
+}
+
+/// Answers upgrades' checks: every check waiting when a batch starts goes into it (up to
+/// [`MAX_CHECK_BATCH`]), and its distinct addresses are looked up in one statement; checks
+/// arriving meanwhile wait for the next one. A failed look-up fails the whole batch.
+async fn serve_checks(lookup: Lookup, mut queue: mpsc::UnboundedReceiver<Check>) {
+    let mut batch: Vec<Check> = Vec::new();
+    while queue.recv_many(&mut batch, MAX_CHECK_BATCH).await > 0 {
+        let mut addrs: Vec<String> = batch.iter().map(|c| c.addr.to_string()).collect();
+        addrs.sort_unstable();
+        addrs.dedup();
+        match lookup.blocked_among(&addrs).await {
+            Ok(rows) => {
+                let blocked: std::collections::HashMap<String, f64> = rows.into_iter().collect();
+                for check in batch.drain(..) {
+                    let left = blocked.get(&check.addr.to_string()).copied();
+                    if let Some(left) = left {
+                        block(&lookup.blocked, check.addr, left);
+                    }
+                    // An upgrade gone meanwhile needs no answer.
+                    let _gone = check.reply.send(Ok(left.is_some()));
+                }
+            }
+            Err(e) => {
+                let error = Error::AuthFailures(Arc::new(e));
+                for check in batch.drain(..) {
+                    let _gone = check.reply.send(Err(error.clone()));
+                }
+            }
+        }
     }
 }
 

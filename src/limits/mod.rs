@@ -37,8 +37,12 @@ pub enum Error {
     /// The database could not be asked (shared by every upgrade of the failed batch).
     #[error("cannot check the connection cap: {0}")]
     Database(#[source] Arc<crate::pg::Error>),
+    /// The database could not be asked about failed authentications (shared by every upgrade
+    /// of the failed batch).
+    #[error("cannot check failed authentications: {0}")]
+    AuthFailures(#[source] Arc<sqlx::Error>),
     /// The node is shutting down.
-    #[error("the connection cap is not being served")]
+    #[error("the node's limits are not being served")]
     Stopped,
 }
 

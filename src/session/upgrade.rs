@@ -54,7 +54,7 @@ pub async fn handler(
         Ok(true) => return auth_failures_refused(&state, peer).await,
         Err(e) => {
             // Not known to be blocked: admitted (the connection cap still asks the database).
-            tracing::warn!(peer = %peer, error = %e, "cannot check failed authentications");
+            tracing::warn!(peer = %peer, error = %crate::error::chain(&e), "upgrade admitted without its failed-authentication check");
         }
     }
     let apikey = headers
