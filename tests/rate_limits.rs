@@ -100,8 +100,10 @@ async fn failed_authentications_are_limited_per_address_across_nodes() {
 }
 
 /// Upgrades arriving together have their addresses looked up together, in one statement per
-/// batch: each gets its own address's answer, whether its window is running (blocked), over, or
-/// was never started.
+/// batch: each gets its own address's answer, whether its window is running and at the limit
+/// (blocked), running and under it, over, or never started, for IPv4 and IPv6 alike, and an
+/// address asked twice in one batch twice. A blocked address is then known to the node: it is
+/// refused without its row.
 #[tokio::test]
 async fn upgrades_arriving_together_each_get_their_own_address_answer() {
     let db = TestDb::new().await;
@@ -110,26 +112,66 @@ async fn upgrades_arriving_together_each_get_their_own_address_answer() {
     sqlx::query(
         "insert into realtime.auth_failures (addr, window_start, failures) \
          select '10.1.0.' || i, now(), 5 from generate_series(1, 20) i \
-         union all \
-         select '10.2.0.' || i, now() - interval '1 hour', 9 from generate_series(1, 20) i",
+         union all select '2001:db8::' || i, now(), 5 from generate_series(1, 5) i \
+         union all select '10.2.0.' || i, now() - interval '1 hour', 9 from generate_series(1, 20) i \
+         union all select '10.4.0.' || i, now(), 4 from generate_series(1, 20) i",
     )
     .execute(&pool)
     .await
     .unwrap();
     let good = token("anon", None);
-    let addrs: Vec<String> = (1..=20)
-        .flat_map(|i| ["10.1.0", "10.2.0", "10.3.0"].map(|net| format!("{net}.{i}")))
+    let mut addrs: Vec<String> = (1..=20)
+        .flat_map(|i| ["10.1.0", "10.2.0", "10.3.0", "10.4.0"].map(|net| format!("{net}.{i}")))
+        .chain((1..=5).map(|i| format!("2001:db8::{i}")))
+        .chain((1..=5).map(|i| format!("10.1.0.{i}")))
+        .chain((1..=5).map(|i| format!("10.3.0.{i}")))
         .collect();
+    addrs.push("2001:db8::99".to_owned());
+    let blocked = |addr: &str| {
+        addr.starts_with("10.1.") || (addr.starts_with("2001:") && addr != "2001:db8::99")
+    };
     let results =
         futures_util::future::join_all(addrs.iter().map(|addr| upgrade(&gw, &good, addr))).await;
     for (addr, result) in addrs.iter().zip(results) {
-        if addr.starts_with("10.1.") {
+        if blocked(addr) {
             let refused = result.err();
             assert_eq!(refused, Some((429, BLOCKED.to_owned())), "{addr}");
         } else {
             assert!(result.is_ok(), "{addr}: {:?}", result.err());
         }
     }
+    sqlx::query("delete from realtime.auth_failures")
+        .execute(&pool)
+        .await
+        .unwrap();
+    for addr in ["10.1.0.7", "2001:db8::3"] {
+        let refused = upgrade(&gw, &good, addr).await.err();
+        assert_eq!(refused, Some((429, BLOCKED.to_owned())), "{addr} again");
+    }
+    pool.close().await;
+    gw.stop().await.unwrap();
+}
+
+/// The check fails open: while the database cannot answer it in time (here its table is locked),
+/// upgrades are admitted unchecked, as their slots are still taken.
+#[tokio::test]
+async fn an_upgrade_is_admitted_when_its_address_cannot_be_checked() {
+    let db = TestDb::new().await;
+    let gw = TestGateway::start_with(&db, behind_proxy).await;
+    let pool = db.pool().await;
+    let mut lock = pool.begin().await.unwrap();
+    sqlx::query("lock table realtime.auth_failures in access exclusive mode")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let good = token("anon", None);
+    let mut client = upgrade(&gw, &good, "10.6.0.1")
+        .await
+        .expect("admitted unchecked");
+    let reply = client.join("realtime:room", json!({})).await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    lock.rollback().await.unwrap();
+    pool.close().await;
     gw.stop().await.unwrap();
 }
 

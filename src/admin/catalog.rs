@@ -36,6 +36,8 @@ pub const METRICS: &[Entry] = &[
     (C, "gateway_limits_reclaimed_total", "Connections closed because their slot was reclaimed.", false),
     (C, "gateway_limits_rate_limited_total", "Requests refused by a rate or per-client limit, by kind.", true),
     (H, "gateway_limits_slot_batch_size", "Upgrades whose slots were taken in one statement.", false),
+    (H, "gateway_limits_auth_check_batch_size", "Upgrades whose addresses were checked for failed authentications in one statement.", false),
+    (C, "gateway_limits_auth_check_unavailable_total", "Upgrades admitted without their failed-authentication check (the database did not answer in time).", false),
     (C, "gateway_session_auth_failures_total", "Joins refused for their token.", false),
     (C, "gateway_session_bounds_refused_total", "Joins or pushes refused for exceeding a bound.", false),
     (C, "gateway_session_channelless_closed_total", "Connections closed for joining no channel in time.", false),

@@ -9,7 +9,7 @@
 //! is blocked (count at the limit in a window not yet over), unless this node already knows: a
 //! blocked address is cached with its window's end, so a blocked client costs no query per
 //! attempt. The upgrades waiting at one moment ask together, in one indexed look-up of all their
-//! addresses, the way they take their slots (super): a connect storm costs the database one
+//! addresses, as [`super`] batches their slots: a connect storm costs the database one
 //! statement per batch, not one per upgrade. Blocked upgrades are refused with 429 before their
 //! token is even read.
 
@@ -29,6 +29,9 @@ use crate::shutdown::Shutdown;
 
 /// Most upgrades whose addresses are looked up in one statement.
 const MAX_CHECK_BATCH: usize = 512;
+/// How long a look-up may take before its batch's upgrades go on unchecked: the check fails
+/// open, so waiting longer on a stalled database would hold every upgrade for nothing.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Reply text of an upgrade refused for failed authentications (HTTP 429).
 pub const AUTH_FAILURES_TEXT: &str = "Too many failed authentication attempts";
@@ -51,8 +54,9 @@ pub struct ClientLimits {
     window: Duration,
     /// Addresses known to be blocked, until their window's end.
     blocked: Arc<DashMap<IpAddr, Instant>>,
-    /// Where upgrades ask whether their address is blocked ([`serve_checks`]).
-    checks: mpsc::UnboundedSender<Check>,
+    /// Where upgrades ask whether their address is blocked ([`serve_checks`]); none with the
+    /// failed-authentication limit off.
+    checks: Option<mpsc::UnboundedSender<Check>>,
     max_per_addr: u32,
     max_per_user: u32,
     per_addr: Arc<DashMap<IpAddr, u32>>,
@@ -105,8 +109,8 @@ impl ClientLimits {
     /// shutdown tracker; it ends at shutdown.
     pub fn new(pool: PgPool, config: &Config, shutdown: &Shutdown) -> ClientLimits {
         let blocked = Arc::new(DashMap::new());
-        let (checks, queue) = mpsc::unbounded_channel();
-        if config.max_auth_failures > 0 {
+        let checks = (config.max_auth_failures > 0).then(|| {
+            let (checks, queue) = mpsc::unbounded_channel();
             let lookup = Lookup {
                 pool: pool.clone(),
                 window: config.auth_failure_window,
@@ -120,7 +124,8 @@ impl ClientLimits {
                     () = stop.cancelled() => {}
                 }
             });
-        }
+            checks
+        });
         ClientLimits {
             pool,
             trusted: config.trusted_proxies.clone(),
@@ -149,14 +154,14 @@ impl ClientLimits {
     /// # Errors
     /// When the database cannot be asked, or the node is stopping.
     pub async fn is_blocked(&self, addr: IpAddr) -> Result<bool, Error> {
-        if self.max_failures == 0 {
+        let Some(checks) = &self.checks else {
             return Ok(false);
-        }
+        };
         if self.is_known_blocked(addr) {
             return Ok(true);
         }
         let (reply, answer) = oneshot::channel();
-        self.checks
+        checks
             .send(Check { addr, reply })
             .map_err(|_| Error::Stopped)?;
         answer.await.map_err(|_| Error::Stopped)?
@@ -299,8 +304,11 @@ struct Lookup {
 
 impl Lookup {
     /// The addresses among `addrs` blocked now, with the seconds left of their window.
-    async fn blocked_among(&self, addrs: &[String]) -> Result<Vec<(String, f64)>, sqlx::Error> {
-        sqlx::query_as(
+    async fn blocked_among(
+        &self,
+        addrs: &[String],
+    ) -> Result<Vec<(String, f64)>, crate::pg::Error> {
+        let query = sqlx::query_as(
             "select addr, extract(epoch from window_start + make_interval(secs => $2) - now())::float8
                from realtime.auth_failures
               where addr = any($1) and window_start > now() - make_interval(secs => $2)
@@ -309,17 +317,27 @@ impl Lookup {
         .bind(addrs)
         .bind(self.window.as_secs_f64())
         .bind(self.limit)
-        .fetch_all(&self.pool)
-        .await
+        .fetch_all(&self.pool);
+        match tokio::time::timeout(CHECK_TIMEOUT, query).await {
+            Ok(rows) => Ok(rows?),
+            Err(_) => Err(crate::pg::Error::Timeout(CHECK_TIMEOUT)),
+        }
     }
 }
 
 /// Answers upgrades' checks: every check waiting when a batch starts goes into it (up to
 /// [`MAX_CHECK_BATCH`]), and its distinct addresses are looked up in one statement; checks
-/// arriving meanwhile wait for the next one. A failed look-up fails the whole batch.
+/// arriving meanwhile wait for the next one. A failed look-up, or one with no answer within
+/// [`CHECK_TIMEOUT`], fails the whole batch (one warning).
 async fn serve_checks(lookup: Lookup, mut queue: mpsc::UnboundedReceiver<Check>) {
     let mut batch: Vec<Check> = Vec::new();
     while queue.recv_many(&mut batch, MAX_CHECK_BATCH).await > 0 {
+        // Upgrades gone while they waited (their clients left) need no look-up.
+        batch.retain(|c| !c.reply.is_closed());
+        if batch.is_empty() {
+            continue;
+        }
+        metrics::histogram!("gateway_limits_auth_check_batch_size").record(batch.len() as f64);
         let mut addrs: Vec<String> = batch.iter().map(|c| c.addr.to_string()).collect();
         addrs.sort_unstable();
         addrs.dedup();
@@ -336,6 +354,11 @@ async fn serve_checks(lookup: Lookup, mut queue: mpsc::UnboundedReceiver<Check>)
                 }
             }
             Err(e) => {
+                tracing::warn!(
+                    "failed-authentication check of {} upgrades failed: {}",
+                    batch.len(),
+                    crate::error::chain(&e)
+                );
                 let error = Error::AuthFailures(Arc::new(e));
                 for check in batch.drain(..) {
                     let _gone = check.reply.send(Err(error.clone()));

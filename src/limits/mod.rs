@@ -31,16 +31,16 @@ use crate::shutdown::Shutdown;
 /// Most upgrades whose slots are taken in one statement.
 const MAX_BATCH: usize = 512;
 
-/// Why a slot could not be asked for.
+/// Why a limit could not be checked.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
-    /// The database could not be asked (shared by every upgrade of the failed batch).
+    /// The database could not be asked for slots (shared by every upgrade of the failed batch).
     #[error("cannot check the connection cap: {0}")]
     Database(#[source] Arc<crate::pg::Error>),
-    /// The database could not be asked about failed authentications (shared by every upgrade
-    /// of the failed batch).
+    /// The database did not answer about failed authentications, or not in time (shared by
+    /// every upgrade of the failed batch).
     #[error("cannot check failed authentications: {0}")]
-    AuthFailures(#[source] Arc<sqlx::Error>),
+    AuthFailures(#[source] Arc<crate::pg::Error>),
     /// The node is shutting down.
     #[error("the node's limits are not being served")]
     Stopped,

@@ -36,25 +36,17 @@ pub async fn handler(
     let clients = &state.limits.clients;
     let peer = clients.client_addr(peer, forwarded);
     if state.shutdown.is_triggered() {
-        let mut refused = refuse(
-            &state,
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Realtime is restarting, please standby",
-        )
-        .await;
-        // Another node, or this one once restarted, will answer.
-        refused.headers_mut().insert(
-            axum::http::header::RETRY_AFTER,
-            axum::http::HeaderValue::from_static("1"),
-        );
-        return refused;
+        return restarting(&state).await;
     }
     match clients.is_blocked(peer.ip()).await {
         Ok(false) => {}
         Ok(true) => return auth_failures_refused(&state, peer).await,
+        Err(crate::limits::Error::Stopped) => return restarting(&state).await,
         Err(e) => {
             // Not known to be blocked: admitted (the connection cap still asks the database).
-            tracing::warn!(peer = %peer, error = %crate::error::chain(&e), "upgrade admitted without its failed-authentication check");
+            // The batch's failure was logged once; each upgrade is counted.
+            metrics::counter!("gateway_limits_auth_check_unavailable_total").increment(1);
+            tracing::debug!(peer = %peer, error = %crate::error::chain(&e), "upgrade admitted without its failed-authentication check");
         }
     }
     let apikey = headers
@@ -195,6 +187,22 @@ pub async fn handler(
         // second task per connection would cost memory for nothing).
         tracker.track("session", session.run(socket))
     })
+}
+
+/// Refuses an upgrade while the node stops: another node, or this one once restarted, will
+/// answer.
+async fn restarting(state: &Services) -> Response {
+    let mut refused = refuse(
+        state,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Realtime is restarting, please standby",
+    )
+    .await;
+    refused.headers_mut().insert(
+        axum::http::header::RETRY_AFTER,
+        axum::http::HeaderValue::from_static("1"),
+    );
+    refused
 }
 
 /// Refuses an upgrade from an address blocked for failed authentications.
