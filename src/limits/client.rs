@@ -9,26 +9,24 @@
 //! is blocked (count at the limit in a window not yet over), unless this node already knows: a
 //! blocked address is cached with its window's end, so a blocked client costs no query per
 //! attempt. The upgrades waiting at one moment ask together, in one indexed look-up of all their
-//! addresses, as [`super`] batches their slots: a connect storm costs the database one
-//! statement per batch, not one per upgrade. Blocked upgrades are refused with 429 before their
+//! addresses, as [`super`] batches their slots. Blocked upgrades are refused with 429 before their
 //! token is even read.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
 use dashmap::DashMap;
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use super::batch::{self, Batcher};
 use super::Error;
 use crate::config::{Cidr, Config};
 use crate::shutdown::Shutdown;
 
-/// Most upgrades whose addresses are looked up in one statement.
-const MAX_CHECK_BATCH: usize = 512;
 /// How long a look-up may take before its batch's upgrades go on unchecked: the check fails
 /// open, so waiting longer on a stalled database would hold every upgrade for nothing.
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -54,9 +52,9 @@ pub struct ClientLimits {
     window: Duration,
     /// Addresses known to be blocked, until their window's end.
     blocked: Arc<DashMap<IpAddr, Instant>>,
-    /// Where upgrades ask whether their address is blocked ([`serve_checks`]); none with the
+    /// Where upgrades ask whether their address is blocked ([`CheckAddrs`]); none with the
     /// failed-authentication limit off.
-    checks: Option<mpsc::UnboundedSender<Check>>,
+    checks: Option<Batcher<IpAddr, bool>>,
     max_per_addr: u32,
     max_per_user: u32,
     per_addr: Arc<DashMap<IpAddr, u32>>,
@@ -96,13 +94,6 @@ impl Drop for ClientGuard {
     }
 }
 
-/// An upgrade's question: is its address blocked?
-#[derive(Debug)]
-struct Check {
-    addr: IpAddr,
-    reply: oneshot::Sender<Result<bool, Error>>,
-}
-
 impl ClientLimits {
     /// The limits of `config`, asking `pool` about failed authentications. With the
     /// failed-authentication limit on, starts the task that answers upgrades' checks on the
@@ -110,21 +101,13 @@ impl ClientLimits {
     pub fn new(pool: PgPool, config: &Config, shutdown: &Shutdown) -> ClientLimits {
         let blocked = Arc::new(DashMap::new());
         let checks = (config.max_auth_failures > 0).then(|| {
-            let (checks, queue) = mpsc::unbounded_channel();
-            let lookup = Lookup {
+            let statement = CheckAddrs {
                 pool: pool.clone(),
                 window: config.auth_failure_window,
                 limit: limit_of(config.max_auth_failures),
                 blocked: Arc::clone(&blocked),
             };
-            let stop = shutdown.clone();
-            shutdown.spawn("auth_failure_checks", async move {
-                tokio::select! {
-                    () = serve_checks(lookup, queue) => {}
-                    () = stop.cancelled() => {}
-                }
-            });
-            checks
+            Batcher::spawn("auth_failure_checks", statement, shutdown)
         });
         ClientLimits {
             pool,
@@ -160,11 +143,7 @@ impl ClientLimits {
         if self.is_known_blocked(addr) {
             return Ok(true);
         }
-        let (reply, answer) = oneshot::channel();
-        checks
-            .send(Check { addr, reply })
-            .map_err(|_| Error::Stopped)?;
-        answer.await.map_err(|_| Error::Stopped)?
+        checks.ask(addr).await
     }
 
     /// Whether this node knows `addr` is blocked for failed authentications (no query: REST
@@ -294,77 +273,57 @@ fn block(blocked: &DashMap<IpAddr, Instant>, addr: IpAddr, left_secs: f64) {
     blocked.insert(addr, Instant::now() + left);
 }
 
-/// What [`serve_checks`] asks with.
-struct Lookup {
+/// Looks up which addresses of a batch of upgrades are blocked, in one statement.
+struct CheckAddrs {
     pool: PgPool,
     window: Duration,
     limit: i32,
     blocked: Arc<DashMap<IpAddr, Instant>>,
 }
 
-impl Lookup {
-    /// The addresses among `addrs` blocked now, with the seconds left of their window.
-    async fn blocked_among(
-        &self,
-        addrs: &[String],
-    ) -> Result<Vec<(String, f64)>, crate::pg::Error> {
+impl batch::Statement for CheckAddrs {
+    type Question = IpAddr;
+    type Answer = bool;
+    const BATCH_SIZE: &'static str = "gateway_limits_auth_check_batch_size";
+    const WHAT: &'static str = "failed-authentication check";
+
+    /// Whether each address is blocked now; a blocked one is remembered until its window ends.
+    /// No answer within [`CHECK_TIMEOUT`] fails the batch.
+    async fn answer(&mut self, addrs: &[IpAddr]) -> Result<Vec<bool>, crate::pg::Error> {
+        let texts: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+        let mut distinct: Vec<&str> = texts.iter().map(String::as_str).collect();
+        distinct.sort_unstable();
+        distinct.dedup();
         let query = sqlx::query_as(
             "select addr, extract(epoch from window_start + make_interval(secs => $2) - now())::float8
                from realtime.auth_failures
               where addr = any($1) and window_start > now() - make_interval(secs => $2)
                 and failures >= $3",
         )
-        .bind(addrs)
+        .bind(&distinct)
         .bind(self.window.as_secs_f64())
         .bind(self.limit)
         .fetch_all(&self.pool);
-        match tokio::time::timeout(CHECK_TIMEOUT, query).await {
-            Ok(rows) => Ok(rows?),
-            Err(_) => Err(crate::pg::Error::Timeout(CHECK_TIMEOUT)),
-        }
+        let rows: Vec<(String, f64)> = match tokio::time::timeout(CHECK_TIMEOUT, query).await {
+            Ok(rows) => rows?,
+            Err(_) => return Err(crate::pg::Error::Timeout(CHECK_TIMEOUT)),
+        };
+        let left: HashMap<String, f64> = rows.into_iter().collect();
+        Ok(addrs
+            .iter()
+            .zip(&texts)
+            .map(|(addr, text)| {
+                let left = left.get(text).copied();
+                if let Some(left) = left {
+                    block(&self.blocked, *addr, left);
+                }
+                left.is_some()
+            })
+            .collect())
     }
-}
 
-/// Answers upgrades' checks: every check waiting when a batch starts goes into it (up to
-/// [`MAX_CHECK_BATCH`]), and its distinct addresses are looked up in one statement; checks
-/// arriving meanwhile wait for the next one. A failed look-up, or one with no answer within
-/// [`CHECK_TIMEOUT`], fails the whole batch (one warning).
-async fn serve_checks(lookup: Lookup, mut queue: mpsc::UnboundedReceiver<Check>) {
-    let mut batch: Vec<Check> = Vec::new();
-    while queue.recv_many(&mut batch, MAX_CHECK_BATCH).await > 0 {
-        // Upgrades gone while they waited (their clients left) need no look-up.
-        batch.retain(|c| !c.reply.is_closed());
-        if batch.is_empty() {
-            continue;
-        }
-        metrics::histogram!("gateway_limits_auth_check_batch_size").record(batch.len() as f64);
-        let mut addrs: Vec<String> = batch.iter().map(|c| c.addr.to_string()).collect();
-        addrs.sort_unstable();
-        addrs.dedup();
-        match lookup.blocked_among(&addrs).await {
-            Ok(rows) => {
-                let blocked: std::collections::HashMap<String, f64> = rows.into_iter().collect();
-                for check in batch.drain(..) {
-                    let left = blocked.get(&check.addr.to_string()).copied();
-                    if let Some(left) = left {
-                        block(&lookup.blocked, check.addr, left);
-                    }
-                    // An upgrade gone meanwhile needs no answer.
-                    let _gone = check.reply.send(Ok(left.is_some()));
-                }
-            }
-            Err(e) => {
-                tracing::warn!(
-                    "failed-authentication check of {} upgrades failed: {}",
-                    batch.len(),
-                    crate::error::chain(&e)
-                );
-                let error = Error::AuthFailures(Arc::new(e));
-                for check in batch.drain(..) {
-                    let _gone = check.reply.send(Err(error.clone()));
-                }
-            }
-        }
+    fn failed(error: Arc<crate::pg::Error>) -> Error {
+        Error::AuthFailures(error)
     }
 }
 

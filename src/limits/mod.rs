@@ -4,32 +4,29 @@
 //! A connection's slot is a row of `realtime.connection_slots` taken at upgrade and held by an
 //! owned permit in the session task, so it is released however the session ends (the release is
 //! written by the registry writer, off the message path). Slots are taken only for connections
-//! that asked, so the cap stays exact across nodes; concurrent upgrades are batched: one task
-//! takes the slots of every upgrade waiting at that moment in one statement, so a connect storm
-//! costs the database one round trip per batch rather than one per connection. A node that dies has its slots freed by
-//! the other nodes once it is stale. Each reaper tick audits a `cap_warning` while 90 % or more
-//! of the slots are taken.
+//! that asked, so the cap stays exact across nodes; concurrent upgrades are batched (`batch`):
+//! one task takes the slots of every upgrade waiting at that moment in one statement. A node
+//! that dies has its slots freed by the other nodes once it is stale. Each reaper tick audits a
+//! `cap_warning` while 90 % or more of the slots are taken.
 //!
 //! The per-client limits ([`client`]: failed authentications per address, across nodes;
 //! connections per address and per user) and the per-connection rates ([`rate`]: joins and
 //! client events) live in the submodules.
 
+mod batch;
 pub mod client;
 pub mod rate;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use sqlx::PgPool;
-use tokio::sync::{mpsc, oneshot};
 use uuid::Uuid;
 
 use crate::registry::store::{self, SlotAnswer};
 use crate::registry::Registry;
 use crate::shutdown::Shutdown;
-
-/// Most upgrades whose slots are taken in one statement.
-const MAX_BATCH: usize = 512;
 
 /// Why a limit could not be checked.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -49,7 +46,7 @@ pub enum Error {
 /// The caps of one node.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    requests: mpsc::UnboundedSender<Request>,
+    slots: batch::Batcher<store::ClientSlot, SlotAnswer>,
     max_connections: u32,
     /// This node's count of open connections, and where their slots are given back.
     held: Arc<Held>,
@@ -57,15 +54,6 @@ pub struct Limits {
     pub max_channels_per_connection: usize,
     /// Limits per client address and user.
     pub clients: Arc<client::ClientLimits>,
-}
-
-/// An upgrade waiting for a slot.
-#[derive(Debug)]
-struct Request {
-    connection: Uuid,
-    /// The client's address and user, counted across the cluster when a per-client limit is on.
-    client: (std::net::IpAddr, Option<Uuid>),
-    reply: oneshot::Sender<Result<SlotAnswer, Error>>,
 }
 
 /// What an upgrade got.
@@ -128,18 +116,15 @@ impl Limits {
             "auth_failure_pruner",
             prune_auth_failures(Arc::clone(&clients), shutdown.clone()),
         );
-        let (requests, queue) = mpsc::unbounded_channel();
-        let per_client = (clients.max_per_addr(), clients.max_per_user());
-        let taker = take_slots(pool, registry.clone(), max_connections, per_client, queue);
-        let stop = shutdown.clone();
-        shutdown.spawn("slot_taker", async move {
-            tokio::select! {
-                () = taker => {}
-                () = stop.cancelled() => {}
-            }
-        });
+        let taker = TakeSlots {
+            pool,
+            registry: registry.clone(),
+            cap: max_connections,
+            max_per_addr: clients.max_per_addr(),
+            max_per_user: clients.max_per_user(),
+        };
         Limits {
-            requests,
+            slots: batch::Batcher::spawn("slot_taker", taker, shutdown),
             max_connections,
             held: Arc::new(Held {
                 in_use: AtomicUsize::new(0),
@@ -163,15 +148,7 @@ impl Limits {
         addr: std::net::IpAddr,
         user: Option<Uuid>,
     ) -> Result<Acquired, Error> {
-        let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(Request {
-                connection,
-                client: (addr, user),
-                reply,
-            })
-            .map_err(|_| Error::Stopped)?;
-        let slot = match answer.await.map_err(|_| Error::Stopped)?? {
+        let slot = match self.slots.ask((connection, addr, user)).await? {
             SlotAnswer::Taken(slot) => slot,
             SlotAnswer::Full => return Ok(Acquired::Full),
             SlotAnswer::PerAddr => return Ok(Acquired::Refused(client::Refused::PerAddr)),
@@ -215,80 +192,69 @@ async fn prune_auth_failures(clients: Arc<client::ClientLimits>, shutdown: Shutd
     }
 }
 
-/// Serves slot requests: every request waiting when a batch starts goes into it (up to
-/// [`MAX_BATCH`]); requests arriving meanwhile wait for the next one.
-async fn take_slots(
+/// Takes the slots of a batch of upgrades in one statement.
+struct TakeSlots {
     pool: PgPool,
     registry: Registry,
     cap: u32,
-    (max_per_addr, max_per_user): (u32, u32),
-    mut queue: mpsc::UnboundedReceiver<Request>,
-) {
-    let mut batch: Vec<Request> = Vec::new();
-    while queue.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        metrics::histogram!("gateway_limits_slot_batch_size").record(batch.len() as f64);
-        // Without per-client limits one statement takes the whole batch's slots; with them,
-        // each connection's address and user are counted across the cluster first.
-        let answers = if max_per_addr == 0 && max_per_user == 0 {
-            let connections: Vec<Uuid> = batch.iter().map(|r| r.connection).collect();
-            store::acquire_slots(&pool, registry.node_id(), &connections, cap)
-                .await
-                .map(|taken| {
-                    taken
-                        .into_iter()
-                        .map(|(slot, c)| (c, SlotAnswer::Taken(slot)))
-                        .collect::<std::collections::HashMap<_, _>>()
-                })
+    max_per_addr: u32,
+    max_per_user: u32,
+}
+
+impl batch::Statement for TakeSlots {
+    type Question = store::ClientSlot;
+    type Answer = SlotAnswer;
+    const BATCH_SIZE: &'static str = "gateway_limits_slot_batch_size";
+    const WHAT: &'static str = "slot acquisition";
+
+    /// Without per-client limits one statement takes the whole batch's slots; with them, each
+    /// connection's address and user are counted across the cluster first. Taken slots are
+    /// recorded with the registry before any release of them, on the same queue.
+    async fn answer(
+        &mut self,
+        clients: &[store::ClientSlot],
+    ) -> Result<Vec<SlotAnswer>, crate::pg::Error> {
+        let answers: HashMap<Uuid, SlotAnswer> = if self.max_per_addr == 0 && self.max_per_user == 0
+        {
+            let connections: Vec<Uuid> = clients.iter().map(|c| c.0).collect();
+            store::acquire_slots(&self.pool, self.registry.node_id(), &connections, self.cap)
+                .await?
+                .into_iter()
+                .map(|(slot, c)| (c, SlotAnswer::Taken(slot)))
+                .collect()
         } else {
-            let clients: Vec<store::ClientSlot> = batch
-                .iter()
-                .map(|r| (r.connection, r.client.0, r.client.1))
-                .collect();
             store::acquire_slots_limited(
-                &pool,
-                registry.node_id(),
-                &clients,
-                cap,
-                max_per_addr,
-                max_per_user,
+                &self.pool,
+                self.registry.node_id(),
+                clients,
+                self.cap,
+                self.max_per_addr,
+                self.max_per_user,
             )
-            .await
-            .map(|answers| answers.into_iter().collect())
+            .await?
+            .into_iter()
+            .collect()
         };
-        match answers {
-            Ok(answers) => {
-                for request in batch.drain(..) {
-                    let answer = answers
-                        .get(&request.connection)
-                        .copied()
-                        .unwrap_or(SlotAnswer::Full);
-                    let slot = match answer {
-                        SlotAnswer::Taken(slot) => Some(slot),
-                        _ => None,
-                    };
-                    if let Some(slot) = slot {
-                        // Before any release of it, on the same queue.
-                        registry.slot_taken(slot, request.connection);
-                    }
-                    if request.reply.send(Ok(answer)).is_err() {
-                        // The upgrade is gone (its client left while waiting): free its slot.
-                        if let Some(slot) = slot {
-                            registry.release_slot(slot, request.connection);
-                        }
-                    }
+        Ok(clients
+            .iter()
+            .map(|(connection, _, _)| {
+                let answer = answers.get(connection).copied().unwrap_or(SlotAnswer::Full);
+                if let SlotAnswer::Taken(slot) = answer {
+                    self.registry.slot_taken(slot, *connection);
                 }
-            }
-            Err(e) => {
-                tracing::warn!(
-                    "slot acquisition for {} connections failed: {}",
-                    batch.len(),
-                    crate::error::chain(&e)
-                );
-                let error = Error::Database(Arc::new(e));
-                for request in batch.drain(..) {
-                    let _gone = request.reply.send(Err(error.clone()));
-                }
-            }
+                answer
+            })
+            .collect())
+    }
+
+    fn failed(error: Arc<crate::pg::Error>) -> Error {
+        Error::Database(error)
+    }
+
+    /// The upgrade is gone (its client left while waiting): frees its slot.
+    fn unclaimed(&mut self, (connection, _, _): &store::ClientSlot, answer: SlotAnswer) {
+        if let SlotAnswer::Taken(slot) = answer {
+            self.registry.release_slot(slot, *connection);
         }
     }
 }
