@@ -2,6 +2,10 @@
 //! whether its address is blocked) through one task per kind of question, which answers every
 //! question waiting at that moment with one statement. A connect storm then costs the database
 //! one round trip per batch rather than one per upgrade, and the batches grow with the storm.
+//!
+//! Every question of an answered batch gets exactly one answer, drawn from what the statement
+//! returned. An answer whose upgrade left before reading it is dropped: an answer that holds
+//! something (a slot) gives it back in its `Drop`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -20,22 +24,24 @@ pub(super) trait Statement: Send + 'static {
     type Question: std::fmt::Debug + Send + Sync + 'static;
     /// What it is told.
     type Answer: std::fmt::Debug + Send + 'static;
+    /// What the statement returned for a whole batch.
+    type Answers: Send;
     /// The histogram of batch sizes (in the metrics catalog).
     const BATCH_SIZE: &'static str;
     /// What a failed batch was, in its warning.
     const WHAT: &'static str;
 
-    /// The answers to `batch`, one per question, in its order.
-    fn answer(
+    /// Asks the database about `batch`, in one statement.
+    fn ask(
         &mut self,
         batch: &[Self::Question],
-    ) -> impl Future<Output = Result<Vec<Self::Answer>, crate::pg::Error>> + Send;
+    ) -> impl Future<Output = Result<Self::Answers, crate::pg::Error>> + Send;
+
+    /// The answer to `question`, one of the batch `answers` came for.
+    fn answer(&mut self, answers: &mut Self::Answers, question: &Self::Question) -> Self::Answer;
 
     /// The error each question of a failed batch gets.
     fn failed(error: Arc<crate::pg::Error>) -> Error;
-
-    /// Takes back `answer`, whose upgrade left while it was being answered.
-    fn unclaimed(&mut self, _question: &Self::Question, _answer: Self::Answer) {}
 }
 
 /// A question waiting for its batch, and where its answer goes.
@@ -81,7 +87,7 @@ impl<Q: Send + 'static, A: Send + 'static> Batcher<Q, A> {
     ///
     /// # Errors
     /// The statement's error when its batch failed (shared by the whole batch), or
-    /// [`Error::Stopped`] when the node is stopping.
+    /// [`Error::Stopped`] when the task no longer answers (the node is stopping).
     pub(super) async fn ask(&self, question: Q) -> Result<A, Error> {
         let (reply, answer) = oneshot::channel();
         self.queue
@@ -110,13 +116,12 @@ async fn serve<S: Statement>(
             continue;
         }
         metrics::histogram!(S::BATCH_SIZE).record(questions.len() as f64);
-        match statement.answer(&questions).await {
-            Ok(answers) => {
-                debug_assert_eq!(answers.len(), questions.len(), "one answer per question");
-                for ((question, reply), answer) in questions.iter().zip(replies).zip(answers) {
-                    if let Err(Ok(answer)) = reply.send(Ok(answer)) {
-                        statement.unclaimed(question, answer);
-                    }
+        match statement.ask(&questions).await {
+            Ok(mut answers) => {
+                for (question, reply) in questions.iter().zip(replies) {
+                    let answer = statement.answer(&mut answers, question);
+                    // An upgrade gone meanwhile drops its answer here.
+                    let _gone = reply.send(Ok(answer));
                 }
             }
             Err(e) => {
@@ -137,50 +142,84 @@ async fn serve<S: Statement>(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
     use std::time::Duration;
 
-    use tokio::sync::mpsc::UnboundedSender;
+    use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
     use tokio::task::JoinHandle;
 
     use super::*;
+
+    /// A doubled number that reports itself when it is dropped unclaimed.
+    #[derive(Debug)]
+    struct Doubled {
+        n: u32,
+        dropped: Option<UnboundedSender<u32>>,
+    }
+
+    impl Doubled {
+        fn claim(mut self) -> u32 {
+            self.dropped = None;
+            self.n
+        }
+    }
+
+    impl Drop for Doubled {
+        fn drop(&mut self) {
+            if let Some(dropped) = self.dropped.take() {
+                let _closed = dropped.send(self.n);
+            }
+        }
+    }
 
     /// Doubles each number; fails a batch holding 0. Each batch reports its questions, then
     /// waits for a go from the test, so the test decides what queues up meanwhile.
     struct Double {
         started: UnboundedSender<Vec<u32>>,
-        go: mpsc::UnboundedReceiver<()>,
-        unclaimed: UnboundedSender<(u32, u32)>,
+        go: UnboundedReceiver<()>,
+        dropped: UnboundedSender<u32>,
     }
 
     impl Statement for Double {
         type Question = u32;
-        type Answer = u32;
+        type Answer = Doubled;
+        type Answers = HashMap<u32, u32>;
         const BATCH_SIZE: &'static str = "test_batch_size";
         const WHAT: &'static str = "doubling";
 
-        async fn answer(&mut self, batch: &[u32]) -> Result<Vec<u32>, crate::pg::Error> {
+        async fn ask(&mut self, batch: &[u32]) -> Result<HashMap<u32, u32>, crate::pg::Error> {
             self.started.send(batch.to_vec()).unwrap();
             self.go.recv().await.unwrap();
             if batch.contains(&0) {
                 return Err(crate::pg::Error::Timeout(Duration::from_secs(1)));
             }
-            Ok(batch.iter().map(|n| n * 2).collect())
+            Ok(batch.iter().map(|n| (*n, n * 2)).collect())
+        }
+
+        fn answer(&mut self, answers: &mut HashMap<u32, u32>, question: &u32) -> Doubled {
+            Doubled {
+                n: answers[question],
+                dropped: Some(self.dropped.clone()),
+            }
         }
 
         fn failed(error: Arc<crate::pg::Error>) -> Error {
-            Error::AuthFailures(error)
-        }
-
-        fn unclaimed(&mut self, question: &u32, answer: u32) {
-            self.unclaimed.send((*question, answer)).unwrap();
+            Error::Database(error)
         }
     }
 
+    /// `future`'s output, or a failed test after 30 s.
+    async fn within<F: Future>(future: F) -> F::Output {
+        tokio::time::timeout(Duration::from_secs(30), future)
+            .await
+            .expect("no answer within 30 s")
+    }
+
     struct Harness {
-        batcher: Batcher<u32, u32>,
-        started: mpsc::UnboundedReceiver<Vec<u32>>,
+        batcher: Batcher<u32, Doubled>,
+        started: UnboundedReceiver<Vec<u32>>,
         go: UnboundedSender<()>,
-        unclaimed: mpsc::UnboundedReceiver<(u32, u32)>,
+        dropped: UnboundedReceiver<u32>,
         shutdown: Shutdown,
     }
 
@@ -188,18 +227,18 @@ mod tests {
         fn new() -> Harness {
             let (started, started_rx) = mpsc::unbounded_channel();
             let (go, go_rx) = mpsc::unbounded_channel();
-            let (unclaimed, unclaimed_rx) = mpsc::unbounded_channel();
+            let (dropped, dropped_rx) = mpsc::unbounded_channel();
             let shutdown = Shutdown::new();
             let statement = Double {
                 started,
                 go: go_rx,
-                unclaimed,
+                dropped,
             };
             Harness {
                 batcher: Batcher::spawn("test_batcher", statement, &shutdown),
                 started: started_rx,
                 go,
-                unclaimed: unclaimed_rx,
+                dropped: dropped_rx,
                 shutdown,
             }
         }
@@ -214,76 +253,106 @@ mod tests {
                 // The first poll puts the question in the queue.
                 assert!(futures_util::poll!(&mut answer).is_pending());
                 queued.send(()).unwrap();
-                answer.await
+                answer.await.map(Doubled::claim)
             });
-            is_queued.await.unwrap();
+            within(is_queued).await.unwrap();
             task
         }
 
-        /// Lets the batch out now go on, once it has reported `questions`.
-        async fn answer(&mut self, questions: &[u32]) {
-            assert_eq!(self.started.recv().await.unwrap(), questions);
+        /// Waits for the batch now asked, which must be `questions`.
+        async fn started(&mut self, questions: &[u32]) {
+            assert_eq!(within(self.started.recv()).await.unwrap(), questions);
+        }
+
+        /// Lets the batch out go on.
+        fn go(&self) {
             self.go.send(()).unwrap();
         }
+
+        /// Nothing was dropped unclaimed but what the test expected.
+        fn nothing_else_dropped(&mut self) {
+            assert!(self.dropped.try_recv().is_err(), "an answer was dropped");
+        }
+    }
+
+    /// The answer of a question's task.
+    async fn answer_of(task: JoinHandle<Result<u32, Error>>) -> Result<u32, Error> {
+        within(task).await.unwrap()
     }
 
     #[tokio::test]
-    async fn questions_waiting_together_are_answered_in_one_batch_each_with_its_own_answer() {
+    async fn questions_waiting_together_are_answered_in_batches_each_with_its_own_answer() {
         let mut h = Harness::new();
         let first = h.ask(1).await;
-        // While the first batch is out, 100 more questions queue up.
+        h.started(&[1]).await;
+        // While the first batch is out, 513 more questions queue up: the next batch takes the
+        // most one statement may answer, and the last waits for the batch after.
         let mut waiting = Vec::new();
-        for n in 2..102 {
+        for n in 2..=514 {
             waiting.push((n, h.ask(n).await));
         }
-        h.answer(&[1]).await;
-        assert_eq!(first.await.unwrap().unwrap(), 2);
-        h.answer(&(2..102).collect::<Vec<_>>()).await;
-        for (n, ask) in waiting {
-            assert_eq!(ask.await.unwrap().unwrap(), n * 2);
+        h.go();
+        assert_eq!(answer_of(first).await.unwrap(), 2);
+        h.started(&(2..=513).collect::<Vec<_>>()).await;
+        h.go();
+        h.started(&[514]).await;
+        h.go();
+        for (n, task) in waiting {
+            assert_eq!(answer_of(task).await.unwrap(), n * 2);
         }
+        h.nothing_else_dropped();
         h.shutdown.trigger();
     }
 
     #[tokio::test]
-    async fn an_answer_whose_asker_left_is_taken_back_and_a_question_of_one_gone_is_not_asked() {
+    async fn an_answer_whose_asker_left_is_dropped_and_a_question_whose_asker_left_is_not_asked() {
         let mut h = Harness::new();
-        let gone = h.ask(7).await;
-        assert_eq!(h.started.recv().await.unwrap(), vec![7]);
-        // Left while its batch was out: its answer is taken back.
-        gone.abort();
-        assert!(gone.await.unwrap_err().is_cancelled());
-        // Left while its question waited: it is not asked.
+        let left_late = h.ask(7).await;
+        h.started(&[7]).await;
+        // Left while its batch was out: its answer is dropped.
+        left_late.abort();
+        assert!(within(left_late).await.unwrap_err().is_cancelled());
+        // Left while its question waited: it is not asked, and a batch of none is not asked.
         let left_early = h.ask(9).await;
         left_early.abort();
-        assert!(left_early.await.unwrap_err().is_cancelled());
+        assert!(within(left_early).await.unwrap_err().is_cancelled());
+        h.go();
+        assert_eq!(within(h.dropped.recv()).await.unwrap(), 14);
         let next = h.ask(8).await;
-        h.go.send(()).unwrap();
-        assert_eq!(h.unclaimed.recv().await.unwrap(), (7, 14));
-        h.answer(&[8]).await;
-        assert_eq!(next.await.unwrap().unwrap(), 16);
+        h.started(&[8]).await;
+        h.go();
+        assert_eq!(answer_of(next).await.unwrap(), 16);
+        h.nothing_else_dropped();
         h.shutdown.trigger();
     }
 
     #[tokio::test]
-    async fn a_failed_batch_fails_each_of_its_questions_and_not_the_next_batch() {
+    async fn a_failed_batch_fails_its_own_questions_only_and_a_stopped_node_answers_none() {
         let mut h = Harness::new();
         let first = h.ask(5).await;
+        h.started(&[5]).await;
         let failing = [h.ask(0).await, h.ask(3).await];
-        h.answer(&[5]).await;
-        assert_eq!(first.await.unwrap().unwrap(), 10);
-        h.answer(&[0, 3]).await;
-        for ask in failing {
-            let e = ask.await.unwrap().unwrap_err();
-            assert!(matches!(e, Error::AuthFailures(_)), "{e}");
+        h.go();
+        assert_eq!(answer_of(first).await.unwrap(), 10);
+        h.started(&[0, 3]).await;
+        h.go();
+        for task in failing {
+            let e = answer_of(task).await.unwrap_err();
+            assert!(matches!(e, Error::Database(_)), "{e}");
         }
         let after = h.ask(4).await;
-        h.answer(&[4]).await;
-        assert_eq!(after.await.unwrap().unwrap(), 8);
-        // Once the node has stopped, its batcher answers no more.
+        h.started(&[4]).await;
+        h.go();
+        assert_eq!(answer_of(after).await.unwrap(), 8);
+        // Stopping while a batch is out: its question is told so, and so is any after it.
+        let cut = h.ask(6).await;
+        h.started(&[6]).await;
         h.shutdown.trigger();
+        let e = answer_of(cut).await.unwrap_err();
+        assert!(matches!(e, Error::Stopped), "{e}");
         assert!(h.shutdown.wait(Duration::from_secs(30)).await);
-        let stopped = h.batcher.ask(6).await.unwrap_err();
-        assert!(matches!(stopped, Error::Stopped), "{stopped}");
+        let e = h.batcher.ask(11).await.unwrap_err();
+        assert!(matches!(e, Error::Stopped), "{e}");
+        h.nothing_else_dropped();
     }
 }

@@ -9,8 +9,8 @@
 //! is blocked (count at the limit in a window not yet over), unless this node already knows: a
 //! blocked address is cached with its window's end, so a blocked client costs no query per
 //! attempt. The upgrades waiting at one moment ask together, in one indexed look-up of all their
-//! addresses, as [`super`] batches their slots. Blocked upgrades are refused with 429 before their
-//! token is even read.
+//! addresses, as their slots are batched (`super::batch`). Blocked upgrades are refused with 429
+//! before their token is even read.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -284,14 +284,14 @@ struct CheckAddrs {
 impl batch::Statement for CheckAddrs {
     type Question = IpAddr;
     type Answer = bool;
+    /// The blocked addresses, as text, with the seconds left of their window.
+    type Answers = HashMap<String, f64>;
     const BATCH_SIZE: &'static str = "gateway_limits_auth_check_batch_size";
     const WHAT: &'static str = "failed-authentication check";
 
-    /// Whether each address is blocked now; a blocked one is remembered until its window ends.
-    /// No answer within [`CHECK_TIMEOUT`] fails the batch.
-    async fn answer(&mut self, addrs: &[IpAddr]) -> Result<Vec<bool>, crate::pg::Error> {
-        let texts: Vec<String> = addrs.iter().map(ToString::to_string).collect();
-        let mut distinct: Vec<&str> = texts.iter().map(String::as_str).collect();
+    /// The addresses of `addrs` blocked now. No answer within [`CHECK_TIMEOUT`] fails the batch.
+    async fn ask(&mut self, addrs: &[IpAddr]) -> Result<HashMap<String, f64>, crate::pg::Error> {
+        let mut distinct: Vec<String> = addrs.iter().map(ToString::to_string).collect();
         distinct.sort_unstable();
         distinct.dedup();
         let query = sqlx::query_as(
@@ -304,22 +304,19 @@ impl batch::Statement for CheckAddrs {
         .bind(self.window.as_secs_f64())
         .bind(self.limit)
         .fetch_all(&self.pool);
-        let rows: Vec<(String, f64)> = match tokio::time::timeout(CHECK_TIMEOUT, query).await {
-            Ok(rows) => rows?,
-            Err(_) => return Err(crate::pg::Error::Timeout(CHECK_TIMEOUT)),
-        };
-        let left: HashMap<String, f64> = rows.into_iter().collect();
-        Ok(addrs
-            .iter()
-            .zip(&texts)
-            .map(|(addr, text)| {
-                let left = left.get(text).copied();
-                if let Some(left) = left {
-                    block(&self.blocked, *addr, left);
-                }
-                left.is_some()
-            })
-            .collect())
+        match tokio::time::timeout(CHECK_TIMEOUT, query).await {
+            Ok(rows) => Ok(rows?.into_iter().collect()),
+            Err(_) => Err(crate::pg::Error::Timeout(CHECK_TIMEOUT)),
+        }
+    }
+
+    /// Whether `addr` is blocked; a blocked one is remembered until its window ends.
+    fn answer(&mut self, blocked: &mut HashMap<String, f64>, addr: &IpAddr) -> bool {
+        let left = blocked.get(&addr.to_string()).copied();
+        if let Some(left) = left {
+            block(&self.blocked, *addr, left);
+        }
+        left.is_some()
     }
 
     fn failed(error: Arc<crate::pg::Error>) -> Error {

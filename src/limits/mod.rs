@@ -46,7 +46,7 @@ pub enum Error {
 /// The caps of one node.
 #[derive(Debug, Clone)]
 pub struct Limits {
-    slots: batch::Batcher<store::ClientSlot, SlotAnswer>,
+    slots: batch::Batcher<store::ClientSlot, Acquired>,
     max_connections: u32,
     /// This node's count of open connections, and where their slots are given back.
     held: Arc<Held>,
@@ -116,9 +116,13 @@ impl Limits {
             "auth_failure_pruner",
             prune_auth_failures(Arc::clone(&clients), shutdown.clone()),
         );
+        let held = Arc::new(Held {
+            in_use: AtomicUsize::new(0),
+            registry,
+        });
         let taker = TakeSlots {
             pool,
-            registry: registry.clone(),
+            held: Arc::clone(&held),
             cap: max_connections,
             max_per_addr: clients.max_per_addr(),
             max_per_user: clients.max_per_user(),
@@ -126,10 +130,7 @@ impl Limits {
         Limits {
             slots: batch::Batcher::spawn("slot_taker", taker, shutdown),
             max_connections,
-            held: Arc::new(Held {
-                in_use: AtomicUsize::new(0),
-                registry,
-            }),
+            held,
             max_channels_per_connection: max_channels,
             clients,
         }
@@ -148,19 +149,7 @@ impl Limits {
         addr: std::net::IpAddr,
         user: Option<Uuid>,
     ) -> Result<Acquired, Error> {
-        let slot = match self.slots.ask((connection, addr, user)).await? {
-            SlotAnswer::Taken(slot) => slot,
-            SlotAnswer::Full => return Ok(Acquired::Full),
-            SlotAnswer::PerAddr => return Ok(Acquired::Refused(client::Refused::PerAddr)),
-            SlotAnswer::PerUser => return Ok(Acquired::Refused(client::Refused::PerUser)),
-        };
-        self.held.in_use.fetch_add(1, Ordering::AcqRel);
-        Ok(Acquired::Permit(ConnectionPermit {
-            slot,
-            connection,
-            held: Arc::clone(&self.held),
-            client: None,
-        }))
+        self.slots.ask((connection, addr, user)).await
     }
 
     /// This node's open connections.
@@ -195,7 +184,7 @@ async fn prune_auth_failures(clients: Arc<client::ClientLimits>, shutdown: Shutd
 /// Takes the slots of a batch of upgrades in one statement.
 struct TakeSlots {
     pool: PgPool,
-    registry: Registry,
+    held: Arc<Held>,
     cap: u32,
     max_per_addr: u32,
     max_per_user: u32,
@@ -203,21 +192,21 @@ struct TakeSlots {
 
 impl batch::Statement for TakeSlots {
     type Question = store::ClientSlot;
-    type Answer = SlotAnswer;
+    type Answer = Acquired;
+    type Answers = HashMap<Uuid, SlotAnswer>;
     const BATCH_SIZE: &'static str = "gateway_limits_slot_batch_size";
     const WHAT: &'static str = "slot acquisition";
 
     /// Without per-client limits one statement takes the whole batch's slots; with them, each
-    /// connection's address and user are counted across the cluster first. Taken slots are
-    /// recorded with the registry before any release of them, on the same queue.
-    async fn answer(
+    /// connection's address and user are counted across the cluster first.
+    async fn ask(
         &mut self,
         clients: &[store::ClientSlot],
-    ) -> Result<Vec<SlotAnswer>, crate::pg::Error> {
-        let answers: HashMap<Uuid, SlotAnswer> = if self.max_per_addr == 0 && self.max_per_user == 0
-        {
+    ) -> Result<HashMap<Uuid, SlotAnswer>, crate::pg::Error> {
+        let node = self.held.registry.node_id();
+        Ok(if self.max_per_addr == 0 && self.max_per_user == 0 {
             let connections: Vec<Uuid> = clients.iter().map(|c| c.0).collect();
-            store::acquire_slots(&self.pool, self.registry.node_id(), &connections, self.cap)
+            store::acquire_slots(&self.pool, node, &connections, self.cap)
                 .await?
                 .into_iter()
                 .map(|(slot, c)| (c, SlotAnswer::Taken(slot)))
@@ -225,7 +214,7 @@ impl batch::Statement for TakeSlots {
         } else {
             store::acquire_slots_limited(
                 &self.pool,
-                self.registry.node_id(),
+                node,
                 clients,
                 self.cap,
                 self.max_per_addr,
@@ -234,27 +223,35 @@ impl batch::Statement for TakeSlots {
             .await?
             .into_iter()
             .collect()
-        };
-        Ok(clients
-            .iter()
-            .map(|(connection, _, _)| {
-                let answer = answers.get(connection).copied().unwrap_or(SlotAnswer::Full);
-                if let SlotAnswer::Taken(slot) = answer {
-                    self.registry.slot_taken(slot, *connection);
-                }
-                answer
-            })
-            .collect())
+        })
+    }
+
+    /// A taken slot becomes the connection's permit at once, recorded with the registry before
+    /// any release of it (on the same queue): an upgrade that left before reading it drops the
+    /// permit, which gives the slot back.
+    fn answer(
+        &mut self,
+        answers: &mut HashMap<Uuid, SlotAnswer>,
+        &(connection, _, _): &store::ClientSlot,
+    ) -> Acquired {
+        match answers.remove(&connection).unwrap_or(SlotAnswer::Full) {
+            SlotAnswer::Taken(slot) => {
+                self.held.registry.slot_taken(slot, connection);
+                self.held.in_use.fetch_add(1, Ordering::AcqRel);
+                Acquired::Permit(ConnectionPermit {
+                    slot,
+                    connection,
+                    held: Arc::clone(&self.held),
+                    client: None,
+                })
+            }
+            SlotAnswer::Full => Acquired::Full,
+            SlotAnswer::PerAddr => Acquired::Refused(client::Refused::PerAddr),
+            SlotAnswer::PerUser => Acquired::Refused(client::Refused::PerUser),
+        }
     }
 
     fn failed(error: Arc<crate::pg::Error>) -> Error {
         Error::Database(error)
-    }
-
-    /// The upgrade is gone (its client left while waiting): frees its slot.
-    fn unclaimed(&mut self, (connection, _, _): &store::ClientSlot, answer: SlotAnswer) {
-        if let SlotAnswer::Taken(slot) = answer {
-            self.registry.release_slot(slot, *connection);
-        }
     }
 }
