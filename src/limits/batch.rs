@@ -31,7 +31,8 @@ pub(super) trait Statement: Send + 'static {
     /// What a failed batch was, in its warning.
     const WHAT: &'static str;
 
-    /// Asks the database about `batch`, in one statement.
+    /// Asks the database about `batch`: one statement (the slots' may need a second, for the
+    /// slots below where its search started).
     fn ask(
         &mut self,
         batch: &[Self::Question],
@@ -204,7 +205,8 @@ mod tests {
         }
 
         fn failed(error: Arc<crate::pg::Error>) -> Error {
-            Error::Database(error)
+            // Not the slots' error: a batcher that gave every failure that one would be seen.
+            Error::AuthFailures(error)
         }
     }
 
@@ -338,7 +340,7 @@ mod tests {
         h.go();
         for task in failing {
             let e = answer_of(task).await.unwrap_err();
-            assert!(matches!(e, Error::Database(_)), "{e}");
+            assert!(matches!(e, Error::AuthFailures(_)), "{e}");
         }
         let after = h.ask(4).await;
         h.started(&[4]).await;

@@ -5,9 +5,10 @@
 //! owned permit in the session task, so it is released however the session ends (the release is
 //! written by the registry writer, off the message path). Slots are taken only for connections
 //! that asked, so the cap stays exact across nodes; concurrent upgrades are batched (`batch`):
-//! one task takes the slots of every upgrade waiting at that moment in one statement. A node
-//! that dies has its slots freed by the other nodes once it is stale. Each reaper tick audits a
-//! `cap_warning` while 90 % or more of the slots are taken.
+//! one task takes the slots of every upgrade waiting at that moment together (one statement, two
+//! when its search wraps round to the first slots). A node that dies has its slots freed by the
+//! other nodes once it is stale. Each reaper tick audits a `cap_warning` while 90 % or more of
+//! the slots are taken.
 //!
 //! The per-client limits ([`client`]: failed authentications per address, across nodes;
 //! connections per address and per user) and the per-connection rates ([`rate`]: joins and
@@ -181,7 +182,8 @@ async fn prune_auth_failures(clients: Arc<client::ClientLimits>, shutdown: Shutd
     }
 }
 
-/// Takes the slots of a batch of upgrades in one statement.
+/// Takes the slots of a batch of upgrades: one statement, and a second when the first found
+/// too few free slots from where its search started.
 struct TakeSlots {
     pool: PgPool,
     held: Arc<Held>,

@@ -141,6 +141,7 @@ pub async fn handler(
             )
             .await;
         }
+        Err(crate::limits::Error::Stopped) => return restarting(&state).await,
         Err(e) => {
             // The cap is exact across nodes only while the database can be asked: a node that
             // admitted on its own could let the cluster exceed it. So the client is told to come
