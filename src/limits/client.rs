@@ -284,35 +284,42 @@ struct CheckAddrs {
 impl batch::Statement for CheckAddrs {
     type Question = IpAddr;
     type Answer = bool;
-    /// The blocked addresses, as text, with the seconds left of their window.
-    type Answers = HashMap<String, f64>;
+    /// The blocked addresses, with the seconds left of their window.
+    type Answers = HashMap<IpAddr, f64>;
     const BATCH_SIZE: &'static str = "gateway_limits_auth_check_batch_size";
     const WHAT: &'static str = "failed-authentication check";
 
     /// The addresses of `addrs` blocked now. No answer within [`CHECK_TIMEOUT`] fails the batch.
-    async fn ask(&mut self, addrs: &[IpAddr]) -> Result<HashMap<String, f64>, crate::pg::Error> {
-        let mut distinct: Vec<String> = addrs.iter().map(ToString::to_string).collect();
+    async fn ask(&mut self, addrs: &[IpAddr]) -> Result<HashMap<IpAddr, f64>, crate::pg::Error> {
+        let mut distinct = addrs.to_vec();
         distinct.sort_unstable();
         distinct.dedup();
+        // Stored as text, the way `record_failure` writes them.
+        let texts: Vec<String> = distinct.iter().map(ToString::to_string).collect();
         let query = sqlx::query_as(
             "select addr, extract(epoch from window_start + make_interval(secs => $2) - now())::float8
                from realtime.auth_failures
               where addr = any($1) and window_start > now() - make_interval(secs => $2)
                 and failures >= $3",
         )
-        .bind(&distinct)
+        .bind(&texts)
         .bind(self.window.as_secs_f64())
         .bind(self.limit)
         .fetch_all(&self.pool);
-        match tokio::time::timeout(CHECK_TIMEOUT, query).await {
-            Ok(rows) => Ok(rows?.into_iter().collect()),
-            Err(_) => Err(crate::pg::Error::Timeout(CHECK_TIMEOUT)),
-        }
+        let rows: Vec<(String, f64)> = match tokio::time::timeout(CHECK_TIMEOUT, query).await {
+            Ok(rows) => rows?,
+            Err(_) => return Err(crate::pg::Error::Timeout(CHECK_TIMEOUT)),
+        };
+        // Every row matched one of the texts, each an address's own rendering.
+        Ok(rows
+            .into_iter()
+            .filter_map(|(text, left)| text.parse().ok().map(|addr| (addr, left)))
+            .collect())
     }
 
     /// Whether `addr` is blocked; a blocked one is remembered until its window ends.
-    fn answer(&mut self, blocked: &mut HashMap<String, f64>, addr: &IpAddr) -> bool {
-        let left = blocked.get(&addr.to_string()).copied();
+    fn answer(&mut self, blocked: &mut HashMap<IpAddr, f64>, addr: &IpAddr) -> bool {
+        let left = blocked.get(addr).copied();
         if let Some(left) = left {
             block(&self.blocked, *addr, left);
         }
