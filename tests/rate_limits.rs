@@ -10,7 +10,6 @@ use std::time::Duration;
 use common::{eventually, token, GatewayProcess, TestDb, TestGateway, WsClient};
 use realtime_gateway::config::Cidr;
 use serde_json::json;
-use tokio_tungstenite::tungstenite;
 
 /// Settings every gateway here shares: 127.0.0.1 is a trusted proxy.
 fn behind_proxy(config: &mut realtime_gateway::Config) {
@@ -24,22 +23,7 @@ async fn upgrade(gw: &TestGateway, apikey: &str, addr: &str) -> Result<WsClient,
 
 /// Upgrades to the socket URL `url` as the client at `addr`.
 async fn upgrade_url(url: &str, addr: &str) -> Result<WsClient, (u16, String)> {
-    use tungstenite::client::IntoClientRequest;
-    let mut request = url.into_client_request().unwrap();
-    request
-        .headers_mut()
-        .insert("x-forwarded-for", addr.parse().unwrap());
-    match tokio_tungstenite::connect_async(request).await {
-        Ok((ws, _)) => Ok(WsClient::from_stream(ws)),
-        Err(tungstenite::Error::Http(response)) => {
-            let body = response.body().clone().unwrap_or_default();
-            Err((
-                response.status().as_u16(),
-                String::from_utf8_lossy(&body).into_owned(),
-            ))
-        }
-        Err(e) => panic!("upgrade failed: {e}"),
-    }
+    WsClient::try_connect(url, Some(addr)).await
 }
 
 /// A token signed with the wrong secret.

@@ -597,7 +597,7 @@ async fn odd_joins_unknown_users_and_long_topics_poison_nothing() {
 /// row of the batch lands, and a slot released in the same flush is freed.
 #[tokio::test]
 async fn one_refused_row_fails_alone_and_its_batch_lands() {
-    use realtime_gateway::registry::{store, JoinRow, Registry, Settings};
+    use realtime_gateway::registry::{store, JoinRow, Registry};
     let db = TestDb::new().await;
     let pool = db.pool().await;
     sqlx::query(
@@ -608,17 +608,7 @@ async fn one_refused_row_fails_alone_and_its_batch_lands() {
     .await
     .unwrap();
     let shutdown = realtime_gateway::Shutdown::new();
-    let settings = Settings {
-        node_id: "batch-node".into(),
-        listen_addr: "127.0.0.1:0".into(),
-        max_connections: 4,
-        stale_timeout: Duration::from_secs(60),
-        audit_retention: Duration::from_secs(3600),
-        max_pending_rows: 1_000,
-        max_pending_audit: 1_000,
-        max_audit_detail_bytes: 4096,
-        registry_retention: Duration::from_secs(7 * 24 * 3600),
-    };
+    let settings = common::registry_settings("batch-node", 4);
     let registry = Registry::start(pool.clone(), settings, &shutdown)
         .await
         .unwrap();

@@ -38,6 +38,7 @@ pub const METRICS: &[Entry] = &[
     (H, "gateway_limits_slot_batch_size", "Upgrades whose slots were taken in one statement.", false),
     (H, "gateway_limits_auth_check_batch_size", "Upgrades whose addresses were checked for failed authentications in one statement.", false),
     (C, "gateway_limits_auth_check_unavailable_total", "Upgrades admitted without their failed-authentication check (the database did not answer in time).", false),
+    (C, "gateway_limits_unknown_slots_freed_total", "Connection slots a tick freed because this node held them for none of its connections (their statement committed after its answer was lost).", false),
     (C, "gateway_session_auth_failures_total", "Joins refused for their token.", false),
     (C, "gateway_session_bounds_refused_total", "Joins or pushes refused for exceeding a bound.", false),
     (C, "gateway_session_channelless_closed_total", "Connections closed for joining no channel in time.", false),

@@ -5,10 +5,11 @@
 //! owned permit in the session task, so it is released however the session ends (the release is
 //! written by the registry writer, off the message path). Slots are taken only for connections
 //! that asked, so the cap stays exact across nodes; concurrent upgrades are batched (`batch`):
-//! one task takes the slots of every upgrade waiting at that moment together (one statement, two
-//! when its search wraps round to the first slots). A node that dies has its slots freed by the
-//! other nodes once it is stale. Each reaper tick audits a `cap_warning` while 90 % or more of
-//! the slots are taken.
+//! one task takes the slots of every upgrade waiting at that moment together, in one statement
+//! bounded in time: a statement that fails takes no slot, and the slots of one whose answer never
+//! arrived are freed by a later reaper tick, as held for no connection. A node that dies has its
+//! slots freed by the other nodes once it is stale. Each reaper tick audits a `cap_warning` while
+//! 90 % or more of the slots are taken.
 //!
 //! The per-client limits ([`client`]: failed authentications per address, across nodes;
 //! connections per address and per user) and the per-connection rates ([`rate`]: joins and
@@ -21,6 +22,7 @@ pub mod rate;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -167,10 +169,9 @@ impl Limits {
 /// Deletes the failed-authentication windows that are over, once per window (between 1 s and
 /// 1 min), until shutdown.
 async fn prune_auth_failures(clients: Arc<client::ClientLimits>, shutdown: Shutdown) {
-    let period = clients.window().clamp(
-        std::time::Duration::from_secs(1),
-        std::time::Duration::from_secs(60),
-    );
+    let period = clients
+        .window()
+        .clamp(Duration::from_secs(1), Duration::from_secs(60));
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -182,8 +183,12 @@ async fn prune_auth_failures(clients: Arc<client::ClientLimits>, shutdown: Shutd
     }
 }
 
-/// Takes the slots of a batch of upgrades: one statement, and a second when the first found
-/// too few free slots from where its search started.
+/// How long a batch's slot statement may take before its upgrades are refused as temporarily
+/// unavailable (the next batch is then served). A statement that commits after this frees its
+/// slots at a later tick ([`Registry::tick`]): they are held for no connection.
+const SLOT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Takes the slots of a batch of upgrades in one statement.
 struct TakeSlots {
     pool: PgPool,
     held: Arc<Held>,
@@ -192,17 +197,10 @@ struct TakeSlots {
     max_per_user: u32,
 }
 
-impl batch::Statement for TakeSlots {
-    type Question = store::ClientSlot;
-    type Answer = Acquired;
-    type Answers = HashMap<Uuid, SlotAnswer>;
-    const BATCH_SIZE: &'static str = "gateway_limits_slot_batch_size";
-    const WHAT: &'static str = "slot acquisition";
-
-    /// Without per-client limits one statement takes the whole batch's slots; with them, each
-    /// connection's address and user are counted across the cluster first.
-    async fn ask(
-        &mut self,
+impl TakeSlots {
+    /// The batch's slots, by connection.
+    async fn take(
+        &self,
         clients: &[store::ClientSlot],
     ) -> Result<HashMap<Uuid, SlotAnswer>, crate::pg::Error> {
         let node = self.held.registry.node_id();
@@ -226,6 +224,27 @@ impl batch::Statement for TakeSlots {
             .into_iter()
             .collect()
         })
+    }
+}
+
+impl batch::Statement for TakeSlots {
+    type Question = store::ClientSlot;
+    type Answer = Acquired;
+    type Answers = HashMap<Uuid, SlotAnswer>;
+    const BATCH_SIZE: &'static str = "gateway_limits_slot_batch_size";
+    const WHAT: &'static str = "slot acquisition";
+
+    /// Without per-client limits one statement takes the whole batch's slots; with them, each
+    /// connection's address and user are counted across the cluster first. No answer within
+    /// [`SLOT_TIMEOUT`] fails the batch.
+    async fn ask(
+        &mut self,
+        clients: &[store::ClientSlot],
+    ) -> Result<HashMap<Uuid, SlotAnswer>, crate::pg::Error> {
+        match tokio::time::timeout(SLOT_TIMEOUT, self.take(clients)).await {
+            Ok(answers) => answers,
+            Err(_) => Err(crate::pg::Error::Timeout(SLOT_TIMEOUT)),
+        }
     }
 
     /// A taken slot becomes the connection's permit at once, recorded with the registry before

@@ -19,7 +19,9 @@
 //!
 //! The writer also keeps what the node really serves (`live`); a node declared lost while it
 //! was only cut from the database writes its rows and slots back when it returns
-//! (`reregister`), closing its newest connections if the cluster filled its cap meanwhile.
+//! (`reregister`), closing its newest connections if the cluster filled its cap meanwhile. A tick
+//! that finds the node holding more slots than it has connections frees those held for no
+//! connection for over a minute (a slot statement that committed but whose answer never came).
 
 mod batch;
 mod live;
@@ -280,6 +282,8 @@ impl Registry {
     /// after lost nodes; completes once attempted. When this node had been declared lost, its
     /// open channels and connection slots are registered again; the connections returned then
     /// found the cluster at its cap and must be closed (they were audited `cap_reclaimed`).
+    /// Slots the node holds for none of its connections, taken over a minute ago, are freed
+    /// (audited `slots_unknown_freed`).
     pub async fn tick(&self, connections: Vec<Uuid>) -> Vec<Uuid> {
         let (done, wait) = oneshot::channel();
         self.send(Event::Tick {

@@ -60,11 +60,13 @@ pub async fn prepare_node(pool: &PgPool, settings: &Settings) -> Result<(), Erro
 }
 
 /// Takes free connection slots for as many of `connections` as there are free slots, in one
-/// statement per pass; returns `(slot, connection)` for each one that got a slot (the others are
-/// over the cap). The search starts at a random slot and wraps round to the first, so concurrent
-/// batches (of this node or others) spread over the table instead of all contending for, and
-/// skipping past, the lowest free slots. Rows are locked with `skip locked`: slots another
-/// transaction is taking are passed over, never waited for.
+/// statement; returns `(slot, connection)` for each one that got a slot (the others are over the
+/// cap). The search starts at a random slot and wraps round to the first, so concurrent batches
+/// (of this node or others) spread over the table instead of all contending for, and skipping
+/// past, the lowest free slots. Rows are locked with `skip locked`: slots another transaction is
+/// taking are passed over, never waited for. Both parts of the search are one statement, so a
+/// failure takes no slot at all (the part below the start is read only when the part above it
+/// had too few free slots).
 ///
 /// # Errors
 /// When the database cannot be reached.
@@ -74,45 +76,39 @@ pub async fn acquire_slots(
     connections: &[Uuid],
     cap: u32,
 ) -> Result<Vec<(i32, Uuid)>, Error> {
+    if connections.is_empty() {
+        return Ok(Vec::new());
+    }
     let cap = i32::try_from(cap).unwrap_or(i32::MAX);
     let start = rand::random_range(1..=cap.max(1));
-    let mut taken: Vec<(i32, Uuid)> = Vec::with_capacity(connections.len());
-    // First pass: slots from `start` to the cap; second: from the first slot below `start`.
-    for (low, high) in [(start, cap), (1, start - 1)] {
-        let got: std::collections::HashSet<Uuid> = taken.iter().map(|(_, c)| *c).collect();
-        let waiting: Vec<Uuid> = connections
-            .iter()
-            .filter(|c| !got.contains(c))
-            .copied()
-            .collect();
-        if waiting.is_empty() || low > high {
-            continue;
-        }
-        let rows: Vec<(i32, Uuid)> = sqlx::query_as(
-            "with free as ( \
-                 select slot, row_number() over (order by slot) as n from ( \
-                     select slot from realtime.connection_slots \
-                     where node_id is null and slot >= $3 and slot <= $4 \
-                     order by slot limit $5 for update skip locked) f), \
-             wanted as ( \
-                 select connection_id, n from unnest($2::uuid[]) with ordinality as w(connection_id, n)) \
-             update realtime.connection_slots s \
-             set node_id = $1, connection_id = wanted.connection_id, taken_at = now(), \
-                 client_addr = null, user_id = null \
-             from free join wanted using (n) \
-             where s.slot = free.slot \
-             returning s.slot, s.connection_id",
-        )
-        .bind(node_id)
-        .bind(&waiting)
-        .bind(low)
-        .bind(high)
-        .bind(i64::try_from(waiting.len()).unwrap_or(i64::MAX))
-        .fetch_all(pool)
-        .await?;
-        taken.extend(rows);
-    }
-    Ok(taken)
+    Ok(sqlx::query_as(
+        "with above as materialized ( \
+             select slot from realtime.connection_slots \
+             where node_id is null and slot >= $3 and slot <= $4 \
+             order by slot limit $5 for update skip locked), \
+         below as materialized ( \
+             select slot from realtime.connection_slots \
+             where node_id is null and slot < $3 \
+             order by slot limit $5 for update skip locked), \
+         free as ( \
+             select slot, row_number() over () as n from ( \
+                 select slot from above union all select slot from below limit $5) f), \
+         wanted as ( \
+             select connection_id, n from unnest($2::uuid[]) with ordinality as w(connection_id, n)) \
+         update realtime.connection_slots s \
+         set node_id = $1, connection_id = wanted.connection_id, taken_at = now(), \
+             client_addr = null, user_id = null \
+         from free join wanted using (n) \
+         where s.slot = free.slot \
+         returning s.slot, s.connection_id",
+    )
+    .bind(node_id)
+    .bind(connections)
+    .bind(start)
+    .bind(cap)
+    .bind(i64::try_from(connections.len()).unwrap_or(i64::MAX))
+    .fetch_all(pool)
+    .await?)
 }
 
 /// One upgrade of a batch under per-client limits: its connection, client address and user.
@@ -344,6 +340,37 @@ pub(super) async fn release_slots(pool: &PgPool, releases: &[(i32, Uuid)]) -> Re
     .execute(pool)
     .await?;
     Ok(())
+}
+
+/// Frees the slots this node holds that it does not know of (`known`: the slots its open
+/// connections hold) and that were taken more than `margin` ago, and returns them as
+/// `(slot, connection)`. Such a slot was taken by a statement whose answer never arrived (the
+/// connection to the database broke after it committed, or the answer came too late); the
+/// margin leaves alone a slot whose taking is still being reported.
+///
+/// # Errors
+/// When the database cannot be reached.
+pub(super) async fn free_unknown_slots(
+    pool: &PgPool,
+    node_id: &str,
+    known: &[i32],
+    margin: std::time::Duration,
+) -> Result<Vec<(i32, Uuid)>, Error> {
+    Ok(sqlx::query_as(
+        "update realtime.connection_slots s \
+         set node_id = null, connection_id = null, taken_at = null, \
+             client_addr = null, user_id = null \
+         from realtime.connection_slots was \
+         where was.slot = s.slot \
+           and s.node_id = $1 and s.taken_at < now() - make_interval(secs => $3) \
+           and not exists (select from unnest($2::int[]) k(slot) where k.slot = s.slot) \
+         returning s.slot, was.connection_id",
+    )
+    .bind(node_id)
+    .bind(known)
+    .bind(margin.as_secs_f64())
+    .fetch_all(pool)
+    .await?)
 }
 
 /// Appends audit records in one statement.

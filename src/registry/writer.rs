@@ -30,6 +30,9 @@ use crate::pg::Error;
 
 /// Writes are flushed at least this often.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
+/// How old a slot this node holds for no connection must be before a tick frees it: long past
+/// the moment its taking is reported (right after the statement that took it answers).
+const UNKNOWN_SLOT_MARGIN: Duration = Duration::from_secs(60);
 /// Most rows written in one statement.
 const MAX_STATEMENT_ROWS: usize = 2_000;
 /// The foreign key of `user_id` to `auth.users`.
@@ -203,6 +206,8 @@ impl Writer {
                             }
                             if self.reregister_needed {
                                 reclaimed = self.reregister().await;
+                            } else if state.slots_held > self.live.slots.len() {
+                                self.free_unknown_slots().await;
                             }
                         }
                         Err(e) => {
@@ -551,6 +556,36 @@ impl Writer {
         // Written now rather than at the next flush interval.
         self.flush().await;
         outcome.victims
+    }
+
+    /// Frees the slots this node holds in the database but not for any of its connections
+    /// (audited `slots_unknown_freed`, counted in `gateway_limits_unknown_slots_freed_total`).
+    async fn free_unknown_slots(&mut self) {
+        let known: Vec<i32> = self.live.slots.values().map(|held| held.slot).collect();
+        let node = &self.settings.node_id;
+        match store::free_unknown_slots(&self.pool, node, &known, UNKNOWN_SLOT_MARGIN).await {
+            Ok(freed) if freed.is_empty() => {}
+            Ok(freed) => {
+                tracing::warn!(
+                    slots = freed.len(),
+                    "freed connection slots this node held for no connection"
+                );
+                metrics::counter!("gateway_limits_unknown_slots_freed_total")
+                    .increment(freed.len() as u64);
+                let (slots, connections): (Vec<i32>, Vec<Uuid>) = freed.into_iter().unzip();
+                self.push_audit(AuditRecord {
+                    kind: "slots_unknown_freed",
+                    at: Utc::now(),
+                    user_id: None,
+                    remote_addr: None,
+                    detail: json!({ "slots": slots, "connection_ids": connections }),
+                });
+            }
+            Err(e) => {
+                tracing::warn!("cannot free unknown connection slots: {}", chain(&e));
+                metrics::counter!("gateway_registry_write_failures_total").increment(1);
+            }
+        }
     }
 
     /// A row the database refused on its own: logged, counted and audited, not retried.

@@ -1,5 +1,6 @@
 //! A database of its own for each test ([`TestDb`]), created from a migrated template and
-//! dropped when the test ends, plus [`realtime_table`] to publish a table on it.
+//! dropped when the test ends, plus [`realtime_table`] to publish a table on it and
+//! [`registry_settings`] for a registry started on it by the test itself.
 
 use sqlx::{Connection, PgConnection};
 
@@ -168,4 +169,23 @@ pub async fn realtime_table(db: &TestDb, table: &str, columns: &str) {
     .execute(&mut conn)
     .await
     .unwrap();
+}
+
+/// Settings of a registry a test starts on its own database: node `node_id`, a cap of
+/// `max_connections`, a 60 s stale timeout and roomy bounds.
+pub fn registry_settings(
+    node_id: &str,
+    max_connections: u32,
+) -> realtime_gateway::registry::Settings {
+    realtime_gateway::registry::Settings {
+        node_id: node_id.into(),
+        listen_addr: "127.0.0.1:0".into(),
+        max_connections,
+        stale_timeout: std::time::Duration::from_secs(60),
+        audit_retention: std::time::Duration::from_secs(3600),
+        max_pending_rows: 1_000,
+        max_pending_audit: 1_000,
+        max_audit_detail_bytes: 4096,
+        registry_retention: std::time::Duration::from_secs(7 * 24 * 3600),
+    }
 }

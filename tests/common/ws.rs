@@ -38,6 +38,32 @@ impl WsClient {
         WsClient { ws, next_ref: 1 }
     }
 
+    /// Connects to `url`, as the client at `forwarded_for` (sent as `x-forwarded-for`) when
+    /// given; a refused upgrade is its HTTP status and body.
+    pub async fn try_connect(
+        url: &str,
+        forwarded_for: Option<&str>,
+    ) -> Result<WsClient, (u16, String)> {
+        use tokio_tungstenite::tungstenite::{self, client::IntoClientRequest};
+        let mut request = url.into_client_request().unwrap();
+        if let Some(addr) = forwarded_for {
+            request
+                .headers_mut()
+                .insert("x-forwarded-for", addr.parse().unwrap());
+        }
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((ws, _)) => Ok(WsClient::from_stream(ws)),
+            Err(tungstenite::Error::Http(response)) => {
+                let body = response.body().clone().unwrap_or_default();
+                Err((
+                    response.status().as_u16(),
+                    String::from_utf8_lossy(&body).into_owned(),
+                ))
+            }
+            Err(e) => panic!("upgrade failed: {e}"),
+        }
+    }
+
     /// Wraps a stream connected by the caller (e.g. over a tuned socket).
     pub fn from_stream(
         ws: tokio_tungstenite::WebSocketStream<

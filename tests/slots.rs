@@ -1,0 +1,214 @@
+//! Connection slots against a real PostgreSQL: a slot statement that fails takes nothing, one
+//! with no answer in time refuses its upgrades, and a tick frees what its node holds for no
+//! connection.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{eventually, token, TestDb, TestGateway, WsClient};
+
+async fn count(db: &TestDb, sql: &str) -> i64 {
+    let mut conn = db.connect().await;
+    sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap()
+}
+
+/// A slot statement that fails takes no slot at all, whichever part of its wrapped-round search
+/// failed: slot 2 of 3 is taken elsewhere and taking slot 1 raises, so every batch of two fails
+/// (from a start at 3, after slot 3 was found above the start). Then, without the fault, a
+/// batch of two gets slots 1 and 3 from any start, and the next finds the cap full.
+#[tokio::test]
+async fn a_failed_slot_statement_takes_no_slot() {
+    use realtime_gateway::registry::store;
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    for sql in [
+        "select realtime.ensure_connection_slots(3)",
+        "update realtime.connection_slots set node_id = 'other', connection_id = gen_random_uuid(), \
+         taken_at = now() where slot = 2",
+        "create function public.test_no_slot_one() returns trigger language plpgsql as \
+         $$ begin raise exception 'slot 1 refused'; end $$",
+        "create trigger test_no_slot_one before update on realtime.connection_slots for each row \
+         when (new.slot = 1 and new.node_id = 'batch-node') execute function public.test_no_slot_one()",
+    ] {
+        sqlx::query(sql).execute(&pool).await.unwrap();
+    }
+    let held = "select count(*) from realtime.connection_slots where node_id = 'batch-node'";
+    // The start is random: 24 batches all start at 3 with a chance of (2/3)^24 < 0.01 %.
+    for _ in 0..24 {
+        let batch = [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()];
+        let error = store::acquire_slots(&pool, "batch-node", &batch, 3)
+            .await
+            .expect_err("taking slot 1 fails");
+        assert!(format!("{error:?}").contains("slot 1 refused"), "{error:?}");
+        assert_eq!(count(&db, held).await, 0, "a failed batch kept a slot");
+    }
+    sqlx::query("drop trigger test_no_slot_one on realtime.connection_slots")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let batch = [uuid::Uuid::new_v4(), uuid::Uuid::new_v4()];
+    let mut got = store::acquire_slots(&pool, "batch-node", &batch, 3)
+        .await
+        .unwrap();
+    got.sort_unstable();
+    assert_eq!(got.iter().map(|g| g.0).collect::<Vec<_>>(), [1, 3]);
+    let mut conns: Vec<_> = got.iter().map(|g| g.1).collect();
+    conns.sort_unstable();
+    let mut wanted = batch.to_vec();
+    wanted.sort_unstable();
+    assert_eq!(conns, wanted);
+    let none = store::acquire_slots(&pool, "batch-node", &[uuid::Uuid::new_v4()], 3)
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "the cap is full: {none:?}");
+}
+
+/// A tick frees the slots its node holds for none of its connections once they are over a
+/// minute old (their taking was never reported: the statement's answer was lost), audits and
+/// counts them, and leaves alone the slots of its connections, however old, and a slot taken
+/// just now.
+#[tokio::test]
+async fn a_tick_frees_slots_held_for_no_connection() {
+    use realtime_gateway::registry::{store, Registry};
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    let shutdown = realtime_gateway::Shutdown::new();
+    let settings = common::registry_settings("tick-node", 8);
+    let registry = Registry::start(pool.clone(), settings, &shutdown)
+        .await
+        .unwrap();
+    let take = |conn: uuid::Uuid| {
+        let pool = pool.clone();
+        async move {
+            let got = store::acquire_slots(&pool, "tick-node", &[conn], 8)
+                .await
+                .unwrap();
+            assert_eq!(got.len(), 1);
+            got[0].0
+        }
+    };
+    let (live, lost, fresh) = (
+        uuid::Uuid::new_v4(),
+        uuid::Uuid::new_v4(),
+        uuid::Uuid::new_v4(),
+    );
+    let live_slot = take(live).await;
+    registry.slot_taken(live_slot, live);
+    let lost_slot = take(lost).await;
+    let fresh_slot = take(fresh).await;
+    sqlx::query(
+        "update realtime.connection_slots set taken_at = now() - interval '2 minutes' \
+         where connection_id = any($1)",
+    )
+    .bind([live, lost])
+    .execute(&pool)
+    .await
+    .unwrap();
+    let reclaimed = registry.tick(Vec::new()).await;
+    assert!(reclaimed.is_empty());
+    let held: Vec<(i32, uuid::Uuid)> = sqlx::query_as(
+        "select slot, connection_id from realtime.connection_slots \
+         where node_id = 'tick-node' order by slot",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let mut expected = vec![(live_slot, live), (fresh_slot, fresh)];
+    expected.sort_unstable();
+    assert_eq!(held, expected, "slot {lost_slot} of {lost} should be free");
+    let audited = format!(
+        "select count(*) from realtime.audit_log where kind = 'slots_unknown_freed' \
+         and detail->'slots' = '[{lost_slot}]' and detail->'connection_ids' = '[\"{lost}\"]'"
+    );
+    eventually(Duration::from_secs(20), &audited, || async {
+        count(&db, &audited).await == 1
+    })
+    .await;
+    // Known and fresh slots stay through later ticks too.
+    registry.tick(Vec::new()).await;
+    assert_eq!(
+        count(
+            &db,
+            "select count(*) from realtime.connection_slots where node_id = 'tick-node'"
+        )
+        .await,
+        2
+    );
+    registry.shutdown(Duration::from_secs(10)).await;
+    shutdown.trigger();
+}
+
+/// A slot statement with no answer in time (held in a trigger) refuses its upgrade with 503
+/// after its bound, and the node keeps serving: when the trigger lets it go, the statement commits a slot
+/// the node holds for no connection, which a tick frees once it is a minute old (backdated
+/// here), audited and counted; the next upgrade is admitted.
+#[tokio::test]
+async fn a_slot_statement_with_no_answer_refuses_its_upgrades_and_its_slot_comes_back() {
+    let db = TestDb::new().await;
+    let gw = TestGateway::start_with(&db, |c| {
+        c.heartbeat_interval = Duration::from_millis(200);
+    })
+    .await;
+    let pool = db.pool().await;
+    let url = gw.ws_url(&token("anon", None), "2.0.0");
+    // A slot is taken only once the test lets it: the statement waits in a trigger for an
+    // advisory lock the test holds.
+    for sql in [
+        "create function public.test_slot_gate() returns trigger language plpgsql as \
+         $$ begin perform pg_advisory_xact_lock_shared(4242); return new; end $$",
+        "create trigger test_slot_gate before update on realtime.connection_slots for each row \
+         when (new.node_id is not null) execute function public.test_slot_gate()",
+    ] {
+        sqlx::query(sql).execute(&pool).await.unwrap();
+    }
+    let mut gate = pool.begin().await.unwrap();
+    sqlx::query("select pg_advisory_xact_lock(4242)")
+        .execute(&mut *gate)
+        .await
+        .unwrap();
+    // The bound only turns a hang into a failure.
+    let refused = tokio::time::timeout(Duration::from_secs(30), WsClient::try_connect(&url, None))
+        .await
+        .expect("the upgrade is answered")
+        .map(|_| ());
+    assert_eq!(
+        refused,
+        Err((
+            503,
+            r#"{"error":"Realtime is temporarily unavailable, please retry"}"#.to_owned()
+        ))
+    );
+    assert_eq!(gw.metric("gateway_limits_unavailable_total").await, 1.0);
+    gate.rollback().await.unwrap();
+    let held = "select count(*) from realtime.connection_slots where node_id is not null";
+    eventually(
+        Duration::from_secs(20),
+        "the late statement's slot",
+        || async { count(&db, held).await == 1 },
+    )
+    .await;
+    sqlx::query("update realtime.connection_slots set taken_at = now() - interval '2 minutes'")
+        .execute(&pool)
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(20), "the slot freed", || async {
+        count(&db, held).await == 0
+    })
+    .await;
+    let audited = "select count(*) from realtime.audit_log where kind = 'slots_unknown_freed'";
+    eventually(Duration::from_secs(20), audited, || async {
+        count(&db, audited).await == 1
+    })
+    .await;
+    assert_eq!(
+        gw.metric("gateway_limits_unknown_slots_freed_total").await,
+        1.0
+    );
+    let mut client = WsClient::try_connect(&url, None).await.expect("admitted");
+    let reply = client.join("realtime:room", serde_json::json!({})).await;
+    assert_eq!(reply["status"], "ok", "{reply}");
+    assert_eq!(count(&db, held).await, 1);
+    pool.close().await;
+    gw.stop().await.unwrap();
+}
