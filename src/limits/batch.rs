@@ -31,8 +31,7 @@ pub(super) trait Statement: Send + 'static {
     /// What a failed batch was, in its warning.
     const WHAT: &'static str;
 
-    /// Asks the database about `batch`: one statement (the slots' may need a second, for the
-    /// slots below where its search started).
+    /// Asks the database about `batch`, in one statement.
     fn ask(
         &mut self,
         batch: &[Self::Question],

@@ -114,6 +114,8 @@ enum Event {
     },
     Tick {
         heartbeats: Vec<Uuid>,
+        /// When the tick was sent: slots taken since may not be reported to the writer yet.
+        sent: std::time::Instant,
         done: oneshot::Sender<Vec<Uuid>>,
     },
     Shutdown(oneshot::Sender<()>),
@@ -288,6 +290,7 @@ impl Registry {
         let (done, wait) = oneshot::channel();
         self.send(Event::Tick {
             heartbeats: connections,
+            sent: std::time::Instant::now(),
             done,
         });
         // The writer answers every tick unless it has stopped.

@@ -64,9 +64,10 @@ pub async fn prepare_node(pool: &PgPool, settings: &Settings) -> Result<(), Erro
 /// cap). The search starts at a random slot and wraps round to the first, so concurrent batches
 /// (of this node or others) spread over the table instead of all contending for, and skipping
 /// past, the lowest free slots. Rows are locked with `skip locked`: slots another transaction is
-/// taking are passed over, never waited for. Both parts of the search are one statement, so a
-/// failure takes no slot at all (the part below the start is read only when the part above it
-/// had too few free slots).
+/// taking are passed over, never waited for. Both parts of the search are one statement
+/// (`realtime.take_slots`, migration 0029), so a failure takes no slot at all (the part below
+/// the start is read only when the part above it had too few free slots), and it gives up on a
+/// lock after 4 s (`lock_timeout`).
 ///
 /// # Errors
 /// When the database cannot be reached.
@@ -81,34 +82,15 @@ pub async fn acquire_slots(
     }
     let cap = i32::try_from(cap).unwrap_or(i32::MAX);
     let start = rand::random_range(1..=cap.max(1));
-    Ok(sqlx::query_as(
-        "with above as materialized ( \
-             select slot from realtime.connection_slots \
-             where node_id is null and slot >= $3 and slot <= $4 \
-             order by slot limit $5 for update skip locked), \
-         below as materialized ( \
-             select slot from realtime.connection_slots \
-             where node_id is null and slot < $3 \
-             order by slot limit $5 for update skip locked), \
-         free as ( \
-             select slot, row_number() over () as n from ( \
-                 select slot from above union all select slot from below limit $5) f), \
-         wanted as ( \
-             select connection_id, n from unnest($2::uuid[]) with ordinality as w(connection_id, n)) \
-         update realtime.connection_slots s \
-         set node_id = $1, connection_id = wanted.connection_id, taken_at = now(), \
-             client_addr = null, user_id = null \
-         from free join wanted using (n) \
-         where s.slot = free.slot \
-         returning s.slot, s.connection_id",
+    Ok(
+        sqlx::query_as("select slot, conn from realtime.take_slots($1, $2, $3, $4)")
+            .bind(node_id)
+            .bind(connections)
+            .bind(start)
+            .bind(cap)
+            .fetch_all(pool)
+            .await?,
     )
-    .bind(node_id)
-    .bind(connections)
-    .bind(start)
-    .bind(cap)
-    .bind(i64::try_from(connections.len()).unwrap_or(i64::MAX))
-    .fetch_all(pool)
-    .await?)
 }
 
 /// One upgrade of a batch under per-client limits: its connection, client address and user.
@@ -128,8 +110,9 @@ pub enum SlotAnswer {
 }
 
 /// Takes slots like [`acquire_slots`], counting each connection's address and user across the
-/// cluster first (`realtime.take_slots_limited`, migration 0015): a connection whose address
-/// holds `max_per_addr` slots, or whose user holds `max_per_user` (0: off), gets none.
+/// cluster first (`realtime.take_slots_limited`, migration 0015; 4 s `lock_timeout` since 0029):
+/// a connection whose address holds `max_per_addr` slots, or whose user holds `max_per_user`
+/// (0: off), gets none.
 ///
 /// # Errors
 /// When the database cannot be reached.

@@ -9,7 +9,9 @@
 //! The writer also keeps what this node really serves ([`Live`]); when a tick finds that the
 //! node was declared lost (its node row gone, or fewer slots held than it has open
 //! connections), it re-registers ([`reregister`]) at that tick and, until that succeeds, at the
-//! following ones.
+//! following ones. A tick that finds more slots held than open connections frees those held
+//! for none of them, once they are over a minute old (a slot statement that committed after
+//! its answer was given up).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -30,8 +32,9 @@ use crate::pg::Error;
 
 /// Writes are flushed at least this often.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
-/// How old a slot this node holds for no connection must be before a tick frees it: long past
-/// the moment its taking is reported (right after the statement that took it answers).
+/// How old a slot this node holds for no connection must be, beyond the time its tick waited,
+/// before the tick frees it: long past the moment its taking is reported (right after the
+/// statement that took it answers, at most 5 s after that statement started).
 const UNKNOWN_SLOT_MARGIN: Duration = Duration::from_secs(60);
 /// Most rows written in one statement.
 const MAX_STATEMENT_ROWS: usize = 2_000;
@@ -190,7 +193,11 @@ impl Writer {
                 self.depth.unread.fetch_sub(1, Ordering::Relaxed);
             }
             match event {
-                Some(Event::Tick { heartbeats, done }) => {
+                Some(Event::Tick {
+                    heartbeats,
+                    sent,
+                    done,
+                }) => {
                     self.flush().await;
                     let mut reclaimed = Vec::new();
                     match store::tick(&self.pool, &self.settings, &heartbeats).await {
@@ -207,7 +214,7 @@ impl Writer {
                             if self.reregister_needed {
                                 reclaimed = self.reregister().await;
                             } else if state.slots_held > self.live.slots.len() {
-                                self.free_unknown_slots().await;
+                                self.free_unknown_slots(sent).await;
                             }
                         }
                         Err(e) => {
@@ -560,10 +567,13 @@ impl Writer {
 
     /// Frees the slots this node holds in the database but not for any of its connections
     /// (audited `slots_unknown_freed`, counted in `gateway_limits_unknown_slots_freed_total`).
-    async fn free_unknown_slots(&mut self) {
+    /// The tick was sent at `sent`: a slot taken since may be reported after it, so the margin
+    /// grows by the time the tick waited and was worked on.
+    async fn free_unknown_slots(&mut self, sent: std::time::Instant) {
         let known: Vec<i32> = self.live.slots.values().map(|held| held.slot).collect();
         let node = &self.settings.node_id;
-        match store::free_unknown_slots(&self.pool, node, &known, UNKNOWN_SLOT_MARGIN).await {
+        let margin = UNKNOWN_SLOT_MARGIN + sent.elapsed();
+        match store::free_unknown_slots(&self.pool, node, &known, margin).await {
             Ok(freed) if freed.is_empty() => {}
             Ok(freed) => {
                 tracing::warn!(
