@@ -97,13 +97,15 @@ impl Tuning {
         }
     }
 
-    /// Settings for a throwaway test cluster: no durability, many connections, commit times.
+    /// Settings for a throwaway test cluster: no durability, many connections, commit times,
+    /// and prepared transactions (two-phase commit is tested).
     pub fn for_tests() -> Tuning {
         let pairs = [
             ("fsync", "off"),
             ("synchronous_commit", "off"),
             ("full_page_writes", "off"),
             ("max_connections", "500"),
+            ("max_prepared_transactions", "10"),
             ("shared_buffers", "128MB"),
             ("track_commit_timestamp", "on"),
         ];
