@@ -121,12 +121,35 @@ async fn next_n(c: &mut WsClient) -> i64 {
     m.payload["data"]["record"]["n"].as_i64().expect("n")
 }
 
+/// Runs `sql` on `conn` as the client writes it: `simple` as one simple-protocol string (as
+/// psql sends it), else each `;`-separated statement on its own, in the extended protocol (as
+/// pgjdbc's XA and psycopg's `tpc_prepare` do).
+async fn run(conn: &mut sqlx::PgConnection, simple: bool, sql: &str) {
+    if simple {
+        sqlx::raw_sql(sql).execute(&mut *conn).await.map(|_| ())
+    } else {
+        let mut result = Ok(());
+        for statement in sql.split(';') {
+            result = sqlx::query(statement).execute(&mut *conn).await.map(|_| ());
+            if result.is_err() {
+                break;
+            }
+        }
+        result
+    }
+    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
 /// Two-phase commit on a published table with the bell on: while writes are sparse each
-/// transaction would win the bell, and PostgreSQL refuses to prepare one that notified; each
-/// PREPARE TRANSACTION succeeds, its change is delivered once COMMIT PREPARED is done, after a
-/// change committed meanwhile, and a prepared transaction rolled back is never delivered.
+/// transaction would win the bell, and PostgreSQL refuses to prepare one that notified. Each
+/// PREPARE TRANSACTION succeeds, sent in either protocol and after `set constraints all
+/// immediate` (which fires the deferred bell early), and leaves the bell's lock free; its change
+/// is delivered once COMMIT PREPARED is done, after a change committed meanwhile, and a prepared
+/// transaction rolled back is never delivered. Prepared transactions a failure leaves behind
+/// are rolled back.
 #[tokio::test]
 async fn prepared_transactions_prepare_with_the_bell_on_and_are_delivered_once() {
+    use futures_util::FutureExt;
     let db = TestDb::new().await;
     let mut conn = db.connect().await;
     let allowed: String = sqlx::query_scalar("show max_prepared_transactions")
@@ -142,26 +165,46 @@ async fn prepared_transactions_prepare_with_the_bell_on_and_are_delivered_once()
         eprintln!("skipped: the server at DATABASE_URL allows no prepared transactions");
         return;
     }
-    common::realtime_table(&db, "two_phase", "n bigint").await;
-    let gw = TestGateway::start(&db).await;
+    let outcome = std::panic::AssertUnwindSafe(two_phase_deliveries(&db))
+        .catch_unwind()
+        .await;
+    let left: Vec<String> =
+        sqlx::query_scalar("select gid from pg_prepared_xacts where database = current_database()")
+            .fetch_all(&mut conn)
+            .await
+            .unwrap();
+    for gid in &left {
+        run(&mut conn, true, &format!("rollback prepared '{gid}'")).await;
+    }
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+    assert!(left.is_empty(), "left prepared: {left:?}");
+}
+
+async fn two_phase_deliveries(db: &TestDb) {
+    common::realtime_table(db, "two_phase", "n bigint").await;
+    let gw = TestGateway::start(db).await;
     let mut c = WsClient::connect(&gw.ws_url(&token("service_role", None), "2.0.0")).await;
     c.subscribe(
         "realtime:two_phase",
         json!([{"event": "INSERT", "schema": "public", "table": "two_phase"}]),
     )
     .await;
-    let mut other = db.connect().await;
-    let run = async |conn: &mut sqlx::PgConnection, sql: String| {
-        sqlx::raw_sql(&sql)
-            .execute(conn)
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e}"));
-    };
-    for i in 1..=5_i64 {
+    let (mut conn, mut other) = (db.connect().await, db.connect().await);
+    // (simple protocol, constraints set immediate before the prepare)
+    let ways = [(true, false), (false, false), (true, true), (false, true)];
+    for (i, (simple, immediate)) in (1_i64..).zip(ways) {
+        let check = if immediate {
+            "set constraints all immediate; "
+        } else {
+            ""
+        };
         run(
             &mut conn,
-            format!(
-                "begin; insert into public.two_phase (n) values ({i}); \
+            simple,
+            &format!(
+                "begin; insert into public.two_phase (n) values ({i}); {check}\
                  prepare transaction 'two-phase-{i}'"
             ),
         )
@@ -169,44 +212,46 @@ async fn prepared_transactions_prepare_with_the_bell_on_and_are_delivered_once()
         // A prepared transaction keeps its advisory locks: holding the bell's would keep every
         // other writer from ringing until COMMIT PREPARED.
         let bell_held: i64 = sqlx::query_scalar(
-            "select count(*) from pg_locks where locktype = 'advisory' \
-             and classid = 1381254999 and objid = 0 and objsubid = 2 and pid is null",
+            "select count(*) from pg_locks l join pg_database d on d.oid = l.database \
+             where d.datname = current_database() and l.locktype = 'advisory' \
+               and l.classid = 1381254999 and l.objid = 0 and l.objsubid = 2 and l.pid is null",
         )
         .fetch_one(&mut other)
         .await
         .unwrap();
         assert_eq!(bell_held, 0, "the prepared transaction holds the bell");
+        let insert = format!("insert into public.two_phase (n) values ({})", 100 + i);
+        run(&mut other, true, &insert).await;
+        assert_eq!(next_n(&mut c).await, 100 + i, "the prepared change waits");
         run(
             &mut other,
-            format!("insert into public.two_phase (n) values ({})", 100 + i),
+            true,
+            &format!("commit prepared 'two-phase-{i}'"),
         )
         .await;
-        assert_eq!(next_n(&mut c).await, 100 + i, "the prepared change waits");
-        run(&mut other, format!("commit prepared 'two-phase-{i}'")).await;
         assert_eq!(next_n(&mut c).await, i, "delivered once committed");
     }
     run(
         &mut conn,
+        true,
         "begin; insert into public.two_phase (n) values (50); \
-         prepare transaction 'two-phase-rolled-back'"
-            .to_owned(),
+         prepare transaction 'two-phase-rolled-back'",
     )
     .await;
     run(
         &mut other,
-        "rollback prepared 'two-phase-rolled-back'".to_owned(),
+        true,
+        "rollback prepared 'two-phase-rolled-back'",
     )
     .await;
     for n in [51, 52] {
-        run(
-            &mut other,
-            format!("insert into public.two_phase (n) values ({n})"),
-        )
-        .await;
+        let insert = format!("insert into public.two_phase (n) values ({n})");
+        run(&mut other, true, &insert).await;
         assert_eq!(
             next_n(&mut c).await,
             n,
             "nothing rolled back, nothing twice"
         );
     }
+    gw.stop().await.unwrap();
 }
