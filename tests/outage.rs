@@ -24,11 +24,6 @@ async fn node(url: &str, id: &str, cap: u32) -> TestGateway {
     .await
 }
 
-async fn count(db: &TestDb, sql: &str) -> i64 {
-    let mut conn = db.connect().await;
-    sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap()
-}
-
 async fn strings(db: &TestDb, sql: &str) -> BTreeSet<String> {
     let mut conn = db.connect().await;
     sqlx::query_scalar::<_, String>(sql)
@@ -101,20 +96,17 @@ fn set(items: &[&str]) -> BTreeSet<String> {
 }
 
 async fn declared_lost(db: &TestDb, node: &str) -> bool {
-    count(
-        db,
-        &format!(
-            "select count(*) from realtime.audit_log \
+    db.count(&format!(
+        "select count(*) from realtime.audit_log \
              where kind = 'node_lost' and detail->>'lost_node' = '{node}'"
-        ),
-    )
+    ))
     .await
         > 0
-        && count(
-            db,
-            &format!("select count(*) from realtime.nodes where node_id = '{node}'"),
-        )
-        .await
+        && db
+            .count(&format!(
+                "select count(*) from realtime.nodes where node_id = '{node}'"
+            ))
+            .await
             == 0
 }
 
@@ -158,11 +150,8 @@ async fn a_node_declared_lost_reregisters_its_live_sessions() {
     )
     .await;
     assert_eq!(
-        count(
-            &db,
-            "select count(*) from realtime.connection_slots where node_id is not null"
-        )
-        .await,
+        db.count("select count(*) from realtime.connection_slots where node_id is not null")
+            .await,
         4
     );
 
@@ -231,8 +220,7 @@ async fn a_node_declared_lost_reregisters_its_live_sessions() {
     assert_eq!(open_sessions(&[&direct, &cut]).len(), 3);
     // The rows are those of the open connections, one per channel.
     assert_eq!(
-        count(
-            &db,
+        db.count(
             "select count(*) from public.realtime_subscription_registry r \
              where r.is_active and not exists (select from realtime.connection_slots s \
                  where s.connection_id = r.connection_id and s.node_id = r.node_id)"
@@ -245,8 +233,7 @@ async fn a_node_declared_lost_reregisters_its_live_sessions() {
         Duration::from_secs(20),
         "node_reregistered audited",
         || async {
-            count(
-                &db,
+            db.count(
                 "select count(*) from realtime.audit_log where kind = 'node_reregistered' \
                  and node_id = 'cut' and (detail->>'connections')::int = 2 \
                  and (detail->>'reclaimed')::int = 0",
@@ -257,11 +244,8 @@ async fn a_node_declared_lost_reregisters_its_live_sessions() {
     )
     .await;
     assert_eq!(
-        count(
-            &db,
-            "select count(*) from realtime.audit_log where kind = 'cap_reclaimed'"
-        )
-        .await,
+        db.count("select count(*) from realtime.audit_log where kind = 'cap_reclaimed'")
+            .await,
         0
     );
     // Still served after the re-registration, and what ends now is recorded.
@@ -280,11 +264,8 @@ async fn a_node_declared_lost_reregisters_its_live_sessions() {
     cut.stop().await.unwrap();
     direct.stop().await.unwrap();
     assert_eq!(
-        count(
-            &db,
-            "select count(*) from public.realtime_subscription_registry where is_active"
-        )
-        .await,
+        db.count("select count(*) from public.realtime_subscription_registry where is_active")
+            .await,
         0
     );
 }
@@ -306,11 +287,8 @@ async fn a_node_back_over_the_cap_closes_its_newest_sessions() {
         c.join(&format!("realtime:k{i}"), json!({})).await;
         // One after another, so that their ages are known.
         eventually(Duration::from_secs(10), "slot recorded", || async {
-            count(
-                &db,
-                "select count(*) from realtime.connection_slots where node_id = 'cut'",
-            )
-            .await
+            db.count("select count(*) from realtime.connection_slots where node_id = 'cut'")
+                .await
                 == i + 1
         })
         .await;
@@ -345,11 +323,8 @@ async fn a_node_back_over_the_cap_closes_its_newest_sessions() {
         Duration::from_secs(40),
         "the cut node re-registered",
         || async {
-            count(
-                &db,
-                "select count(*) from realtime.audit_log where kind = 'node_reregistered'",
-            )
-            .await
+            db.count("select count(*) from realtime.audit_log where kind = 'node_reregistered'")
+                .await
                 == 1
         },
     )
@@ -364,28 +339,23 @@ async fn a_node_back_over_the_cap_closes_its_newest_sessions() {
         || async {
             strings(&db, ACTIVE).await == expected
                 && strings(&db, HELD).await == open_sessions(&[&direct, &cut])
-                && count(
-                    &db,
-                    "select count(*) from realtime.audit_log where kind = 'cap_reclaimed'",
-                )
-                .await
+                && db
+                    .count("select count(*) from realtime.audit_log where kind = 'cap_reclaimed'")
+                    .await
                     == 2
         },
     )
     .await;
     assert_eq!(open_sessions(&[&direct, &cut]).len(), 4);
     assert_eq!(
-        count(
-            &db,
-            "select count(*) from public.realtime_subscription_registry \
+        db.count("select count(*) from public.realtime_subscription_registry \
              where channel_name in ('k1', 'k2') and not is_active and close_reason = 'cap_reclaimed'"
         )
         .await,
         2
     );
     assert_eq!(
-        count(
-            &db,
+        db.count(
             "select count(*) from realtime.audit_log where kind = 'node_reregistered' \
              and (detail->>'reclaimed')::int = 2 and (detail->>'connections')::int = 1"
         )

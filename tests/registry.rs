@@ -9,14 +9,9 @@ use common::{eventually, token, GatewayProcess, TestDb, TestGateway, WsClient};
 use serde_json::json;
 use sqlx::Row;
 
-async fn count(db: &TestDb, sql: &str) -> i64 {
-    let mut conn = db.connect().await;
-    sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap()
-}
-
 async fn wait_count(db: &TestDb, sql: &str, expected: i64) {
     eventually(Duration::from_secs(20), sql, || async {
-        count(db, sql).await == expected
+        db.count(sql).await == expected
     })
     .await;
 }
@@ -92,7 +87,8 @@ async fn every_join_is_a_row_and_every_end_closes_it() {
         "join config component wins over the socket param"
     );
     assert_eq!(
-        count(&db, "select count(*) from realtime.active_subscriptions").await,
+        db.count("select count(*) from realtime.active_subscriptions")
+            .await,
         150
     );
 
@@ -104,21 +100,20 @@ async fn every_join_is_a_row_and_every_end_closes_it() {
                 where not is_active and close_reason = 'leave' and channel_name = 'room-3' \
                 and closed_at is not null";
     wait_count(&db, left, 1).await;
-    assert_eq!(count(&db, active).await, 149);
+    assert_eq!(db.count(active).await, 149);
 
     // Closing the socket flips the rest of that connection.
     drop(clients.remove(3));
     let closed = "select count(*) from public.realtime_subscription_registry \
                   where close_reason = 'socket_closed' and channel_name in ('changes-3', 'other-3')";
     wait_count(&db, closed, 2).await;
-    assert_eq!(count(&db, active).await, 147);
+    assert_eq!(db.count(active).await, 147);
 
     // A clean shutdown ends every row with a reason.
     gw.stop().await.unwrap();
-    assert_eq!(count(&db, active).await, 0);
+    assert_eq!(db.count(active).await, 0);
     assert_eq!(
-        count(
-            &db,
+        db.count(
             "select count(*) from public.realtime_subscription_registry \
              where close_reason is null or closed_at is null"
         )
@@ -126,14 +121,12 @@ async fn every_join_is_a_row_and_every_end_closes_it() {
         0
     );
     assert_eq!(
-        count(
-            &db,
-            "select count(*) from public.realtime_subscription_registry where close_reason = 'shutdown'"
+        db.count("select count(*) from public.realtime_subscription_registry where close_reason = 'shutdown'"
         )
         .await,
         147
     );
-    assert_eq!(count(&db, "select count(*) from realtime.nodes").await, 0);
+    assert_eq!(db.count("select count(*) from realtime.nodes").await, 0);
 }
 
 /// A client that stops heartbeating is closed (4000) and its rows reaped within interval +
@@ -190,8 +183,7 @@ async fn silent_clients_are_reaped_and_live_ones_never() {
         "ok"
     );
     assert_eq!(
-        count(
-            &db,
+        db.count(
             "select count(*) from public.realtime_subscription_registry \
              where channel_name = 'chatty' and is_active"
         )
@@ -250,11 +242,8 @@ async fn killed_node_rows_and_slots_are_released() {
         killed_at.elapsed()
     );
     assert_eq!(
-        count(
-            &db,
-            "select count(*) from realtime.audit_log where kind = 'node_lost'"
-        )
-        .await,
+        db.count("select count(*) from realtime.audit_log where kind = 'node_lost'")
+            .await,
         1
     );
     // All ten slots are usable again.
@@ -327,11 +316,8 @@ async fn cap_is_exact_across_nodes() {
     )
     .await;
     assert_eq!(
-        count(
-            &db,
-            "select count(*) from realtime.connection_slots where node_id is not null"
-        )
-        .await,
+        db.count("select count(*) from realtime.connection_slots where node_id is not null")
+            .await,
         200
     );
     drop(admitted);
@@ -451,8 +437,7 @@ async fn odd_joins_unknown_users_and_long_topics_poison_nothing() {
         .unwrap();
     let gw = TestGateway::start_with(&db, |c| c.max_connections = 3).await;
     assert_eq!(
-        count(
-            &db,
+        db.count(
             "select count(*) from pg_constraint \
              where conname = 'realtime_subscription_registry_user_id_fkey'"
         )
@@ -473,7 +458,7 @@ async fn odd_joins_unknown_users_and_long_topics_poison_nothing() {
     for i in 0..ROUNDS {
         // The previous connection's slot has come back (the bystander holds one).
         eventually(Duration::from_secs(10), "a slot released", || async {
-            count(&db, taken).await <= 1
+            db.count(taken).await <= 1
         })
         .await;
         let key = if i % 4 == 2 { &unknown_key } else { &known_key };
@@ -515,7 +500,7 @@ async fn odd_joins_unknown_users_and_long_topics_poison_nothing() {
     eventually(
         Duration::from_secs(10),
         "every slot but one back",
-        || async { count(&db, taken).await == 1 },
+        || async { db.count(taken).await == 1 },
     )
     .await;
     let rows = |filter: &str| {
@@ -540,42 +525,35 @@ async fn odd_joins_unknown_users_and_long_topics_poison_nothing() {
     .await;
     // The well-formed joins of the unknown user's connections are recorded the same way.
     assert_eq!(
-        count(
-            &db,
-            &rows(&format!(
-                "claimed_user_id = '{unknown}' and user_id is null"
-            ))
-        )
+        db.count(&rows(&format!(
+            "claimed_user_id = '{unknown}' and user_id is null"
+        )))
         .await,
         6
     );
     assert_eq!(
-        count(
-            &db,
-            &rows(&format!("channel_name = 'lobby' and user_id = '{known}'"))
-        )
+        db.count(&rows(&format!(
+            "channel_name = 'lobby' and user_id = '{known}'"
+        )))
         .await,
         1
     );
     // Every connection that came and went has ended its rows.
     wait_count(&db, &rows("is_active and channel_name <> 'lobby'"), 0).await;
     assert_eq!(
-        count(
-            &db,
+        db.count(
             "select count(*) from realtime.audit_log \
              where kind in ('cap_refused', 'registry_row_failed')"
         )
         .await,
         0
     );
-    let ids = count(
-        &db,
-        "select count(distinct subscription_id) from public.realtime_subscription_registry",
-    )
-    .await;
+    let ids = db
+        .count("select count(distinct subscription_id) from public.realtime_subscription_registry")
+        .await;
     assert_eq!(
         ids,
-        count(&db, &rows("true")).await,
+        db.count(&rows("true")).await,
         "subscription ids unique"
     );
 
@@ -656,7 +634,7 @@ async fn one_refused_row_fails_alone_and_its_batch_lands() {
         1,
     )
     .await;
-    assert_eq!(count(&db, &rows("channel_name = 'poison'")).await, 0);
+    assert_eq!(db.count(&rows("channel_name = 'poison'")).await, 0);
     wait_count(
         &db,
         "select count(*) from realtime.audit_log where kind = 'registry_row_failed' \

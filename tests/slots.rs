@@ -8,11 +8,6 @@ use std::time::Duration;
 
 use common::{eventually, token, TestDb, TestGateway, WsClient};
 
-async fn count(db: &TestDb, sql: &str) -> i64 {
-    let mut conn = db.connect().await;
-    sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap()
-}
-
 /// A slot statement that fails takes no slot at all, whichever part of its wrapped-round search
 /// failed: slot 2 of 3 is taken elsewhere and taking slot 1 raises, so every batch of two fails
 /// (from a start at 3, after slot 3 was found above the start). Then, without the fault, a
@@ -42,7 +37,7 @@ async fn a_failed_slot_statement_takes_no_slot() {
             .await
             .expect_err("taking slot 1 fails");
         assert!(format!("{error:?}").contains("slot 1 refused"), "{error:?}");
-        assert_eq!(count(&db, held).await, 0, "a failed batch kept a slot");
+        assert_eq!(db.count(held).await, 0, "a failed batch kept a slot");
     }
     sqlx::query("drop trigger test_no_slot_one on realtime.connection_slots")
         .execute(&pool)
@@ -123,17 +118,14 @@ async fn a_tick_frees_slots_held_for_no_connection() {
          and detail->'slots' = '[{lost_slot}]' and detail->'connection_ids' = '[\"{lost}\"]'"
     );
     eventually(Duration::from_secs(20), &audited, || async {
-        count(&db, &audited).await == 1
+        db.count(&audited).await == 1
     })
     .await;
     // Known and fresh slots stay through later ticks too.
     registry.tick(Vec::new()).await;
     assert_eq!(
-        count(
-            &db,
-            "select count(*) from realtime.connection_slots where node_id = 'tick-node'"
-        )
-        .await,
+        db.count("select count(*) from realtime.connection_slots where node_id = 'tick-node'")
+            .await,
         2
     );
     registry.shutdown(Duration::from_secs(10)).await;
@@ -164,7 +156,7 @@ async fn served_and_stop(db: &TestDb, gw: TestGateway, url: &str) {
     let reply = client.join("realtime:room", serde_json::json!({})).await;
     assert_eq!(reply["status"], "ok", "{reply}");
     let held = "select count(*) from realtime.connection_slots where node_id is not null";
-    assert_eq!(count(db, held).await, 1);
+    assert_eq!(db.count(held).await, 1);
     gw.stop().await.unwrap();
 }
 
@@ -207,11 +199,11 @@ async fn a_slot_statement_waiting_on_a_lock_gives_up_in_the_database() {
         // Given up by the database itself: the gate is still held. (The node may stop waiting
         // first when the statement was slow to get a connection.)
         eventually(Duration::from_secs(10), "no statement waits", || async {
-            count(&db, waiting).await == 0
+            db.count(waiting).await == 0
         })
         .await;
         let held = "select count(*) from realtime.connection_slots where node_id is not null";
-        assert_eq!(count(&db, held).await, 0);
+        assert_eq!(db.count(held).await, 0);
         gate.rollback().await.unwrap();
         served_and_stop(&db, gw, &url).await;
         pool.close().await;
@@ -260,7 +252,7 @@ async fn a_slot_statement_answered_too_late_leaves_a_slot_a_tick_frees() {
     eventually(
         Duration::from_secs(20),
         "the late statement's slot",
-        || async { count(&db, held).await == 1 },
+        || async { db.count(held).await == 1 },
     )
     .await;
     run(
@@ -272,12 +264,12 @@ async fn a_slot_statement_answered_too_late_leaves_a_slot_a_tick_frees() {
     )
     .await;
     eventually(Duration::from_secs(20), "the slot freed", || async {
-        count(&db, held).await == 0
+        db.count(held).await == 0
     })
     .await;
     let audited = "select count(*) from realtime.audit_log where kind = 'slots_unknown_freed'";
     eventually(Duration::from_secs(20), audited, || async {
-        count(&db, audited).await == 1
+        db.count(audited).await == 1
     })
     .await;
     assert!(gw.metric("gateway_limits_unknown_slots_freed_total").await > freed);

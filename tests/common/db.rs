@@ -118,6 +118,12 @@ impl TestDb {
         PgConnection::connect(&self.url).await.expect("connect")
     }
 
+    /// The one `bigint` that `sql` selects (a `count(*)`), on a connection of its own.
+    pub async fn count(&self, sql: &str) -> i64 {
+        let mut conn = self.connect().await;
+        sqlx::query_scalar(sql).fetch_one(&mut conn).await.unwrap()
+    }
+
     /// A small pool on this database.
     pub async fn pool(&self) -> sqlx::PgPool {
         sqlx::postgres::PgPoolOptions::new()
