@@ -29,7 +29,14 @@ pub(crate) struct Delivery<'a> {
 /// The checked fields of a vsn 2 `postgres_changes` frame; `None` for any other frame, and
 /// for a delivery without a string `table` or integer `run` and `n` in its record.
 pub(crate) fn delivery(frame: &[u8]) -> Option<Delivery<'_>> {
-    let mut c = Cursor { s: frame, i: 0 };
+    // One check of the whole frame (JSON text is UTF-8 throughout) instead of one per string:
+    // every string then ends at an ASCII quote, so slicing it out is always on a boundary.
+    let text = std::str::from_utf8(frame).ok()?;
+    let mut c = Cursor {
+        t: text,
+        s: text.as_bytes(),
+        i: 0,
+    };
     c.byte(b'[')?;
     c.skip_value()?;
     c.byte(b',')?;
@@ -98,8 +105,42 @@ pub(crate) fn delivery(frame: &[u8]) -> Option<Delivery<'_>> {
 /// A position in the frame. Every method returns `None` on bytes that are not the JSON it
 /// expects; none of them panics or allocates.
 struct Cursor<'a> {
+    /// The frame, checked to be UTF-8.
+    t: &'a str,
+    /// The same bytes.
     s: &'a [u8],
     i: usize,
+}
+
+/// The first position at or after `i` holding a byte that ends a string's run of plain
+/// characters: `"`, `\` or a control character (which JSON does not allow unescaped). Eight
+/// bytes at a time: a delivery is mostly string contents (the row's values, column names).
+fn string_stop(s: &[u8], mut i: usize) -> Option<usize> {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    /// High bit of each byte of `x` that is below `n` (n <= 0x80). Bytes above the lowest such
+    /// byte may be flagged falsely (a borrow), never a byte below it.
+    fn below(x: u64, n: u8) -> u64 {
+        x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH
+    }
+    while let Some(chunk) = s.get(i..i + 8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word);
+        // A byte equal to `c` is a zero byte of `x ^ c…c`, i.e. below 1.
+        let hit = below(x ^ (ONES * u64::from(b'"')), 1)
+            | below(x ^ (ONES * u64::from(b'\\')), 1)
+            | below(x, 0x20);
+        if hit != 0 {
+            // Little-endian: the lowest flagged byte comes first in the frame, and is a true hit.
+            return Some(i + (hit.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    let rest = s.get(i..)?;
+    rest.iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+        .map(|p| i + p)
 }
 
 impl<'a> Cursor<'a> {
@@ -125,16 +166,16 @@ impl<'a> Cursor<'a> {
         self.byte(b'"')?;
         let start = self.i;
         loop {
-            match *self.s.get(self.i)? {
+            self.i = string_stop(self.s, self.i)?;
+            match self.s[self.i] {
                 b'"' => break,
                 b'\\' => self.i += 2,
-                0..=0x1f => return None,
-                _ => self.i += 1,
+                _ => return None,
             }
         }
-        let raw = self.s.get(start..self.i)?;
+        let raw = self.t.get(start..self.i)?;
         self.i += 1;
-        std::str::from_utf8(raw).ok()
+        Some(raw)
     }
 
     /// `Some(Some(s))` for a string, `Some(None)` for any other value (skipped).
@@ -294,6 +335,34 @@ mod tests {
         assert_eq!((d.run, d.n), (42, 7));
     }
 
+    #[test]
+    fn a_control_byte_or_bad_utf8_anywhere_in_a_skipped_string_is_refused() {
+        // The row's payload is skipped; where in it the bad byte sits must not matter.
+        for at in 0..40 {
+            for bad in [0x00u8, 0x07, 0x1f, 0xff, 0xc3] {
+                let mut value = vec![b'y'; 40];
+                value[at] = bad;
+                let mut frame = FRAME
+                    .replace(r#""payload":"x""#, r#""payload":"@""#)
+                    .into_bytes();
+                let hole = frame.iter().position(|&b| b == b'@').unwrap();
+                frame.splice(hole..=hole, value);
+                assert_eq!(delivery(&frame), None, "byte {bad:#x} at {at}");
+            }
+        }
+    }
+
+    #[test]
+    fn escaped_quotes_at_every_offset_are_skipped() {
+        for at in 0..24 {
+            let value = format!("{}\\\"{}", "z".repeat(at), "z".repeat(24 - at));
+            let frame = FRAME.replace(r#""payload":"x""#, &format!(r#""payload":"{value}""#));
+            let d = delivery(frame.as_bytes()).unwrap_or_else(|| panic!("{frame}"));
+            assert_eq!((d.run, d.n), (42, 7));
+            assert_eq!(Some(decoded(d)), by_serde(&frame));
+        }
+    }
+
     /// What serde_json finds at the same places, as the scanner reports it.
     fn by_serde(text: &str) -> Option<(String, String, i64, u64, Option<String>)> {
         let v: Value = serde_json::from_str(text).ok()?;
@@ -345,10 +414,12 @@ mod tests {
         })
     }
 
-    /// Strings that look like the fields the scanner looks for, with escapes and non-ASCII.
+    /// Strings that look like the fields the scanner looks for, with escapes and non-ASCII,
+    /// and longer ones that put quotes and escapes at every offset of the 8-byte steps.
     fn tricky_string() -> impl Strategy<Value = String> {
         prop_oneof![
             "[ -~]{0,12}",
+            "[ -~\t\né\u{7f}\u{1F600}]{8,40}",
             Just(r#""n":5,"run":6}"#.to_owned()),
             Just("postgres_changes".to_owned()),
             Just("tab\t\\\"é\u{1F600}\u{7}".to_owned()),
