@@ -210,6 +210,99 @@ async fn a_slot_statement_waiting_on_a_lock_gives_up_in_the_database() {
     }
 }
 
+/// With per-client limits a batch takes one advisory lock per address and user, one after
+/// another; its lock waits together stay within the statement's 4 s (migration 0031), not 4 s
+/// each. The test holds both locks of one upgrade (its address's and its user's), lets the first
+/// go after the statement has waited 2.5 s for it, and keeps the second: the statement gives up
+/// in the database about 4 s after it began, where 4 s for each lock would keep it waiting past
+/// 6.5 s. Its upgrade gets 503 and takes no slot; once the lock is gone the next one is admitted.
+#[tokio::test]
+async fn a_limited_slot_statement_waits_4_s_in_all_for_its_locks() {
+    let db = TestDb::new().await;
+    let gw = TestGateway::start_with(&db, |c| {
+        c.max_connections_per_addr = 5;
+        c.max_connections_per_user = 5;
+    })
+    .await;
+    let pool = db.pool().await;
+    let user = "5d0c2f0e-8a53-4c1e-9d2b-3f6a1b7c9e41";
+    // The function's keys, in the order it takes them.
+    let keys: Vec<i64> = sqlx::query_scalar(
+        "select k from (values (hashtextextended('a' || '127.0.0.1'::inet::text, 0)), \
+                               (hashtextextended('u' || $1, 0))) as v(k) order by k",
+    )
+    .bind(user)
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    let mut holder = pool.acquire().await.unwrap();
+    for key in &keys {
+        sqlx::query("select pg_advisory_lock($1)")
+            .bind(key)
+            .execute(&mut *holder)
+            .await
+            .unwrap();
+    }
+    // Waiters of this database on one advisory key (`None`: on any); a bigint key is
+    // `classid` (high half) and `objid` (low half).
+    let waiting = |key: Option<i64>| {
+        let key = key.map_or(String::new(), |k| {
+            format!("and ((classid::bigint << 32) | objid::bigint) = {k}")
+        });
+        format!(
+            "select count(*) from pg_locks where locktype = 'advisory' and not granted \
+             and database = (select oid from pg_database where datname = current_database()) \
+             {key}"
+        )
+    };
+    let url = gw.ws_url(&token("authenticated", Some(user)), "2.0.0");
+    let refused = tokio::spawn({
+        let url = url.clone();
+        async move { upgrade(&url).await.map(|_| ()) }
+    });
+    eventually(
+        Duration::from_secs(10),
+        "a wait on the first lock",
+        || async { db.count(&waiting(Some(keys[0]))).await == 1 },
+    )
+    .await;
+    let began = std::time::Instant::now();
+    // Not a synchronization: the first wait must last long enough that a bound of 4 s for each
+    // lock, instead of 4 s in all, would keep the statement waiting well past 4 s.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    sqlx::query("select pg_advisory_unlock($1)")
+        .bind(keys[0])
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "a wait on the second lock",
+        || async { db.count(&waiting(Some(keys[1]))).await == 1 },
+    )
+    .await;
+    eventually(Duration::from_secs(10), "no statement waits", || async {
+        db.count(&waiting(None)).await == 0
+    })
+    .await;
+    let waited = began.elapsed();
+    assert!(
+        waited < Duration::from_millis(5500),
+        "the statement waited {waited:?} for its locks, with the second still held"
+    );
+    assert_eq!(refused.await.unwrap(), Err((503, UNAVAILABLE.to_owned())));
+    let held = "select count(*) from realtime.connection_slots where node_id is not null";
+    assert_eq!(db.count(held).await, 0);
+    sqlx::query("select pg_advisory_unlock($1)")
+        .bind(keys[1])
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    drop(holder);
+    served_and_stop(&db, gw, &url).await;
+    pool.close().await;
+}
+
 /// A slot statement slow for another reason than a lock (held in a trigger until the test
 /// opens it) refuses its upgrade with 503 after the node's 5 s, and commits later: the node
 /// holds that slot for no connection, and a tick frees it once it is a minute old (backdated

@@ -184,10 +184,10 @@ async fn prune_auth_failures(clients: Arc<client::ClientLimits>, shutdown: Shutd
 }
 
 /// How long a batch's slot statement may take before its upgrades are refused as temporarily
-/// unavailable (the next batch is then served). The statement itself gives up on each lock it
-/// waits for after 4 s (migration 0029), so it seldom outlives this bound (with per-client
-/// limits it may wait for several advisory locks in turn); one that commits after it anyway
-/// leaves slots held for no connection, which a later tick frees ([`Registry::tick`]).
+/// unavailable (the next batch is then served). The statement itself gives up on the locks it
+/// waits for after 4 s in all (migrations 0029 and, with per-client limits, 0031), so it seldom
+/// outlives this bound; one that commits after it anyway leaves slots held for no connection,
+/// which a later tick frees ([`Registry::tick`]).
 const SLOT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Takes the slots of a batch of upgrades in one statement.
