@@ -7,6 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{eventually, token, TestDb, TestGateway, WsClient};
+use realtime_gateway::limits::SLOT_TIMEOUT;
 
 /// A slot statement that fails takes no slot at all, whichever part of its wrapped-round search
 /// failed: slot 2 of 3 is taken elsewhere and taking slot 1 raises, so every batch of two fails
@@ -208,6 +209,37 @@ async fn a_slot_statement_waiting_on_a_lock_gives_up_in_the_database() {
         served_and_stop(&db, gw, &url).await;
         pool.close().await;
     }
+}
+
+/// Both slot statements give up on their locks in the database before the node stops waiting
+/// for them ([`SLOT_TIMEOUT`]), so one the node gave up on does not go on holding a pool
+/// connection: their `lock_timeout` (migrations 0029 and 0031) is set and below it.
+#[tokio::test]
+async fn the_slot_statements_give_up_before_the_node_does() {
+    let db = TestDb::new().await;
+    let pool = db.pool().await;
+    for function in [
+        "realtime.take_slots(text, uuid[], int, int)",
+        "realtime.take_slots_limited(text, uuid[], inet[], uuid[], int, int, int, int)",
+    ] {
+        // The setting as PostgreSQL reads it, in milliseconds.
+        let ms: Option<i64> = sqlx::query_scalar(
+            "select (extract(epoch from regexp_replace(c, '^lock_timeout=', '')::interval) \
+                     * 1000)::bigint \
+             from pg_proc, unnest(proconfig) as c \
+             where oid = $1::regprocedure and c like 'lock_timeout=%'",
+        )
+        .bind(function)
+        .fetch_optional(&pool)
+        .await
+        .unwrap();
+        let ms = ms.unwrap_or_else(|| panic!("{function} sets no lock_timeout"));
+        assert!(
+            ms > 0 && u128::from(ms.unsigned_abs()) < SLOT_TIMEOUT.as_millis(),
+            "{function}: lock_timeout {ms} ms, the node waits {SLOT_TIMEOUT:?}"
+        );
+    }
+    pool.close().await;
 }
 
 /// With per-client limits a batch takes one advisory lock per address and user, one after

@@ -187,8 +187,9 @@ async fn prune_auth_failures(clients: Arc<client::ClientLimits>, shutdown: Shutd
 /// unavailable (the next batch is then served). The statement itself gives up on the locks it
 /// waits for after 4 s in all (migrations 0029 and, with per-client limits, 0031), so it seldom
 /// outlives this bound; one that commits after it anyway leaves slots held for no connection,
-/// which a later tick frees ([`Registry::tick`]).
-const SLOT_TIMEOUT: Duration = Duration::from_secs(5);
+/// which a later tick frees ([`Registry::tick`]). It must stay above the statements' own
+/// `lock_timeout` (`tests/slots.rs` compares them).
+pub const SLOT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Takes the slots of a batch of upgrades in one statement.
 struct TakeSlots {
