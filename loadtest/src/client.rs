@@ -442,14 +442,15 @@ impl Client {
             }
         };
         let d = &rec.counters.deliveries;
-        if let Some(delivery) = crate::scan::delivery(text) {
+        let booked = crate::scan::with_delivery(text, |delivery| {
+            let delivery = delivery?;
             if delivery.table != EVENTS_TABLE {
                 d.foreign.add(tracker.shard(), 1);
-                return Step::Go;
+                return Some(());
             }
             if self.topic.as_deref() != Some(delivery.topic) {
                 rec.error("delivery on a topic this client did not join");
-                return Step::Go;
+                return Some(());
             }
             if delivery.commit_timestamp.is_none() {
                 d.unstamped.add(tracker.shard(), 1);
@@ -460,6 +461,9 @@ impl Client {
                 }
                 _ => d.foreign.add(tracker.shard(), 1),
             }
+            Some(())
+        });
+        if booked.is_some() {
             return Step::Go;
         }
         let frame = match std::str::from_utf8(text)

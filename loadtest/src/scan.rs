@@ -10,6 +10,14 @@
 //! Strings are returned as they appear between their quotes: escapes are not decoded. The
 //! names compared against (topics, the events table) contain none, and a string that holds a
 //! backslash never equals them by accident.
+//!
+//! Every subscriber of a topic receives the same bytes for a change, so the clients read
+//! through [`with_delivery`]: each thread keeps what it found in the frames it scanned last, by
+//! their bytes, and a frame equal to one of them (compared in full) is not scanned again. The
+//! scanner is a function of the bytes alone, so what a client sees is what a scan would give.
+
+use std::cell::RefCell;
+use std::ops::Range;
 
 /// The fields of a delivery a client checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +108,128 @@ pub(crate) fn delivery(frame: &[u8]) -> Option<Delivery<'_>> {
         n: u64::try_from(n?).ok()?,
         commit_timestamp: stamp,
     })
+}
+
+/// Frames a thread remembers (a power of two), about 0.5 KiB each: the clients of a saturated
+/// run read seconds behind the writer and apart from each other, and every distinct frame in
+/// between must still be here when the next client reads it (4,096: 4 s at 1,000 changes a
+/// second; 256 were overrun in a run that fell 6 s behind, and the tester then scanned again).
+const MEMO_SLOTS: usize = 4096;
+
+thread_local! {
+    static MEMO: RefCell<Memo> = RefCell::new(Memo::new(MEMO_SLOTS));
+}
+
+/// Calls `f` with what [`delivery`] finds in `frame`, remembered by this thread for frames it
+/// has seen. Not reentrant: `f` must not call it again.
+pub(crate) fn with_delivery<R>(frame: &[u8], f: impl FnOnce(Option<Delivery<'_>>) -> R) -> R {
+    MEMO.with(|memo| match memo.try_borrow_mut() {
+        Ok(mut memo) => f(memo.find(frame)),
+        // Only if `f` called this again: scan without the memo.
+        Err(_) => f(delivery(frame)),
+    })
+}
+
+/// A delivery's fields as positions in its frame's copy.
+struct Found {
+    frame: String,
+    topic: Range<usize>,
+    table: Range<usize>,
+    run: i64,
+    n: u64,
+    commit_timestamp: Option<Range<usize>>,
+}
+
+impl Found {
+    fn delivery(&self) -> Option<Delivery<'_>> {
+        let at = |r: &Range<usize>| self.frame.get(r.clone());
+        Some(Delivery {
+            topic: at(&self.topic)?,
+            table: at(&self.table)?,
+            run: self.run,
+            n: self.n,
+            commit_timestamp: match &self.commit_timestamp {
+                Some(r) => Some(at(r)?),
+                None => None,
+            },
+        })
+    }
+}
+
+/// The deliveries found in the frames scanned last, one per slot, the slot chosen by the
+/// frame's hash (a later frame with the same slot replaces it). Frames that are no delivery
+/// are not kept.
+struct Memo {
+    slots: Vec<Option<(u64, Found)>>,
+    /// [`hash`]; another in tests, to make frames collide.
+    hash: fn(&[u8]) -> u64,
+}
+
+impl Memo {
+    fn new(slots: usize) -> Memo {
+        Memo {
+            slots: (0..slots).map(|_| None).collect(),
+            hash,
+        }
+    }
+
+    fn find(&mut self, frame: &[u8]) -> Option<Delivery<'_>> {
+        let hash = (self.hash)(frame);
+        // The high bits: a product's are the best mixed.
+        let slot = (hash >> 40) as usize & (self.slots.len() - 1);
+        let known = matches!(&self.slots[slot],
+            Some((h, found)) if *h == hash && found.frame.as_bytes() == frame);
+        if !known {
+            let d = delivery(frame)?;
+            // Every field is a slice of the frame, so its place there is its offset.
+            let base = frame.as_ptr() as usize;
+            let place = |s: &str| {
+                let start = s.as_ptr() as usize - base;
+                start..start + s.len()
+            };
+            let (topic, table) = (place(d.topic), place(d.table));
+            let commit_timestamp = d.commit_timestamp.map(place);
+            let (run, n) = (d.run, d.n);
+            // `delivery` accepted the frame, so it is UTF-8.
+            let text = std::str::from_utf8(frame).ok()?;
+            // The copy reuses the room of the frame it replaces.
+            let mut copy = self.slots[slot]
+                .take()
+                .map_or_else(String::new, |(_, old)| old.frame);
+            copy.clear();
+            copy.push_str(text);
+            self.slots[slot] = Some((
+                hash,
+                Found {
+                    frame: copy,
+                    topic,
+                    table,
+                    run,
+                    n,
+                    commit_timestamp,
+                },
+            ));
+        }
+        self.slots[slot].as_ref()?.1.delivery()
+    }
+}
+
+/// A fast hash of the frame's bytes, eight at a time (FxHash's step); only to pick a slot and
+/// to skip most comparisons of unequal frames, which are compared in full anyway.
+fn hash(bytes: &[u8]) -> u64 {
+    const K: u64 = 0x517c_c1b7_2722_0a95;
+    let step = |h: u64, word: u64| (h.rotate_left(5) ^ word).wrapping_mul(K);
+    let mut h = bytes.len() as u64;
+    let mut chunks = bytes.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        h = step(h, u64::from_le_bytes(word));
+    }
+    for &b in chunks.remainder() {
+        h = step(h, u64::from(b));
+    }
+    h
 }
 
 /// A position in the frame. Every method returns `None` on bytes that are not the JSON it
@@ -363,6 +493,34 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_memo_tells_apart_frames_that_differ_in_one_byte() {
+        let one = FRAME.replace(r#""n":7"#, r#""n":1"#);
+        let two = FRAME.replace(r#""n":7"#, r#""n":2"#);
+        let collide: fn(&[u8]) -> u64 = |_| 7;
+        for (slots, hash) in [
+            (1, collide),
+            (256, collide),
+            (256, hash as fn(&[u8]) -> u64),
+        ] {
+            let mut memo = Memo {
+                hash,
+                ..Memo::new(slots)
+            };
+            for (frame, n) in [(&one, 1), (&two, 2), (&one, 1), (&one, 1), (&two, 2)] {
+                assert_eq!(
+                    memo.find(frame.as_bytes()).map(|d| d.n),
+                    Some(n),
+                    "{slots} slots"
+                );
+            }
+        }
+        // Through the thread's memo, as the clients read.
+        for (frame, n) in [(&one, 1), (&two, 2), (&one, 1)] {
+            assert_eq!(with_delivery(frame.as_bytes(), |d| d.map(|d| d.n)), Some(n));
+        }
+    }
+
     /// What serde_json finds at the same places, as the scanner reports it.
     fn by_serde(text: &str) -> Option<(String, String, i64, u64, Option<String>)> {
         let v: Value = serde_json::from_str(text).ok()?;
@@ -483,6 +641,23 @@ mod tests {
         fn proptest_scanner_agrees_with_serde_json(text in frame()) {
             let scanned = delivery(text.as_bytes()).map(decoded);
             prop_assert_eq!(scanned, by_serde(&text));
+        }
+
+        /// Frames read again and again, in any order, through a memo small enough that they
+        /// keep replacing each other: each gives what scanning it gives.
+        #[test]
+        fn proptest_the_memo_gives_what_a_scan_gives(
+            frames in prop::collection::vec(frame(), 1..6),
+            order in prop::collection::vec(any::<prop::sample::Index>(), 1..40),
+            slots in prop_oneof![Just(1usize), Just(2), Just(8)],
+        ) {
+            let mut memo = Memo::new(slots);
+            let mut colliding = Memo { hash: |_| 7, ..Memo::new(slots) };
+            for i in order {
+                let frame = frames[i.index(frames.len())].as_bytes();
+                prop_assert_eq!(memo.find(frame), delivery(frame));
+                prop_assert_eq!(colliding.find(frame), delivery(frame));
+            }
         }
 
         #[test]
