@@ -113,7 +113,7 @@ pub(crate) fn delivery(frame: &[u8]) -> Option<Delivery<'_>> {
 /// Frames a thread remembers (a power of two), about 0.5 KiB each: the clients of a saturated
 /// run read seconds behind the writer and apart from each other, and every distinct frame in
 /// between must still be here when the next client reads it (4,096: 4 s at 1,000 changes a
-/// second; 256 were overrun in a run that fell 6 s behind, and the tester then scanned again).
+/// second; with 256, a run that fell 6 s behind cost the tester as much as scanning every frame).
 const MEMO_SLOTS: usize = 4096;
 
 thread_local! {
