@@ -110,9 +110,9 @@ pub enum SlotAnswer {
 }
 
 /// Takes slots like [`acquire_slots`], counting each connection's address and user across the
-/// cluster first (`realtime.take_slots_limited`, migration 0015; its lock waits 4 s in all since 0031):
-/// a connection whose address holds `max_per_addr` slots, or whose user holds `max_per_user`
-/// (0: off), gets none.
+/// cluster first (`realtime.take_slots_limited`, migration 0015; its lock waits 4 s in all
+/// since 0031): a connection whose address holds `max_per_addr` slots, or whose user holds
+/// `max_per_user` (0: off), gets none.
 ///
 /// # Errors
 /// When the database cannot be reached.
