@@ -335,6 +335,102 @@ async fn a_limited_slot_statement_waits_4_s_in_all_for_its_locks() {
     pool.close().await;
 }
 
+/// The deadline also bounds the waits after the advisory locks (migration 0031 sets what is left
+/// before each connection's statements): the statement waits 2.5 s for its last advisory lock,
+/// then finds the slot table locked. It gives up about 4 s after it began, where keeping the
+/// `lock_timeout` set before the advisory lock would let it wait 4 s more for the table.
+#[tokio::test]
+async fn a_limited_slot_statement_counts_its_table_wait_in_the_same_4_s() {
+    let db = TestDb::new().await;
+    let gw = TestGateway::start_with(&db, |c| {
+        c.max_connections_per_addr = 5;
+        c.max_connections_per_user = 5;
+    })
+    .await;
+    let pool = db.pool().await;
+    let user = "8f3e1a52-6b0d-4c7e-a1f9-2d4c6e8b0a13";
+    // The function's last key: it takes them in this order.
+    let last: i64 = sqlx::query_scalar(
+        "select max(k) from (values (hashtextextended('a' || '127.0.0.1'::inet::text, 0)), \
+                                    (hashtextextended('u' || $1, 0))) as v(k)",
+    )
+    .bind(user)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    let mut holder = pool.acquire().await.unwrap();
+    sqlx::query("select pg_advisory_lock($1)")
+        .bind(last)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let url = gw.ws_url(&token("authenticated", Some(user)), "2.0.0");
+    let refused = tokio::spawn({
+        let url = url.clone();
+        async move { upgrade(&url).await.map(|_| ()) }
+    });
+    let waiter_on_last = format!(
+        "select coalesce(max(pid), 0)::bigint from pg_locks where locktype = 'advisory' \
+         and not granted and ((classid::bigint << 32) | objid::bigint) = {last}"
+    );
+    let waiter = std::cell::Cell::new(0);
+    eventually(
+        Duration::from_secs(10),
+        "a wait on the last advisory lock",
+        || async {
+            waiter.set(db.count(&waiter_on_last).await);
+            waiter.get() != 0
+        },
+    )
+    .await;
+    let statement = waiter.get();
+    let began = std::time::Instant::now();
+    // The slot table, locked for the rest of the test: every statement on it waits.
+    let mut table = pool.begin().await.unwrap();
+    sqlx::query("lock table realtime.connection_slots in access exclusive mode")
+        .execute(&mut *table)
+        .await
+        .unwrap();
+    // Not a synchronization: the advisory wait must last long enough that a fresh 4 s for the
+    // table would keep the statement waiting well past 4 s.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    sqlx::query("select pg_advisory_unlock($1)")
+        .bind(last)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let waits_on = |locktype: &str| {
+        format!(
+            "select count(*) from pg_locks where pid = {statement} and not granted \
+             and locktype = '{locktype}'"
+        )
+    };
+    eventually(
+        Duration::from_secs(10),
+        "the statement waits for the slot table",
+        || async { db.count(&waits_on("relation")).await == 1 },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(10),
+        "the statement waits no more",
+        || async { db.count(&waits_on("relation")).await == 0 },
+    )
+    .await;
+    let waited = began.elapsed();
+    assert!(
+        waited < Duration::from_millis(5500),
+        "the statement waited {waited:?} for its locks, with the table still locked"
+    );
+    assert_eq!(refused.await.unwrap(), Err((503, UNAVAILABLE.to_owned())));
+    table.rollback().await.unwrap();
+    let held = "select count(*) from realtime.connection_slots where node_id is not null";
+    assert_eq!(db.count(held).await, 0);
+    drop(holder);
+    served_and_stop(&db, gw, &url).await;
+    pool.close().await;
+}
+
 /// A slot statement slow for another reason than a lock (held in a trigger until the test
 /// opens it) refuses its upgrade with 503 after the node's 5 s, and commits later: the node
 /// holds that slot for no connection, and a tick frees it once it is a minute old (backdated
