@@ -9,7 +9,7 @@ use clap::{Parser, ValueEnum};
 
 /// Most client connections one run may open (the loopback source range allows far more, but a
 /// run is meant to stay bounded).
-const MAX_CLIENTS: usize = 200_000;
+pub(crate) const MAX_CLIENTS: usize = 200_000;
 /// Longest run.
 const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
 /// Highest change rate the writer is asked for.

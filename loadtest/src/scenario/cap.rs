@@ -53,7 +53,7 @@ pub(super) async fn run(run: &Run) -> anyhow::Result<Report> {
             barrier.wait().await;
             let c = &rec.counters;
             c.attempted.fetch_add(1, Ordering::Relaxed);
-            let result = client::connect(&target, &url, target.source_for(i, clients)).await;
+            let result = client::connect(&target, &url, target.source_for(i)).await;
             let mut client = match result {
                 Ok(client) => client,
                 Err(e) => {

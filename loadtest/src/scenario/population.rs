@@ -60,7 +60,6 @@ impl Population {
             behaviour,
             settled: Arc::clone(&settled),
             stop: stop.clone(),
-            total: size,
         });
         let topics: Vec<String> = (0..run.plan.channels.min(size.max(1)))
             .map(|i| run.topic_for(i))
@@ -135,7 +134,6 @@ struct ClientCtx {
     behaviour: Behaviour,
     settled: Arc<AtomicU64>,
     stop: CancellationToken,
-    total: usize,
 }
 
 impl ClientCtx {
@@ -146,7 +144,7 @@ impl ClientCtx {
         let c = &rec.counters;
         c.attempted.fetch_add(1, Ordering::Relaxed);
         let (target, path) = &self.nodes[index % self.nodes.len()];
-        let source = target.source_for(index, self.total);
+        let source = target.source_for(index);
         let mut client = match client::connect(target, path, source).await {
             Ok(client) => client,
             Err(e) => {
