@@ -151,6 +151,16 @@ async fn upgrade(url: &str) -> Result<WsClient, (u16, String)> {
         .expect("the upgrade is answered")
 }
 
+/// A gateway with per-client limits (address and user), so its slots are taken by
+/// `realtime.take_slots_limited`.
+async fn start_limited(db: &TestDb) -> TestGateway {
+    TestGateway::start_with(db, |c| {
+        c.max_connections_per_addr = 5;
+        c.max_connections_per_user = 5;
+    })
+    .await
+}
+
 /// The next upgrade to `url` is admitted and joins, holding the only slot taken; then `gw` stops.
 async fn served_and_stop(db: &TestDb, gw: TestGateway, url: &str) {
     let mut client = upgrade(url).await.expect("admitted");
@@ -251,11 +261,7 @@ async fn the_slot_statements_give_up_before_the_node_does() {
 #[tokio::test]
 async fn a_limited_slot_statement_waits_4_s_in_all_for_its_locks() {
     let db = TestDb::new().await;
-    let gw = TestGateway::start_with(&db, |c| {
-        c.max_connections_per_addr = 5;
-        c.max_connections_per_user = 5;
-    })
-    .await;
+    let gw = start_limited(&db).await;
     let pool = db.pool().await;
     let user = "5d0c2f0e-8a53-4c1e-9d2b-3f6a1b7c9e41";
     // The function's keys, in the order it takes them.
@@ -342,11 +348,7 @@ async fn a_limited_slot_statement_waits_4_s_in_all_for_its_locks() {
 #[tokio::test]
 async fn a_limited_slot_statement_counts_its_table_wait_in_the_same_4_s() {
     let db = TestDb::new().await;
-    let gw = TestGateway::start_with(&db, |c| {
-        c.max_connections_per_addr = 5;
-        c.max_connections_per_user = 5;
-    })
-    .await;
+    let gw = start_limited(&db).await;
     let pool = db.pool().await;
     let user = "8f3e1a52-6b0d-4c7e-a1f9-2d4c6e8b0a13";
     // The function's last key: it takes them in this order.
