@@ -8,42 +8,51 @@ use tokio::time::Instant;
 /// How often one connection's rate refusals are audited at most.
 pub const AUDIT_EVERY: Duration = Duration::from_secs(60);
 
-/// A token bucket: `rate` tokens per second, at most `burst` held; starts full.
+/// A token bucket of `rate` tokens per second holding at most `burst`, starting full; the rate
+/// and burst are the caller's (the same for every connection), so each connection holds only
+/// one instant per bucket.
+///
+/// Kept as the instant at which the bucket will be full again (the generic cell rate
+/// algorithm's "theoretical arrival time"): a take is allowed while that instant is less than
+/// `burst` tokens' worth of time ahead of now, and moves it one token's worth of time later.
+/// The takes it allows are exactly those of a bucket counting its tokens.
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
-    /// Tokens per second; 0 means no limit.
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    at: Instant,
+    full_at: Instant,
 }
 
 impl TokenBucket {
-    /// A full bucket of `burst` tokens refilled at `rate` per second (`rate` 0: unlimited).
-    pub fn new(rate: u32, burst: u32) -> TokenBucket {
+    /// A full bucket.
+    pub fn new() -> TokenBucket {
         TokenBucket {
-            rate: f64::from(rate),
-            burst: f64::from(burst.max(1)),
-            tokens: f64::from(burst.max(1)),
-            at: Instant::now(),
+            full_at: Instant::now(),
         }
     }
 
-    /// Takes one token; `false` when the bucket is empty (the caller is over the rate).
-    pub fn take(&mut self) -> bool {
-        if self.rate == 0.0 {
+    /// Takes one token from a bucket refilled at `rate` per second and holding at most `burst`
+    /// (at least 1); `false` when it is empty (the caller is over the rate). A `rate` of 0
+    /// means no limit.
+    pub fn take(&mut self, rate: u32, burst: u32) -> bool {
+        if rate == 0 {
             return true;
         }
         let now = Instant::now();
-        let elapsed = now.duration_since(self.at).as_secs_f64();
-        self.at = now;
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
+        let token = Duration::from_secs(1) / rate;
+        // Time for the bucket to refill from empty, less one token: how far ahead of now the
+        // instant may be for a token to be left.
+        let room = token * (burst.max(1) - 1);
+        let full_at = self.full_at.max(now);
+        if full_at > now + room {
+            return false;
         }
+        self.full_at = full_at + token;
+        true
+    }
+}
+
+impl Default for TokenBucket {
+    fn default() -> TokenBucket {
+        TokenBucket::new()
     }
 }
 
@@ -65,15 +74,22 @@ mod tests {
 
     #[test]
     fn a_bucket_allows_its_burst_then_its_rate() {
-        let mut bucket = TokenBucket::new(10, 3);
-        assert!(bucket.take() && bucket.take() && bucket.take());
-        assert!(!bucket.take());
+        let mut bucket = TokenBucket::new();
+        assert!(bucket.take(10, 3) && bucket.take(10, 3) && bucket.take(10, 3));
+        assert!(!bucket.take(10, 3));
         // As if 100 ms had passed: one token back.
-        bucket.at -= Duration::from_millis(100);
-        assert!(bucket.take());
-        assert!(!bucket.take());
-        let mut free = TokenBucket::new(0, 1);
-        assert!((0..10_000).all(|_| free.take()));
+        bucket.full_at -= Duration::from_millis(100);
+        assert!(bucket.take(10, 3));
+        assert!(!bucket.take(10, 3));
+        // As if a long time had passed: a full burst again, never more.
+        bucket.full_at -= Duration::from_secs(3600);
+        assert_eq!((0..10).filter(|_| bucket.take(10, 3)).count(), 3);
+        let mut free = TokenBucket::new();
+        assert!((0..10_000).all(|_| free.take(0, 1)));
+        // A burst of 0 is taken as 1.
+        let mut one = TokenBucket::new();
+        assert!(one.take(10, 0));
+        assert!(!one.take(10, 0));
     }
 
     #[test]

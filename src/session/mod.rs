@@ -17,12 +17,12 @@ pub mod writer;
 pub mod resume;
 
 mod private;
+mod read;
 mod relay;
 mod replication;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -43,8 +43,7 @@ use crate::pg::catalog::Catalog;
 use crate::protocol::{self, Inbound, InboundPayload, Vsn};
 use crate::registry::Registry;
 use crate::shutdown::Shutdown;
-use crate::socket::inbound::Error as ReadError;
-use crate::socket::{Message, Socket};
+use crate::socket::Socket;
 pub use close::SessionEnd;
 pub use handle::{now_ms, SessionHandle, Sessions};
 
@@ -206,9 +205,6 @@ impl Session {
             closing: AtomicBool::new(false),
         });
         services.sessions.insert(id, Arc::clone(&handle));
-        let config = &services.config;
-        let join_rate = TokenBucket::new(config.joins_per_second, config.join_burst);
-        let event_rate = TokenBucket::new(config.events_per_second, config.event_burst);
         let resume = match (params.session_id, &services.resume) {
             (Some(id), Some(resume)) => Some(Box::new(resume::Resumable::new(
                 id,
@@ -228,8 +224,8 @@ impl Session {
             outbound,
             queue: Some(queue),
             channels: channels::Channels::default(),
-            join_rate,
-            event_rate,
+            join_rate: TokenBucket::new(),
+            event_rate: TokenBucket::new(),
             rate_audited: None,
             resume,
             _permit: permit,
@@ -278,11 +274,7 @@ impl Session {
             // and what runs only at the end (drain, close, storing positions) is boxed so that it
             // takes no room before.
             let (_ended, peer_close) = tokio::join!(
-                async {
-                    let ended = writer::run(&mut sink, &mut queue, &token, track.as_deref()).await;
-                    token.cancel();
-                    ended
-                },
+                writer::run(&mut sink, &mut queue, &token, track.as_deref()),
                 self.read(&mut stream),
             );
             let end = self.end_reason();
@@ -353,135 +345,19 @@ impl Session {
         self.services.sessions.remove(self.id);
     }
 
-    /// The read loop: ends when the socket closes or the session is cancelled. Returns the code
-    /// and reason of the close frame to send: the client's own, answering its close frame, or
-    /// the failure's when the client broke the protocol.
-    async fn read(&mut self, stream: &mut crate::socket::Reader) -> Option<(u16, String)> {
-        let token = self.handle.token.clone();
-        let join_timeout = self.services.config.join_timeout;
-        // Since when the socket has had no channel (it has none at connect).
-        let mut channelless_since = Some(tokio::time::Instant::now());
-        let mut expiry = self.next_expiry();
-        // Channels waiting for the change stream: the earliest deadline, and the stream's state
-        // (a closed stream can never come up; their deadlines still end them).
-        let mut replication = self.next_replication_deadline();
-        let mut stream_gone = false;
-        // The wait for the change stream, boxed and only while a channel waits for it: most
-        // sessions never wait, and an idle session's future holds only a pointer for it.
-        let mut stream_wait: Option<Pin<Box<dyn Future<Output = bool> + Send>>> = None;
-        // One timer for every deadline (token expiry, no channel, replication wait), reset only
-        // when the earliest of them moves (not per message).
-        let never = tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600);
-        let wake = tokio::time::sleep_until(never);
-        tokio::pin!(wake);
-        loop {
-            let channelless = channelless_since
-                .filter(|_| !join_timeout.is_zero())
-                .map(|since| since + join_timeout);
-            let next = [expiry, channelless, replication]
-                .into_iter()
-                .flatten()
-                .min()
-                .unwrap_or(never);
-            if wake.deadline() != next {
-                wake.as_mut().reset(next);
-            }
-            if replication.is_none() || stream_gone {
-                stream_wait = None;
-            } else if stream_wait.is_none() {
-                let mut change_stream = self.services.change_stream.clone();
-                stream_wait = Some(Box::pin(async move {
-                    change_stream.wait_for(|up| *up).await.is_ok()
-                }));
-            }
-            let message = tokio::select! {
-                biased;
-                () = token.cancelled() => return None,
-                up = std::future::poll_fn(|cx| match stream_wait.as_mut() {
-                    Some(wait) => wait.as_mut().poll(cx),
-                    None => std::task::Poll::Pending,
-                }), if stream_wait.is_some() =>
-                {
-                    stream_wait = None;
-                    if up {
-                        self.replication_up();
-                    } else {
-                        stream_gone = true;
-                    }
-                    replication = self.next_replication_deadline();
-                    continue;
-                }
-                () = &mut wake => {
-                    let now = tokio::time::Instant::now();
-                    if expiry.is_some_and(|at| at <= now) {
-                        self.expire_channels();
-                        expiry = self.next_expiry();
-                    } else if replication.is_some_and(|at| at <= now) {
-                        self.replication_timed_out(now);
-                        replication = self.next_replication_deadline();
-                    } else if channelless.is_some_and(|at| at <= now) {
-                        tracing::debug!("closing a socket without channels");
-                        metrics::counter!("gateway_session_channelless_closed_total").increment(1);
-                        self.handle.close(SessionEnd::NoChannel);
-                        return None;
-                    }
-                    channelless_since = self.channelless_since(channelless_since);
-                    continue;
-                }
-                message = stream.next() => message,
-            };
-            match message {
-                // Boxed: a message's decoding and handling take room only while they run, not
-                // in every idle session's future.
-                Some(Ok(Message::Text(text))) => {
-                    if Box::pin(self.text(text)).await {
-                        expiry = self.next_expiry();
-                        replication = self.next_replication_deadline();
-                    }
-                }
-                Some(Ok(Message::Binary(_))) if self.params.vsn != Vsn::V2 => {
-                    self.malformed(&"binary frames need vsn 2.0.0");
-                }
-                Some(Ok(Message::Binary(bytes))) => {
-                    if Box::pin(self.binary(bytes)).await {
-                        expiry = self.next_expiry();
-                        replication = self.next_replication_deadline();
-                    }
-                }
-                Some(Ok(Message::Pong(payload))) => {
-                    if let Some(resume) = &self.resume {
-                        if let Some(id) = resume::track::pong_id(&payload) {
-                            resume.track.pong(id);
-                        }
-                    }
-                }
-                Some(Ok(Message::Ping(payload))) => {
-                    // Answered in order with what is queued (the reader's own reply is dropped).
-                    let _pushed = self.outbound.push(Frame::pong(&payload));
-                }
-                Some(Ok(Message::Close(frame))) => {
-                    token.cancel();
-                    // No code is answered with 1000; a code that may not be sent back (1005,
-                    // 1006, 1015) never arrives: the reader fails the connection with 1002.
-                    return Some(frame.unwrap_or((1000, String::new())));
-                }
-                Some(Err(ReadError::Failed(failure))) => {
-                    token.cancel();
-                    tracing::debug!(
-                        code = failure.code,
-                        reason = failure.reason,
-                        "failing a connection that broke the protocol"
-                    );
-                    metrics::counter!("gateway_session_protocol_errors_total").increment(1);
-                    return Some((failure.code, failure.reason.to_owned()));
-                }
-                Some(Err(ReadError::Io(_))) | None => {
-                    token.cancel();
-                    return None;
-                }
-            }
-            channelless_since = self.channelless_since(channelless_since);
-        }
+    /// Takes a join from the connection's rate (`--joins-per-second`, `--join-burst`).
+    fn take_join(&mut self) -> bool {
+        let config = &self.services.config;
+        self.join_rate
+            .take(config.joins_per_second, config.join_burst)
+    }
+
+    /// Takes a client event from the connection's rate (`--events-per-second`,
+    /// `--event-burst`).
+    fn take_event(&mut self) -> bool {
+        let config = &self.services.config;
+        self.event_rate
+            .take(config.events_per_second, config.event_burst)
     }
 
     /// Decodes and handles a text message; whether the channels' deadlines may have moved.
@@ -513,58 +389,6 @@ impl Session {
         tokens_change
     }
 
-    /// Since when the socket has had no channel, given what it was before the last event.
-    fn channelless_since(
-        &self,
-        before: Option<tokio::time::Instant>,
-    ) -> Option<tokio::time::Instant> {
-        match (self.channels.is_empty(), before) {
-            (false, _) => None,
-            (true, None) => Some(tokio::time::Instant::now()),
-            (true, since) => since,
-        }
-    }
-
-    /// When the first joined channel's token expires (docs/protocol.md 8.2).
-    fn next_expiry(&self) -> Option<tokio::time::Instant> {
-        let exp = self.channels.values().map(|j| j.claims.exp).min()?;
-        let left = u64::try_from(exp.saturating_sub(crate::auth::now_secs())).unwrap_or(0);
-        // A token valid for longer than a year is re-checked yearly (and never overflows).
-        let left = Duration::from_secs(left.min(365 * 24 * 3600));
-        Some(tokio::time::Instant::now() + left)
-    }
-
-    /// Ends every channel whose token has expired: a `system` error with a machine-readable
-    /// `reason` (`token_expired`), then `phx_close`; the registry row ends `token_expired`.
-    fn expire_channels(&mut self) {
-        let now = crate::auth::now_secs();
-        let expired: Vec<String> = self
-            .channels
-            .values()
-            .filter(|j| j.claims.exp <= now)
-            .map(|j| j.topic.to_string())
-            .collect();
-        for topic in expired {
-            let Some(joined) = self.leave(&topic, "token_expired") else {
-                continue;
-            };
-            let ago = now - joined.claims.exp;
-            metrics::counter!("gateway_session_tokens_expired_total").increment(1);
-            self.services.registry.audit(
-                "token_expired",
-                joined.claims.user_id(),
-                Some(self.handle.peer),
-                json!({"channel": joined.name(), "expired_s_ago": ago}),
-            );
-            let jr = joined.join_ref.as_deref();
-            let system = json!({"extension": "system", "status": "error",
-                                "message": format!("Token has expired {ago} seconds ago"),
-                                "reason": "token_expired", "channel": joined.name()});
-            self.push_json(jr, None, &topic, "system", &system);
-            self.push_json(jr, jr, &topic, "phx_close", &json!({}));
-        }
-    }
-
     /// A frame that could not be decoded: an error reply on topic `phoenix`; the socket stays
     /// open (docs/protocol.md 1.3).
     fn malformed(&self, error: &dyn std::fmt::Display) {
@@ -587,7 +411,7 @@ impl Session {
             }
             // Boxed: a join's state (database and catalog calls) lives only while it runs,
             // not in every idle session's future.
-            (topic, "phx_join") if !self.join_rate.take() => {
+            (topic, "phx_join") if !self.take_join() => {
                 let topic = topic.to_owned();
                 self.rate_limited("joins", &topic);
                 let refusal = join::Refusal::JoinRateLimited;
@@ -617,12 +441,12 @@ impl Session {
             }
             // Token pushes are never answered; over the rate one is dropped (each may cost the
             // database a rights check).
-            (topic, "access_token") if !self.event_rate.take() => {
+            (topic, "access_token") if !self.take_event() => {
                 let topic = topic.to_owned();
                 self.rate_limited("events", &topic);
             }
             (_, "access_token") => Box::pin(self.access_token(msg)).await,
-            (topic, "broadcast" | "presence") if !self.event_rate.take() => {
+            (topic, "broadcast" | "presence") if !self.take_event() => {
                 let topic = topic.to_owned();
                 self.rate_limited("events", &topic);
                 self.reply(jr, r, &topic, "error", json!({"reason": TOO_MANY_EVENTS}));
@@ -792,4 +616,32 @@ fn changes_channels(msg: &Inbound) -> bool {
         msg.event.as_str(),
         "phx_join" | "phx_leave" | "access_token"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The size of the future `f` returns, without calling it.
+    fn future_size<F, Fut>(_: F) -> usize
+    where
+        F: FnOnce(Session, Socket) -> Fut,
+    {
+        std::mem::size_of::<Fut>()
+    }
+
+    #[test]
+    fn an_open_connection_task_stays_in_the_1280_byte_class() {
+        // Every open connection holds one task: tokio's header and trailer (80 bytes), this
+        // future and what wraps it (the upgrade's `Then`, the tracker, the scheduler: 48 bytes),
+        // in a cell aligned to 128 bytes. Up to 1,152 bytes here the cell is 1,280 bytes, a
+        // size class of mimalloc's; a few bytes more and it is 1,408, which mimalloc rounds up
+        // to 1,536: 256 bytes more for every connection.
+        let size = future_size(Session::run);
+        assert!(
+            size <= 1152,
+            "a session's future is {size} bytes, over 1,152: keep what is not needed across the \
+             read and write loops' waits out of it (boxed, or scoped before the wait)"
+        );
+    }
 }

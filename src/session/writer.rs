@@ -11,6 +11,7 @@
 //! is one observation of `gateway_delivery_latency_seconds{kind}`: one clock read and a handful
 //! of counter updates per batch, nothing per recipient beyond a comparison.
 
+use std::future::Future;
 use std::time::{Duration, SystemTime};
 
 use tokio::io::AsyncWrite;
@@ -106,30 +107,38 @@ impl Batch {
 /// fails. A connection that can resume has a `track`: the writer records where each written
 /// batch leaves it in the change stream and follows change frames with a ping.
 ///
+/// When the writer ends it cancels `token`, which stops the session's reader.
+///
 /// Between batches the writer holds only its arguments and two wake-ups (the queue's and the
 /// token's). A batch's write is boxed ([`write`]): the batch, its tallies and the flush take
-/// room only while they run, not in every idle connection's task.
-pub async fn run<W>(
-    outlet: &mut Outlet<W>,
-    queue: &mut Receiver,
-    token: &CancellationToken,
-    track: Option<&Track>,
-) -> Ended
+/// room only while they run, not in every idle connection's task. Not an `async fn`: its
+/// arguments would take room twice in the future (as arguments, then as the body's bindings).
+#[allow(clippy::manual_async_fn)]
+pub fn run<'a, W>(
+    outlet: &'a mut Outlet<W>,
+    queue: &'a mut Receiver,
+    token: &'a CancellationToken,
+    track: Option<&'a Track>,
+) -> impl Future<Output = Ended> + Send + 'a
 where
-    W: AsyncWrite + Unpin,
+    W: AsyncWrite + Unpin + Send,
 {
-    loop {
-        let first = tokio::select! {
-            biased;
-            () = token.cancelled() => return Ended::Cancelled,
-            frame = queue.recv() => match frame {
-                Some(frame) => frame,
-                None => return Ended::QueueClosed,
-            },
+    async move {
+        let ended = loop {
+            let first = tokio::select! {
+                biased;
+                () = token.cancelled() => break Ended::Cancelled,
+                frame = queue.recv() => match frame {
+                    Some(frame) => frame,
+                    None => break Ended::QueueClosed,
+                },
+            };
+            if let Some(ended) = Box::pin(write(first, outlet, queue, token, track)).await {
+                break ended;
+            }
         };
-        if let Some(ended) = Box::pin(write(first, outlet, queue, token, track)).await {
-            return ended;
-        }
+        token.cancel();
+        ended
     }
 }
 
