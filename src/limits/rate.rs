@@ -15,7 +15,8 @@ pub const AUDIT_EVERY: Duration = Duration::from_secs(60);
 /// Kept as the instant at which the bucket will be full again (the generic cell rate
 /// algorithm's "theoretical arrival time"): a take is allowed while that instant is less than
 /// `burst` tokens' worth of time ahead of now, and moves it one token's worth of time later.
-/// The takes it allows are exactly those of a bucket counting its tokens.
+/// The takes it allows are those of a bucket counting its tokens, a token's time rounded down
+/// to the nanosecond (so at most 1e9 a second are limited).
 #[derive(Debug, Clone)]
 pub struct TokenBucket {
     full_at: Instant,
@@ -81,8 +82,8 @@ mod tests {
         bucket.full_at -= Duration::from_millis(100);
         assert!(bucket.take(10, 3));
         assert!(!bucket.take(10, 3));
-        // As if a long time had passed: a full burst again, never more.
-        bucket.full_at -= Duration::from_secs(3600);
+        // As if a long time had passed (ten times the refill): a full burst again, never more.
+        bucket.full_at -= Duration::from_secs(3);
         assert_eq!((0..10).filter(|_| bucket.take(10, 3)).count(), 3);
         let mut free = TokenBucket::new();
         assert!((0..10_000).all(|_| free.take(0, 1)));
