@@ -414,10 +414,21 @@ pub fn frame_prefix(
 /// fan-out push); owned only for a vsn 1 frame with a `ref`.
 #[must_use]
 pub fn frame_suffix(vsn: Vsn, msg_ref: Option<&str>) -> Cow<'static, str> {
-    match (vsn, msg_ref) {
-        (Vsn::V1, None) => Cow::Borrowed(V1_NULL_REF_SUFFIX),
-        (Vsn::V2, _) => Cow::Borrowed(V2_SUFFIX),
-        (Vsn::V1, Some(_)) => Cow::Owned(with_suffix(vsn, msg_ref, |suffix| build(&[suffix]))),
+    match msg_ref {
+        Some(_) if vsn == Vsn::V1 => {
+            Cow::Owned(with_suffix(vsn, msg_ref, |suffix| build(&[suffix])))
+        }
+        _ => Cow::Borrowed(null_ref_suffix(vsn)),
+    }
+}
+
+/// [`frame_suffix`] of a frame with a null `ref` (every fan-out push): the same for every
+/// frame of a serializer.
+#[must_use]
+pub fn null_ref_suffix(vsn: Vsn) -> &'static str {
+    match vsn {
+        Vsn::V1 => V1_NULL_REF_SUFFIX,
+        Vsn::V2 => V2_SUFFIX,
     }
 }
 
