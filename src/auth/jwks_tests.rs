@@ -60,6 +60,26 @@ fn hs256_with_the_secret_still_works_beside_the_jwks() {
 }
 
 #[test]
+fn only_tokens_signed_with_the_secret_are_kept_verified() {
+    let (v, _) = verifier(Duration::from_secs(60));
+    // A key set can drop a key: its tokens are verified again every time.
+    let rs = signed(Algorithm::RS256, Some("rsa-test-1"), RSA, &claims());
+    let (a, b) = (v.verify(&rs).unwrap(), v.verify(&rs).unwrap());
+    assert!(!Arc::ptr_eq(&a, &b));
+    // The secret cannot change: its tokens are verified once, then only their expiry is checked.
+    let hs = hs256(&claims());
+    let (a, b) = (v.verify(&hs).unwrap(), v.verify(&hs).unwrap());
+    assert!(Arc::ptr_eq(&a, &b));
+    // What was kept is the verified claims of that exact text: another token with the same
+    // claims, its signature broken, is still refused.
+    let mut forged = hs.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    assert_eq!(v.verify(&forged).unwrap_err(), Error::BadSignature);
+    assert_eq!(v.verify(&forged).unwrap_err(), Error::BadSignature);
+}
+
+#[test]
 fn a_kid_of_another_family_or_no_jwks_is_a_signature_failure() {
     let (v, _) = verifier(Duration::from_secs(60));
     // An RS256 token naming the EC key.

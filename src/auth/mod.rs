@@ -11,6 +11,7 @@ mod fetch;
 pub mod jwks;
 #[cfg(test)]
 mod jwks_tests;
+mod verified;
 
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -177,7 +178,7 @@ impl<'de> Deserialize<'de> for OtherClaims {
 /// A token's SHA-256 digest. A connection keeps this, not the token, to tell whether a token it
 /// is handed again is the one it already holds: a user's token often runs to a kilobyte, the
 /// digest is 32 bytes, and a token kept in memory is one more copy of a secret.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TokenDigest([u8; 32]);
 
 impl TokenDigest {
@@ -248,6 +249,8 @@ pub struct Verifier {
     validation: Validation,
     audience: Option<Arc<str>>,
     jwks: Option<Arc<jwks::Jwks>>,
+    /// Tokens signed with the secret and verified already, shared by the clones.
+    verified: Arc<verified::Verified>,
 }
 
 impl std::fmt::Debug for Verifier {
@@ -270,6 +273,7 @@ impl Verifier {
             validation,
             audience: None,
             jwks: None,
+            verified: Arc::default(),
         }
     }
 
@@ -290,17 +294,34 @@ impl Verifier {
         self.jwks.as_ref()
     }
 
-    /// Verifies `token` (whitespace removed and percent-decoded first, as upstream does).
+    /// Verifies `token` (whitespace removed and percent-decoded first, as upstream does). A token
+    /// signed with the secret and verified before is only checked for expiry ([`verified`]).
     ///
     /// # Errors
     /// The [`Error`] whose text the client should see.
-    pub fn verify(&self, token: &str) -> Result<Claims, Error> {
+    pub fn verify(&self, token: &str) -> Result<Arc<Claims>, Error> {
+        let digest = TokenDigest::of(token);
+        let now = now_secs();
+        if let Some(known) = self.verified.get(&digest, now) {
+            return known;
+        }
+        let (claims, with_secret) = self.decode(token, now)?;
+        let claims = Arc::new(claims);
+        if with_secret {
+            self.verified.insert(digest, Arc::clone(&claims), now);
+        }
+        Ok(claims)
+    }
+
+    /// Decodes and checks `token` at `now`; also whether it was signed with the secret.
+    fn decode(&self, token: &str, now: i64) -> Result<(Claims, bool), Error> {
         let token = normalize(token);
         if token.is_empty() {
             return Err(Error::Missing);
         }
         let (alg, kid) = peek_header(&token)?;
         let asymmetric;
+        let with_secret = matches!(alg.as_str(), "HS256" | "HS384" | "HS512");
         let (key, validation) = match alg.as_str() {
             "HS256" | "HS384" | "HS512" => (&self.key, &self.validation),
             "RS256" | "ES256" => {
@@ -343,7 +364,6 @@ impl Verifier {
         if claims.get("iat").is_some_and(|iat| !iat.is_number()) {
             return Err(Error::Malformed);
         }
-        let now = now_secs();
         if exp <= now {
             return Err(Error::Expired(u64::try_from(now - exp).unwrap_or(0)));
         }
@@ -373,12 +393,15 @@ impl Verifier {
             .into_iter()
             .filter(|(k, _)| !matches!(k.as_str(), "role" | "exp" | "sub"))
             .collect();
-        Ok(Claims {
-            role,
-            exp,
-            sub,
-            other,
-        })
+        Ok((
+            Claims {
+                role,
+                exp,
+                sub,
+                other,
+            },
+            with_secret,
+        ))
     }
 }
 
@@ -526,7 +549,7 @@ mod tests {
         assert_eq!(c.other.get("role"), None, "kept in its own field");
         // The claims survive a round trip through their own serialization.
         let back: Claims = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
-        assert_eq!(back, c);
+        assert_eq!(back, *c);
     }
 
     proptest::proptest! {

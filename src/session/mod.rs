@@ -533,7 +533,6 @@ impl Session {
         }
         match self.services.verifier.verify(token) {
             Ok(claims) => {
-                let claims = Arc::new(claims);
                 if !self.recheck_private(&topic, &claims).await {
                     return;
                 }

@@ -167,7 +167,7 @@ pub async fn handler(
         connection_id,
         vsn,
         apikey: TokenDigest::of(&apikey),
-        claims: Arc::new(claims),
+        claims,
         peer,
         // Bounded like a join's `component`; a longer one is not recorded at all.
         component: query

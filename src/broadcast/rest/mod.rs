@@ -195,7 +195,7 @@ async fn admit(
     state: &RestState,
     peer: SocketAddr,
     headers: &HeaderMap,
-) -> Result<(Claims, SocketAddr), Response> {
+) -> Result<(Arc<Claims>, SocketAddr), Response> {
     let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
     let addr = state.clients.client_addr(peer, forwarded);
     if state.clients.is_known_blocked(addr.ip()) {
@@ -233,7 +233,7 @@ fn too_many_failures(state: &RestState, addr: SocketAddr) -> Response {
 }
 
 /// Checks the token of a REST request (docs/protocol.md 7.3).
-fn authorize(state: &RestState, headers: &HeaderMap) -> Result<Claims, Error> {
+fn authorize(state: &RestState, headers: &HeaderMap) -> Result<Arc<Claims>, Error> {
     let header = |name: header::HeaderName| {
         headers
             .get(name)

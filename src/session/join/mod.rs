@@ -497,7 +497,7 @@ impl Session {
             return Ok((Arc::clone(&self.params.claims), None));
         };
         match self.services.verifier.verify(token) {
-            Ok(claims) => Ok((Arc::new(claims), Some(digest))),
+            Ok(claims) => Ok((claims, Some(digest))),
             Err(e) => {
                 metrics::counter!("gateway_session_auth_failures_total").increment(1);
                 self.services.registry.auth_refused(
