@@ -77,6 +77,14 @@ fn only_tokens_signed_with_the_secret_are_kept_verified() {
     forged.push(if last == 'A' { 'B' } else { 'A' });
     assert_eq!(v.verify(&forged).unwrap_err(), Error::BadSignature);
     assert_eq!(v.verify(&forged).unwrap_err(), Error::BadSignature);
+    // Spellings of one token (whitespace, percent escapes) are one entry, not one each.
+    let spelled = format!(" {} ", hs.replacen('.', "%2E", 1));
+    let c = v.verify(&spelled).unwrap();
+    assert!(Arc::ptr_eq(&a, &c), "{spelled}");
+    // A verifier with an audience check shares nothing verified without it.
+    let strict = v.clone().with_audience(Some("only-this-audience"));
+    assert_eq!(strict.verify(&hs).unwrap_err(), Error::WrongAudience);
+    assert!(v.verify(&hs).is_ok());
 }
 
 #[test]

@@ -280,6 +280,8 @@ impl Verifier {
     /// Also requires `aud` (a string, or an array of strings) to name `audience`, when given.
     pub fn with_audience(mut self, audience: Option<&str>) -> Verifier {
         self.audience = audience.map(Arc::from);
+        // What was verified without this check must not pass for verified with it.
+        self.verified = Arc::default();
         self
     }
 
@@ -295,17 +297,19 @@ impl Verifier {
     }
 
     /// Verifies `token` (whitespace removed and percent-decoded first, as upstream does). A token
-    /// signed with the secret and verified before is only checked for expiry ([`verified`]).
+    /// signed with the secret and verified before is only checked for expiry ([`verified`]); it
+    /// is found by its text as decoded, so spellings of one token share one entry.
     ///
     /// # Errors
     /// The [`Error`] whose text the client should see.
     pub fn verify(&self, token: &str) -> Result<Arc<Claims>, Error> {
-        let digest = TokenDigest::of(token);
+        let token = normalize(token);
+        let digest = TokenDigest::of(&token);
         let now = now_secs();
         if let Some(known) = self.verified.get(&digest, now) {
             return known;
         }
-        let (claims, with_secret) = self.decode(token, now)?;
+        let (claims, with_secret) = self.decode(&token, now)?;
         let claims = Arc::new(claims);
         if with_secret {
             self.verified.insert(digest, Arc::clone(&claims), now);
@@ -313,13 +317,13 @@ impl Verifier {
         Ok(claims)
     }
 
-    /// Decodes and checks `token` at `now`; also whether it was signed with the secret.
+    /// Decodes and checks the normalized `token` at `now`; also whether it was signed with the
+    /// secret.
     fn decode(&self, token: &str, now: i64) -> Result<(Claims, bool), Error> {
-        let token = normalize(token);
         if token.is_empty() {
             return Err(Error::Missing);
         }
-        let (alg, kid) = peek_header(&token)?;
+        let (alg, kid) = peek_header(token)?;
         let asymmetric;
         let with_secret = matches!(alg.as_str(), "HS256" | "HS384" | "HS512");
         let (key, validation) = match alg.as_str() {
@@ -341,7 +345,7 @@ impl Verifier {
             _ => return Err(Error::AlgNotAllowed),
         };
         let data = jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(
-            &token, key, validation,
+            token, key, validation,
         )
         .map_err(|e| match e.kind() {
             jsonwebtoken::errors::ErrorKind::InvalidSignature

@@ -4,9 +4,10 @@
 //! against the clock, which is all about a verified token that can change while the gateway runs.
 //!
 //! Only tokens signed with the shared secret are kept: the secret cannot change while the gateway
-//! runs, where a key set can drop a key. A token is found by the digest of its text as presented,
-//! nothing that failed is kept, and at most [`MAX_VERIFIED`] are: when full, the expired ones go,
-//! and all of them if none had expired.
+//! runs, where a key set can drop a key. A token is found by the digest of its text with
+//! whitespace removed and escapes decoded (so that spellings of one token are one entry), nothing
+//! that failed is kept, and at most [`MAX_VERIFIED`] are: when full, the expired ones go, and all
+//! of them if none had expired.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -101,13 +102,17 @@ mod tests {
         verified.insert(TokenDigest::of("new"), claims(200), 100);
         assert_eq!(verified.len(), MAX_VERIFIED / 2 + 1);
         assert!(verified.get(&TokenDigest::of("1"), 100).is_some());
-        // None expired: all go, and the new one is kept.
+        assert!(verified.get(&TokenDigest::of("0"), 100).is_none());
+        // None expired: a token kept already is kept again without dropping anything; a new
+        // one drops them all and is kept alone.
+        let verified = Verified::default();
         for i in 0..MAX_VERIFIED {
-            verified.insert(TokenDigest::of(&format!("x{i}")), claims(300), 100);
+            verified.insert(TokenDigest::of(&i.to_string()), claims(300), 100);
         }
-        assert!(verified.len() <= MAX_VERIFIED);
+        verified.insert(TokenDigest::of("7"), claims(300), 100);
+        assert_eq!(verified.len(), MAX_VERIFIED);
         verified.insert(TokenDigest::of("last"), claims(300), 100);
-        assert!(verified.len() <= MAX_VERIFIED);
+        assert_eq!(verified.len(), 1);
         assert!(verified.get(&TokenDigest::of("last"), 100).is_some());
     }
 }
