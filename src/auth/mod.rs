@@ -325,9 +325,8 @@ impl Verifier {
         }
         let (alg, kid) = peek_header(token)?;
         let asymmetric;
-        let with_secret = matches!(alg.as_str(), "HS256" | "HS384" | "HS512");
-        let (key, validation) = match alg.as_str() {
-            "HS256" | "HS384" | "HS512" => (&self.key, &self.validation),
+        let (key, validation, with_secret) = match alg.as_str() {
+            "HS256" | "HS384" | "HS512" => (&self.key, &self.validation, true),
             "RS256" | "ES256" => {
                 let alg = if alg == "RS256" {
                     Algorithm::RS256
@@ -339,7 +338,7 @@ impl Verifier {
                 let mut validation = self.validation.clone();
                 validation.algorithms = vec![found.alg];
                 asymmetric = (found.key, validation);
-                (&asymmetric.0, &asymmetric.1)
+                (&asymmetric.0, &asymmetric.1, false)
             }
             // `none` and every algorithm not configured.
             _ => return Err(Error::AlgNotAllowed),
