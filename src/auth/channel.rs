@@ -257,12 +257,7 @@ mod tests {
     use super::*;
 
     fn claims(role: &str) -> Claims {
-        Claims {
-            role: role.to_owned(),
-            exp: 1,
-            sub: Some("u".to_owned()),
-            other: Default::default(),
-        }
+        Claims::new(role, 1, Some("u".to_owned()), Default::default())
     }
 
     #[test]

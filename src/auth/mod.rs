@@ -117,6 +117,34 @@ pub struct Claims {
     /// Every other claim, as given.
     #[serde(flatten)]
     pub other: OtherClaims,
+    /// What row-level security needs of them, worked out on first use ([`Claims::policy`]).
+    #[serde(skip)]
+    policy: PolicyCell,
+}
+
+/// What row-level security needs of a token's claims, worked out once per verified token.
+/// Connections that present the same token share its claims ([`verified`]), and so every
+/// channel they join shares this too: one copy of the JSON per token, not one per channel.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// The claims policies see on deliveries (`request.jwt.claims`), as JSON: every claim but
+    /// `exp`, `iat` and `nbf`.
+    pub json: Arc<str>,
+    /// Fingerprint of `json`: equal claims, equal key.
+    pub key: u64,
+    /// The database role checks run as: the `role` claim, `anon` when empty.
+    pub role: Arc<str>,
+}
+
+/// [`Policy`], once worked out. It follows from the other fields, which never change once
+/// the claims are built, so two claims are equal whatever their cells hold.
+#[derive(Debug, Clone, Default)]
+struct PolicyCell(std::sync::OnceLock<Policy>);
+
+impl PartialEq for PolicyCell {
+    fn eq(&self, _: &PolicyCell) -> bool {
+        true
+    }
 }
 
 /// The claims of a token other than `role`, `exp` and `sub`, kept as one compact JSON object.
@@ -208,6 +236,22 @@ const DEFAULT_ROLE: &str = "anon";
 const PER_TOKEN_CLAIMS: [&str; 3] = ["exp", "iat", "nbf"];
 
 impl Claims {
+    /// Claims with these fields.
+    pub fn new(
+        role: impl Into<String>,
+        exp: i64,
+        sub: Option<String>,
+        other: OtherClaims,
+    ) -> Claims {
+        Claims {
+            role: role.into(),
+            exp,
+            sub,
+            other,
+            policy: PolicyCell::default(),
+        }
+    }
+
     /// The database role the token acts as: its `role` claim, `anon` when empty.
     pub fn db_role(&self) -> &str {
         if self.role.is_empty() {
@@ -217,16 +261,34 @@ impl Claims {
         }
     }
 
+    /// What row-level security needs of these claims, worked out on the first call.
+    pub fn policy(&self) -> &Policy {
+        self.policy.0.get_or_init(|| {
+            let mut value = serde_json::to_value(self).unwrap_or_default();
+            if let Some(map) = value.as_object_mut() {
+                for claim in PER_TOKEN_CLAIMS {
+                    map.remove(claim);
+                }
+            }
+            let json: Arc<str> = Arc::from(value.to_string());
+            let key = {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                json.hash(&mut h);
+                h.finish()
+            };
+            Policy {
+                json,
+                key,
+                role: Arc::from(self.db_role()),
+            }
+        })
+    }
+
     /// The claims policies see on deliveries (`request.jwt.claims`), as JSON: every claim but
     /// `exp`, `iat` and `nbf`.
-    pub fn policy_json(&self) -> String {
-        let mut value = serde_json::to_value(self).unwrap_or_default();
-        if let Some(map) = value.as_object_mut() {
-            for claim in PER_TOKEN_CLAIMS {
-                map.remove(claim);
-            }
-        }
-        value.to_string()
+    pub fn policy_json(&self) -> &str {
+        &self.policy().json
     }
 
     /// The `sub` claim when it is a UUID (a Supabase user id).
@@ -396,15 +458,7 @@ impl Verifier {
             .into_iter()
             .filter(|(k, _)| !matches!(k.as_str(), "role" | "exp" | "sub"))
             .collect();
-        Ok((
-            Claims {
-                role,
-                exp,
-                sub,
-                other,
-            },
-            with_secret,
-        ))
+        Ok((Claims::new(role, exp, sub, other), with_secret))
     }
 }
 
@@ -543,7 +597,7 @@ mod tests {
         claims["iat"] = serde_json::json!(now_secs());
         let t = token(claims, SECRET, Algorithm::HS256);
         let c = Verifier::new(SECRET).verify(&t).unwrap();
-        let seen: serde_json::Value = serde_json::from_str(&c.policy_json()).unwrap();
+        let seen: serde_json::Value = serde_json::from_str(c.policy_json()).unwrap();
         assert_eq!(seen, shown);
         assert_eq!(
             c.other.get("app_metadata").unwrap()["ward"],
@@ -553,6 +607,42 @@ mod tests {
         // The claims survive a round trip through their own serialization.
         let back: Claims = serde_json::from_str(&serde_json::to_string(&c).unwrap()).unwrap();
         assert_eq!(back, *c);
+    }
+
+    /// Row-level security groups subscribers by the policy's key: one user's tokens, which
+    /// differ only in `exp` and `iat`, share it; another user, another role, or the same
+    /// claims with an empty `role` (acting as `anon`) do not share it with them. Connections
+    /// presenting one token share its claims, and with them one copy of the policy.
+    #[test]
+    fn one_users_tokens_share_a_policy_and_one_token_shares_its_copy() {
+        let verifier = Verifier::new(SECRET);
+        let user = |sub: &str, role: &str, ttl: i64| {
+            let claims = serde_json::json!({"role": role, "sub": sub,
+                "exp": now_secs() + ttl, "iat": now_secs() - ttl});
+            verifier
+                .verify(&token(claims, SECRET, Algorithm::HS256))
+                .unwrap()
+        };
+        let a = user("u1", "authenticated", 60);
+        let a_later = user("u1", "authenticated", 120);
+        assert!(!Arc::ptr_eq(&a, &a_later), "two tokens, two sets of claims");
+        assert_eq!(a.policy().key, a_later.policy().key);
+        assert_eq!(a.policy().json, a_later.policy().json);
+        for other in [user("u2", "authenticated", 60), user("u1", "anon", 60)] {
+            assert_ne!(a.policy().key, other.policy().key);
+            assert_ne!(a.policy().json, other.policy().json);
+        }
+        assert_eq!(&*user("u1", "", 60).policy().role, "anon");
+        assert_eq!(&*a.policy().role, "authenticated");
+        // The same token again: the same claims, and the policy worked out once.
+        let t = sign(SECRET, "anon", None, 60).unwrap();
+        let (first, again) = (verifier.verify(&t).unwrap(), verifier.verify(&t).unwrap());
+        assert!(Arc::ptr_eq(&first.policy().json, &again.policy().json));
+        assert!(Arc::ptr_eq(&first.policy().role, &again.policy().role));
+        // Equal claims are equal whether their policy was worked out or not.
+        let fresh: Claims = serde_json::from_str(&serde_json::to_string(&*first).unwrap()).unwrap();
+        assert_eq!(fresh, *first);
+        assert_eq!(fresh.policy().key, first.policy().key);
     }
 
     proptest::proptest! {
@@ -567,7 +657,7 @@ mod tests {
             );
             let c = Verifier::new(SECRET).verify(&t).unwrap();
             for _ in 0..3 {
-                let seen: serde_json::Value = serde_json::from_str(&c.policy_json()).unwrap();
+                let seen: serde_json::Value = serde_json::from_str(c.policy_json()).unwrap();
                 proptest::prop_assert_eq!(seen["x"].as_f64().map(f64::to_bits), Some(x.to_bits()));
                 proptest::prop_assert_eq!(seen["nested"]["y"].as_f64().map(f64::to_bits), Some(x.to_bits()));
             }

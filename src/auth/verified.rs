@@ -66,12 +66,7 @@ mod tests {
     use super::*;
 
     fn claims(exp: i64) -> Arc<Claims> {
-        Arc::new(Claims {
-            role: "anon".to_owned(),
-            exp,
-            sub: None,
-            other: super::super::OtherClaims::default(),
-        })
+        Arc::new(Claims::new("anon", exp, None, Default::default()))
     }
 
     #[test]

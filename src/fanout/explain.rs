@@ -428,12 +428,7 @@ pub(crate) mod tests {
             conn,
             topic: Arc::from(format!("realtime:{name}")),
         };
-        let claims = Arc::new(Claims {
-            role: "anon".into(),
-            exp: 0,
-            sub: None,
-            other: Default::default(),
-        });
+        let claims = Arc::new(Claims::new("anon", 0, None, Default::default()));
         let channel = PgChannel::new(key, tx, Vsn::V2, subs, claims)
             .for_connection(Uuid::from_u128(u128::from(conn)));
         router.subscribe(Arc::new(channel));

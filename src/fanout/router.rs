@@ -91,14 +91,11 @@ impl PgChannel {
         let prefix = protocol::frame_prefix(vsn, None, None, &key.topic, "postgres_changes")
             .into_boxed_str();
         let suffix = protocol::null_ref_suffix(vsn);
-        let claims_json = visibility::claims_json(&claims);
-        let claims_key = {
-            use std::hash::{Hash, Hasher};
-            let mut h = std::collections::hash_map::DefaultHasher::new();
-            claims_json.hash(&mut h);
-            h.finish()
-        };
-        let role = Arc::from(claims.db_role());
+        // Shared with every channel of the same token's claims.
+        let policy = claims.policy();
+        let claims_json = Arc::clone(&policy.json);
+        let claims_key = policy.key;
+        let role = Arc::clone(&policy.role);
         let unique_ids = {
             let mut seen = HashSet::with_capacity(subs.len());
             subs.iter().all(|sub| seen.insert(sub.id))

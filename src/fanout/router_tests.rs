@@ -67,12 +67,7 @@ fn join(router: &Router, conn: ConnId, topic: &str, subs: Vec<PgSub>) -> Receive
         conn,
         topic: Arc::from(topic),
     };
-    let claims = Arc::new(Claims {
-        role: "anon".into(),
-        exp: 0,
-        sub: None,
-        other: Default::default(),
-    });
+    let claims = Arc::new(Claims::new("anon", 0, None, Default::default()));
     router.subscribe(Arc::new(PgChannel::new(key, tx, Vsn::V2, subs, claims)));
     rx
 }

@@ -57,11 +57,6 @@ static SHOW_ALL: Decision = Decision::Show {
 };
 static HIDE: Decision = Decision::Hide;
 
-/// The claims row-level security checks see (`request.jwt.claims`), as JSON.
-pub fn claims_json(claims: &crate::auth::Claims) -> Arc<str> {
-    Arc::from(claims.policy_json())
-}
-
 /// One change's decisions, by claim set fingerprint: the claims' JSON and what they get.
 type Decided = HashMap<u64, (Arc<str>, Decision)>;
 
