@@ -4,12 +4,12 @@
 //! Refusals are HTTP errors with the JSON bodies docs/protocol.md section 1.2 gives, answered after
 //! the connect-error delay (so reconnect loops slow down) without holding any slot.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
@@ -24,14 +24,44 @@ use crate::socket::{Limits, Upgrade};
 /// `Retry-After` of an upgrade refused because the database cannot be reached, in seconds.
 const RETRY_AFTER_SECS: &str = "5";
 
+/// The query parameters an upgrade reads; the others (realtime-js's `log_level`, ...) are
+/// ignored, and of a repeated one the last counts. Values without escapes are borrowed from
+/// the request's URI, not copied.
+#[derive(Debug, Default)]
+struct UpgradeQuery<'a> {
+    apikey: Option<Cow<'a, str>>,
+    vsn: Option<Cow<'a, str>>,
+    /// [`super::resume::SESSION_PARAM`].
+    session: Option<Cow<'a, str>>,
+    component: Option<Cow<'a, str>>,
+}
+
+impl<'a> UpgradeQuery<'a> {
+    fn parse(query: Option<&'a str>) -> UpgradeQuery<'a> {
+        let mut q = UpgradeQuery::default();
+        for (key, value) in form_urlencoded::parse(query.unwrap_or_default().as_bytes()) {
+            let slot = match &*key {
+                "apikey" => &mut q.apikey,
+                "vsn" => &mut q.vsn,
+                super::resume::SESSION_PARAM => &mut q.session,
+                "component" => &mut q.component,
+                _ => continue,
+            };
+            *slot = Some(value);
+        }
+        q
+    }
+}
+
 /// `GET /realtime/v1/websocket` and `GET /socket/websocket`.
 pub async fn handler(
     State(state): State<Arc<Services>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Query(query): Query<HashMap<String, String>>,
+    uri: Uri,
     headers: HeaderMap,
     ws: Upgrade,
 ) -> Response {
+    let query = UpgradeQuery::parse(uri.query());
     let forwarded = headers.get("x-forwarded-for").and_then(|v| v.to_str().ok());
     let clients = &state.limits.clients;
     let peer = clients.client_addr(peer, forwarded);
@@ -52,10 +82,9 @@ pub async fn handler(
     let apikey = headers
         .get("x-api-key")
         .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| query.get("apikey").cloned())
+        .or(query.apikey.as_deref())
         .unwrap_or_default();
-    let claims = match state.verifier.verify(&apikey) {
+    let claims = match state.verifier.verify(apikey) {
         Ok(claims) => claims,
         Err(e) => {
             metrics::counter!("gateway_session_auth_failures_total").increment(1);
@@ -74,11 +103,11 @@ pub async fn handler(
             return refuse(&state, StatusCode::UNAUTHORIZED, &e.handshake_text()).await;
         }
     };
-    let vsn = match Vsn::from_query(query.get("vsn").map(String::as_str)) {
+    let vsn = match Vsn::from_query(query.vsn.as_deref()) {
         Ok(vsn) => vsn,
         Err(_) => return StatusCode::FORBIDDEN.into_response(),
     };
-    let session_id = query.get(super::resume::SESSION_PARAM).cloned();
+    let session_id = query.session.map(Cow::into_owned);
     if session_id
         .as_deref()
         .is_some_and(|id| !super::resume::valid_id(id))
@@ -166,14 +195,14 @@ pub async fn handler(
     let params = SessionParams {
         connection_id,
         vsn,
-        apikey: TokenDigest::of(&apikey),
+        apikey: TokenDigest::of(apikey),
         claims,
         peer,
         // Bounded like a join's `component`; a longer one is not recorded at all.
         component: query
-            .get("component")
+            .component
             .filter(|c| c.len() <= state.config.max_name_bytes)
-            .cloned(),
+            .map(Cow::into_owned),
         session_id,
     };
     let config = &state.config;
@@ -249,4 +278,28 @@ async fn refuse(state: &Services, status: StatusCode, text: &str) -> Response {
         }
     }
     (status, Json(json!({ "error": text }))).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_query_gives_the_last_of_each_parameter_decoded_and_borrows_what_needs_no_decoding() {
+        let q = UpgradeQuery::parse(Some(
+            "apikey=a.b.c&vsn=1.0.0&log_level=info&vsn=2.0.0&session=s%2D1&component=my+app",
+        ));
+        assert_eq!(q.apikey.as_deref(), Some("a.b.c"));
+        assert!(matches!(q.apikey, Some(Cow::Borrowed(_))), "not copied");
+        assert_eq!(q.vsn.as_deref(), Some("2.0.0"), "the last one counts");
+        assert_eq!(q.session.as_deref(), Some("s-1"));
+        assert_eq!(q.component.as_deref(), Some("my app"));
+        let none = UpgradeQuery::parse(None);
+        assert!(none.apikey.is_none() && none.vsn.is_none());
+        assert!(none.session.is_none() && none.component.is_none());
+        // Bytes that are not UTF-8 once decoded become replacement characters, as before.
+        let odd = UpgradeQuery::parse(Some("apikey=%FF&=x&vsn"));
+        assert_eq!(odd.apikey.as_deref(), Some("\u{fffd}"));
+        assert_eq!(odd.vsn.as_deref(), Some(""));
+    }
 }
