@@ -84,16 +84,68 @@ impl Requested {
     }
 }
 
+/// The join reply's `postgres_changes`: each entry's [`Requested::echo`], serialized straight
+/// from the entries (the same text, `id` among the keys in their sorted place) without copying
+/// them into a JSON tree first.
+#[derive(Debug, Clone, Copy)]
+pub struct Echoes<'a>(pub &'a [Requested]);
+
+impl serde::Serialize for Echoes<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeMap, SerializeSeq};
+        struct Echo<'a>(&'a Requested);
+        impl serde::Serialize for Echo<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let raw = &self.0.raw;
+                let len = raw.len() + usize::from(!raw.contains_key("id"));
+                let mut map = serializer.serialize_map(Some(len))?;
+                let mut id_written = false;
+                // `raw` iterates its keys in order; `id` takes its place among them, in place
+                // of one the client sent.
+                for (key, value) in raw {
+                    if !id_written && key.as_str() >= "id" {
+                        map.serialize_entry("id", &self.0.id)?;
+                        id_written = true;
+                    }
+                    if key != "id" {
+                        map.serialize_entry(key, value)?;
+                    }
+                }
+                if !id_written {
+                    map.serialize_entry("id", &self.0.id)?;
+                }
+                map.end()
+            }
+        }
+        let mut seq = serializer.serialize_seq(Some(self.0.len()))?;
+        for req in self.0 {
+            seq.serialize_element(&Echo(req))?;
+        }
+        seq.end()
+    }
+}
+
 /// A stable, non-zero id below 2^31 for a subscription object: identical objects get identical
 /// ids (FNV-1a over the object's canonical JSON, whose keys are sorted).
 pub fn stable_id(raw: &Map<String, Value>) -> u32 {
-    let canonical = Value::Object(raw.clone()).to_string();
-    let mut hash: u32 = 0x811c_9dc5;
-    for byte in canonical.bytes() {
-        hash ^= u32::from(byte);
-        hash = hash.wrapping_mul(0x0100_0193);
+    /// FNV-1a over the bytes written to it: the text is hashed as it is written, never kept.
+    struct Fnv(u32);
+    impl std::io::Write for Fnv {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            for &byte in buf {
+                self.0 ^= u32::from(byte);
+                self.0 = self.0.wrapping_mul(0x0100_0193);
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
     }
-    hash % 0x7fff_fffe + 1
+    let mut fnv = Fnv(0x811c_9dc5);
+    // A map of JSON values always serializes, and this writer never fails.
+    let _ = serde_json::to_writer(&mut fnv, raw);
+    fnv.0 % 0x7fff_fffe + 1
 }
 
 /// What a subscription gets of one change.
@@ -340,6 +392,63 @@ mod tests {
             ra[0].echo().get("filter").is_none(),
             "omitted keys stay omitted"
         );
+    }
+
+    /// Ids are echoed to clients and kept by channels that resume: the same object must get
+    /// the same id from every release. The hash of the canonical text, as written and
+    /// hashed by hand, for objects with escapes, non-ASCII text, numbers and nesting.
+    #[test]
+    fn ids_are_the_fnv_hash_of_the_canonical_text() {
+        fn by_text(raw: &Map<String, Value>) -> u32 {
+            let text = Value::Object(raw.clone()).to_string();
+            let mut hash: u32 = 0x811c_9dc5;
+            for byte in text.bytes() {
+                hash ^= u32::from(byte);
+                hash = hash.wrapping_mul(0x0100_0193);
+            }
+            hash % 0x7fff_fffe + 1
+        }
+        let todos = json!({"event":"INSERT","schema":"public","table":"todos"});
+        let quoted = json!({"table":"todos","schema":"public","event":"*",
+            "filter":"note=eq.a \"quoted\" é"});
+        assert_eq!(stable_id(todos.as_object().unwrap()), 334_186_004);
+        assert_eq!(stable_id(quoted.as_object().unwrap()), 354_647_719);
+        for v in [
+            todos,
+            quoted,
+            json!({}),
+            json!({"event":"UPDATE","n":1.5e300,"m":-7,"nested":{"b":[1,null,true],"a":"\u{1}\n"}}),
+        ] {
+            let raw = v.as_object().unwrap();
+            assert_eq!(stable_id(raw), by_text(raw), "{v}");
+        }
+    }
+
+    /// The join reply's entries are written from the entries as sent: the same text as the
+    /// JSON tree of each entry with its id, with `id` before, after and among the other keys,
+    /// and in place of an `id` the client sent.
+    #[test]
+    fn echoes_are_the_entries_with_their_ids() {
+        let entries: Vec<Requested> = [
+            json!({"event":"INSERT","schema":"public","table":"todos"}),
+            json!({"event":"*","filter":"id=eq.1","id":"mine","schema":"public"}),
+            json!({"a":1,"b":[1,{"c":"\"q\""}]}),
+            json!({"zz":null}),
+            json!({}),
+        ]
+        .into_iter()
+        .map(|v| Requested::new(v.as_object().unwrap().clone()))
+        .collect();
+        let tree = Value::Array(entries.iter().map(Requested::echo).collect());
+        let text = serde_json::to_string(&Echoes(&entries)).unwrap();
+        assert_eq!(text, tree.to_string());
+        let back: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            back[1]["id"],
+            json!(entries[1].id),
+            "the client's id is replaced"
+        );
+        assert_eq!(serde_json::to_string(&Echoes(&[])).unwrap(), "[]");
     }
 
     #[test]

@@ -386,6 +386,40 @@ pub fn encode_text(
     })
 }
 
+/// Room for a serialized payload that [`encode_text_of`] sets aside before it knows the size:
+/// a join's reply or `system` message fits, so the frame's text takes one allocation.
+const PAYLOAD_ROOM: usize = 384;
+
+/// [`encode_text`] with the payload serialized in place, after the text before it, instead of
+/// into a string of its own first. The same bytes as `encode_text` of the payload's
+/// `serde_json::to_string`.
+///
+/// # Errors
+/// When `payload` cannot be serialized (a map whose keys are not strings); never for a
+/// `serde_json::Value` or the gateway's payload types.
+pub fn encode_text_of<T: serde::Serialize + ?Sized>(
+    vsn: Vsn,
+    join_ref: Option<&str>,
+    msg_ref: Option<&str>,
+    topic: &str,
+    event: &str,
+    payload: &T,
+) -> serde_json::Result<String> {
+    with_prefix(vsn, join_ref, msg_ref, topic, event, |prefix| {
+        with_suffix(vsn, msg_ref, |suffix| {
+            let fixed: usize = prefix.iter().chain(suffix).map(|p| p.len()).sum();
+            let mut out = String::with_capacity(fixed + PAYLOAD_ROOM);
+            prefix.iter().for_each(|piece| piece.write(&mut out));
+            let mut bytes = out.into_bytes();
+            serde_json::to_writer(&mut bytes, payload)?;
+            // The prefix is a string and serde_json writes UTF-8: this check cannot fail.
+            let mut out = String::from_utf8(bytes).map_err(serde::ser::Error::custom)?;
+            suffix.iter().for_each(|piece| piece.write(&mut out));
+            Ok(out)
+        })
+    })
+}
+
 /// Everything of an [`encode_text`] frame that comes before the payload.
 ///
 /// For fan-out: serialize the payload once, then each recipient's frame is

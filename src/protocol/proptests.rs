@@ -217,6 +217,26 @@ proptest! {
             + &frame_suffix(vsn, r);
         prop_assert_eq!(split, encode_text(vsn, j, r, &topic, &event, &payload_json));
     }
+
+    /// Replies serialized in place are the frames of their serialized text, whatever their size
+    /// against the room set aside for them.
+    #[test]
+    fn a_payload_serialized_in_place_is_encode_text_of_its_text(
+        vsn in vsn(),
+        join_ref in prop::option::of(tricky_string(16)),
+        msg_ref in prop::option::of(tricky_string(16)),
+        topic in tricky_string(40),
+        event in tricky_string(16),
+        payload in json_value(),
+        padding in 0usize..1200,
+    ) {
+        let (j, r) = (join_ref.as_deref(), msg_ref.as_deref());
+        let payload = json!({"response": payload, "pad": "x".repeat(padding)});
+        prop_assert_eq!(
+            encode_text_of(vsn, j, r, &topic, &event, &payload).unwrap(),
+            encode_text(vsn, j, r, &topic, &event, &payload.to_string())
+        );
+    }
 }
 
 /// A JSON value for a string field (`topic`, `event`): usually a string, sometimes anything.

@@ -565,21 +565,40 @@ impl Session {
         }
     }
 
-    fn reply(&self, jr: Option<&str>, r: Option<&str>, topic: &str, status: &str, response: Value) {
-        let payload = json!({"status": status, "response": response});
-        self.push_json(jr, r, topic, "phx_reply", &payload);
+    fn reply(
+        &self,
+        jr: Option<&str>,
+        r: Option<&str>,
+        topic: &str,
+        status: &str,
+        response: impl serde::Serialize,
+    ) {
+        /// `{"response": .., "status": ..}`: the keys in the order a JSON object of the
+        /// gateway's `serde_json` writes them (sorted), as the replies always had them.
+        #[derive(serde::Serialize)]
+        struct Reply<'a, T> {
+            response: T,
+            status: &'a str,
+        }
+        self.push_json(jr, r, topic, "phx_reply", &Reply { response, status });
     }
 
-    fn push_json(
+    fn push_json<T: serde::Serialize + ?Sized>(
         &self,
         jr: Option<&str>,
         r: Option<&str>,
         topic: &str,
         event: &str,
-        payload: &Value,
+        payload: &T,
     ) {
-        let text =
-            protocol::encode_text(self.params.vsn, jr, r, topic, event, &payload.to_string());
+        let text = match protocol::encode_text_of(self.params.vsn, jr, r, topic, event, payload) {
+            Ok(text) => text,
+            Err(e) => {
+                // Not for the gateway's payloads, which always serialize.
+                tracing::error!(error = %e, event, "cannot serialize a message to the client");
+                return;
+            }
+        };
         // A full queue closes the session as a slow consumer; nothing more to do here.
         let _pushed = self.outbound.push(Frame::text(Kind::of_event(event), text));
     }

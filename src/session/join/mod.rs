@@ -5,213 +5,25 @@
 //! what a replay asks for ([`replay`]), record the registry row, join the broadcast hub,
 //! register with the router, reply, replay.
 
+mod config;
 pub mod replay;
 
 use std::sync::Arc;
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::{Joined, Session};
 use crate::auth::{Claims, TokenDigest};
-use crate::broadcast::Membership;
 use crate::fanout::router::{ChannelKey, PgChannel};
-use crate::fanout::subscription::{self, PgSub, Requested, Resolve};
+use crate::fanout::subscription::{self, PgSub, Resolve};
 use crate::outbound::{Frame, Kind};
 use crate::protocol::{self, Inbound, InboundPayload};
 
-/// What a `postgres_changes` entry may hold besides its filter (event, schema, table,
-/// select), in bytes.
-const ENTRY_OVERHEAD_BYTES: usize = 1024;
+pub use config::{Bounds, JoinConfig, TableFilters};
 
 /// Text of a refusal caused by the database being unreachable.
 const UNABLE_TO_CONNECT: &str =
     "UnableToConnectToProject: Realtime was unable to connect to the project database";
-
-/// A join's payload, read once.
-#[derive(Debug, Clone)]
-pub struct JoinConfig {
-    /// The channel token (`access_token`, or the older `user_token`), when the client sent one.
-    pub token: Option<String>,
-    /// `config.private`.
-    pub private: bool,
-    /// `config.postgres_changes` entries (null entries dropped; entries that are not objects
-    /// kept as empty objects, which fail validation).
-    pub changes: Vec<Requested>,
-    /// `config.postgres_changes_options.wait`: hold the reply until the subscriptions are live,
-    /// and refuse the join when they cannot be (docs/protocol.md 6.6).
-    pub wait_for_changes: bool,
-    /// `config.component`: the client's name for the part of the app that joined.
-    pub component: Option<String>,
-    /// Broadcast and presence settings (`config.broadcast`, `config.presence`).
-    pub membership: Membership,
-    /// `config.broadcast.replication_ready`: report when the change stream runs
-    /// (docs/protocol.md 6.6).
-    pub replication_ready: bool,
-    /// `config.broadcast.replay`: stored messages to replay (docs/protocol.md 7.6).
-    pub replay: replay::Replay,
-}
-
-impl JoinConfig {
-    /// Reads a join payload. Booleans may be JSON booleans or strings, any case
-    /// (docs/protocol.md 5.1); missing and null sections mean their defaults.
-    pub fn parse(payload: &Value) -> JoinConfig {
-        let payload = payload.as_object();
-        let config = payload
-            .and_then(|p| p.get("config"))
-            .and_then(Value::as_object);
-        let token = payload
-            .and_then(|p| p.get("access_token").or_else(|| p.get("user_token")))
-            .and_then(Value::as_str)
-            .filter(|t| !t.is_empty())
-            .map(str::to_owned);
-        let changes: Vec<Requested> = match config.and_then(|c| c.get("postgres_changes")) {
-            Some(Value::Array(items)) => items
-                .iter()
-                .filter(|v| !v.is_null())
-                .map(|v| Requested::new(v.as_object().cloned().unwrap_or_default()))
-                .collect(),
-            _ => Vec::new(),
-        };
-        let wait_for_changes = config
-            .and_then(|c| c.get("postgres_changes_options"))
-            .and_then(|o| o.get("wait"))
-            .is_some_and(truthy)
-            && !changes.is_empty();
-        JoinConfig {
-            token,
-            private: config.and_then(|c| c.get("private")).is_some_and(truthy),
-            changes,
-            wait_for_changes,
-            component: config
-                .and_then(|c| c.get("component"))
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            membership: membership(config),
-            replication_ready: config
-                .and_then(|c| c.get("broadcast"))
-                .and_then(|b| b.get("replication_ready"))
-                .is_some_and(truthy),
-            replay: replay::Replay::parse(
-                config
-                    .and_then(|c| c.get("broadcast"))
-                    .and_then(Value::as_object),
-            ),
-        }
-    }
-
-    /// The registry's `table_filters`: each entry's event, schema, table and filter as sent.
-    pub fn table_filters(&self) -> Value {
-        self.changes
-            .iter()
-            .map(|req| {
-                let pick = |k: &str| req.raw.get(k).cloned().unwrap_or(Value::Null);
-                json!({"event": pick("event"), "schema": pick("schema"),
-                       "table": pick("table"), "filter": pick("filter")})
-            })
-            .collect()
-    }
-}
-
-/// The bounds a join is checked against (from the settings).
-#[derive(Debug, Clone, Copy)]
-pub struct Bounds {
-    /// Longest topic, bytes.
-    pub topic_bytes: usize,
-    /// Most `postgres_changes` entries.
-    pub changes: usize,
-    /// Longest filter, bytes.
-    pub filter_bytes: usize,
-    /// Longest component name or presence key, bytes.
-    pub name_bytes: usize,
-}
-
-impl Bounds {
-    /// The bounds of `config`.
-    pub fn of(config: &crate::config::Config) -> Bounds {
-        Bounds {
-            topic_bytes: config.max_topic_bytes,
-            changes: config.max_changes_per_join,
-            filter_bytes: config.max_filter_bytes,
-            name_bytes: config.max_name_bytes,
-        }
-    }
-}
-
-impl JoinConfig {
-    /// Checks the join against `bounds`, before any of it is kept, resolved or recorded.
-    ///
-    /// # Errors
-    /// The first bound the join is over.
-    pub fn check(&self, bounds: Bounds) -> Result<(), Refusal> {
-        if self.changes.len() > bounds.changes {
-            return Err(Refusal::TooManyChanges {
-                limit: bounds.changes,
-            });
-        }
-        let too_long = |what, limit| Err(Refusal::TooLong { what, limit });
-        let filter_len = |r: &Requested| {
-            r.raw
-                .get("filter")
-                .and_then(Value::as_str)
-                .map_or(0, str::len)
-        };
-        if self
-            .changes
-            .iter()
-            .any(|r| filter_len(r) > bounds.filter_bytes)
-        {
-            return too_long("filter", bounds.filter_bytes);
-        }
-        // Every entry is kept for the channel's life (and echoed): bounded whole, whatever its
-        // fields hold.
-        let entry_bytes = bounds.filter_bytes + ENTRY_OVERHEAD_BYTES;
-        let entry_len = |r: &Requested| Value::Object(r.raw.clone()).to_string().len();
-        if self.changes.iter().any(|r| entry_len(r) > entry_bytes) {
-            return too_long("postgres_changes entry", entry_bytes);
-        }
-        if self
-            .component
-            .as_ref()
-            .is_some_and(|c| c.len() > bounds.name_bytes)
-        {
-            return too_long("component", bounds.name_bytes);
-        }
-        if self.membership.presence_key.len() > bounds.name_bytes {
-            return too_long("presence key", bounds.name_bytes);
-        }
-        Ok(())
-    }
-}
-
-/// Reads `config.broadcast` and `config.presence`.
-fn membership(config: Option<&Map<String, Value>>) -> Membership {
-    let section = |name: &str| config.and_then(|c| c.get(name)).and_then(Value::as_object);
-    let flag = |section: Option<&Map<String, Value>>, name: &str| {
-        section.and_then(|s| s.get(name)).is_some_and(truthy)
-    };
-    let broadcast = section("broadcast");
-    let presence = section("presence");
-    let presence_key = match presence.and_then(|p| p.get("key")) {
-        Some(Value::String(k)) if !k.is_empty() => k.clone(),
-        Some(Value::Number(n)) => n.to_string(),
-        _ => uuid::Uuid::new_v4().to_string(),
-    };
-    Membership {
-        self_broadcast: flag(broadcast, "self"),
-        ack: flag(broadcast, "ack"),
-        presence_key,
-        presence_enabled: flag(presence, "enabled"),
-    }
-}
-
-/// Booleans may arrive as JSON booleans or as strings, any case (docs/protocol.md 5.1).
-fn truthy(value: &Value) -> bool {
-    match value {
-        Value::Bool(b) => *b,
-        Value::String(s) => s.eq_ignore_ascii_case("true"),
-        _ => false,
-    }
-}
 
 /// Why a join was refused; each owns the reason text of its error reply (docs/protocol.md 5.3).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -379,7 +191,6 @@ impl Session {
                 return;
             }
         };
-        let echo: Vec<Value> = config.changes.iter().map(Requested::echo).collect();
         let (private_channel, changes_asked) = (config.private, config.changes.len());
         let resolved = if config.changes.is_empty() {
             None
@@ -436,7 +247,14 @@ impl Session {
         // Subscriptions go live before the reply, so that every change committed after the
         // client hears of them is delivered.
         let system = resolved.map(|resolved| self.activate(&topic, &name, claims, resolved));
-        let response = json!({"postgres_changes": echo});
+        /// The join reply's `response`: the entries as sent, each with its id.
+        #[derive(serde::Serialize)]
+        struct Response<'a> {
+            postgres_changes: subscription::Echoes<'a>,
+        }
+        let response = Response {
+            postgres_changes: subscription::Echoes(&config.changes),
+        };
         // Where a deferred channel goes live from: the listener's last whole read before the
         // reply, so that nothing committed after the client hears it is missed.
         let anchor = self
@@ -691,77 +509,6 @@ mod proptests;
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn parse(payload: Value) -> JoinConfig {
-        JoinConfig::parse(&payload)
-    }
-
-    #[test]
-    fn join_config_flags_accept_booleans_and_strings() {
-        let c = parse(
-            json!({"config": {"broadcast": {"self": true, "ack": "TRUE"},
-                                        "presence": {"key": "u1", "enabled": "true"},
-                                        "private": "True"}}),
-        );
-        let m = &c.membership;
-        assert!(m.self_broadcast && m.ack && m.presence_enabled && c.private);
-        assert_eq!(m.presence_key, "u1");
-        let c = parse(json!({"config": {"broadcast": {"self": "false", "ack": 1}}}));
-        let m = &c.membership;
-        assert!(!m.self_broadcast && !m.ack && !m.presence_enabled && !c.private);
-    }
-
-    /// realtime-py sends `"broadcast": null`; a missing or empty key gets a random one per join.
-    #[test]
-    fn missing_or_null_sections_mean_defaults() {
-        for payload in [
-            json!({}),
-            json!({"config": null}),
-            json!({"config": {"broadcast": null, "presence": null}}),
-            json!({"config": {"presence": {"key": ""}}}),
-        ] {
-            let c = parse(payload.clone());
-            assert_ne!(
-                c.membership.presence_key,
-                parse(payload).membership.presence_key
-            );
-            assert!(!c.membership.self_broadcast && !c.membership.presence_enabled);
-            assert!(uuid::Uuid::parse_str(&c.membership.presence_key).is_ok());
-            assert!(c.changes.is_empty() && !c.wait_for_changes);
-        }
-        let c = parse(json!({"config": {"presence": {"key": 42}}}));
-        assert_eq!(c.membership.presence_key, "42");
-    }
-
-    #[test]
-    fn changes_drop_nulls_and_keep_non_objects_for_validation() {
-        let c = parse(json!({"config": {
-            "postgres_changes": [null, {"event": "*", "schema": "public"}, 3],
-            "postgres_changes_options": {"wait": "true"}}}));
-        assert_eq!(c.changes.len(), 2);
-        assert!(c.changes[1].raw.is_empty());
-        assert!(c.wait_for_changes);
-        assert_eq!(
-            c.table_filters(),
-            json!([{"event": "*", "schema": "public", "table": null, "filter": null},
-                   {"event": null, "schema": null, "table": null, "filter": null}])
-        );
-    }
-
-    #[test]
-    fn tokens_come_from_access_token_or_user_token() {
-        assert_eq!(
-            parse(json!({"access_token": "a", "user_token": "b"}))
-                .token
-                .as_deref(),
-            Some("a")
-        );
-        assert_eq!(
-            parse(json!({"user_token": "b"})).token.as_deref(),
-            Some("b")
-        );
-        assert_eq!(parse(json!({"access_token": ""})).token, None);
-    }
 
     /// Guards the reply texts clients match on (docs/protocol.md 5.3).
     #[test]
