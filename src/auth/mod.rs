@@ -136,10 +136,17 @@ pub struct Policy {
     pub role: Arc<str>,
 }
 
-/// [`Policy`], once worked out. It follows from the other fields, which never change once
-/// the claims are built, so two claims are equal whatever their cells hold.
-#[derive(Debug, Clone, Default)]
+/// [`Policy`], once worked out. It follows from the other fields, so two claims are equal
+/// whatever their cells hold, and a copy of the claims starts without it (a copy may be changed;
+/// claims are shared through an `Arc`, never copied, where the policy is kept).
+#[derive(Debug, Default)]
 struct PolicyCell(std::sync::OnceLock<Policy>);
+
+impl Clone for PolicyCell {
+    fn clone(&self) -> PolicyCell {
+        PolicyCell::default()
+    }
+}
 
 impl PartialEq for PolicyCell {
     fn eq(&self, _: &PolicyCell) -> bool {

@@ -451,6 +451,29 @@ mod tests {
         assert_eq!(serde_json::to_string(&Echoes(&[])).unwrap(), "[]");
     }
 
+    proptest::proptest! {
+        /// `id` takes its sorted place among any keys, next to look-alikes of it.
+        #[test]
+        fn echoes_place_the_id_among_any_keys(
+            keys in proptest::collection::btree_map(
+                proptest::sample::select(
+                    vec!["", "ID", "Id", "a", "i", "ic", "id", "id_", "ida", "j", "schema", "é"],
+                ),
+                0i64..3,
+                0..8,
+            ),
+        ) {
+            let raw: Map<String, Value> =
+                keys.into_iter().map(|(k, v)| (k.to_owned(), Value::from(v))).collect();
+            let entries = [Requested::new(raw)];
+            let tree = Value::Array(vec![entries[0].echo()]);
+            proptest::prop_assert_eq!(
+                serde_json::to_string(&Echoes(&entries)).unwrap(),
+                tree.to_string()
+            );
+        }
+    }
+
     #[test]
     fn events_parse_case_insensitively_and_default_to_all() {
         assert!(Events::parse(Some("insert")).contains(Op::Insert));

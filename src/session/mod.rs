@@ -573,13 +573,6 @@ impl Session {
         status: &str,
         response: impl serde::Serialize,
     ) {
-        /// `{"response": .., "status": ..}`: the keys in the order a JSON object of the
-        /// gateway's `serde_json` writes them (sorted), as the replies always had them.
-        #[derive(serde::Serialize)]
-        struct Reply<'a, T> {
-            response: T,
-            status: &'a str,
-        }
         self.push_json(jr, r, topic, "phx_reply", &Reply { response, status });
     }
 
@@ -602,6 +595,14 @@ impl Session {
         // A full queue closes the session as a slow consumer; nothing more to do here.
         let _pushed = self.outbound.push(Frame::text(Kind::of_event(event), text));
     }
+}
+
+/// A `phx_reply`'s payload, `{"response": .., "status": ..}`: the keys in the order a JSON object
+/// of the gateway's `serde_json` writes them (sorted), as the replies always had them.
+#[derive(serde::Serialize)]
+struct Reply<'a, T> {
+    response: T,
+    status: &'a str,
 }
 
 /// A channel's new token names another `sub` or `role` than its old one: audited as
@@ -646,6 +647,21 @@ mod tests {
         F: FnOnce(Session, Socket) -> Fut,
     {
         std::mem::size_of::<Fut>()
+    }
+
+    /// A reply's payload has the text of the JSON object it was built as before: the same
+    /// keys, in the same order.
+    #[test]
+    fn a_reply_is_the_text_of_its_json_object() {
+        for (status, response) in [
+            ("ok", json!({})),
+            ("error", json!({"reason": "unmatched topic"})),
+            ("ok", json!({"postgres_changes": [{"event": "*", "id": 7}]})),
+        ] {
+            let tree = json!({"status": status, "response": response});
+            let text = serde_json::to_string(&Reply { response, status }).unwrap();
+            assert_eq!(text, tree.to_string());
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ use proptest::prelude::*;
 use serde_json::{Map, Value};
 
 use super::{Bounds, JoinConfig, Refusal};
+use crate::fanout::subscription::{Echoes, Requested};
 
 /// Any JSON, floats included.
 fn any_json() -> impl Strategy<Value = Value> {
@@ -166,7 +167,14 @@ proptest! {
     fn parse_and_check_never_panic_on_any_json(payload in any_json(), bounds in bounds()) {
         let config = JoinConfig::parse(&payload);
         let _ = config.check(bounds);
-        // The registry's filters are the entries' four keys as sent, whatever they hold.
+        let _ = serde_json::to_string(&config.table_filters()).unwrap();
+    }
+
+    /// The registry's filters (the entries' four keys as sent) and the reply's entries (each
+    /// with its id), written from the entries, are the texts of the JSON trees they replace.
+    #[test]
+    fn filters_and_echoes_are_the_texts_of_their_trees(payload in join_payload()) {
+        let config = JoinConfig::parse(&payload);
         let tree: Value = config
             .changes
             .iter()
@@ -178,6 +186,9 @@ proptest! {
             .collect();
         let text = serde_json::to_string(&config.table_filters()).unwrap();
         prop_assert_eq!(text, tree.to_string());
+        let echoes = Value::Array(config.changes.iter().map(Requested::echo).collect());
+        let text = serde_json::to_string(&Echoes(&config.changes)).unwrap();
+        prop_assert_eq!(text, echoes.to_string());
     }
 
     #[test]
