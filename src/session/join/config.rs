@@ -37,25 +37,35 @@ pub struct JoinConfig {
 
 impl JoinConfig {
     /// Reads a join payload. Booleans may be JSON booleans or strings, any case
-    /// (docs/protocol.md 5.1); missing and null sections mean their defaults.
-    pub fn parse(payload: &Value) -> JoinConfig {
-        let payload = payload.as_object();
-        let config = payload
-            .and_then(|p| p.get("config"))
-            .and_then(Value::as_object);
-        let token = payload
-            .and_then(|p| p.get("access_token").or_else(|| p.get("user_token")))
-            .and_then(Value::as_str)
-            .filter(|t| !t.is_empty())
-            .map(str::to_owned);
-        let changes: Vec<Requested> = match config.and_then(|c| c.get("postgres_changes")) {
+    /// (docs/protocol.md 5.1); missing and null sections mean their defaults. The token and the
+    /// `postgres_changes` entries are moved out of the payload, not copied.
+    pub fn parse(mut payload: Value) -> JoinConfig {
+        // `access_token` when present (a string or not), else the older `user_token`.
+        let token_key = if payload.get("access_token").is_some() {
+            "access_token"
+        } else {
+            "user_token"
+        };
+        let token = match payload.get_mut(token_key).map(Value::take) {
+            Some(Value::String(t)) if !t.is_empty() => Some(t),
+            _ => None,
+        };
+        let entries = payload
+            .get_mut("config")
+            .and_then(|c| c.get_mut("postgres_changes"))
+            .map(Value::take);
+        let changes: Vec<Requested> = match entries {
             Some(Value::Array(items)) => items
-                .iter()
+                .into_iter()
                 .filter(|v| !v.is_null())
-                .map(|v| Requested::new(v.as_object().cloned().unwrap_or_default()))
+                .map(|v| match v {
+                    Value::Object(raw) => Requested::new(raw),
+                    _ => Requested::new(Map::new()),
+                })
                 .collect(),
             _ => Vec::new(),
         };
+        let config = payload.get("config").and_then(Value::as_object);
         let wait_for_changes = config
             .and_then(|c| c.get("postgres_changes_options"))
             .and_then(|o| o.get("wait"))
@@ -244,7 +254,7 @@ mod tests {
     use serde_json::json;
 
     fn parse(payload: Value) -> JoinConfig {
-        JoinConfig::parse(&payload)
+        JoinConfig::parse(payload)
     }
 
     #[test]
@@ -326,5 +336,11 @@ mod tests {
             Some("b")
         );
         assert_eq!(parse(json!({"access_token": ""})).token, None);
+        // An `access_token` that is there, even empty or not a string, is the one read.
+        for present in [json!(""), json!(5), json!(null)] {
+            let payload = json!({"access_token": present, "user_token": "b"});
+            assert_eq!(parse(payload).token, None);
+        }
+        assert_eq!(parse(json!(["access_token", "a"])).token, None);
     }
 }

@@ -21,6 +21,35 @@ use crate::protocol::{self, Inbound, InboundPayload};
 
 pub use config::{Bounds, JoinConfig, TableFilters};
 
+/// The `system` message's text when a channel's Postgres Changes subscriptions are live.
+const SUBSCRIBED: &str = "Subscribed to PostgreSQL";
+
+/// The `system` message that reports a join's Postgres Changes subscriptions (docs/protocol.md
+/// 6.5): `{"channel", "extension": "postgres_changes", "message", "status"}`, the keys in the
+/// order a JSON object of the gateway's `serde_json` writes them (sorted).
+#[derive(Debug, serde::Serialize)]
+struct ChangesStatus<'a> {
+    channel: &'a str,
+    extension: &'static str,
+    message: std::borrow::Cow<'static, str>,
+    status: &'static str,
+}
+
+impl<'a> ChangesStatus<'a> {
+    fn new(
+        channel: &'a str,
+        status: &'static str,
+        message: std::borrow::Cow<'static, str>,
+    ) -> ChangesStatus<'a> {
+        ChangesStatus {
+            channel,
+            extension: "postgres_changes",
+            message,
+            status,
+        }
+    }
+}
+
 /// Text of a refusal caused by the database being unreachable.
 const UNABLE_TO_CONNECT: &str =
     "UnableToConnectToProject: Realtime was unable to connect to the project database";
@@ -130,9 +159,9 @@ impl Session {
     /// Handles `phx_join`.
     pub(super) async fn join(&mut self, msg: Inbound) {
         let (jr, r, topic) = (msg.join_ref, msg.msg_ref, msg.topic);
-        let config = match &msg.payload {
+        let config = match msg.payload {
             InboundPayload::Json(payload) => JoinConfig::parse(payload),
-            InboundPayload::Raw(_) | InboundPayload::Binary(_) => JoinConfig::parse(&Value::Null),
+            InboundPayload::Raw(_) | InboundPayload::Binary(_) => JoinConfig::parse(Value::Null),
         };
         let Some(name) = topic.strip_prefix(protocol::TOPIC_PREFIX) else {
             let reason = json!({"reason": "unmatched topic"});
@@ -270,6 +299,7 @@ impl Session {
             // A resumable socket's subscriptions go live through the listener, after the
             // reply (the client matches changes to the ids it lists), caught up first.
             Some(system) if self.defers_changes(&topic) => {
+                let system = serde_json::to_value(&system).unwrap_or_default();
                 self.go_live(&topic, system, anchor).await;
             }
             Some(system) => self.push_json(jr.as_deref(), None, &topic, "system", &system),
@@ -399,13 +429,13 @@ impl Session {
 
     /// Registers resolved subscriptions with the router; returns the `system` message that
     /// reports the outcome (docs/protocol.md 6.5, 6.6).
-    fn activate(
+    fn activate<'a>(
         &mut self,
         topic: &str,
-        name: &str,
+        name: &'a str,
         claims: Arc<Claims>,
         resolved: Result<Vec<PgSub>, Resolve>,
-    ) -> Value {
+    ) -> ChangesStatus<'a> {
         match resolved {
             Ok(subs) => {
                 let subs: Arc<[PgSub]> = subs.into();
@@ -417,18 +447,15 @@ impl Session {
                     joined.subs = subs;
                 }
                 tracing::debug!(topic = %topic, "postgres changes subscribed");
-                json!({"extension": "postgres_changes", "status": "ok",
-                       "message": "Subscribed to PostgreSQL", "channel": name})
+                ChangesStatus::new(name, "ok", SUBSCRIBED.into())
             }
             Err(Resolve::Invalid(message) | Resolve::NotEnabled(message)) => {
                 tracing::debug!(topic = %topic, message = %message, "invalid subscription");
-                json!({"extension": "postgres_changes", "status": "error",
-                       "message": message, "channel": name})
+                ChangesStatus::new(name, "error", message.into())
             }
             Err(Resolve::Database(e)) => {
                 tracing::warn!(error = %crate::error::chain(&e), "cannot validate subscriptions");
-                json!({"extension": "postgres_changes", "status": "error",
-                       "message": UNABLE_TO_CONNECT, "channel": name})
+                ChangesStatus::new(name, "error", UNABLE_TO_CONNECT.into())
             }
         }
     }
@@ -511,6 +538,18 @@ mod tests {
     use super::*;
 
     /// Guards the reply texts clients match on (docs/protocol.md 5.3).
+    /// The `system` message has the text of the JSON object it was built as before.
+    #[test]
+    fn a_changes_status_is_the_text_of_its_json_object() {
+        for (status, message) in [("ok", SUBSCRIBED), ("error", UNABLE_TO_CONNECT)] {
+            let tree = json!({"extension": "postgres_changes", "status": status,
+                              "message": message, "channel": "room"});
+            let built = ChangesStatus::new("room", status, message.into());
+            assert_eq!(serde_json::to_string(&built).unwrap(), tree.to_string());
+            assert_eq!(serde_json::to_value(&built).unwrap(), tree);
+        }
+    }
+
     #[test]
     fn refusals_own_their_reply_texts() {
         assert_eq!(

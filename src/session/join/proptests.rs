@@ -165,7 +165,7 @@ fn expected(payload: &Value, bounds: Bounds) -> Result<(), Refusal> {
 proptest! {
     #[test]
     fn parse_and_check_never_panic_on_any_json(payload in any_json(), bounds in bounds()) {
-        let config = JoinConfig::parse(&payload);
+        let config = JoinConfig::parse(payload.clone());
         let _ = config.check(bounds);
         let _ = serde_json::to_string(&config.table_filters()).unwrap();
     }
@@ -174,7 +174,7 @@ proptest! {
     /// with its id), written from the entries, are the texts of the JSON trees they replace.
     #[test]
     fn filters_and_echoes_are_the_texts_of_their_trees(payload in join_payload()) {
-        let config = JoinConfig::parse(&payload);
+        let config = JoinConfig::parse(payload.clone());
         let tree: Value = config
             .changes
             .iter()
@@ -196,7 +196,7 @@ proptest! {
         payload in join_payload(),
         bounds in bounds(),
     ) {
-        let config = JoinConfig::parse(&payload);
+        let config = JoinConfig::parse(payload.clone());
         prop_assert_eq!(config.check(bounds), expected(&payload, bounds), "{}", payload);
     }
 
@@ -205,6 +205,6 @@ proptest! {
     fn nothing_is_refused_within_the_bounds(payload in join_payload()) {
         let roomy = Bounds { topic_bytes: 1 << 20, changes: 1 << 20, filter_bytes: 1 << 20,
                              name_bytes: 1 << 20 };
-        prop_assert_eq!(JoinConfig::parse(&payload).check(roomy), Ok(()));
+        prop_assert_eq!(JoinConfig::parse(payload.clone()).check(roomy), Ok(()));
     }
 }
