@@ -530,11 +530,15 @@ fn peek_header(token: &str) -> Result<(String, Option<String>), Error> {
     Ok((alg.to_owned(), kid))
 }
 
-/// Removes whitespace and decodes `%XX` escapes.
-fn normalize(token: &str) -> String {
+/// Removes whitespace and decodes `%XX` escapes. A token with neither (every token as issued)
+/// is returned as it is, not copied.
+fn normalize(token: &str) -> std::borrow::Cow<'_, str> {
+    if !token.contains('%') && !token.chars().any(char::is_whitespace) {
+        return std::borrow::Cow::Borrowed(token);
+    }
     let compact: String = token.chars().filter(|c| !c.is_whitespace()).collect();
     if !compact.contains('%') {
-        return compact;
+        return std::borrow::Cow::Owned(compact);
     }
     let bytes = compact.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -551,7 +555,7 @@ fn normalize(token: &str) -> String {
         out.push(bytes[i]);
         i += 1;
     }
-    String::from_utf8(out).unwrap_or(compact)
+    std::borrow::Cow::Owned(String::from_utf8(out).unwrap_or(compact))
 }
 
 #[cfg(test)]
@@ -567,6 +571,24 @@ mod tests {
             &EncodingKey::from_secret(secret.as_bytes()),
         )
         .unwrap()
+    }
+
+    /// A token as issued is looked up as it is; other spellings are decoded to it.
+    #[test]
+    fn a_plain_token_is_not_copied_and_its_spellings_come_to_it() {
+        let t = sign(SECRET, "anon", None, 60).unwrap();
+        assert!(matches!(normalize(&t), std::borrow::Cow::Borrowed(_)));
+        let spaced = format!(" {}\n", t.replacen('.', ". ", 1));
+        let escaped = t.replacen('.', "%2E", 2);
+        for other in [spaced, escaped, format!("{t}\u{a0}")] {
+            assert!(
+                matches!(normalize(&other), std::borrow::Cow::Owned(_)),
+                "{other}"
+            );
+            assert_eq!(normalize(&other), t, "{other}");
+        }
+        // A `%` that starts no escape stays.
+        assert_eq!(normalize("a%zz.b%4"), "a%zz.b%4");
     }
 
     #[test]
