@@ -56,8 +56,10 @@ impl Requested {
         self.raw.get(key).and_then(Value::as_str).map(str::trim)
     }
 
-    /// The reply entry: the object as sent plus `id`.
-    pub fn echo(&self) -> Value {
+    /// The reply entry as a JSON tree: the object as sent plus `id`. The reply itself is written
+    /// by [`Echoes`] without building it; tests compare the two.
+    #[cfg(test)]
+    pub(crate) fn echo(&self) -> Value {
         let mut obj = self.raw.clone();
         obj.insert("id".into(), Value::from(self.id));
         Value::Object(obj)
@@ -84,7 +86,7 @@ impl Requested {
     }
 }
 
-/// The join reply's `postgres_changes`: each entry's [`Requested::echo`], serialized straight
+/// The join reply's `postgres_changes`: each entry as sent with its id, serialized straight
 /// from the entries (the same text, `id` among the keys in their sorted place) without copying
 /// them into a JSON tree first.
 #[derive(Debug, Clone, Copy)]
