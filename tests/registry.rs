@@ -193,6 +193,74 @@ async fn silent_clients_are_reaped_and_live_ones_never() {
     gw.stop().await.unwrap();
 }
 
+/// Heartbeats update registry rows in place: a tick sets `last_heartbeat_at`, which no index
+/// holds, on pages with room (migration 0032), so each of its updates is heap-only (no new index
+/// entry, the old version reclaimed at the page's next visit). Only heartbeats update these rows
+/// here, and PostgreSQL's statistics count heap-only updates apart from the others.
+#[tokio::test]
+async fn heartbeats_update_registry_rows_in_place() {
+    let db = TestDb::new().await;
+    let gw = TestGateway::start_with(&db, |c| {
+        c.heartbeat_interval = Duration::from_millis(200);
+        c.heartbeat_timeout = Duration::from_secs(60);
+    })
+    .await;
+    let mut clients = Vec::new();
+    for i in 0..10 {
+        let mut c = WsClient::anon(&gw).await;
+        c.join(&format!("realtime:beating-{i}"), json!({})).await;
+        clients.push(c);
+    }
+    wait_count(
+        &db,
+        "select count(*) from public.realtime_subscription_registry where is_active",
+        10,
+    )
+    .await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let beating = tokio::spawn({
+        let stop = std::sync::Arc::clone(&stop);
+        async move {
+            let mut ticker = tokio::time::interval(Duration::from_millis(100));
+            while !stop.load(std::sync::atomic::Ordering::Acquire) {
+                ticker.tick().await;
+                for c in &mut clients {
+                    c.send(None, "phoenix", "heartbeat", json!({})).await;
+                    let reply = c.expect_event("phoenix", "phx_reply").await;
+                    assert_eq!(reply.payload["status"], "ok");
+                }
+            }
+            clients
+        }
+    });
+    // Three ticks' worth (each updates the ten rows); statistics reach the view within seconds.
+    let stats = "select n_tup_upd, n_tup_hot_upd from pg_stat_user_tables \
+                 where relid = 'public.realtime_subscription_registry'::regclass";
+    // Each statement is a transaction of its own, so each read sees the statistics anew.
+    let mut conn = db.connect().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let (updated, in_place) = loop {
+        let counts: (i64, i64) = sqlx::query_as(stats).fetch_one(&mut conn).await.unwrap();
+        if counts.0 >= 30 {
+            break counts;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "30 registry updates not counted in 30 s: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    stop.store(true, std::sync::atomic::Ordering::Release);
+    assert_eq!(
+        in_place, updated,
+        "every heartbeat update heap-only ({in_place} of {updated}): an index on \
+         last_heartbeat_at, or a full page, makes each one a new entry in every index"
+    );
+    let clients = beating.await.unwrap();
+    drop(clients);
+    gw.stop().await.unwrap();
+}
+
 /// A node killed with SIGKILL: its rows end as `node_lost` and its cap slots are free again
 /// within the stale timeout, done by the surviving node.
 #[tokio::test]
