@@ -53,6 +53,24 @@ async fn every_join_is_a_row_and_every_end_closes_it() {
     }
     let active = "select count(*) from public.realtime_subscription_registry where is_active";
     wait_count(&db, active, 150).await;
+    // Row ids are UUIDv7, in the order of the joins (the primary key grows at its end).
+    let by_id: Vec<String> = sqlx::query_scalar(
+        "select channel_name from public.realtime_subscription_registry \
+         where substr(id::text, 15, 1) = '7' order by id",
+    )
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    let joined: Vec<String> = (0..50)
+        .flat_map(|i| {
+            [
+                format!("changes-{i}"),
+                format!("room-{i}"),
+                format!("other-{i}"),
+            ]
+        })
+        .collect();
+    assert_eq!(by_id, joined, "registry ids: version 7, in join order");
     let row = sqlx::query(
         "select subscription_id, user_id::text as user_id, component_name, table_filters, \
                 node_id, connection_id, remote_addr, last_heartbeat_at is not null as hb \
