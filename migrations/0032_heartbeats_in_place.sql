@@ -3,20 +3,25 @@
 -- every heartbeat interval each node sets last_heartbeat_at on the rows of every connection that
 -- heartbeated (one statement). last_heartbeat_at was a key column of
 -- realtime_subscription_registry_active_node, so every such update was a new row version with an
--- entry in each of the table's eight indexes: on 15,000 active rows, about 800 bytes of wal per
--- row (about 14 mb per tick, 40 gb a day at the default 30 s interval) and 260-330 ms of the
+-- entry in each of the table's eight indexes: on 15,000 active rows, 800-950 bytes of wal per
+-- row (about 14 mb per tick, 40 gb a day at the default 30 s interval) and 230-340 ms of the
 -- database's time per tick. an update that changes no indexed column, on a page with room for
--- the new version, is heap-only: no index entry, and the old version is reclaimed by the next
+-- the new version, is heap-only: no index entry, and the old version is reclaimed by a later
 -- visit to its page.
 --
 -- * the index goes. node-loss cleanup and shutdown find a node's active rows through
 --   realtime_subscription_registry_active_subscription (node_id, subscription_id) where
 --   is_active, which leads with node_id; the reaper works from the node's memory, not this table;
 --   realtime.stale_subscriptions (an operator's view) reads the active rows.
--- * new rows leave 30 % of their page free (fillfactor 70), the room a page's rows need to take
---   a heartbeat each before the next tick reclaims the versions this one left. pages written
---   before this migration stay full; their rows move to pages with room at their next
---   non-heap-only update and stay there.
+-- * new rows leave 30 % of their page free (fillfactor 70). one tick's statement cannot reclaim
+--   the versions it replaces while it runs, so a page can take in place only as many of its
+--   rows' heartbeats as its free room holds (about three in seven of a page filled to 70 %);
+--   the others move, once, to pages with room, and a node's active rows settle on pages about
+--   half full within a few ticks, after which nearly every heartbeat is heap-only. a fillfactor
+--   of 50 would take them all in place from the first tick, at twice the heap of full pages for
+--   every row the table keeps, closed ones included (registry_retention, 7 days by default):
+--   70 keeps that to 1.43 times. pages written before this migration stay full; their rows move
+--   to pages with room at their next update and stay there.
 --
 -- measured with 15,000 idle connections on one node (readme, "subscription registry"): 13.4-14.3
 -- mb of wal per tick before; 8.0, 5.5, 4.1, 3.3, 3.0, 1.9, 1.6 mb over the first seven ticks after.
