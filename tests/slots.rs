@@ -503,3 +503,58 @@ async fn a_slot_statement_answered_too_late_leaves_a_slot_a_tick_frees() {
     served_and_stop(&db, gw, &url).await;
     pool.close().await;
 }
+
+/// The per-client limits count a client's slots through the indexes on `client_addr` and
+/// `user_id`, which hold no nulls (migration 0033: a slot taken with the limits off adds no
+/// entry to them). Their counts, as `realtime.take_slots_limited` runs them (a generic plan, the
+/// address or user a parameter), must still be able to use them: with sequential scans off, the
+/// plan names the index; were the predicate not implied by the count's condition, it could not.
+#[tokio::test]
+async fn the_limits_counts_use_the_slot_indexes_that_hold_no_nulls() {
+    use sqlx::Row;
+    let db = TestDb::new().await;
+    let mut conn = db.connect().await;
+    for (column, param) in [("client_addr", "inet"), ("user_id", "uuid")] {
+        let index = format!("connection_slots_{column}");
+        let predicate: String = sqlx::query_scalar(
+            "select pg_get_expr(i.indpred, i.indrelid) from pg_index i \
+             where i.indexrelid = ('realtime.' || $1)::regclass",
+        )
+        .bind(&index)
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+        assert!(
+            predicate.contains(&format!("{column} IS NOT NULL")),
+            "{index} holds no nulls: {predicate}"
+        );
+        let statements = [
+            "set enable_seqscan = off".to_owned(),
+            "set plan_cache_mode = force_generic_plan".to_owned(),
+            format!(
+                "prepare count_{column}({param}) as select count(*) \
+                 from realtime.connection_slots s where s.{column} = $1 and s.node_id is not null"
+            ),
+        ];
+        for statement in &statements {
+            sqlx::raw_sql(statement).execute(&mut conn).await.unwrap();
+        }
+        let value = if param == "inet" {
+            "'10.0.0.1'"
+        } else {
+            "'6f1b7a52-5a1e-4d6a-9d1a-0c4f4c7e2b11'"
+        };
+        let plan: String = sqlx::raw_sql(&format!("explain execute count_{column}({value})"))
+            .fetch_all(&mut conn)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.get::<String, _>(0))
+            .collect::<Vec<_>>()
+            .join("\n");
+        assert!(
+            plan.contains(&index) && plan.contains("$1"),
+            "the count of {column} uses {index} on a generic plan:\n{plan}"
+        );
+    }
+}
