@@ -539,7 +539,6 @@ mod proptests;
 mod tests {
     use super::*;
 
-    /// Guards the reply texts clients match on (docs/protocol.md 5.3).
     /// The `system` message has the text of the JSON object it was built as before.
     #[test]
     fn a_changes_status_is_the_text_of_its_json_object() {
@@ -552,6 +551,7 @@ mod tests {
         }
     }
 
+    /// Guards the reply texts clients match on (docs/protocol.md 5.3).
     #[test]
     fn refusals_own_their_reply_texts() {
         assert_eq!(
