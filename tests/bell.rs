@@ -1,7 +1,10 @@
 //! The bell's rest (src/capture/bell.rs): under a steady flow of changes the node reads at its
 //! own pace and holds the bell's advisory lock shared on its `LISTEN` connection, so writers
-//! commit without a notification; every change still arrives once and in order, and when the
-//! flow stops the lock is given back. A transaction being prepared for two-phase commit does not
+//! commit without a notification, and holds key 1 exclusively, so writers do not even pull the
+//! bell (migration 0034); every change still arrives once and in order, and when the flow stops
+//! both locks are given back and the pulls of committed transactions deleted. A transaction
+//! pulls the bell once, at its first captured change, again after a rolled-back savepoint, and
+//! not with `realtime.bell = off`. A transaction being prepared for two-phase commit does not
 //! ring (migration 0030), so its PREPARE TRANSACTION succeeds with the bell on.
 
 mod common;
@@ -15,19 +18,64 @@ use serde_json::json;
 
 const PATIENCE: Duration = Duration::from_secs(30);
 
-/// Whether the listener of the node (by its `application_name`) holds the bell's lock shared.
-const RESTING: &str = "select exists (
+/// Whether the listener of the node (by its `application_name`) holds key `$1` of the bell's
+/// class in mode `$2`: key 0 shared while it rests the bell, key 1 exclusively while it also
+/// tells writers not to pull it.
+const LISTENER_HOLDS: &str = "select exists (
         select from pg_locks l join pg_stat_activity a on a.pid = l.pid
         where l.locktype = 'advisory' and l.database = a.datid
           and a.datname = current_database()
-          and l.classid = 1381254999 and l.objid = 0 and l.objsubid = 2
-          and l.mode = 'ShareLock' and l.granted
+          and l.classid = 1381254999 and l.objid = $1 and l.objsubid = 2
+          and l.mode = $2 and l.granted
           and a.application_name = 'realtime-gateway listener')";
+
+/// The bell pulls of the transaction open on `conn` (its own rows of `realtime.bell_pulls`).
+const OWN_PULLS: &str = "select count(*) from realtime.bell_pulls \
+     where xmin = pg_catalog.xid(pg_catalog.pg_current_xact_id())";
+
+/// Whether the listener holds key `key` in `mode` ([`LISTENER_HOLDS`]).
+async fn holds(pool: &sqlx::PgPool, key: i64, mode: &str) -> bool {
+    sqlx::query_scalar(LISTENER_HOLDS)
+        .bind(key)
+        .bind(mode)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// The bell pulls of the transaction open on `conn`.
+async fn own(conn: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar(OWN_PULLS).fetch_one(conn).await.unwrap()
+}
+
+/// Every pull `conn` sees: committed ones, and its own transaction's (its savepoints' included,
+/// whose rows carry a subtransaction's id).
+async fn all_pulls(conn: &mut sqlx::PgConnection) -> i64 {
+    sqlx::query_scalar("select count(*) from realtime.bell_pulls")
+        .fetch_one(conn)
+        .await
+        .unwrap()
+}
+
+/// Inserts a row into `table` in a transaction that is rolled back; returns how many bell pulls
+/// that transaction made.
+async fn pulls_of_one_change(pool: &sqlx::PgPool, table: &str) -> i64 {
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query(&format!("insert into public.{table} (n) values (0)"))
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let pulls = own(&mut tx).await;
+    tx.rollback().await.unwrap();
+    pulls
+}
 
 #[tokio::test]
 async fn a_steady_flow_rests_the_bell_and_loses_nothing() {
     let db = TestDb::new().await;
     common::realtime_table(&db, "steady", "n bigint").await;
+    // Another published table, for transactions that only look at the bell.
+    common::realtime_table(&db, "probe", "n bigint").await;
     let gw = TestGateway::start(&db).await;
     let mut c = WsClient::connect(&gw.ws_url(&token("service_role", None), "2.0.0")).await;
     c.subscribe(
@@ -36,16 +84,15 @@ async fn a_steady_flow_rests_the_bell_and_loses_nothing() {
     )
     .await;
     let pool = db.pool().await;
-    let resting = || {
-        let pool = pool.clone();
-        async move {
-            sqlx::query_scalar::<_, bool>(RESTING)
-                .fetch_one(&pool)
-                .await
-                .unwrap()
-        }
-    };
+    let resting = || holds(&pool, 0, "ShareLock");
+    let advertising = || holds(&pool, 1, "ExclusiveLock");
     assert!(!resting().await, "no flow, no rest");
+    assert!(!advertising().await, "no flow, no rest");
+    assert_eq!(
+        pulls_of_one_change(&pool, "probe").await,
+        1,
+        "no rest, a pull"
+    );
 
     // One row per transaction, about 500 a second, until told to stop.
     let stop = Arc::new(AtomicBool::new(false));
@@ -79,19 +126,30 @@ async fn a_steady_flow_rests_the_bell_and_loses_nothing() {
             taken
         }
     };
+    // And a transaction sees the rest at its first captured change and pulls nothing.
     eventually(
         PATIENCE,
-        "the listener rests the bell and writers cannot ring",
-        || async { resting().await && !bell_taken().await },
+        "the listener rests the bell, writers cannot ring and do not pull",
+        || async {
+            resting().await
+                && advertising().await
+                && !bell_taken().await
+                && pulls_of_one_change(&pool, "probe").await == 0
+        },
     )
     .await;
 
     stop.store(true, Ordering::Relaxed);
     writer.await.unwrap();
     eventually(PATIENCE, "the rest is given back", || async {
-        !resting().await
+        !resting().await && !advertising().await
     })
     .await;
+    assert_eq!(
+        pulls_of_one_change(&pool, "probe").await,
+        1,
+        "no rest, a pull"
+    );
     // A lone change after the flow, then every change once, in order.
     let last = written.load(Ordering::Relaxed) + 1;
     sqlx::query("insert into public.steady (n) values ($1)")
@@ -108,6 +166,108 @@ async fn a_steady_flow_rests_the_bell_and_loses_nothing() {
         .unwrap_or_else(|_| panic!("change {n} of {last}"));
         assert_eq!(m.payload["data"]["record"]["n"], json!(n));
     }
+    // The lone change pulled the bell; the pruner deletes the pulls of committed transactions.
+    eventually(PATIENCE, "the committed pulls are deleted", || async {
+        db.count("select count(*) from realtime.bell_pulls").await == 0
+    })
+    .await;
+}
+
+/// Without a gateway (so nothing deletes committed pulls, and every transaction here rolls
+/// back): a transaction pulls the bell at its first captured change and not at the
+/// next ones; a savepoint rolled back takes its pull with it and the next change pulls again;
+/// `realtime.bell = off` pulls nothing; while another session holds key 1 (as a resting node
+/// does) nothing is pulled, and the instant the capture holds key 1 shared is over by the end of
+/// the statement. The outbox itself has no trigger left, and the bell's is deferred.
+#[tokio::test]
+async fn a_transaction_pulls_the_bell_once() {
+    let db = TestDb::new().await;
+    common::realtime_table(&db, "pulled", "n bigint").await;
+    let pool = db.pool().await;
+    let insert = "insert into public.pulled (n) values (1)";
+
+    let mut tx = pool.begin().await.unwrap();
+    assert_eq!(all_pulls(&mut tx).await, 0);
+    sqlx::query(insert).execute(&mut *tx).await.unwrap();
+    assert_eq!(all_pulls(&mut tx).await, 1, "the first change pulls");
+    sqlx::query("insert into public.pulled (n) select g from generate_series(1, 50) g")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(all_pulls(&mut tx).await, 1, "the next ones do not");
+    let key1_held: i64 = sqlx::query_scalar(
+        "select count(*) from pg_locks where locktype = 'advisory' and classid = 1381254999 \
+         and objid = 1 and pid = pg_backend_pid()",
+    )
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(key1_held, 0, "the capture's look at key 1 is over");
+    tx.rollback().await.unwrap();
+
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("savepoint s").execute(&mut *tx).await.unwrap();
+    sqlx::query(insert).execute(&mut *tx).await.unwrap();
+    assert_eq!(all_pulls(&mut tx).await, 1);
+    sqlx::query("rollback to savepoint s")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(
+        all_pulls(&mut tx).await,
+        0,
+        "the rolled-back savepoint took its pull"
+    );
+    sqlx::query(insert).execute(&mut *tx).await.unwrap();
+    assert_eq!(all_pulls(&mut tx).await, 1, "the next change pulls again");
+    tx.rollback().await.unwrap();
+
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("set local realtime.bell = off")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(insert).execute(&mut *tx).await.unwrap();
+    assert_eq!(
+        all_pulls(&mut tx).await,
+        0,
+        "realtime.bell = off pulls nothing"
+    );
+    tx.rollback().await.unwrap();
+
+    // A resting node's key 1, held by another session.
+    let mut node = db.connect().await;
+    sqlx::query("select pg_advisory_lock(1381254999, 1)")
+        .execute(&mut node)
+        .await
+        .unwrap();
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query(insert).execute(&mut *tx).await.unwrap();
+    assert_eq!(all_pulls(&mut tx).await, 0, "the bell rests: no pull");
+    tx.rollback().await.unwrap();
+    sqlx::query("select pg_advisory_unlock(1381254999, 1)")
+        .execute(&mut node)
+        .await
+        .unwrap();
+
+    let triggers: Vec<(String, String, bool, bool)> = sqlx::query_as(
+        "select tgrelid::regclass::text, tgname::text, tgdeferrable, tginitdeferred \
+         from pg_trigger where tgrelid in ('realtime.changes'::regclass, \
+                                           'realtime.bell_pulls'::regclass) \
+           and not tgisinternal",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        triggers,
+        [(
+            "realtime.bell_pulls".to_owned(),
+            "realtime_bell".to_owned(),
+            true,
+            true
+        )]
+    );
 }
 
 /// The next `postgres_changes` on `realtime:two_phase`, its row's `n`.

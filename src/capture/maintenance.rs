@@ -115,7 +115,8 @@ pub fn snapshot_xmin(xmax: &str, xip: &[String]) -> u64 {
 }
 
 /// Prunes the outbox every second until shutdown: rows older than `retention` that every node
-/// live within `stale` has read, in batches, until a batch comes back short.
+/// live within `stale` has read, in batches, until a batch comes back short. Each tick also
+/// deletes the bell's pulls of committed transactions ([`delete_bell_pulls`]).
 pub async fn run_pruner(pool: PgPool, retention: Duration, stale: Duration, shutdown: Shutdown) {
     let mut tick = tokio::time::interval(PRUNE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -149,11 +150,26 @@ pub async fn run_pruner(pool: PgPool, retention: Duration, stale: Duration, shut
                 }
             }
         }
+        delete_bell_pulls(&pool).await;
         if total > 0 {
             metrics::counter!("gateway_capture_pruned_total")
                 .increment(u64::try_from(total).unwrap_or(0));
             tracing::debug!(rows = total, "outbox pruned");
         }
+    }
+}
+
+/// Deletes the rows of `realtime.bell_pulls` (migration 0034) that committed transactions left:
+/// each pulled the bell once, and its deferred trigger has rung (or found the bell taken) at its
+/// commit. Rows of transactions still running are not visible, so they stay; the table is
+/// unlogged, so this writes no WAL. Every node does it: concurrent deletes only wait for each
+/// other's row locks.
+async fn delete_bell_pulls(pool: &PgPool) {
+    if let Err(e) = sqlx::query("delete from realtime.bell_pulls")
+        .execute(pool)
+        .await
+    {
+        tracing::debug!(error = %e, "cannot delete the bell's pulls");
     }
 }
 
