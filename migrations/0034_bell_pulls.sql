@@ -23,15 +23,20 @@
 --   pg_catalog, operators as operator(pg_catalog.=), tables with realtime), so a writer's
 --   search_path, and pg_temp, resolve nothing in it. the clause cost each captured row a save
 --   and restore of the settings and made postgresql recompute the writer's search path after
---   every call (about 2 us of a lone writer's cpu). tests/capture_security.rs checks the body
---   and runs it under a search path that shadows every name it uses.
+--   every call (1-2 us of a lone writer's cpu per row, more under contention). tests/capture_names.rs
+--   checks the body and runs it under a search path that shadows every name it uses. code the
+--   capture runs on the writer's behalf (a user-defined cast to json that to_jsonb calls) now sees
+--   the writer's search path too: such functions must pin their own (docs/capture.md, "security").
 --
--- the realtime.bell setting keeps its meaning: unset or empty, the transaction's next captured
--- change pulls the bell; 'off' (set by the writer) captures without it; this function sets
--- 'done' once the transaction has pulled or found the bell resting. a savepoint rolled back
--- takes its pull and the setting with it, and the next change pulls again.
+-- the realtime.bell setting keeps its meaning: 'off' (set by the writer) captures without the
+-- bell; this function sets 'done' once the transaction has pulled or found the bell resting; any
+-- other value, or none, lets the transaction's next captured change pull it. a savepoint rolled
+-- back takes its pull and the setting with it, and the next change pulls again. the look at key
+-- 1 and its release are one expression, so no cancel or timeout can land between them and leave
+-- the writer's session holding the key.
 
 create unlogged table if not exists realtime.bell_pulls ();
+revoke all on table realtime.bell_pulls from public;
 
 comment on table realtime.bell_pulls is
     'one row per transaction that pulls the capture bell; its deferred trigger rings at commit. '
@@ -59,7 +64,6 @@ security definer
 as $$
 declare
     bell pg_catalog.text := pg_catalog.current_setting('realtime.bell', true);
-    ignored pg_catalog.bool;
 begin
     insert into realtime.changes (relid, op, record, old_record)
     values (
@@ -68,9 +72,12 @@ begin
         pg_catalog.to_jsonb(new),
         pg_catalog.to_jsonb(old)
     );
-    if bell is null or bell operator(pg_catalog.=) '' then
-        if pg_catalog.pg_try_advisory_lock_shared(1381254999, 1) then
-            ignored := pg_catalog.pg_advisory_unlock_shared(1381254999, 1);
+    if bell is null
+        or (bell operator(pg_catalog.<>) 'off' and bell operator(pg_catalog.<>) 'done') then
+        -- in parentheses: pl/pgsql ends an if's condition at the first then outside them.
+        if (case when pg_catalog.pg_try_advisory_lock_shared(1381254999, 1)
+                 then pg_catalog.pg_advisory_unlock_shared(1381254999, 1)
+                 else false end) then
             insert into realtime.bell_pulls default values;
         end if;
         bell := pg_catalog.set_config('realtime.bell', 'done', true);
@@ -80,14 +87,36 @@ end
 $$;
 
 -- whoever owns capture_change (realtime_capture, or the migration role without one) inserts
--- the pulls.
+-- the pulls; a role that may prune the outbox (a gateway role other than the migration role)
+-- deletes them.
 do $$
+declare
+    grantee text;
 begin
     execute pg_catalog.format(
         'grant insert on table realtime.bell_pulls to %I',
         (select pg_catalog.pg_get_userbyid(proowner) from pg_catalog.pg_proc
          where oid = 'realtime.capture_change()'::pg_catalog.regprocedure));
+    for grantee in
+        select distinct g.grantee::text from information_schema.role_table_grants g
+        where g.table_schema = 'realtime' and g.table_name = 'changes'
+          and g.privilege_type = 'DELETE' and g.grantee <> 'PUBLIC'
+    loop
+        execute pg_catalog.format('grant delete on table realtime.bell_pulls to %I', grantee);
+    end loop;
 end
 $$;
 
-drop trigger if exists realtime_bell on realtime.changes;
+-- the old bell trigger goes last. dropping it locks the outbox against every captured write
+-- until this transaction ends, and waits for writers already in a transaction: so it waits at
+-- most 3 s. should a long writer transaction hold it up, the trigger stays (harmless: nothing
+-- arms it any more, each captured row only pays for reading its when clause) and the gateway
+-- drops it at a later reconcile (src/capture/maintenance.rs).
+do $$
+begin
+    perform pg_catalog.set_config('lock_timeout', '3s', true);
+    drop trigger if exists realtime_bell on realtime.changes;
+exception when lock_not_available then
+    raise notice 'realtime: the outbox is busy; its old bell trigger stays until the gateway drops it';
+end
+$$;

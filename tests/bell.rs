@@ -176,7 +176,7 @@ async fn a_steady_flow_rests_the_bell_and_loses_nothing() {
 /// Without a gateway (so nothing deletes committed pulls, and every transaction here rolls
 /// back): a transaction pulls the bell at its first captured change and not at the
 /// next ones; a savepoint rolled back takes its pull with it and the next change pulls again;
-/// `realtime.bell = off` pulls nothing; while another session holds key 1 (as a resting node
+/// `realtime.bell = off` pulls nothing, and any other value pulls again; while another session holds key 1 (as a resting node
 /// does) nothing is pulled, and the instant the capture holds key 1 shared is over by the end of
 /// the statement. The outbox itself has no trigger left, and the bell's is deferred.
 #[tokio::test]
@@ -232,6 +232,16 @@ async fn a_transaction_pulls_the_bell_once() {
         all_pulls(&mut tx).await,
         0,
         "realtime.bell = off pulls nothing"
+    );
+    sqlx::query("set local realtime.bell = on")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    sqlx::query(insert).execute(&mut *tx).await.unwrap();
+    assert_eq!(
+        all_pulls(&mut tx).await,
+        1,
+        "on again, the next change pulls"
     );
     tx.rollback().await.unwrap();
 
@@ -414,4 +424,80 @@ async fn two_phase_deliveries(db: &TestDb) {
         );
     }
     gw.stop().await.unwrap();
+}
+
+/// Counts the notifications on the bell's channel that arrive before a sentinel sent now: every
+/// one the transactions committed before it rang (notifications arrive in commit order).
+async fn bells_before_sentinel(
+    listener: &mut sqlx::postgres::PgListener,
+    conn: &mut sqlx::PgConnection,
+) -> usize {
+    sqlx::query("select pg_notify('realtime_gateway', 'sentinel')")
+        .execute(conn)
+        .await
+        .unwrap();
+    let mut bells = 0;
+    loop {
+        let n = tokio::time::timeout(PATIENCE, listener.recv())
+            .await
+            .expect("the sentinel arrives")
+            .unwrap();
+        if n.payload() == "sentinel" {
+            return bells;
+        }
+        bells += 1;
+    }
+}
+
+/// Without a gateway, so nothing rests the bell: a transaction's pull rings the bell once at
+/// commit, one row or fifty; a transaction rolled back rings nothing; and while another session
+/// holds key 1, as a resting node does, a committed change rings nothing.
+#[tokio::test]
+async fn a_pull_rings_once_at_commit() {
+    let db = TestDb::new().await;
+    common::realtime_table(&db, "rung", "n bigint").await;
+    let mut listener = sqlx::postgres::PgListener::connect(&db.url).await.unwrap();
+    listener.listen("realtime_gateway").await.unwrap();
+    let mut conn = db.connect().await;
+
+    sqlx::query("insert into public.rung (n) values (1)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(bells_before_sentinel(&mut listener, &mut conn).await, 1);
+
+    sqlx::query("insert into public.rung (n) select g from generate_series(1, 50) g")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(bells_before_sentinel(&mut listener, &mut conn).await, 1);
+
+    let pool = db.pool().await;
+    let mut tx = pool.begin().await.unwrap();
+    sqlx::query("insert into public.rung (n) values (2)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert_eq!(bells_before_sentinel(&mut listener, &mut conn).await, 0);
+
+    let mut node = db.connect().await;
+    sqlx::query("select pg_advisory_lock(1381254999, 1)")
+        .execute(&mut node)
+        .await
+        .unwrap();
+    sqlx::query("insert into public.rung (n) values (3)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(bells_before_sentinel(&mut listener, &mut conn).await, 0);
+    sqlx::query("select pg_advisory_unlock(1381254999, 1)")
+        .execute(&mut node)
+        .await
+        .unwrap();
+    sqlx::query("insert into public.rung (n) values (4)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(bells_before_sentinel(&mut listener, &mut conn).await, 1);
 }

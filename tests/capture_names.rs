@@ -19,6 +19,22 @@ const SYNTAX: &[&str] = &[
     "values", "coalesce", "if", "elsif", "exists", "operator", "and", "or", "not", "return",
     "array", "row",
 ];
+/// Words after an explicit operator, or syntax, before `(`.
+const AFTER_OPERATOR: &[&str] = &["all", "any", "some"];
+/// `pg_catalog` functions that look up the object a text argument names through the search path
+/// (by prefix).
+const NAME_TAKING: &[&str] = &[
+    "nextval",
+    "currval",
+    "setval",
+    "to_reg",
+    "has_",
+    "pg_get_serial_sequence",
+    "pg_relation_size",
+    "pg_total_relation_size",
+    "pg_table_size",
+    "pg_indexes_size",
+];
 /// Words that make PostgreSQL look up an operator (`=`, or the type's comparison) by name.
 const IMPLICIT_OPERATORS: &[&str] = &[
     "in", "between", "like", "ilike", "similar", "distinct", "nullif",
@@ -94,6 +110,10 @@ fn tokens(text: &str) -> Vec<String> {
                 i += 1;
             }
             out.push("0".to_owned());
+        } else if c == '\'' && chars.get(i + 1) == Some(&'\'') {
+            // An emptied literal.
+            out.push("''".to_owned());
+            i += 2;
         } else {
             if !c.is_whitespace() {
                 out.push(c.to_string());
@@ -141,9 +161,20 @@ fn unqualified(body: &str) -> Vec<String> {
                 }
             } else if IMPLICIT_OPERATORS.contains(&w) {
                 found.push(format!("operator looked up by `{w}`"));
-            } else if !SYNTAX.contains(&w) && !matches!(word(i.wrapping_sub(1)), "into") {
+            } else if !SYNTAX.contains(&w)
+                && !AFTER_OPERATOR.contains(&w)
+                && !matches!(word(i.wrapping_sub(1)), "into")
+            {
                 found.push(format!("call of {w}"));
             }
+            // A name given as text is looked up through the path: `nextval('seq')`.
+            let function = w.trim_start_matches("pg_catalog.");
+            if word(i + 2) == "''" && NAME_TAKING.iter().any(|p| function.starts_with(p)) {
+                found.push(format!("name given as text to {w}"));
+            }
+        }
+        if w == "execute" {
+            found.push("dynamic sql (execute)".to_owned());
         }
         if IMPLICIT_OPERATORS.contains(&w) && word(i + 1) != "(" {
             found.push(format!("operator looked up by `{w}`"));
@@ -154,15 +185,35 @@ fn unqualified(body: &str) -> Vec<String> {
         if w == ":" && word(i + 1) == ":" {
             if !qualified(word(i + 2)) {
                 found.push(format!("cast to {}", word(i + 2)));
+            } else if word(i + 2).starts_with("pg_catalog.reg") {
+                // `'name'::regclass` looks the name up through the path.
+                found.push(format!("cast to {}", word(i + 2)));
             }
             i += 3;
             continue;
         }
-        if matches!(w, "into" | "from" | "update" | "join")
-            && is_name(word(i + 1))
-            && !qualified(word(i + 1))
-        {
-            found.push(format!("relation {}", word(i + 1)));
+        if matches!(
+            w,
+            "into" | "from" | "update" | "join" | "using" | "truncate" | "lock"
+        ) {
+            // The relations named after it, `from a, b` included.
+            let mut j = i + 1;
+            while matches!(word(j), "table" | "only") {
+                j += 1;
+            }
+            while is_name(word(j)) {
+                if !qualified(word(j)) {
+                    found.push(format!("relation {}", word(j)));
+                }
+                j += 1;
+                if is_name(word(j)) && !matches!(word(j), "where" | "values" | "default" | "on") {
+                    j += 1; // an alias
+                }
+                if word(j) != "," {
+                    break;
+                }
+                j += 1;
+            }
         }
         if w == "operator" && word(i + 1) == "(" {
             // operator(schema.op): the schema must be qualified; skip to the closing parenthesis.
@@ -251,6 +302,41 @@ async fn capture_names_nothing_through_the_search_path() {
             .any(|f| f.starts_with("operator looked up by `in`")),
         "{old:?}"
     );
+    // And each kind of lookup a later edit could add.
+    for (careless, expected) in [
+        (
+            "begin perform pg_catalog.nextval('s'); end",
+            "name given as text to pg_catalog.nextval",
+        ),
+        (
+            "begin perform 'x'::pg_catalog.regclass; end",
+            "cast to pg_catalog.regclass",
+        ),
+        ("begin execute 'select 1'; end", "dynamic sql (execute)"),
+        (
+            "begin delete from realtime.changes using realtime.changes a, b; end",
+            "relation b",
+        ),
+        (
+            "begin perform x from realtime.changes c, pg_class; end",
+            "relation pg_class",
+        ),
+        (
+            "begin perform case x when 1 then 2 end; end",
+            "a simple case compares with `=`",
+        ),
+        (
+            "begin if x between 1 and 2 then null; end if; end",
+            "operator looked up by `between`",
+        ),
+        (
+            "begin if x + 1 operator(pg_catalog.>) 2 then null; end if; end",
+            "operator +",
+        ),
+    ] {
+        let found = unqualified(careless);
+        assert!(found.iter().any(|f| f == expected), "{careless}: {found:?}");
+    }
 }
 
 /// Creates schema `trap`, usable by all, with a function raising `trap: <name>` for each signature of every
@@ -386,13 +472,18 @@ async fn a_hostile_search_path_reaches_nothing_in_the_capture() {
             "pg_catalog.pg_try_advisory_lock_shared(",
             "pg_try_advisory_lock_shared(",
         ),
-        ("operator(pg_catalog.=)", "="),
+        ("operator(pg_catalog.<>)", "<>"),
         ("::pg_catalog.oid", "::oid"),
         ("bell pg_catalog.text", "bell text"),
     ] {
         let careless = body.replacen(qualified, bare, 1);
         assert_ne!(careless, body, "{qualified} is in the body");
         let mut tx = conn.begin().await.unwrap();
+        // Set, so that the comparisons on it are evaluated, not only planned.
+        sqlx::query("set local realtime.bell = on")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
         sqlx::query(&format!(
             "create or replace function realtime.capture_change() returns trigger \
              language plpgsql security definer as $body${careless}$body$"

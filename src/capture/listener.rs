@@ -749,12 +749,17 @@ impl Listener {
     }
 }
 
+/// The listener's pool of one connection. A connection given back is closed, never reused: the
+/// listener gives it back only when it counts it as lost, and its session may still hold the
+/// bell's rest (advisory locks survive `UNLISTEN`), which a reused session would keep after the
+/// node gave the rest back.
 fn listen_pool(url: &str) -> Result<PgPool, Error> {
     let options = crate::pg::connect_options(url, APPLICATION_NAME)?;
     Ok(PgPoolOptions::new()
         .max_connections(1)
         .min_connections(0)
         .acquire_timeout(Duration::from_secs(5))
+        .after_release(|_, _| Box::pin(async { Ok(false) }))
         .connect_lazy_with(options))
 }
 

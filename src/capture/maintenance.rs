@@ -120,6 +120,7 @@ pub fn snapshot_xmin(xmax: &str, xip: &[String]) -> u64 {
 pub async fn run_pruner(pool: PgPool, retention: Duration, stale: Duration, shutdown: Shutdown) {
     let mut tick = tokio::time::interval(PRUNE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut pulls_warned = None;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -150,7 +151,7 @@ pub async fn run_pruner(pool: PgPool, retention: Duration, stale: Duration, shut
                 }
             }
         }
-        delete_bell_pulls(&pool).await;
+        delete_bell_pulls(&pool, &mut pulls_warned).await;
         if total > 0 {
             metrics::counter!("gateway_capture_pruned_total")
                 .increment(u64::try_from(total).unwrap_or(0));
@@ -163,13 +164,18 @@ pub async fn run_pruner(pool: PgPool, retention: Duration, stale: Duration, shut
 /// each pulled the bell once, and its deferred trigger has rung (or found the bell taken) at its
 /// commit. Rows of transactions still running are not visible, so they stay; the table is
 /// unlogged, so this writes no WAL. Every node does it: concurrent deletes only wait for each
-/// other's row locks.
-async fn delete_bell_pulls(pool: &PgPool) {
+/// other's row locks. A failure is logged as a warning at most once a minute (`warned`).
+async fn delete_bell_pulls(pool: &PgPool, warned: &mut Option<tokio::time::Instant>) {
     if let Err(e) = sqlx::query("delete from realtime.bell_pulls")
         .execute(pool)
         .await
     {
-        tracing::debug!(error = %e, "cannot delete the bell's pulls");
+        // Not fatal (the table only grows), but said: a gateway role without `DELETE` on it
+        // would let it grow for good. At most once a minute.
+        if warned.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+            *warned = Some(tokio::time::Instant::now());
+            tracing::warn!(error = %e, "cannot delete the bell's pulls");
+        }
     }
 }
 
@@ -183,12 +189,49 @@ const RECONCILE_EVERY: Duration = Duration::from_secs(5);
 pub async fn run_reconciler(pool: PgPool, shutdown: Shutdown) {
     let mut tick = tokio::time::interval(RECONCILE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut old_bell = true;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
-            _ = tick.tick() => reconcile(&pool).await,
+            _ = tick.tick() => {
+                reconcile(&pool).await;
+                if old_bell {
+                    old_bell = !drop_old_bell(&pool).await;
+                }
+            }
         }
     }
+}
+
+/// Drops the bell's trigger on the outbox that migration 0034 could not drop within its lock
+/// timeout (a long writer transaction held the outbox); returns whether none is left. Bounded by
+/// the same lock timeout as a reconcile, and tried again at the next tick.
+async fn drop_old_bell(pool: &PgPool) -> bool {
+    let result: Result<bool, sqlx::Error> = async {
+        let mut tx = pool.begin().await?;
+        let exists: bool = sqlx::query_scalar(
+            "select exists (select from pg_catalog.pg_trigger \
+             where tgrelid = 'realtime.changes'::regclass and tgname = 'realtime_bell')",
+        )
+        .fetch_one(&mut *tx)
+        .await?;
+        if exists {
+            sqlx::query("set local lock_timeout = '2s'")
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("drop trigger realtime_bell on realtime.changes")
+                .execute(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            tracing::info!("the outbox's old bell trigger dropped (migration 0034)");
+        }
+        Ok(true)
+    }
+    .await;
+    result.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "cannot drop the outbox's old bell trigger yet; trying again");
+        false
+    })
 }
 
 /// Makes the capture triggers match the `supabase_realtime` publication. Bounded by a lock
