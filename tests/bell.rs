@@ -174,91 +174,78 @@ async fn a_steady_flow_rests_the_bell_and_loses_nothing() {
 }
 
 /// Without a gateway (so nothing deletes committed pulls, and every transaction here rolls
-/// back): a transaction pulls the bell at its first captured change and not at the
-/// next ones; a savepoint rolled back takes its pull with it and the next change pulls again;
-/// `realtime.bell = off` pulls nothing, and any other value pulls again; while another session holds key 1 (as a resting node
-/// does) nothing is pulled, and the instant the capture holds key 1 shared is over by the end of
-/// the statement. The outbox itself has no trigger left, and the bell's is deferred.
+/// back): a transaction pulls the bell at its first captured change and not at the next ones; a
+/// savepoint rolled back takes its pull with it and the next change pulls again; `realtime.bell
+/// = off` pulls nothing, and any other value pulls again; while another session holds key 1 (as
+/// a resting node does) nothing is pulled; and the instant the capture holds key 1 shared is over
+/// by the end of the statement. The outbox itself has no trigger left, and the bell's is deferred.
 #[tokio::test]
 async fn a_transaction_pulls_the_bell_once() {
     let db = TestDb::new().await;
     common::realtime_table(&db, "pulled", "n bigint").await;
-    let pool = db.pool().await;
-    let insert = "insert into public.pulled (n) values (1)";
-
-    let mut tx = pool.begin().await.unwrap();
-    assert_eq!(all_pulls(&mut tx).await, 0);
-    sqlx::query(insert).execute(&mut *tx).await.unwrap();
-    assert_eq!(all_pulls(&mut tx).await, 1, "the first change pulls");
-    sqlx::query("insert into public.pulled (n) select g from generate_series(1, 50) g")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    assert_eq!(all_pulls(&mut tx).await, 1, "the next ones do not");
-    let key1_held: i64 = sqlx::query_scalar(
-        "select count(*) from pg_locks where locktype = 'advisory' and classid = 1381254999 \
-         and objid = 1 and pid = pg_backend_pid()",
-    )
-    .fetch_one(&mut *tx)
-    .await
-    .unwrap();
-    assert_eq!(key1_held, 0, "the capture's look at key 1 is over");
-    tx.rollback().await.unwrap();
-
-    let mut tx = pool.begin().await.unwrap();
-    sqlx::query("savepoint s").execute(&mut *tx).await.unwrap();
-    sqlx::query(insert).execute(&mut *tx).await.unwrap();
-    assert_eq!(all_pulls(&mut tx).await, 1);
-    sqlx::query("rollback to savepoint s")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    assert_eq!(
-        all_pulls(&mut tx).await,
-        0,
-        "the rolled-back savepoint took its pull"
-    );
-    sqlx::query(insert).execute(&mut *tx).await.unwrap();
-    assert_eq!(all_pulls(&mut tx).await, 1, "the next change pulls again");
-    tx.rollback().await.unwrap();
-
-    let mut tx = pool.begin().await.unwrap();
-    sqlx::query("set local realtime.bell = off")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    sqlx::query(insert).execute(&mut *tx).await.unwrap();
-    assert_eq!(
-        all_pulls(&mut tx).await,
-        0,
-        "realtime.bell = off pulls nothing"
-    );
-    sqlx::query("set local realtime.bell = on")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    sqlx::query(insert).execute(&mut *tx).await.unwrap();
-    assert_eq!(
-        all_pulls(&mut tx).await,
-        1,
-        "on again, the next change pulls"
-    );
-    tx.rollback().await.unwrap();
-
-    // A resting node's key 1, held by another session.
+    let mut conn = db.connect().await;
     let mut node = db.connect().await;
-    sqlx::query("select pg_advisory_lock(1381254999, 1)")
-        .execute(&mut node)
-        .await
-        .unwrap();
-    let mut tx = pool.begin().await.unwrap();
-    sqlx::query(insert).execute(&mut *tx).await.unwrap();
-    assert_eq!(all_pulls(&mut tx).await, 0, "the bell rests: no pull");
-    tx.rollback().await.unwrap();
-    sqlx::query("select pg_advisory_unlock(1381254999, 1)")
-        .execute(&mut node)
-        .await
-        .unwrap();
+    let insert = "insert into public.pulled (n) values (1)";
+    let key1_mine = "select count(*) from pg_locks where locktype = 'advisory' \
+         and classid = 1381254999 and objid = 1 and pid = pg_backend_pid()";
+    // Each: whether key 1 is held by another session, then statements of one transaction and
+    // the pulls it sees after each.
+    let cases: [(bool, &[(&str, i64)]); 4] = [
+        (
+            false,
+            &[
+                (insert, 1),
+                (
+                    "insert into public.pulled (n) select g from generate_series(1, 50) g",
+                    1,
+                ),
+            ],
+        ),
+        (
+            false,
+            &[
+                ("savepoint s", 0),
+                (insert, 1),
+                ("rollback to savepoint s", 0),
+                (insert, 1),
+            ],
+        ),
+        (
+            false,
+            &[
+                ("set local realtime.bell = off", 0),
+                (insert, 0),
+                ("set local realtime.bell = on", 0),
+                (insert, 1),
+            ],
+        ),
+        (true, &[(insert, 0)]),
+    ];
+    for (held, steps) in cases {
+        if held {
+            sqlx::query("select pg_advisory_lock(1381254999, 1)")
+                .execute(&mut node)
+                .await
+                .unwrap();
+        }
+        sqlx::query("begin").execute(&mut conn).await.unwrap();
+        for (sql, pulls) in steps {
+            sqlx::query(sql).execute(&mut conn).await.unwrap();
+            assert_eq!(all_pulls(&mut conn).await, *pulls, "after {sql}");
+            let mine: i64 = sqlx::query_scalar(key1_mine)
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+            assert_eq!(mine, 0, "the capture's look at key 1 is over after {sql}");
+        }
+        sqlx::query("rollback").execute(&mut conn).await.unwrap();
+        if held {
+            sqlx::query("select pg_advisory_unlock(1381254999, 1)")
+                .execute(&mut node)
+                .await
+                .unwrap();
+        }
+    }
 
     let triggers: Vec<(String, String, bool, bool)> = sqlx::query_as(
         "select tgrelid::regclass::text, tgname::text, tgdeferrable, tginitdeferred \
@@ -266,7 +253,7 @@ async fn a_transaction_pulls_the_bell_once() {
                                            'realtime.bell_pulls'::regclass) \
            and not tgisinternal",
     )
-    .fetch_all(&pool)
+    .fetch_all(&mut conn)
     .await
     .unwrap();
     assert_eq!(
@@ -459,45 +446,40 @@ async fn a_pull_rings_once_at_commit() {
     let mut listener = sqlx::postgres::PgListener::connect(&db.url).await.unwrap();
     listener.listen("realtime_gateway").await.unwrap();
     let mut conn = db.connect().await;
-
-    sqlx::query("insert into public.rung (n) values (1)")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(bells_before_sentinel(&mut listener, &mut conn).await, 1);
-
-    sqlx::query("insert into public.rung (n) select g from generate_series(1, 50) g")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(bells_before_sentinel(&mut listener, &mut conn).await, 1);
-
-    let pool = db.pool().await;
-    let mut tx = pool.begin().await.unwrap();
-    sqlx::query("insert into public.rung (n) values (2)")
-        .execute(&mut *tx)
-        .await
-        .unwrap();
-    tx.rollback().await.unwrap();
-    assert_eq!(bells_before_sentinel(&mut listener, &mut conn).await, 0);
-
     let mut node = db.connect().await;
-    sqlx::query("select pg_advisory_lock(1381254999, 1)")
-        .execute(&mut node)
-        .await
-        .unwrap();
-    sqlx::query("insert into public.rung (n) values (3)")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(bells_before_sentinel(&mut listener, &mut conn).await, 0);
-    sqlx::query("select pg_advisory_unlock(1381254999, 1)")
-        .execute(&mut node)
-        .await
-        .unwrap();
-    sqlx::query("insert into public.rung (n) values (4)")
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    assert_eq!(bells_before_sentinel(&mut listener, &mut conn).await, 1);
+    for (sql, held, bells) in [
+        ("insert into public.rung (n) values (1)", false, 1),
+        (
+            "insert into public.rung (n) select g from generate_series(1, 50) g",
+            false,
+            1,
+        ),
+        (
+            "begin; insert into public.rung (n) values (2); rollback",
+            false,
+            0,
+        ),
+        ("insert into public.rung (n) values (3)", true, 0),
+        ("insert into public.rung (n) values (4)", false, 1),
+    ] {
+        // Key 1 held by another session, as a resting node holds it.
+        if held {
+            sqlx::query("select pg_advisory_lock(1381254999, 1)")
+                .execute(&mut node)
+                .await
+                .unwrap();
+        }
+        sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+        assert_eq!(
+            bells_before_sentinel(&mut listener, &mut conn).await,
+            bells,
+            "{sql}"
+        );
+        if held {
+            sqlx::query("select pg_advisory_unlock(1381254999, 1)")
+                .execute(&mut node)
+                .await
+                .unwrap();
+        }
+    }
 }
