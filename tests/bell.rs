@@ -2,7 +2,8 @@
 //! own pace and holds the bell's advisory lock shared on its `LISTEN` connection, so writers
 //! commit without a notification, and holds key 1 exclusively, so writers do not even pull the
 //! bell (migration 0034); every change still arrives once and in order, and when the flow stops
-//! both locks are given back and the pulls of committed transactions deleted. A transaction
+//! both locks are given back and the pulls of committed transactions deleted; a node that finds
+//! key 1 held by another rests with key 0 alone and takes key 1 once it is free. A transaction
 //! pulls the bell once, at its first captured change, again after a rolled-back savepoint, and
 //! not with `realtime.bell = off`. A transaction being prepared for two-phase commit does not
 //! ring (migration 0030), so its PREPARE TRANSACTION succeeds with the bell on.
@@ -94,6 +95,13 @@ async fn a_steady_flow_rests_the_bell_and_loses_nothing() {
         "no rest, a pull"
     );
 
+    // Another node already holds key 1 (a session of the test stands in for it).
+    let mut other_node = db.connect().await;
+    sqlx::query("select pg_advisory_lock(1381254999, 1)")
+        .execute(&mut other_node)
+        .await
+        .unwrap();
+
     // One row per transaction, about 500 a second, until told to stop.
     let stop = Arc::new(AtomicBool::new(false));
     let written = Arc::new(AtomicI64::new(0));
@@ -126,6 +134,16 @@ async fn a_steady_flow_rests_the_bell_and_loses_nothing() {
             taken
         }
     };
+    // The node rests with key 0 alone while the other holds key 1, and takes key 1 once the
+    // other gives it back.
+    eventually(PATIENCE, "the listener rests with key 0 alone", || async {
+        resting().await && !advertising().await && !bell_taken().await
+    })
+    .await;
+    sqlx::query("select pg_advisory_unlock(1381254999, 1)")
+        .execute(&mut other_node)
+        .await
+        .unwrap();
     // And a transaction sees the rest at its first captured change and pulls nothing.
     eventually(
         PATIENCE,

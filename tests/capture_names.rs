@@ -134,8 +134,7 @@ fn unqualified(body: &str) -> Vec<String> {
     let t = tokens(&strip(body));
     let mut found = Vec::new();
     let word = |i: usize| t.get(i).map(String::as_str).unwrap_or("");
-    let is_name =
-        |s: &str| s.starts_with(|c: char| c.is_alphabetic() || c == '_') && s != "''" && s != "0";
+    let is_name = |s: &str| s.starts_with(|c: char| c.is_alphabetic() || c == '_');
     let mut in_declare = false;
     let mut i = 0;
     while i < t.len() {

@@ -204,11 +204,12 @@ pub async fn run_reconciler(pool: PgPool, shutdown: Shutdown) {
 }
 
 /// Drops the bell's trigger on the outbox that migration 0034 could not drop within its lock
-/// timeout (a long writer transaction held the outbox); returns whether none is left. Bounded by
-/// the same lock timeout as a reconcile, and tried again at the next tick.
+/// timeout (a long writer transaction held the outbox); returns whether none is left. Bounded
+/// like a reconcile ([`begin_bounded`]), and tried again at the next tick.
 async fn drop_old_bell(pool: &PgPool) -> bool {
     let result: Result<bool, sqlx::Error> = async {
-        let mut tx = pool.begin().await?;
+        let mut tx = begin_bounded(pool).await?;
+        // Looked up first: `drop trigger if exists` would lock the outbox even with none left.
         let exists: bool = sqlx::query_scalar(
             "select exists (select from pg_catalog.pg_trigger \
              where tgrelid = 'realtime.changes'::regclass and tgname = 'realtime_bell')",
@@ -216,15 +217,12 @@ async fn drop_old_bell(pool: &PgPool) -> bool {
         .fetch_one(&mut *tx)
         .await?;
         if exists {
-            sqlx::query("set local lock_timeout = '2s'")
-                .execute(&mut *tx)
-                .await?;
             sqlx::query("drop trigger realtime_bell on realtime.changes")
                 .execute(&mut *tx)
                 .await?;
-            tx.commit().await?;
             tracing::info!("the outbox's old bell trigger dropped (migration 0034)");
         }
+        tx.commit().await?;
         Ok(true)
     }
     .await;
@@ -234,15 +232,24 @@ async fn drop_old_bell(pool: &PgPool) -> bool {
     })
 }
 
+/// A transaction whose statements wait at most 2 s for a table's lock: the reconcile's and the
+/// old bell trigger's DDL, which must not make a busy table's writers queue behind them.
+async fn begin_bounded(
+    pool: &PgPool,
+) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("set local lock_timeout = '2s'")
+        .execute(&mut *tx)
+        .await?;
+    Ok(tx)
+}
+
 /// Makes the capture triggers match the `supabase_realtime` publication. Bounded by a lock
 /// timeout: a table busy with long transactions is retried on a later tick rather than
 /// making its writers queue behind our `CREATE TRIGGER`.
 async fn reconcile(pool: &PgPool) {
     let result: Result<serde_json::Value, sqlx::Error> = async {
-        let mut tx = pool.begin().await?;
-        sqlx::query("set local lock_timeout = '2s'")
-            .execute(&mut *tx)
-            .await?;
+        let mut tx = begin_bounded(pool).await?;
         let summary = sqlx::query_scalar("select realtime.sync_capture(false)")
             .fetch_one(&mut *tx)
             .await?;
